@@ -1,0 +1,191 @@
+// Package driver is toposnap's CSI plugin: Identity, Controller and Node
+// services on one unix socket, translating CSI requests into operations on
+// the node pool and the zone pool (package store) and their errors into CSI
+// codes. One file per service; the storage itself lives in driver/store.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+
+	"github.com/toposnap/toposnap/driver/store"
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// Name is the CSI driver name.
+const Name = "csi.toposnap.io"
+
+// Options configure the driver process.
+type Options struct {
+	// Endpoint is the CSI socket, "unix:///path/csi.sock".
+	Endpoint string
+	// NodeID is this node's id, usually its Kubernetes node name.
+	NodeID string
+	// DataDir holds the node pool; ZoneDataDir, when set, the zone's shared pool.
+	DataDir     string
+	ZoneDataDir string
+	// Capacity of each pool in bytes; ZoneCapacity overrides it for the zone pool.
+	Capacity     int64
+	ZoneCapacity int64
+	// Kubeconfig, when set, is used to read this node's zone and region labels.
+	// InCluster does the same with the pod's service account.
+	Kubeconfig string
+	InCluster  bool
+	// Zone and Region are used when there is no API server to ask.
+	Zone, Region string
+	// SnapshotWait is how long CreateSnapshot waits for a copy before it
+	// answers ready_to_use=false and lets the copy finish in the background.
+	SnapshotWait time.Duration
+	// MetricsAddress serves /metrics and /healthz when set.
+	MetricsAddress string
+	// Version is reported by GetPluginInfo.
+	Version string
+}
+
+// Driver implements the three CSI services.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
+
+	opts     Options
+	location topology.Location
+	nodePool *store.Pool
+	zonePool *store.Pool // nil without a zone pool
+	mounter  mount.Interface
+	metrics  *metrics
+}
+
+// New opens the pools for a known location. Run calls it; tests may too.
+func New(opts Options, location topology.Location) (*Driver, error) {
+	if opts.NodeID == "" {
+		return nil, errors.New("node id is required")
+	}
+	if opts.SnapshotWait <= 0 {
+		opts.SnapshotWait = 2 * time.Second
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	d := &Driver{opts: opts, location: location, mounter: mount.New(""), metrics: newMetrics()}
+	var err error
+	d.nodePool, err = store.Open(store.Config{
+		Scope: topology.ScopeNode, Dir: opts.DataDir, Owner: location.Node,
+		Capacity: opts.Capacity, Segment: location.VolumeSegment(topology.ScopeNode), Holder: opts.NodeID,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open node pool: %w", err)
+	}
+	if opts.ZoneDataDir != "" {
+		if location.Zone == "" {
+			return nil, errors.New("a zone pool needs the node's zone (label topology.kubernetes.io/zone or --zone)")
+		}
+		capacity := opts.ZoneCapacity
+		if capacity == 0 {
+			capacity = opts.Capacity
+		}
+		d.zonePool, err = store.Open(store.Config{
+			Scope: topology.ScopeZone, Dir: opts.ZoneDataDir, Owner: location.Region + "/" + location.Zone,
+			Capacity: capacity, Segment: location.VolumeSegment(topology.ScopeZone), Holder: opts.NodeID,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open zone pool: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// Close stops background snapshot copies.
+func (d *Driver) Close() {
+	d.nodePool.Close()
+	if d.zonePool != nil {
+		d.zonePool.Close()
+	}
+}
+
+// Run serves the driver until ctx is cancelled, then stops gracefully.
+func Run(ctx context.Context, opts Options) error {
+	location, err := resolveLocation(ctx, opts)
+	if err != nil {
+		return err
+	}
+	d, err := New(opts, location)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	klog.InfoS("Driver starting", "driver", Name, "node", location.Node, "zone", location.Zone,
+		"region", location.Region, "endpoint", opts.Endpoint, "zonePool", opts.ZoneDataDir != "")
+
+	listener, err := listenUnix(opts.Endpoint)
+	if err != nil {
+		return err
+	}
+	server := d.NewGRPCServer()
+	if opts.MetricsAddress != "" {
+		stop, err := d.metrics.serve(opts.MetricsAddress)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	errs := make(chan error, 1)
+	go func() { errs <- server.Serve(listener) }()
+	select {
+	case err := <-errs:
+		return fmt.Errorf("serve %s: %w", opts.Endpoint, err)
+	case <-ctx.Done():
+	}
+	klog.InfoS("Driver stopping")
+	stopped := make(chan struct{})
+	go func() { server.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		server.Stop()
+	}
+	return nil
+}
+
+// NewGRPCServer returns a gRPC server with the three services registered.
+func (d *Driver) NewGRPCServer() *grpc.Server {
+	server := grpc.NewServer(grpc.UnaryInterceptor(d.intercept))
+	csi.RegisterIdentityServer(server, d)
+	csi.RegisterControllerServer(server, d)
+	csi.RegisterNodeServer(server, d)
+	return server
+}
+
+// listenUnix listens on a unix:// endpoint, replacing a stale socket file.
+func listenUnix(endpoint string) (net.Listener, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "unix" {
+		return nil, fmt.Errorf("endpoint %q: want unix:///path/to/csi.sock", endpoint)
+	}
+	path := u.Path
+	if path == "" {
+		path = u.Opaque
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	listener, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return listener, nil
+}

@@ -1,0 +1,268 @@
+// Package store keeps toposnap's volumes and snapshots as directories in a
+// pool on disk: a node pool (one node's disk) or a zone pool (a directory
+// every node of the zone mounts). It owns the on-disk layout, crash-safe
+// metadata, capacity accounting and the locks that make concurrent and
+// repeated operations safe across goroutines and processes. It knows nothing
+// of gRPC; the driver translates.
+//
+// Layout of a pool directory:
+//
+//	meta/<id>.json       metadata, replaced atomically
+//	volumes/<id>/        a volume's files
+//	snapshots/<id>/      a snapshot's files, present only once complete
+//	tmp/<id>.<holder>    work in progress, removed on failure or restart
+//	locks/<id>, locks/.pool  flock files
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/atomicfile"
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// Errors the driver maps to CSI codes.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists with different attributes")
+	ErrInFlight = errors.New("an operation on this object is already in progress")
+	ErrNoSpace  = errors.New("not enough free capacity in the pool")
+)
+
+// State of an object.
+type State string
+
+const (
+	StateCreating State = "creating"
+	StateReady    State = "ready"
+)
+
+// Volume is a volume's metadata.
+type Volume struct {
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Scope         topology.Scope    `json:"scope"`
+	CapacityBytes int64             `json:"capacityBytes"`
+	Parameters    map[string]string `json:"parameters,omitempty"`
+	// SourceSnapshotID or SourceVolumeID is set for restores and clones.
+	SourceSnapshotID string           `json:"sourceSnapshotID,omitempty"`
+	SourceVolumeID   string           `json:"sourceVolumeID,omitempty"`
+	Segment          topology.Segment `json:"segment"`
+	State            State            `json:"state"`
+	CreatedAt        time.Time        `json:"createdAt"`
+}
+
+// Snapshot is a snapshot's metadata.
+type Snapshot struct {
+	ID             string           `json:"id"`
+	Name           string           `json:"name"`
+	SourceVolumeID string           `json:"sourceVolumeID"`
+	SizeBytes      int64            `json:"sizeBytes"`
+	Segment        topology.Segment `json:"segment"`
+	State          State            `json:"state"`
+	CreatedAt      time.Time        `json:"createdAt"`
+	// Failure of the last background copy, if any; cleared on retry.
+	Failure string `json:"failure,omitempty"`
+}
+
+// Ready reports whether the snapshot is complete and durable.
+func (s Snapshot) Ready() bool { return s.State == StateReady }
+
+// Config describes one pool.
+type Config struct {
+	Scope topology.Scope
+	Dir   string
+	// Owner names the pool: the node id for node pools, "region/zone" for zone pools.
+	Owner string
+	// Capacity is the sum of volume capacities the pool may hold.
+	Capacity int64
+	// Segment is where the pool's volumes are reachable from.
+	Segment topology.Segment
+	// Holder is this process's node id, used to name temporary work.
+	Holder string
+}
+
+// Pool is one pool directory. Safe for concurrent use, also by several
+// processes sharing the directory (zone pools).
+type Pool struct {
+	cfg       Config
+	ownerHash string
+	poolMu    sync.Mutex // serialises this process's pool-lock holders
+
+	jobsMu sync.Mutex
+	jobs   map[string]*snapshotJob
+}
+
+// Open prepares a pool directory and removes work left by crashed operations.
+func Open(cfg Config) (*Pool, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("pool directory is empty")
+	}
+	if cfg.Capacity <= 0 {
+		return nil, fmt.Errorf("pool %s: capacity must be positive, got %d", cfg.Dir, cfg.Capacity)
+	}
+	for _, sub := range []string{"meta", "volumes", "snapshots", "tmp", "locks"} {
+		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o750); err != nil {
+			return nil, fmt.Errorf("create pool directory: %w", err)
+		}
+	}
+	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), jobs: map[string]*snapshotJob{}}
+	if err := p.cleanTemp(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Config returns the pool's configuration.
+func (p *Pool) Config() Config { return p.cfg }
+
+// Owns reports whether the object ID belongs to this pool.
+func (p *Pool) Owns(id ID) bool { return id.Scope == p.cfg.Scope && id.OwnerHash == p.ownerHash }
+
+// VolumeID and SnapshotID name objects of this pool.
+func (p *Pool) VolumeID(name string) string {
+	return MakeID(KindVolume, p.cfg.Scope, p.cfg.Owner, name)
+}
+
+// SnapshotID names a snapshot of this pool.
+func (p *Pool) SnapshotID(name string) string {
+	return MakeID(KindSnapshot, p.cfg.Scope, p.cfg.Owner, name)
+}
+
+// VolumeDir is where a volume's files live. The id must have been validated.
+func (p *Pool) VolumeDir(id string) string { return filepath.Join(p.cfg.Dir, "volumes", id) }
+
+// SnapshotDir is where a complete snapshot's files live.
+func (p *Pool) SnapshotDir(id string) string { return filepath.Join(p.cfg.Dir, "snapshots", id) }
+
+func (p *Pool) metaPath(id string) string { return filepath.Join(p.cfg.Dir, "meta", id+".json") }
+
+func (p *Pool) tempPath(id string) string {
+	return filepath.Join(p.cfg.Dir, "tmp", id+"."+p.cfg.Holder)
+}
+
+// objectLock is an exclusive flock on one object ID. flock conflicts between
+// open file descriptions, so it excludes other goroutines of this process as
+// well as other processes, and the kernel drops it when a process dies.
+type objectLock struct{ file *os.File }
+
+// tryLock takes the object's lock or fails with ErrInFlight.
+func (p *Pool) tryLock(id string) (*objectLock, error) {
+	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", id), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock for %s: %w", id, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", id, ErrInFlight)
+		}
+		return nil, fmt.Errorf("lock %s: %w", id, err)
+	}
+	return &objectLock{file: f}, nil
+}
+
+func (l *objectLock) unlock() { l.file.Close() }
+
+// withPoolLock runs fn holding the pool-wide lock that guards capacity
+// accounting against concurrent creators in this and other processes.
+func (p *Pool) withPoolLock(fn func() error) error {
+	p.poolMu.Lock()
+	defer p.poolMu.Unlock()
+	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", ".pool"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("open pool lock: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock pool: %w", err)
+	}
+	return fn()
+}
+
+// cleanTemp removes temporary work nobody holds a lock for: leftovers of
+// crashed copies, by this process or any other sharing the pool.
+func (p *Pool) cleanTemp() error {
+	entries, err := os.ReadDir(filepath.Join(p.cfg.Dir, "tmp"))
+	if err != nil {
+		return fmt.Errorf("read temporary directory: %w", err)
+	}
+	for _, entry := range entries {
+		id, _, _ := strings.Cut(entry.Name(), ".")
+		if _, err := ParseID(id); err != nil {
+			continue // not ours; leave it alone
+		}
+		lock, err := p.tryLock(id)
+		if err != nil {
+			continue // in progress elsewhere
+		}
+		err = os.RemoveAll(filepath.Join(p.cfg.Dir, "tmp", entry.Name()))
+		lock.unlock()
+		if err != nil {
+			return fmt.Errorf("remove stale temporary %s: %w", entry.Name(), err)
+		}
+	}
+	return nil
+}
+
+func readMeta[T any](path string) (T, error) {
+	var out T
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return out, ErrNotFound
+	}
+	if err != nil {
+		return out, fmt.Errorf("read metadata: %w", err)
+	}
+	if err := json.Unmarshal(data, &out); err != nil {
+		return out, fmt.Errorf("parse metadata %s: %w", path, err)
+	}
+	return out, nil
+}
+
+func (p *Pool) writeMeta(id string, value any) error {
+	data, err := json.MarshalIndent(value, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode metadata for %s: %w", id, err)
+	}
+	return atomicfile.Write(p.metaPath(id), data, 0o640)
+}
+
+func (p *Pool) removeMeta(id string) error {
+	if err := os.Remove(p.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove metadata for %s: %w", id, err)
+	}
+	return atomicfile.SyncDir(filepath.Join(p.cfg.Dir, "meta"))
+}
+
+// metaIDs lists the IDs with metadata of the given kind, sorted.
+func (p *Pool) metaIDs(kind Kind) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(p.cfg.Dir, "meta"))
+	if err != nil {
+		return nil, fmt.Errorf("list metadata: %w", err)
+	}
+	var ids []string
+	for _, entry := range entries {
+		id, ok := strings.CutSuffix(entry.Name(), ".json")
+		if !ok {
+			continue
+		}
+		parsed, err := ParseID(id)
+		if err != nil || parsed.Kind != kind {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
