@@ -109,16 +109,19 @@ func (l Location) VolumeSegment(scope Scope) Segment {
 // Reaches reports whether a volume of the given scope created at this location
 // is reachable from every node the requested segment describes. A node-scope
 // volume needs the segment to name this node; a zone-scope volume needs it to
-// name this zone (or this node, which is in the zone). Every key the segment
-// carries must agree with this location; unknown keys never match.
+// name this zone (any node of it), or this node. Every zone and region key
+// must agree with this location; unknown keys never match.
 func (l Location) Reaches(scope Scope, requested Segment) bool {
 	if len(requested) == 0 {
 		return false
 	}
+	_, hasZone := requested[ZoneKey]
 	for key, value := range requested {
 		switch key {
 		case NodeKey:
-			if value != l.Node {
+			// Another node of the same zone reaches a zone-scope volume; the
+			// zone key says whether it is the same zone.
+			if value != l.Node && (scope != ScopeZone || !hasZone) {
 				return false
 			}
 		case ZoneKey:
@@ -134,7 +137,6 @@ func (l Location) Reaches(scope Scope, requested Segment) bool {
 		}
 	}
 	if scope == ScopeZone {
-		_, hasZone := requested[ZoneKey]
 		_, hasNode := requested[NodeKey]
 		return l.Zone != "" && (hasZone || hasNode)
 	}
