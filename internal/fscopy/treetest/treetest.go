@@ -26,10 +26,14 @@ func Tricky(root string) error {
 		func() error { return os.MkdirAll(filepath.Join(root, "data", "nested", "deeper"), 0o755) },
 		func() error { return os.Mkdir(filepath.Join(root, "empty"), 0o700) },
 		func() error { return randomFile(filepath.Join(root, "data", "random.bin"), 3<<20+17, 0o644) },
-		func() error { return randomFile(filepath.Join(root, "data", "nested", "deeper", "small.txt"), 100, 0o600) },
+		func() error {
+			return randomFile(filepath.Join(root, "data", "nested", "deeper", "small.txt"), 100, 0o600)
+		},
 		func() error { return randomFile(filepath.Join(root, "data", "empty-file"), 0, 0o444) },
 		func() error { return sparseFile(filepath.Join(root, "data", "sparse.img")) },
-		func() error { return os.Symlink("nested/deeper/small.txt", filepath.Join(root, "data", "link-to-small")) },
+		func() error {
+			return os.Symlink("nested/deeper/small.txt", filepath.Join(root, "data", "link-to-small"))
+		},
 		func() error { return os.Symlink("/does/not/exist", filepath.Join(root, "dangling")) },
 		func() error {
 			return os.Link(filepath.Join(root, "data", "random.bin"), filepath.Join(root, "hardlink.bin"))
