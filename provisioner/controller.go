@@ -1,0 +1,392 @@
+// Package provisioner is toposnap's node-deployed volume provisioner: on
+// every node it watches claims of the driver's StorageClasses, creates the
+// volume through the local CSI socket once the scheduler selected this node,
+// and publishes a PV whose nodeAffinity is where the volume is reachable. It
+// also deletes volumes of released Delete-policy PVs it can reach.
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	volumehelpers "k8s.io/component-helpers/storage/volume"
+	"k8s.io/klog/v2"
+
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// Controller provisions and deletes volumes for one node.
+type Controller struct {
+	driverName  string
+	nodeName    string
+	nodeSegment topology.Segment
+	timeout     time.Duration
+
+	client      kubernetes.Interface
+	csi         csi.ControllerClient
+	recorder    record.EventRecorder
+	claims      corelisters.PersistentVolumeClaimLister
+	volumes     corelisters.PersistentVolumeLister
+	classes     storagelisters.StorageClassLister
+	nodes       corelisters.NodeLister
+	snapshots   snapshotlisters.VolumeSnapshotLister
+	contents    snapshotlisters.VolumeSnapshotContentLister
+	claimQueue  workqueue.TypedRateLimitingInterface[string]
+	volumeQueue workqueue.TypedRateLimitingInterface[string]
+	synced      []cache.InformerSynced
+}
+
+// Config wires a Controller.
+type Config struct {
+	DriverName  string
+	NodeName    string
+	NodeSegment topology.Segment
+	Timeout     time.Duration
+	Client      kubernetes.Interface
+	Snapshots   snapshotclient.Interface
+	CSI         csi.ControllerClient
+	Recorder    record.EventRecorder
+}
+
+// NewController builds the controller and registers its informers; start
+// the factories and call Run.
+func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
+	limiter := func() workqueue.TypedRateLimiter[string] {
+		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute)
+	}
+	c := &Controller{
+		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
+		client: cfg.Client, csi: cfg.CSI, recorder: cfg.Recorder,
+		claims:      kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
+		volumes:     kubeInformers.Core().V1().PersistentVolumes().Lister(),
+		classes:     kubeInformers.Storage().V1().StorageClasses().Lister(),
+		nodes:       kubeInformers.Core().V1().Nodes().Lister(),
+		snapshots:   snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
+		contents:    snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
+		claimQueue:  workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "claims"}),
+		volumeQueue: workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumes"}),
+	}
+	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
+	_, _ = claimInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.enqueue(c.claimQueue, obj) },
+		UpdateFunc: func(_, obj any) { c.enqueue(c.claimQueue, obj) },
+	})
+	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
+	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
+		UpdateFunc: func(_, obj any) { c.enqueue(c.volumeQueue, obj) },
+	})
+	c.synced = []cache.InformerSynced{
+		claimInformer.HasSynced, volumeInformer.HasSynced,
+		kubeInformers.Storage().V1().StorageClasses().Informer().HasSynced,
+		kubeInformers.Core().V1().Nodes().Informer().HasSynced,
+		snapInformers.Snapshot().V1().VolumeSnapshots().Informer().HasSynced,
+		snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer().HasSynced,
+	}
+	return c
+}
+
+func (c *Controller) enqueue(queue workqueue.TypedRateLimitingInterface[string], obj any) {
+	key, err := cache.MetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	queue.Add(key)
+}
+
+// Run processes claims and volumes with the given number of workers each
+// until ctx ends.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	defer c.claimQueue.ShutDown()
+	defer c.volumeQueue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return errors.New("informer caches did not sync")
+	}
+	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
+	for range workers {
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.claimQueue, c.syncClaim) }, time.Second)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.volumeQueue, c.syncVolume) }, time.Second)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (c *Controller) work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+	for {
+		key, shutdown := queue.Get()
+		if shutdown {
+			return
+		}
+		err := sync(ctx, key)
+		if err == nil {
+			queue.Forget(key)
+		} else {
+			klog.V(2).InfoS("Sync failed, retrying with backoff", "key", key, "err", err)
+			queue.AddRateLimited(key)
+		}
+		queue.Done(key)
+	}
+}
+
+// syncClaim provisions a volume for a pending claim this node owns.
+func (c *Controller) syncClaim(ctx context.Context, key string) error {
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if claim.Spec.VolumeName != "" || claim.DeletionTimestamp != nil {
+		return nil
+	}
+	className := volumehelpers.GetPersistentVolumeClaimClass(claim)
+	if className == "" {
+		return nil
+	}
+	class, err := c.classes.Get(className)
+	if err != nil {
+		return nil // not ours, or the class is missing: the PV controller reports that
+	}
+	if class.Provisioner != c.driverName || !c.ownsClaim(claim, class) {
+		return nil
+	}
+	if _, err := c.volumes.Get(PVName(claim)); err == nil {
+		return nil // provisioned; the PV controller binds it
+	}
+	return c.provision(ctx, claim, class)
+}
+
+// ownsClaim: a delayed-binding claim belongs to the node the scheduler
+// selected; immediate binding is not node-deployable and is left alone.
+func (c *Controller) ownsClaim(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
+	if class.VolumeBindingMode == nil || *class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer {
+		return false
+	}
+	return claim.Annotations[AnnSelectedNode] == c.nodeName
+}
+
+func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
+	req, err := c.createRequest(claim, class)
+	if err != nil {
+		c.recorder.Event(claim, corev1.EventTypeWarning, "ProvisioningFailed", err.Error())
+		return err
+	}
+	c.recorder.Eventf(claim, corev1.EventTypeNormal, "Provisioning", "External provisioner is provisioning volume for claim %s/%s on node %s", claim.Namespace, claim.Name, c.nodeName)
+	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	resp, err := c.csi.CreateVolume(callCtx, req)
+	cancel()
+	if err != nil {
+		switch classify(err) {
+		case reschedule:
+			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
+				"node %s cannot provision this claim, asking the scheduler to pick another node: %s", c.nodeName, status.Convert(err).Message())
+			return c.dropSelectedNode(ctx, claim)
+		case final:
+			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed", "failed to provision volume: %s", status.Convert(err).Message())
+		}
+		return fmt.Errorf("create volume for %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
+	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create PV %s: %w", pv.Name, err)
+	}
+	c.recorder.Eventf(claim, corev1.EventTypeNormal, "ProvisioningSucceeded", "Successfully provisioned volume %s on node %s", pv.Name, c.nodeName)
+	klog.InfoS("Provisioned", "pvc", klog.KObj(claim), "pv", pv.Name, "volume", resp.GetVolume().GetVolumeId())
+	return nil
+}
+
+// createRequest builds the CreateVolume call for a claim.
+func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) (*csi.CreateVolumeRequest, error) {
+	params, err := DriverParameters(class)
+	if err != nil {
+		return nil, err
+	}
+	caps, err := VolumeCapabilities(claim, class)
+	if err != nil {
+		return nil, err
+	}
+	node, err := c.nodes.Get(c.nodeName)
+	if err != nil {
+		return nil, fmt.Errorf("read selected node %s: %w", c.nodeName, err)
+	}
+	requirement, err := TopologyRequirement(c.nodeSegment, node.Labels, class)
+	if err != nil {
+		return nil, err
+	}
+	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
+	req := &csi.CreateVolumeRequest{
+		Name:                      PVName(claim),
+		CapacityRange:             &csi.CapacityRange{RequiredBytes: request.Value()},
+		VolumeCapabilities:        caps,
+		Parameters:                params,
+		AccessibilityRequirements: requirement,
+	}
+	source, err := c.contentSource(claim)
+	if err != nil {
+		return nil, err
+	}
+	req.VolumeContentSource = source
+	return req, nil
+}
+
+// contentSource resolves a claim's dataSource with upstream's checks.
+func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.VolumeContentSource, error) {
+	ref := claim.Spec.DataSourceRef
+	if ref == nil && claim.Spec.DataSource != nil {
+		ref = &corev1.TypedObjectReference{APIGroup: claim.Spec.DataSource.APIGroup, Kind: claim.Spec.DataSource.Kind, Name: claim.Spec.DataSource.Name}
+	}
+	if ref == nil {
+		return nil, nil
+	}
+	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
+	switch {
+	case ref.Kind == "VolumeSnapshot" && ref.APIGroup != nil && *ref.APIGroup == "snapshot.storage.k8s.io":
+		snap, err := c.snapshots.VolumeSnapshots(claim.Namespace).Get(ref.Name)
+		if err != nil {
+			return nil, fmt.Errorf("dataSource VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
+		}
+		if snap.Status == nil || snap.Status.BoundVolumeSnapshotContentName == nil {
+			return nil, fmt.Errorf("VolumeSnapshot %s/%s is not bound to a content yet", claim.Namespace, ref.Name)
+		}
+		if snap.Status.ReadyToUse == nil || !*snap.Status.ReadyToUse {
+			return nil, fmt.Errorf("VolumeSnapshot %s/%s is not ready to use yet", claim.Namespace, ref.Name)
+		}
+		content, err := c.contents.Get(*snap.Status.BoundVolumeSnapshotContentName)
+		if err != nil {
+			return nil, fmt.Errorf("VolumeSnapshotContent %s: %w", *snap.Status.BoundVolumeSnapshotContentName, err)
+		}
+		if content.Spec.Driver != c.driverName {
+			return nil, fmt.Errorf("VolumeSnapshot %s/%s belongs to driver %s, not %s", claim.Namespace, ref.Name, content.Spec.Driver, c.driverName)
+		}
+		if content.Status == nil || content.Status.SnapshotHandle == nil {
+			return nil, fmt.Errorf("VolumeSnapshotContent %s has no snapshot handle yet", content.Name)
+		}
+		if snap.Status.RestoreSize != nil && request.Cmp(*snap.Status.RestoreSize) < 0 {
+			return nil, fmt.Errorf("requested %s is smaller than VolumeSnapshot %s/%s's restoreSize %s", request.String(), claim.Namespace, ref.Name, snap.Status.RestoreSize.String())
+		}
+		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *content.Status.SnapshotHandle}}}, nil
+	case ref.Kind == "PersistentVolumeClaim" && (ref.APIGroup == nil || *ref.APIGroup == ""):
+		source, err := c.claims.PersistentVolumeClaims(claim.Namespace).Get(ref.Name)
+		if err != nil {
+			return nil, fmt.Errorf("dataSource PersistentVolumeClaim %s/%s: %w", claim.Namespace, ref.Name, err)
+		}
+		if source.Spec.VolumeName == "" {
+			return nil, fmt.Errorf("source claim %s/%s is not bound yet", claim.Namespace, ref.Name)
+		}
+		pv, err := c.volumes.Get(source.Spec.VolumeName)
+		if err != nil {
+			return nil, fmt.Errorf("source PV %s: %w", source.Spec.VolumeName, err)
+		}
+		if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName {
+			return nil, fmt.Errorf("source claim %s/%s is not a %s volume", claim.Namespace, ref.Name, c.driverName)
+		}
+		sourceSize := source.Spec.Resources.Requests[corev1.ResourceStorage]
+		if request.Cmp(sourceSize) < 0 {
+			return nil, fmt.Errorf("requested %s is smaller than source claim %s/%s's %s", request.String(), claim.Namespace, ref.Name, sourceSize.String())
+		}
+		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: pv.Spec.CSI.VolumeHandle}}}, nil
+	}
+	return nil, fmt.Errorf("dataSource kind %s is not supported (use a VolumeSnapshot or a PersistentVolumeClaim)", ref.Kind)
+}
+
+// dropSelectedNode removes the scheduler's choice so it picks again.
+func (c *Controller) dropSelectedNode(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
+	patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, AnnSelectedNode))
+	_, err := c.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove %s from %s/%s: %w", AnnSelectedNode, claim.Namespace, claim.Name, err)
+	}
+	return nil
+}
+
+// syncVolume deletes the backend volume of a released Delete-policy PV this
+// node can reach, then lets the PV go.
+func (c *Controller) syncVolume(ctx context.Context, key string) error {
+	pv, err := c.volumes.Get(key)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName || pv.Annotations[AnnProvisionedBy] != c.driverName {
+		return nil
+	}
+	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+		return nil
+	}
+	released := pv.Status.Phase == corev1.VolumeReleased || pv.Status.Phase == corev1.VolumeFailed || pv.DeletionTimestamp != nil
+	if !released || !c.reaches(pv) {
+		return nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	_, err = c.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle})
+	cancel()
+	if err != nil {
+		if status.Code(err) != codes.Aborted {
+			c.recorder.Eventf(pv, corev1.EventTypeWarning, "VolumeFailedDelete", "delete volume %s: %s", pv.Spec.CSI.VolumeHandle, status.Convert(err).Message())
+		}
+		return fmt.Errorf("delete volume of PV %s: %w", pv.Name, err)
+	}
+	if slices.Contains(pv.Finalizers, FinalizerVolume) {
+		updated := pv.DeepCopy()
+		updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerVolume })
+		if _, err := c.client.CoreV1().PersistentVolumes().Update(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("remove finalizer from PV %s: %w", pv.Name, err)
+		}
+	}
+	if pv.DeletionTimestamp == nil {
+		err := c.client.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete PV %s: %w", pv.Name, err)
+		}
+	}
+	klog.InfoS("Deleted volume", "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
+	return nil
+}
+
+// reaches reports whether this node satisfies the PV's nodeAffinity.
+func (c *Controller) reaches(pv *corev1.PersistentVolume) bool {
+	labels := map[string]string{}
+	for k, v := range c.nodeSegment {
+		labels[k] = v
+	}
+	if node, err := c.nodes.Get(c.nodeName); err == nil {
+		for k, v := range node.Labels {
+			labels[k] = v
+		}
+	}
+	return volumehelpers.CheckNodeAffinity(pv, labels) == nil
+}
