@@ -1,0 +1,38 @@
+// Command toposnap-snapshotter cuts and deletes toposnap snapshots for the
+// node it runs on: see package snapshotter.
+package main
+
+import (
+	"context"
+	"flag"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/snapshotter"
+)
+
+func main() {
+	var opts snapshotter.Options
+	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig (empty: in-cluster)")
+	flag.StringVar(&opts.CSIAddress, "csi-address", "/csi/csi.sock", "the node's CSI driver socket")
+	flag.StringVar(&opts.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
+	flag.DurationVar(&opts.Timeout, "timeout", time.Minute, "timeout of one CSI call")
+	flag.IntVar(&opts.Workers, "workers", 4, "concurrent snapshots and contents handled")
+	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	flag.BoolVar(&opts.CommonController, "common-controller", false, "also bind VolumeSnapshots to contents (only where no snapshot-controller runs)")
+	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
+	klog.InitFlags(flag.CommandLine)
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := snapshotter.Run(ctx, opts); err != nil {
+		klog.ErrorS(err, "Snapshotter failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}

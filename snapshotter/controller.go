@@ -1,0 +1,498 @@
+// Package snapshotter cuts, tracks and deletes toposnap snapshots. Its
+// content half (always on) turns VolumeSnapshotContents of the driver whose
+// source this node reaches into CSI CreateSnapshot calls and records the
+// result; its common half (--common-controller) binds VolumeSnapshots to
+// contents, for clusters without the upstream snapshot-controller.
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	volumehelpers "k8s.io/component-helpers/storage/volume"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// pollInterval is how soon a snapshot that is not ready yet is looked at again.
+const pollInterval = 2 * time.Second
+
+// Config wires a Controller.
+type Config struct {
+	DriverName       string
+	NodeName         string
+	NodeSegment      topology.Segment
+	Timeout          time.Duration
+	CommonController bool
+	Snapshots        snapshotclient.Interface
+	CSI              csi.ControllerClient
+	Recorder         record.EventRecorder
+}
+
+// Controller runs both halves for one node.
+type Controller struct {
+	cfg          Config
+	claims       corelisters.PersistentVolumeClaimLister
+	volumes      corelisters.PersistentVolumeLister
+	nodes        corelisters.NodeLister
+	snapLister   snapshotlisters.VolumeSnapshotLister
+	contents     snapshotlisters.VolumeSnapshotContentLister
+	classes      snapshotlisters.VolumeSnapshotClassLister
+	snapQueue    workqueue.TypedRateLimitingInterface[string]
+	contentQueue workqueue.TypedRateLimitingInterface[string]
+	synced       []cache.InformerSynced
+}
+
+// NewController registers informers; start the factories, then Run.
+func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
+	limiter := func() workqueue.TypedRateLimiter[string] {
+		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute)
+	}
+	c := &Controller{
+		cfg:          cfg,
+		claims:       kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
+		volumes:      kubeInformers.Core().V1().PersistentVolumes().Lister(),
+		nodes:        kubeInformers.Core().V1().Nodes().Lister(),
+		snapLister:   snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
+		contents:     snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
+		classes:      snapInformers.Snapshot().V1().VolumeSnapshotClasses().Lister(),
+		snapQueue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "snapshots"}),
+		contentQueue: workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "contents"}),
+	}
+	snapInformer := snapInformers.Snapshot().V1().VolumeSnapshots().Informer()
+	contentInformer := snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer()
+	_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
+	_, _ = contentInformer.AddEventHandler(handler(c.contentQueue))
+	// A content's progress is its snapshot's progress.
+	_, _ = contentInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) {
+			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok {
+				c.snapQueue.Add(content.Spec.VolumeSnapshotRef.Namespace + "/" + content.Spec.VolumeSnapshotRef.Name)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok {
+				c.snapQueue.Add(content.Spec.VolumeSnapshotRef.Namespace + "/" + content.Spec.VolumeSnapshotRef.Name)
+			}
+		},
+	})
+	c.synced = []cache.InformerSynced{
+		snapInformer.HasSynced, contentInformer.HasSynced,
+		snapInformers.Snapshot().V1().VolumeSnapshotClasses().Informer().HasSynced,
+		kubeInformers.Core().V1().PersistentVolumeClaims().Informer().HasSynced,
+		kubeInformers.Core().V1().PersistentVolumes().Informer().HasSynced,
+		kubeInformers.Core().V1().Nodes().Informer().HasSynced,
+	}
+	return c
+}
+
+func handler(queue workqueue.TypedRateLimitingInterface[string]) cache.ResourceEventHandlerFuncs {
+	add := func(obj any) {
+		key, err := cache.MetaNamespaceKeyFunc(obj)
+		if err != nil {
+			utilruntime.HandleError(err)
+			return
+		}
+		queue.Add(key)
+	}
+	return cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, obj any) { add(obj) }}
+}
+
+// Run processes snapshots and contents until ctx ends.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	defer c.snapQueue.ShutDown()
+	defer c.contentQueue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return errors.New("informer caches did not sync")
+	}
+	klog.InfoS("Snapshotter running", "driver", c.cfg.DriverName, "node", c.cfg.NodeName, "commonController", c.cfg.CommonController)
+	for range workers {
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.contentQueue, c.syncContent) }, time.Second)
+		if c.cfg.CommonController {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// errRequeue asks for another look after pollInterval without backoff.
+var errRequeue = errors.New("not done yet")
+
+func (c *Controller) work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+	for {
+		key, shutdown := queue.Get()
+		if shutdown {
+			return
+		}
+		err := sync(ctx, key)
+		switch {
+		case err == nil:
+			queue.Forget(key)
+		case errors.Is(err, errRequeue):
+			queue.Forget(key)
+			queue.AddAfter(key, pollInterval)
+		default:
+			klog.V(2).InfoS("Sync failed, retrying with backoff", "key", key, "err", err)
+			queue.AddRateLimited(key)
+		}
+		queue.Done(key)
+	}
+}
+
+// reachesHandle reports whether this node reaches the PV with that volume handle.
+func (c *Controller) reachesHandle(handle string) (*corev1.PersistentVolume, bool) {
+	pvs, err := c.volumes.List(labels.Everything())
+	if err != nil {
+		return nil, false
+	}
+	for _, pv := range pvs {
+		if pv.Spec.CSI != nil && pv.Spec.CSI.Driver == c.cfg.DriverName && pv.Spec.CSI.VolumeHandle == handle {
+			return pv, volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) == nil
+		}
+	}
+	return nil, false
+}
+
+func (c *Controller) nodeLabels() map[string]string {
+	labels := map[string]string{}
+	if node, err := c.nodes.Get(c.cfg.NodeName); err == nil {
+		for k, v := range node.Labels {
+			labels[k] = v
+		}
+	}
+	for k, v := range c.cfg.NodeSegment {
+		labels[k] = v
+	}
+	return labels
+}
+
+// syncContent is the sidecar half: cut, poll and delete backend snapshots.
+func (c *Controller) syncContent(ctx context.Context, name string) error {
+	content, err := c.contents.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if content.Spec.Driver != c.cfg.DriverName {
+		return nil
+	}
+	handle := ""
+	if content.Spec.Source.VolumeHandle != nil {
+		if _, ok := c.reachesHandle(*content.Spec.Source.VolumeHandle); !ok {
+			return nil // another node's snapshotter owns it
+		}
+	} else if content.Spec.Source.SnapshotHandle != nil {
+		handle = *content.Spec.Source.SnapshotHandle
+	}
+	if content.Status != nil && content.Status.SnapshotHandle != nil {
+		handle = *content.Status.SnapshotHandle
+	}
+	if content.DeletionTimestamp != nil {
+		return c.deleteContent(ctx, content, handle)
+	}
+	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
+		return nil
+	}
+	var snapshot *csi.Snapshot
+	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	if content.Spec.Source.VolumeHandle != nil {
+		class := c.snapshotClass(content.Spec.VolumeSnapshotClassName)
+		resp, err := c.cfg.CSI.CreateSnapshot(callCtx, &csi.CreateSnapshotRequest{
+			Name: SnapshotName(content), SourceVolumeId: *content.Spec.Source.VolumeHandle, Parameters: SnapshotParameters(class),
+		})
+		if err != nil {
+			return c.contentFailed(ctx, content, fmt.Sprintf("cut snapshot: %s", status.Convert(err).Message()), err)
+		}
+		snapshot = resp.GetSnapshot()
+	} else {
+		resp, err := c.cfg.CSI.GetSnapshot(callCtx, &csi.GetSnapshotRequest{SnapshotId: handle})
+		if err != nil {
+			return c.contentFailed(ctx, content, fmt.Sprintf("read pre-provisioned snapshot %s: %s", handle, status.Convert(err).Message()), err)
+		}
+		snapshot = resp.GetSnapshot()
+	}
+	if err := c.recordSnapshot(ctx, content, snapshot); err != nil {
+		return err
+	}
+	if !snapshot.GetReadyToUse() {
+		return errRequeue
+	}
+	return nil
+}
+
+// recordSnapshot stores the handle, readiness and topology on the content.
+func (c *Controller) recordSnapshot(ctx context.Context, content *snapv1.VolumeSnapshotContent, snapshot *csi.Snapshot) error {
+	annotation, err := TopologyAnnotation(snapshot)
+	if err != nil {
+		return err
+	}
+	if content.Annotations[AnnAccessibleTopology] != annotation {
+		updated := content.DeepCopy()
+		if updated.Annotations == nil {
+			updated.Annotations = map[string]string{}
+		}
+		updated.Annotations[AnnAccessibleTopology] = annotation
+		content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{})
+		if err != nil {
+			return fmt.Errorf("annotate content %s: %w", updated.Name, err)
+		}
+	}
+	updated := content.DeepCopy()
+	updated.Status = ContentStatus(snapshot)
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status of content %s: %w", content.Name, err)
+	}
+	if snapshot.GetReadyToUse() {
+		klog.InfoS("Snapshot ready", "content", content.Name, "handle", snapshot.GetSnapshotId())
+	}
+	return nil
+}
+
+func (c *Controller) contentFailed(ctx context.Context, content *snapv1.VolumeSnapshotContent, message string, cause error) error {
+	c.cfg.Recorder.Event(content, corev1.EventTypeWarning, "SnapshotCreationFailed", message)
+	updated := content.DeepCopy()
+	if updated.Status == nil {
+		updated.Status = &snapv1.VolumeSnapshotContentStatus{}
+	}
+	updated.Status.Error = SnapshotError(message)
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		klog.V(2).InfoS("Could not record snapshot error", "content", content.Name, "err", err)
+	}
+	return fmt.Errorf("content %s: %w", content.Name, cause)
+}
+
+// deleteContent deletes the backend snapshot (policy Delete), then releases
+// the content. A snapshot deleted mid-copy is deleted too: the driver cancels
+// the copy and removes what it had.
+func (c *Controller) deleteContent(ctx context.Context, content *snapv1.VolumeSnapshotContent, handle string) error {
+	if !slices.Contains(content.Finalizers, FinalizerContentBound) {
+		return nil
+	}
+	if content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
+		if handle == "" && content.Spec.Source.VolumeHandle != nil {
+			// Deleted before the first answer came back: cut-or-find by name,
+			// so the handle is known and nothing is left behind.
+			callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+			resp, err := c.cfg.CSI.CreateSnapshot(callCtx, &csi.CreateSnapshotRequest{Name: SnapshotName(content), SourceVolumeId: *content.Spec.Source.VolumeHandle})
+			cancel()
+			if err == nil {
+				handle = resp.GetSnapshot().GetSnapshotId()
+			}
+		}
+		if handle != "" {
+			callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+			_, err := c.cfg.CSI.DeleteSnapshot(callCtx, &csi.DeleteSnapshotRequest{SnapshotId: handle})
+			cancel()
+			if err != nil {
+				c.cfg.Recorder.Eventf(content, corev1.EventTypeWarning, "SnapshotDeleteFailed", "delete snapshot %s: %s", handle, status.Convert(err).Message())
+				return fmt.Errorf("delete snapshot %s: %w", handle, err)
+			}
+		}
+	}
+	updated := content.DeepCopy()
+	updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerContentBound })
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("release content %s: %w", content.Name, err)
+	}
+	klog.InfoS("Content released", "content", content.Name, "handle", handle, "policy", content.Spec.DeletionPolicy)
+	return nil
+}
+
+func (c *Controller) snapshotClass(name *string) *snapv1.VolumeSnapshotClass {
+	if name == nil {
+		return nil
+	}
+	class, err := c.classes.Get(*name)
+	if err != nil {
+		return nil
+	}
+	return class
+}
+
+// syncSnapshot is the common half: bind a VolumeSnapshot to its content and
+// mirror the content's status.
+func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	snap, err := c.snapLister.VolumeSnapshots(namespace).Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if snap.DeletionTimestamp != nil {
+		if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
+			return nil
+		}
+		// The source claim may be gone already: the content says who handles it.
+		if content, err := c.contents.Get(ContentName(snap)); err == nil && content.Spec.Source.VolumeHandle != nil {
+			if _, ok := c.reachesHandle(*content.Spec.Source.VolumeHandle); !ok {
+				return nil
+			}
+		}
+		return c.deleteSnapshot(ctx, snap)
+	}
+	source := snap.Spec.Source.PersistentVolumeClaimName
+	if source == nil {
+		return c.mirrorStatus(ctx, snap, ptr.Deref(snap.Spec.Source.VolumeSnapshotContentName, ""))
+	}
+	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(*source)
+	if err != nil {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("source PersistentVolumeClaim %s/%s not found", namespace, *source))
+	}
+	if claim.Spec.VolumeName == "" {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("source PersistentVolumeClaim %s/%s is not bound yet", namespace, *source))
+	}
+	pv, err := c.volumes.Get(claim.Spec.VolumeName)
+	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.cfg.DriverName {
+		return nil // not ours
+	}
+	if volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) != nil {
+		return nil // the snapshotter of a node that reaches it handles it
+	}
+	if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
+		updated := snap.DeepCopy()
+		updated.Finalizers = append(updated.Finalizers, FinalizerSnapshotBound)
+		if snap, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(namespace).Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("add finalizer to %s: %w", key, err)
+		}
+	}
+	if _, err := c.contents.Get(ContentName(snap)); apierrors.IsNotFound(err) {
+		class, err := c.classFor(snap)
+		if err != nil {
+			return c.snapshotFailed(ctx, snap, err.Error())
+		}
+		content := BuildContent(snap, class, pv.Spec.CSI.VolumeHandle)
+		if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Create(ctx, content, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create content for %s: %w", key, err)
+		}
+		c.cfg.Recorder.Eventf(snap, corev1.EventTypeNormal, "SnapshotCreated", "Created VolumeSnapshotContent %s for PVC %s", content.Name, *source)
+	}
+	return c.mirrorStatus(ctx, snap, ContentName(snap))
+}
+
+func (c *Controller) classFor(snap *snapv1.VolumeSnapshot) (*snapv1.VolumeSnapshotClass, error) {
+	if snap.Spec.VolumeSnapshotClassName != nil {
+		class, err := c.classes.Get(*snap.Spec.VolumeSnapshotClassName)
+		if err != nil {
+			return nil, fmt.Errorf("VolumeSnapshotClass %s not found", *snap.Spec.VolumeSnapshotClassName)
+		}
+		if class.Driver != c.cfg.DriverName {
+			return nil, fmt.Errorf("VolumeSnapshotClass %s is for driver %s, but the source volume is a %s volume", class.Name, class.Driver, c.cfg.DriverName)
+		}
+		return class, nil
+	}
+	classes, err := c.classes.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	return DefaultClass(classes, c.cfg.DriverName)
+}
+
+// mirrorStatus copies the bound content's status onto the snapshot.
+func (c *Controller) mirrorStatus(ctx context.Context, snap *snapv1.VolumeSnapshot, contentName string) error {
+	if contentName == "" {
+		return nil
+	}
+	content, err := c.contents.Get(contentName)
+	if err != nil {
+		return nil // the content event will bring us back
+	}
+	want := &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: ptr.To(contentName)}
+	if s := content.Status; s != nil {
+		want.ReadyToUse = s.ReadyToUse
+		want.Error = s.Error
+		if s.RestoreSize != nil {
+			want.RestoreSize = resource.NewQuantity(*s.RestoreSize, resource.BinarySI)
+		}
+		if s.CreationTime != nil {
+			t := metav1.NewTime(time.Unix(0, *s.CreationTime))
+			want.CreationTime = &t
+		}
+	}
+	if snap.Status != nil && ptr.Deref(snap.Status.ReadyToUse, false) == ptr.Deref(want.ReadyToUse, false) &&
+		ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "") == contentName && (snap.Status.Error == nil) == (want.Error == nil) {
+		return nil
+	}
+	updated := snap.DeepCopy()
+	updated.Status = want
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(snap.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status of %s/%s: %w", snap.Namespace, snap.Name, err)
+	}
+	if ptr.Deref(want.ReadyToUse, false) {
+		c.cfg.Recorder.Eventf(snap, corev1.EventTypeNormal, "SnapshotReady", "Snapshot %s/%s is ready to use", snap.Namespace, snap.Name)
+	}
+	return nil
+}
+
+func (c *Controller) snapshotFailed(ctx context.Context, snap *snapv1.VolumeSnapshot, message string) error {
+	c.cfg.Recorder.Event(snap, corev1.EventTypeWarning, "SnapshotFailed", message)
+	if snap.Status == nil || snap.Status.Error == nil || ptr.Deref(snap.Status.Error.Message, "") != message {
+		updated := snap.DeepCopy()
+		if updated.Status == nil {
+			updated.Status = &snapv1.VolumeSnapshotStatus{}
+		}
+		updated.Status.ReadyToUse = ptr.To(false)
+		updated.Status.Error = SnapshotError(message)
+		if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(snap.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+			klog.V(2).InfoS("Could not record snapshot error", "snapshot", klog.KObj(snap), "err", err)
+		}
+	}
+	return fmt.Errorf("%s/%s: %s", snap.Namespace, snap.Name, message)
+}
+
+// deleteSnapshot deletes the content (its finalizer makes the content half
+// delete the backend snapshot for policy Delete), waits for it to go, then
+// releases the snapshot.
+func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot) error {
+	name := ContentName(snap)
+	content, err := c.contents.Get(name)
+	if err == nil {
+		if content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
+			if content.DeletionTimestamp == nil {
+				if err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+					return fmt.Errorf("delete content %s: %w", name, err)
+				}
+			}
+			return errRequeue
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return err
+	}
+	updated := snap.DeepCopy()
+	updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerSnapshotBound })
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(snap.Namespace).Update(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("release %s/%s: %w", snap.Namespace, snap.Name, err)
+	}
+	return nil
+}
