@@ -40,6 +40,15 @@ func benchTree(b *testing.B) string {
 	return benchSrc
 }
 
+// TestMain removes the benchmark tree, which outlives a single benchmark.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if benchSrc != "" {
+		_ = os.RemoveAll(filepath.Dir(benchSrc))
+	}
+	os.Exit(code)
+}
+
 func run(b *testing.B, name string, args ...string) {
 	b.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
