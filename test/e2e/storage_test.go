@@ -287,4 +287,3 @@ func publishOn(t *testing.T, node, volumeID string) string {
 	})
 	return target
 }
-
