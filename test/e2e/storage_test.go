@@ -180,28 +180,7 @@ func TestSnapshotRestore(t *testing.T) {
 	pv, node := waitBound(t, ns, "disk-pvc", "writer")
 	written := writeThrough(t, node, pv.Spec.CSI.VolumeHandle, "the seed's data")
 
-	class := &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-snapclass",
-		Annotations: map[string]string{snapshotter.AnnDefaultClass: "true"}},
-		Driver: "csi.toposnap.io", DeletionPolicy: snapv1.VolumeSnapshotContentDelete}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "disk-snapshot", Namespace: ns},
-		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("disk-pvc")}}}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	var contentName string
-	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "disk-snapshot", metav1.GetOptions{})
-		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
-			return false, nil
-		}
-		contentName = ptr.Deref(got.Status.BoundVolumeSnapshotContentName, "")
-		return true, nil
-	}); err != nil {
-		t.Fatalf("VolumeSnapshot never became ready: %v", err)
-	}
+	contentName := snapshotOf(t, ns, "disk-snapshot", "disk-pvc")
 	content, err := env.snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -238,6 +217,36 @@ func TestSnapshotRestore(t *testing.T) {
 	if len(listed.GetEntries()) != 0 {
 		t.Fatalf("backend snapshot %s survived: %v", handle, listed.GetEntries())
 	}
+}
+
+// snapshotOf cuts a VolumeSnapshot of claim with the default class, waits
+// until it is ready and returns its content's name.
+func snapshotOf(t *testing.T, ns, name, claim string) string {
+	t.Helper()
+	ctx := ctxFor(t, 3*time.Minute)
+	class := &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-snapclass",
+		Annotations: map[string]string{snapshotter.AnnDefaultClass: "true"}},
+		Driver: "csi.toposnap.io", DeletionPolicy: snapv1.VolumeSnapshotContentDelete}
+	if _, err := env.snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(claim)}}}
+	if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var contentName string
+	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
+		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
+			return false, nil
+		}
+		contentName = ptr.Deref(got.Status.BoundVolumeSnapshotContentName, "")
+		return true, nil
+	}); err != nil {
+		t.Fatalf("VolumeSnapshot %s/%s never became ready: %v", ns, name, err)
+	}
+	return contentName
 }
 
 // writeThrough plays the kubelet: stage and publish the volume on node,
