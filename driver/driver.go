@@ -20,6 +20,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/toposnap/toposnap/driver/store"
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -133,12 +134,8 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	server := d.NewGRPCServer()
-	if opts.MetricsAddress != "" {
-		stop, err := d.metrics.serve(opts.MetricsAddress)
-		if err != nil {
-			return err
-		}
-		defer stop()
+	if err := kube.ServeMetrics(ctx, opts.MetricsAddress, d.metrics.registry); err != nil {
+		return err
 	}
 	errs := make(chan error, 1)
 	go func() { errs <- server.Serve(listener) }()

@@ -9,10 +9,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -22,7 +21,7 @@ func resolveLocation(ctx context.Context, opts Options) (topology.Location, erro
 	if opts.Kubeconfig == "" && !opts.InCluster {
 		return topology.Location{Node: opts.NodeID, Zone: opts.Zone, Region: opts.Region}, nil
 	}
-	config, err := restConfig(opts.Kubeconfig)
+	config, err := kube.RestConfig(opts.Kubeconfig)
 	if err != nil {
 		return topology.Location{}, err
 	}
@@ -52,19 +51,4 @@ func resolveLocation(ctx context.Context, opts Options) (topology.Location, erro
 		location.Region = opts.Region
 	}
 	return location, nil
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		config, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster config: %w", err)
-		}
-		return config, nil
-	}
-	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
-	}
-	return config, nil
 }

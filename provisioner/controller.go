@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +38,7 @@ import (
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -58,6 +61,15 @@ type Controller struct {
 	claimQueue  workqueue.TypedRateLimitingInterface[string]
 	volumeQueue workqueue.TypedRateLimitingInterface[string]
 	synced      []cache.InformerSynced
+
+	capacityNamespace string
+	zone              *zoneOwner
+	metrics           *metrics
+	// inFlight holds CreateVolume requests that ended in a transient error:
+	// the volume may exist, so they are finished (and then deleted) even if
+	// their claim goes away.
+	inFlightMu sync.Mutex
+	inFlight   map[string]*csi.CreateVolumeRequest
 }
 
 // Config wires a Controller.
@@ -70,14 +82,14 @@ type Config struct {
 	Snapshots   snapshotclient.Interface
 	CSI         csi.ControllerClient
 	Recorder    record.EventRecorder
+	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
+	CapacityNamespace string
+	Registry          *prometheus.Registry
 }
 
 // NewController builds the controller and registers its informers; start
 // the factories and call Run.
 func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
-	limiter := func() workqueue.TypedRateLimiter[string] {
-		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute)
-	}
 	c := &Controller{
 		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
 		client: cfg.Client, csi: cfg.CSI, recorder: cfg.Recorder,
@@ -87,13 +99,16 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		nodes:       kubeInformers.Core().V1().Nodes().Lister(),
 		snapshots:   snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:    snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
-		claimQueue:  workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "claims"}),
-		volumeQueue: workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumes"}),
+		capacityNamespace: cfg.CapacityNamespace, zone: &zoneOwner{}, metrics: newMetrics(cfg.Registry),
+		inFlight:    map[string]*csi.CreateVolumeRequest{},
+		claimQueue:  kube.NewQueue("claims"),
+		volumeQueue: kube.NewQueue("volumes"),
 	}
 	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
 	_, _ = claimInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueue(c.claimQueue, obj) },
 		UpdateFunc: func(_, obj any) { c.enqueue(c.claimQueue, obj) },
+		DeleteFunc: func(obj any) { c.enqueue(c.claimQueue, obj) },
 	})
 	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
 	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -111,7 +126,7 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 }
 
 func (c *Controller) enqueue(queue workqueue.TypedRateLimitingInterface[string], obj any) {
-	key, err := cache.MetaNamespaceKeyFunc(obj)
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
 		utilruntime.HandleError(err)
 		return
@@ -119,38 +134,40 @@ func (c *Controller) enqueue(queue workqueue.TypedRateLimitingInterface[string],
 	queue.Add(key)
 }
 
+// Background says how often the controller's periodic work runs.
+type Background struct {
+	CapacityInterval time.Duration
+	OrphanInterval   time.Duration
+	OrphanGrace      time.Duration
+	DeleteOrphans    bool
+}
+
 // Run processes claims and volumes with the given number of workers each
-// until ctx ends.
-func (c *Controller) Run(ctx context.Context, workers int) error {
+// until ctx ends, campaigns for the zone's Lease, publishes capacity and
+// reports orphans.
+func (c *Controller) Run(ctx context.Context, workers int, background Background) error {
 	defer c.claimQueue.ShutDown()
 	defer c.volumeQueue.ShutDown()
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("informer caches did not sync")
 	}
 	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
+	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
+		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
+		go c.zone.campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
+	}
+	if background.CapacityInterval > 0 {
+		go c.publishCapacity(ctx, background.CapacityInterval)
+	}
+	if background.OrphanInterval > 0 {
+		go c.reportOrphans(ctx, background.OrphanInterval, background.OrphanGrace, background.DeleteOrphans)
+	}
 	for range workers {
-		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.claimQueue, c.syncClaim) }, time.Second)
-		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.volumeQueue, c.syncVolume) }, time.Second)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.claimQueue, c.syncClaim) }, time.Second)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.volumeQueue, c.syncVolume) }, time.Second)
 	}
 	<-ctx.Done()
 	return nil
-}
-
-func (c *Controller) work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
-	for {
-		key, shutdown := queue.Get()
-		if shutdown {
-			return
-		}
-		err := sync(ctx, key)
-		if err == nil {
-			queue.Forget(key)
-		} else {
-			klog.V(2).InfoS("Sync failed, retrying with backoff", "key", key, "err", err)
-			queue.AddRateLimited(key)
-		}
-		queue.Done(key)
-	}
 }
 
 // syncClaim provisions a volume for a pending claim this node owns.
@@ -161,13 +178,16 @@ func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	}
 	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		return nil
+		return c.abandon(ctx, key)
 	}
 	if err != nil {
 		return err
 	}
-	if claim.Spec.VolumeName != "" || claim.DeletionTimestamp != nil {
+	if claim.DeletionTimestamp != nil {
 		return nil
+	}
+	if claim.Spec.VolumeName != "" {
+		return c.syncBound(ctx, claim)
 	}
 	className := volumehelpers.GetPersistentVolumeClaimClass(claim)
 	if className == "" {
@@ -183,19 +203,99 @@ func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	if _, err := c.volumes.Get(PVName(claim)); err == nil {
 		return nil // provisioned; the PV controller binds it
 	}
-	return c.provision(ctx, claim, class)
+	return c.provision(ctx, key, claim, class)
+}
+
+// syncBound resizes a bound claim of ours when its request outgrew its PV.
+func (c *Controller) syncBound(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
+	if claim.Status.Phase != corev1.ClaimBound {
+		return nil
+	}
+	pv, err := c.volumes.Get(claim.Spec.VolumeName)
+	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName || !c.responsibleFor(pv) {
+		return nil
+	}
+	return c.expand(ctx, claim, pv)
+}
+
+// abandon finishes a creation that ended in a transient error after its
+// claim went away: create-or-find the volume by name, then delete it.
+func (c *Controller) abandon(ctx context.Context, key string) error {
+	c.inFlightMu.Lock()
+	req, ok := c.inFlight[key]
+	c.inFlightMu.Unlock()
+	if !ok {
+		return nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	resp, err := c.csi.CreateVolume(callCtx, req)
+	if err != nil && classify(err) == retryInBackground {
+		return fmt.Errorf("finish abandoned volume %s: %w", req.GetName(), err)
+	}
+	if err == nil {
+		if _, err := c.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
+			return fmt.Errorf("delete abandoned volume %s: %w", resp.GetVolume().GetVolumeId(), err)
+		}
+		klog.InfoS("Deleted the volume of a claim deleted during provisioning", "claim", key, "volume", resp.GetVolume().GetVolumeId())
+	}
+	c.setInFlight(key, nil)
+	return nil
+}
+
+func (c *Controller) setInFlight(key string, req *csi.CreateVolumeRequest) {
+	c.inFlightMu.Lock()
+	defer c.inFlightMu.Unlock()
+	if req == nil {
+		delete(c.inFlight, key)
+	} else {
+		c.inFlight[key] = req
+	}
 }
 
 // ownsClaim: a delayed-binding claim belongs to the node the scheduler
-// selected; immediate binding is not node-deployable and is left alone.
+// selected; an immediate-binding zone claim to the owner of a zone the class
+// allows. Immediate node-scope claims have no owner: nothing can pick their
+// node (the webhook defaults such classes to WaitForFirstConsumer).
 func (c *Controller) ownsClaim(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
-	if class.VolumeBindingMode == nil || *class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer {
+	if class.VolumeBindingMode != nil && *class.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
+		return claim.Annotations[AnnSelectedNode] == c.nodeName
+	}
+	params, err := DriverParameters(class)
+	if err != nil || params["scope"] != string(topology.ScopeZone) || !c.zone.Holds() {
 		return false
 	}
-	return claim.Annotations[AnnSelectedNode] == c.nodeName
+	return AllowedOnNode(class, c.zoneLabels())
 }
 
-func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
+// zoneLabels are the labels every node of this node's zone shares.
+func (c *Controller) zoneLabels() map[string]string {
+	labels := map[string]string{}
+	for _, key := range []string{topology.ZoneKey, topology.RegionKey} {
+		if value, ok := c.nodeSegment[key]; ok {
+			labels[key] = value
+		}
+	}
+	return labels
+}
+
+// responsibleFor: node-scope PVs are their node's, zone-scope PVs the zone
+// owner's (any node of the zone reaches them; one acts).
+func (c *Controller) responsibleFor(pv *corev1.PersistentVolume) bool {
+	if !c.reaches(pv) || pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
+		return false
+	}
+	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		for _, expr := range term.MatchExpressions {
+			if expr.Key == topology.NodeKey {
+				return true
+			}
+		}
+	}
+	return c.zone.Holds()
+}
+
+func (c *Controller) provision(ctx context.Context, key string, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
 	req, err := c.createRequest(claim, class)
 	if err != nil {
 		c.recorder.Event(claim, corev1.EventTypeWarning, "ProvisioningFailed", err.Error())
@@ -206,7 +306,10 @@ func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolu
 	resp, err := c.csi.CreateVolume(callCtx, req)
 	cancel()
 	if err != nil {
+		c.metrics.provisions.WithLabelValues(status.Code(err).String()).Inc()
 		switch classify(err) {
+		case retryInBackground:
+			c.setInFlight(key, req)
 		case reschedule:
 			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
 				"node %s cannot provision this claim, asking the scheduler to pick another node: %s", c.nodeName, status.Convert(err).Message())
@@ -216,6 +319,8 @@ func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolu
 		}
 		return fmt.Errorf("create volume for %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
+	c.setInFlight(key, nil)
+	c.metrics.provisions.WithLabelValues("OK").Inc()
 	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
 	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create PV %s: %w", pv.Name, err)
@@ -235,12 +340,16 @@ func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *s
 	if err != nil {
 		return nil, err
 	}
-	node, err := c.nodes.Get(c.nodeName)
-	if err != nil {
-		return nil, fmt.Errorf("read selected node %s: %w", c.nodeName, err)
-	}
-	requirement, err := TopologyRequirement(c.nodeSegment, node.Labels, class)
-	if err != nil {
+	var requirement *csi.TopologyRequirement
+	if claim.Annotations[AnnSelectedNode] == c.nodeName {
+		node, err := c.nodes.Get(c.nodeName)
+		if err != nil {
+			return nil, fmt.Errorf("read selected node %s: %w", c.nodeName, err)
+		}
+		if requirement, err = TopologyRequirement(c.nodeSegment, node.Labels, class); err != nil {
+			return nil, err
+		}
+	} else if requirement, err = TopologyRequirement(topology.Segment(c.zoneLabels()), c.zoneLabels(), class); err != nil {
 		return nil, err
 	}
 	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
@@ -348,7 +457,7 @@ func (c *Controller) syncVolume(ctx context.Context, key string) error {
 		return nil
 	}
 	released := pv.Status.Phase == corev1.VolumeReleased || pv.Status.Phase == corev1.VolumeFailed || pv.DeletionTimestamp != nil
-	if !released || !c.reaches(pv) {
+	if !released || !c.responsibleFor(pv) {
 		return nil
 	}
 	callCtx, cancel := context.WithTimeout(ctx, c.timeout)

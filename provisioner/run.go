@@ -2,15 +2,9 @@ package provisioner
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
-	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
-	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/toposnap/toposnap/internal/kube"
 )
@@ -24,45 +18,26 @@ type Options struct {
 	Workers        int
 	Resync         time.Duration
 	MetricsAddress string
+	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
+	CapacityNamespace string
+	Background
 }
 
 // Run provisions for this node until ctx ends.
 func Run(ctx context.Context, opts Options) error {
-	if opts.NodeName == "" {
-		return fmt.Errorf("--node-name is required")
-	}
-	config, err := kube.RestConfig(opts.Kubeconfig)
+	env, err := kube.NewEnv(ctx, kube.EnvOptions{
+		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-provisioner",
+		NodeName: opts.NodeName, MetricsAddress: opts.MetricsAddress, Resync: opts.Resync,
+	})
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(config)
-	if err != nil {
-		return fmt.Errorf("create API client: %w", err)
-	}
-	snapClient, err := snapshotclient.NewForConfig(config)
-	if err != nil {
-		return fmt.Errorf("create snapshot API client: %w", err)
-	}
-	driver, err := kube.ConnectDriver(ctx, opts.CSIAddress)
-	if err != nil {
-		return err
-	}
-	defer driver.Conn.Close()
-	recorder, stopEvents := kube.Recorder(client, "toposnap-provisioner", opts.NodeName)
-	defer stopEvents()
-	if err := kube.ServeMetrics(ctx, opts.MetricsAddress, prometheus.NewRegistry()); err != nil {
-		return err
-	}
-
-	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields))
-	snapInformers := snapshotinformers.NewSharedInformerFactoryWithOptions(snapClient, opts.Resync, snapshotinformers.WithTransform(kube.StripManagedFields))
+	defer env.Close()
 	controller := NewController(Config{
-		DriverName: driver.Name, NodeName: opts.NodeName, NodeSegment: driver.Segment, Timeout: opts.Timeout,
-		Client: client, Snapshots: snapClient, CSI: csi.NewControllerClient(driver.Conn), Recorder: recorder,
-	}, kubeInformers, snapInformers)
-	kubeInformers.Start(ctx.Done())
-	snapInformers.Start(ctx.Done())
-	defer kubeInformers.Shutdown()
-	defer snapInformers.Shutdown()
-	return controller.Run(ctx, opts.Workers)
+		DriverName: env.Driver.Name, NodeName: opts.NodeName, NodeSegment: env.Driver.Segment, Timeout: opts.Timeout,
+		Client: env.Client, Snapshots: env.Snapshots, CSI: csi.NewControllerClient(env.Driver.Conn), Recorder: env.Recorder,
+		CapacityNamespace: opts.CapacityNamespace, Registry: env.Registry,
+	}, env.KubeInformers, env.SnapInformers)
+	env.Start(ctx)
+	return controller.Run(ctx, opts.Workers, opts.Background)
 }

@@ -34,11 +34,9 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
-
-// pollInterval is how soon a snapshot that is not ready yet is looked at again.
-const pollInterval = 2 * time.Second
 
 // Config wires a Controller.
 type Config struct {
@@ -68,9 +66,6 @@ type Controller struct {
 
 // NewController registers informers; start the factories, then Run.
 func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
-	limiter := func() workqueue.TypedRateLimiter[string] {
-		return workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute)
-	}
 	c := &Controller{
 		cfg:          cfg,
 		claims:       kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
@@ -79,8 +74,8 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		snapLister:   snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:     snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		classes:      snapInformers.Snapshot().V1().VolumeSnapshotClasses().Lister(),
-		snapQueue:    workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "snapshots"}),
-		contentQueue: workqueue.NewTypedRateLimitingQueueWithConfig(limiter(), workqueue.TypedRateLimitingQueueConfig[string]{Name: "contents"}),
+		snapQueue:    kube.NewQueue("snapshots"),
+		contentQueue: kube.NewQueue("contents"),
 	}
 	snapInformer := snapInformers.Snapshot().V1().VolumeSnapshots().Informer()
 	contentInformer := snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer()
@@ -130,37 +125,13 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	}
 	klog.InfoS("Snapshotter running", "driver", c.cfg.DriverName, "node", c.cfg.NodeName, "commonController", c.cfg.CommonController)
 	for range workers {
-		go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.contentQueue, c.syncContent) }, time.Second)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.contentQueue, c.syncContent) }, time.Second)
 		if c.cfg.CommonController {
-			go wait.UntilWithContext(ctx, func(ctx context.Context) { c.work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
+			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
 		}
 	}
 	<-ctx.Done()
 	return nil
-}
-
-// errRequeue asks for another look after pollInterval without backoff.
-var errRequeue = errors.New("not done yet")
-
-func (c *Controller) work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
-	for {
-		key, shutdown := queue.Get()
-		if shutdown {
-			return
-		}
-		err := sync(ctx, key)
-		switch {
-		case err == nil:
-			queue.Forget(key)
-		case errors.Is(err, errRequeue):
-			queue.Forget(key)
-			queue.AddAfter(key, pollInterval)
-		default:
-			klog.V(2).InfoS("Sync failed, retrying with backoff", "key", key, "err", err)
-			queue.AddRateLimited(key)
-		}
-		queue.Done(key)
-	}
 }
 
 // reachesHandle reports whether this node reaches the PV with that volume handle.
@@ -242,7 +213,7 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 		return err
 	}
 	if !snapshot.GetReadyToUse() {
-		return errRequeue
+		return kube.ErrRequeue
 	}
 	return nil
 }
@@ -484,7 +455,7 @@ func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnap
 					return fmt.Errorf("delete content %s: %w", name, err)
 				}
 			}
-			return errRequeue
+			return kube.ErrRequeue
 		}
 	} else if !apierrors.IsNotFound(err) {
 		return err

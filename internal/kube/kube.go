@@ -14,17 +14,21 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/kubernetes-csi/csi-lib-utils/connection"
 	"github.com/kubernetes-csi/csi-lib-utils/rpc"
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/topology"
@@ -119,4 +123,109 @@ func ServeMetrics(ctx context.Context, address string, registry *prometheus.Regi
 		}
 	}()
 	return nil
+}
+
+// ErrRequeue asks a worker to look at a key again after RequeueAfter,
+// without counting a failure (something is in progress, not broken).
+var ErrRequeue = errors.New("not done yet")
+
+// RequeueAfter is how soon an ErrRequeue key comes back.
+const RequeueAfter = 2 * time.Second
+
+// NewQueue is a workqueue of keys with per-item exponential backoff 1s→5m.
+func NewQueue(name string) workqueue.TypedRateLimitingInterface[string] {
+	return workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: name})
+}
+
+// Work takes keys from queue and syncs them until the queue shuts down:
+// success forgets the key's failures, ErrRequeue looks again soon, any other
+// error retries with backoff.
+func Work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string], sync func(context.Context, string) error) {
+	for {
+		key, shutdown := queue.Get()
+		if shutdown {
+			return
+		}
+		err := sync(ctx, key)
+		switch {
+		case err == nil:
+			queue.Forget(key)
+		case errors.Is(err, ErrRequeue):
+			queue.Forget(key)
+			queue.AddAfter(key, RequeueAfter)
+		default:
+			klog.V(2).InfoS("Sync failed, retrying with backoff", "queue", queue, "key", key, "err", err)
+			queue.AddRateLimited(key)
+		}
+		queue.Done(key)
+	}
+}
+
+// Env is what a node-deployed controller needs: API clients, lean informer
+// factories, an event recorder and the node's CSI driver.
+type Env struct {
+	Client        kubernetes.Interface
+	Snapshots     snapshotclient.Interface
+	KubeInformers informers.SharedInformerFactory
+	SnapInformers snapshotinformers.SharedInformerFactory
+	Recorder      record.EventRecorder
+	Driver        *Driver
+	// Registry is served on --metrics-address; components add their series.
+	Registry *prometheus.Registry
+	stop     []func()
+}
+
+// EnvOptions are the flags every node-deployed controller shares.
+type EnvOptions struct {
+	Kubeconfig, CSIAddress, Component, NodeName, MetricsAddress string
+	Resync                                                      time.Duration
+}
+
+// NewEnv connects to the API server and the CSI driver and serves metrics.
+// Close releases it.
+func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
+	if opts.NodeName == "" {
+		return nil, errors.New("--node-name is required")
+	}
+	config, err := RestConfig(opts.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	env := &Env{Registry: prometheus.NewRegistry()}
+	if env.Client, err = kubernetes.NewForConfig(config); err != nil {
+		return nil, fmt.Errorf("create API client: %w", err)
+	}
+	if env.Snapshots, err = snapshotclient.NewForConfig(config); err != nil {
+		return nil, fmt.Errorf("create snapshot API client: %w", err)
+	}
+	if env.Driver, err = ConnectDriver(ctx, opts.CSIAddress); err != nil {
+		return nil, err
+	}
+	env.stop = append(env.stop, func() { env.Driver.Conn.Close() })
+	recorder, stopEvents := Recorder(env.Client, opts.Component, opts.NodeName)
+	env.Recorder = recorder
+	env.stop = append(env.stop, stopEvents)
+	if err := ServeMetrics(ctx, opts.MetricsAddress, env.Registry); err != nil {
+		env.Close()
+		return nil, err
+	}
+	env.KubeInformers = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync, informers.WithTransform(StripManagedFields))
+	env.SnapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(env.Snapshots, opts.Resync, snapshotinformers.WithTransform(StripManagedFields))
+	return env, nil
+}
+
+// Start starts the informer factories; Close shuts them down.
+func (e *Env) Start(ctx context.Context) {
+	e.KubeInformers.Start(ctx.Done())
+	e.SnapInformers.Start(ctx.Done())
+	e.stop = append(e.stop, e.KubeInformers.Shutdown, e.SnapInformers.Shutdown)
+}
+
+// Close releases everything NewEnv and Start set up, last first.
+func (e *Env) Close() {
+	for i := len(e.stop) - 1; i >= 0; i-- {
+		e.stop[i]()
+	}
 }

@@ -45,6 +45,7 @@ type nodeProcesses struct {
 	node     csi.NodeClient
 	ctrl     csi.ControllerClient
 	commands map[string]*exec.Cmd
+	args     map[string][]string
 }
 
 func TestMain(m *testing.M) {
@@ -135,7 +136,7 @@ func (e *environment) installSnapshotCRDs(ctx context.Context, root string) erro
 func (e *environment) startNode(ctx context.Context, node, zonePool string) (*nodeProcesses, error) {
 	nodeDir := filepath.Join(e.dir, node)
 	socket := filepath.Join(nodeDir, "csi.sock")
-	p := &nodeProcesses{name: node, socket: socket, commands: map[string]*exec.Cmd{}}
+	p := &nodeProcesses{name: node, socket: socket, commands: map[string]*exec.Cmd{}, args: map[string][]string{}}
 	if err := p.start(e, "driver", "toposnap-driver", "--endpoint", "unix://"+socket, "--node-id", node,
 		"--data-dir", filepath.Join(nodeDir, "pool"), "--zone-data-dir", zonePool, "--capacity", "10Gi",
 		"--kubeconfig", e.cluster.Kubeconfig, "--v", "2"); err != nil {
@@ -153,7 +154,9 @@ func (e *environment) startNode(ctx context.Context, node, zonePool string) (*no
 		return nil, fmt.Errorf("driver on %s did not come up (see %s): %w", node, e.logPath(node, "driver"), err)
 	}
 	common := []string{"--csi-address", socket, "--node-name", node, "--kubeconfig", e.cluster.Kubeconfig, "--v", "2"}
-	if err := p.start(e, "provisioner", "toposnap-provisioner", common...); err != nil {
+	provisionerArgs := append(append([]string{}, common...), "--capacity-namespace", "default", "--capacity-interval", "2s",
+		"--orphan-interval", "5s", "--orphan-grace", "30s")
+	if err := p.start(e, "provisioner", "toposnap-provisioner", provisionerArgs...); err != nil {
 		return nil, err
 	}
 	if err := p.start(e, "snapshotter", "toposnap-snapshotter", append(common, "--common-controller")...); err != nil {
@@ -174,6 +177,7 @@ func (p *nodeProcesses) start(e *environment, component, binary string, args ...
 	if err != nil {
 		return err
 	}
+	p.args[component] = append([]string{binary}, args...)
 	cmd := exec.Command(filepath.Join(e.bin, binary), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = deathSignal()
@@ -182,6 +186,19 @@ func (p *nodeProcesses) start(e *environment, component, binary string, args ...
 	}
 	p.commands[component] = cmd
 	return nil
+}
+
+// kill SIGKILLs a component, as a crash would, and reaps it.
+func (p *nodeProcesses) kill(component string) {
+	cmd := p.commands[component]
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+}
+
+// restart starts a killed component again with the same flags.
+func (p *nodeProcesses) restart(e *environment, component string) error {
+	args := p.args[component]
+	return p.start(e, component, args[0], args[1:]...)
 }
 
 // poll calls check every interval until it reports done, fails, or timeout passes.

@@ -37,10 +37,11 @@ func createNamespace(t *testing.T) string {
 func createClass(t *testing.T, name, scope string, allowedZones ...string) {
 	t.Helper()
 	class := &storagev1.StorageClass{
-		ObjectMeta:        metav1.ObjectMeta{Name: name},
-		Provisioner:       "csi.toposnap.io",
-		Parameters:        map[string]string{"scope": scope},
-		VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
+		ObjectMeta:           metav1.ObjectMeta{Name: name},
+		Provisioner:          "csi.toposnap.io",
+		Parameters:           map[string]string{"scope": scope},
+		VolumeBindingMode:    ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
+		AllowVolumeExpansion: ptr.To(true),
 	}
 	if len(allowedZones) > 0 {
 		class.AllowedTopologies = []corev1.TopologySelectorTerm{{MatchLabelExpressions: []corev1.TopologySelectorLabelRequirement{

@@ -24,6 +24,11 @@ func main() {
 	flag.IntVar(&opts.Workers, "workers", 4, "concurrent claims and volumes handled")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
+	flag.StringVar(&opts.CapacityNamespace, "capacity-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of CSIStorageCapacity objects and zone Leases")
+	flag.DurationVar(&opts.CapacityInterval, "capacity-interval", time.Minute, "how often CSIStorageCapacity is refreshed (0: never)")
+	flag.DurationVar(&opts.OrphanInterval, "orphan-interval", 5*time.Minute, "how often unreferenced volumes are looked for (0: never)")
+	flag.DurationVar(&opts.OrphanGrace, "orphan-grace", 10*time.Minute, "how long a volume may go unreferenced before it is an orphan")
+	flag.BoolVar(&opts.DeleteOrphans, "delete-orphans", false, "delete orphan volumes instead of only reporting them")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
 
@@ -34,4 +39,11 @@ func main() {
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}
 	klog.Flush()
+}
+
+func envOr(name, fallback string) string {
+	if value := os.Getenv(name); value != "" {
+		return value
+	}
+	return fallback
 }
