@@ -50,6 +50,7 @@ type Controller struct {
 	timeout     time.Duration
 
 	client      kubernetes.Interface
+	snapClient  snapshotclient.Interface
 	csi         csi.ControllerClient
 	recorder    record.EventRecorder
 	claims      corelisters.PersistentVolumeClaimLister
@@ -92,7 +93,7 @@ type Config struct {
 func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
 	c := &Controller{
 		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
-		client: cfg.Client, csi: cfg.CSI, recorder: cfg.Recorder,
+		client: cfg.Client, snapClient: cfg.Snapshots, csi: cfg.CSI, recorder: cfg.Recorder,
 		claims:            kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
 		volumes:           kubeInformers.Core().V1().PersistentVolumes().Lister(),
 		classes:           kubeInformers.Storage().V1().StorageClasses().Lister(),
@@ -297,8 +298,16 @@ func (c *Controller) responsibleFor(pv *corev1.PersistentVolume) bool {
 
 func (c *Controller) provision(ctx context.Context, key string, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
 	req, err := c.createRequest(claim, class)
+	if errors.Is(err, errUnreachableSource) {
+		c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
+			"node %s cannot provision this claim, asking the scheduler to pick another node: %v", c.nodeName, err)
+		return c.dropSelectedNode(ctx, claim)
+	}
 	if err != nil {
 		c.recorder.Event(claim, corev1.EventTypeWarning, "ProvisioningFailed", err.Error())
+		return err
+	}
+	if err := c.protectSource(ctx, claim, true); err != nil {
 		return err
 	}
 	c.recorder.Eventf(claim, corev1.EventTypeNormal, "Provisioning", "External provisioner is provisioning volume for claim %s/%s on node %s", claim.Namespace, claim.Name, c.nodeName)
@@ -313,6 +322,9 @@ func (c *Controller) provision(ctx context.Context, key string, claim *corev1.Pe
 		case reschedule:
 			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
 				"node %s cannot provision this claim, asking the scheduler to pick another node: %s", c.nodeName, status.Convert(err).Message())
+			if err := c.protectSource(ctx, claim, false); err != nil {
+				return err
+			}
 			return c.dropSelectedNode(ctx, claim)
 		case final:
 			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed", "failed to provision volume: %s", status.Convert(err).Message())
@@ -324,6 +336,9 @@ func (c *Controller) provision(ctx context.Context, key string, claim *corev1.Pe
 	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
 	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create PV %s: %w", pv.Name, err)
+	}
+	if err := c.protectSource(ctx, claim, false); err != nil {
+		return err
 	}
 	c.recorder.Eventf(claim, corev1.EventTypeNormal, "ProvisioningSucceeded", "Successfully provisioned volume %s on node %s", pv.Name, c.nodeName)
 	klog.InfoS("Provisioned", "pvc", klog.KObj(claim), "pv", pv.Name, "volume", resp.GetVolume().GetVolumeId())
@@ -400,6 +415,9 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.Vo
 		if content.Status == nil || content.Status.SnapshotHandle == nil {
 			return nil, fmt.Errorf("VolumeSnapshotContent %s has no snapshot handle yet", content.Name)
 		}
+		if err := c.checkSnapshotReachable(content.Annotations[topology.AnnAccessibleTopology]); err != nil {
+			return nil, fmt.Errorf("VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
+		}
 		if snap.Status.RestoreSize != nil && request.Cmp(*snap.Status.RestoreSize) < 0 {
 			return nil, fmt.Errorf("requested %s is smaller than VolumeSnapshot %s/%s's restoreSize %s", request.String(), claim.Namespace, ref.Name, snap.Status.RestoreSize.String())
 		}
@@ -428,6 +446,36 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.Vo
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: pv.Spec.CSI.VolumeHandle}}}, nil
 	}
 	return nil, fmt.Errorf("dataSource kind %s is not supported (use a VolumeSnapshot or a PersistentVolumeClaim)", ref.Kind)
+}
+
+// errUnreachableSource: the claim's source cannot be read from this node, so
+// the scheduler must pick another (before any CSI call is wasted on it).
+var errUnreachableSource = errors.New("not reachable from this node")
+
+// checkSnapshotReachable narrows a restore to where its snapshot can be
+// read, from the content's toposnap.io/accessible-topology annotation
+// (absent: no constraint known).
+func (c *Controller) checkSnapshotReachable(annotation string) error {
+	if annotation == "" {
+		return nil
+	}
+	segments, err := topology.DecodeSegments(annotation)
+	if err != nil || len(segments) == 0 {
+		return nil
+	}
+	labels := map[string]string{}
+	if node, err := c.nodes.Get(c.nodeName); err == nil {
+		for k, v := range node.Labels {
+			labels[k] = v
+		}
+	}
+	for k, v := range c.nodeSegment {
+		labels[k] = v
+	}
+	if topology.ReachableFrom(labels, segments) {
+		return nil
+	}
+	return fmt.Errorf("its snapshot can be restored only in %v, which node %s is not in: %w", segments, c.nodeName, errUnreachableSource)
 }
 
 // dropSelectedNode removes the scheduler's choice so it picks again.

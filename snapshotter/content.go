@@ -1,7 +1,6 @@
 package snapshotter
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -10,13 +9,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/toposnap/toposnap/internal/topology"
 )
 
 // Names shared with the upstream snapshot controller and sidecar.
 const (
 	AnnDefaultClass = "snapshot.storage.kubernetes.io/is-default-class"
-	// AnnAccessibleTopology records where a content's snapshot can be restored.
-	AnnAccessibleTopology = "toposnap.io/accessible-topology"
 	// FinalizerContentBound keeps a content until its backend snapshot is handled.
 	FinalizerContentBound = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"
 	// FinalizerSnapshotBound keeps a VolumeSnapshot until its content is handled.
@@ -99,26 +98,14 @@ func ContentStatus(snapshot *csi.Snapshot) *snapv1.VolumeSnapshotContentStatus {
 	return status
 }
 
-// TopologyAnnotation encodes a snapshot's accessible topology as JSON.
+// TopologyAnnotation encodes a snapshot's accessible topology for the
+// content's topology.AnnAccessibleTopology annotation.
 func TopologyAnnotation(snapshot *csi.Snapshot) (string, error) {
-	segments := make([]map[string]string, 0, len(snapshot.GetAccessibleTopology()))
+	segments := make([]topology.Segment, 0, len(snapshot.GetAccessibleTopology()))
 	for _, t := range snapshot.GetAccessibleTopology() {
 		segments = append(segments, t.GetSegments())
 	}
-	data, err := json.Marshal(segments)
-	if err != nil {
-		return "", fmt.Errorf("encode accessible topology: %w", err)
-	}
-	return string(data), nil
-}
-
-// ParseTopologyAnnotation reads the annotation back.
-func ParseTopologyAnnotation(value string) ([]map[string]string, error) {
-	var segments []map[string]string
-	if err := json.Unmarshal([]byte(value), &segments); err != nil {
-		return nil, fmt.Errorf("annotation %s: %w", AnnAccessibleTopology, err)
-	}
-	return segments, nil
+	return topology.EncodeSegments(segments)
 }
 
 // SnapshotError is a status error entry with a message.

@@ -9,6 +9,8 @@ import (
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/toposnap/toposnap/internal/topology"
 )
 
 func class(name, driver string, isDefault bool) *snapv1.VolumeSnapshotClass {
@@ -58,11 +60,11 @@ func TestContentFromSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	segments, err := ParseTopologyAnnotation(annotation)
+	segments, err := topology.DecodeSegments(annotation)
 	if err != nil || len(segments) != 1 || segments[0]["topology.toposnap.io/node"] != "node2" {
 		t.Fatalf("round trip of %s = %v, %v", annotation, segments, err)
 	}
-	if _, err := ParseTopologyAnnotation("{not json"); err == nil {
+	if _, err := topology.DecodeSegments("{not json"); err == nil {
 		t.Fatal("malformed annotation accepted")
 	}
 }

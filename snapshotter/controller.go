@@ -17,6 +17,7 @@ import (
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -190,6 +191,17 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
 		return nil
 	}
+	if content.Spec.Source.VolumeHandle == nil && !c.reachesSnapshot(ctx, handle) {
+		return nil // a pre-provisioned snapshot in another node's pool
+	}
+	if !slices.Contains(content.Finalizers, FinalizerContentBound) {
+		// Pre-provisioned contents come without it; it guards the backend snapshot.
+		updated := content.DeepCopy()
+		updated.Finalizers = append(updated.Finalizers, FinalizerContentBound)
+		if content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("add finalizer to content %s: %w", name, err)
+		}
+	}
 	var snapshot *csi.Snapshot
 	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -218,18 +230,27 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	return nil
 }
 
+// reachesSnapshot reports whether this node's driver holds a snapshot: it
+// answers NOT_FOUND for one in another node's pool.
+func (c *Controller) reachesSnapshot(ctx context.Context, handle string) bool {
+	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	_, err := c.cfg.CSI.GetSnapshot(callCtx, &csi.GetSnapshotRequest{SnapshotId: handle})
+	return status.Code(err) != codes.NotFound
+}
+
 // recordSnapshot stores the handle, readiness and topology on the content.
 func (c *Controller) recordSnapshot(ctx context.Context, content *snapv1.VolumeSnapshotContent, snapshot *csi.Snapshot) error {
 	annotation, err := TopologyAnnotation(snapshot)
 	if err != nil {
 		return err
 	}
-	if content.Annotations[AnnAccessibleTopology] != annotation {
+	if content.Annotations[topology.AnnAccessibleTopology] != annotation {
 		updated := content.DeepCopy()
 		if updated.Annotations == nil {
 			updated.Annotations = map[string]string{}
 		}
-		updated.Annotations[AnnAccessibleTopology] = annotation
+		updated.Annotations[topology.AnnAccessibleTopology] = annotation
 		content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{})
 		if err != nil {
 			return fmt.Errorf("annotate content %s: %w", updated.Name, err)

@@ -5,6 +5,7 @@
 package topology
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -164,4 +165,40 @@ func Contains(labels map[string]string, inner Segment) bool {
 		}
 	}
 	return true
+}
+
+// AnnAccessibleTopology on a VolumeSnapshotContent records where its
+// snapshot can be restored: a JSON list of segments.
+const AnnAccessibleTopology = "toposnap.io/accessible-topology"
+
+// EncodeSegments renders segments as the annotation's JSON.
+func EncodeSegments(segments []Segment) (string, error) {
+	if segments == nil {
+		segments = []Segment{}
+	}
+	data, err := json.Marshal(segments)
+	if err != nil {
+		return "", fmt.Errorf("encode segments: %w", err)
+	}
+	return string(data), nil
+}
+
+// DecodeSegments reads the annotation's JSON back.
+func DecodeSegments(value string) ([]Segment, error) {
+	var segments []Segment
+	if err := json.Unmarshal([]byte(value), &segments); err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", AnnAccessibleTopology, err)
+	}
+	return segments, nil
+}
+
+// ReachableFrom reports whether a node with these labels lies in any of
+// the segments.
+func ReachableFrom(labels map[string]string, segments []Segment) bool {
+	for _, seg := range segments {
+		if Contains(labels, seg) {
+			return true
+		}
+	}
+	return false
 }

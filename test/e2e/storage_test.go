@@ -187,7 +187,7 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	handle := ptr.Deref(content.Status.SnapshotHandle, "")
-	if handle == "" || content.Annotations[snapshotter.AnnAccessibleTopology] == "" {
+	if handle == "" || content.Annotations[topology.AnnAccessibleTopology] == "" {
 		t.Fatalf("content %s lacks handle or topology: %+v", contentName, content)
 	}
 
