@@ -70,7 +70,13 @@ type Controller struct {
 	// the volume may exist, so they are finished (and then deleted) even if
 	// their claim goes away.
 	inFlightMu sync.Mutex
-	inFlight   map[string]*csi.CreateVolumeRequest
+	inFlight   map[string]inFlightCreate
+}
+
+// inFlightCreate is a creation to finish after its claim is gone.
+type inFlightCreate struct {
+	req   *csi.CreateVolumeRequest
+	claim *corev1.PersistentVolumeClaim
 }
 
 // Config wires a Controller.
@@ -101,7 +107,7 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		snapshots:         snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:          snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		capacityNamespace: cfg.CapacityNamespace, zone: &zoneOwner{}, metrics: newMetrics(cfg.Registry),
-		inFlight:    map[string]*csi.CreateVolumeRequest{},
+		inFlight:    map[string]inFlightCreate{},
 		claimQueue:  kube.NewQueue("claims"),
 		volumeQueue: kube.NewQueue("volumes"),
 	}
@@ -223,11 +229,12 @@ func (c *Controller) syncBound(ctx context.Context, claim *corev1.PersistentVolu
 // claim went away: create-or-find the volume by name, then delete it.
 func (c *Controller) abandon(ctx context.Context, key string) error {
 	c.inFlightMu.Lock()
-	req, ok := c.inFlight[key]
+	entry, ok := c.inFlight[key]
 	c.inFlightMu.Unlock()
 	if !ok {
 		return nil
 	}
+	req := entry.req
 	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	resp, err := c.csi.CreateVolume(callCtx, req)
@@ -240,17 +247,20 @@ func (c *Controller) abandon(ctx context.Context, key string) error {
 		}
 		klog.InfoS("Deleted the volume of a claim deleted during provisioning", "claim", key, "volume", resp.GetVolume().GetVolumeId())
 	}
-	c.setInFlight(key, nil)
+	if err := c.protectSource(ctx, entry.claim, false); err != nil {
+		return err
+	}
+	c.setInFlight(key, nil, nil)
 	return nil
 }
 
-func (c *Controller) setInFlight(key string, req *csi.CreateVolumeRequest) {
+func (c *Controller) setInFlight(key string, req *csi.CreateVolumeRequest, claim *corev1.PersistentVolumeClaim) {
 	c.inFlightMu.Lock()
 	defer c.inFlightMu.Unlock()
 	if req == nil {
 		delete(c.inFlight, key)
 	} else {
-		c.inFlight[key] = req
+		c.inFlight[key] = inFlightCreate{req: req, claim: claim.DeepCopy()}
 	}
 }
 
@@ -318,7 +328,7 @@ func (c *Controller) provision(ctx context.Context, key string, claim *corev1.Pe
 		c.metrics.provisions.WithLabelValues(status.Code(err).String()).Inc()
 		switch classify(err) {
 		case retryInBackground:
-			c.setInFlight(key, req)
+			c.setInFlight(key, req, claim)
 		case reschedule:
 			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
 				"node %s cannot provision this claim, asking the scheduler to pick another node: %s", c.nodeName, status.Convert(err).Message())
@@ -331,7 +341,7 @@ func (c *Controller) provision(ctx context.Context, key string, claim *corev1.Pe
 		}
 		return fmt.Errorf("create volume for %s/%s: %w", claim.Namespace, claim.Name, err)
 	}
-	c.setInFlight(key, nil)
+	c.setInFlight(key, nil, nil)
 	c.metrics.provisions.WithLabelValues("OK").Inc()
 	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
 	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

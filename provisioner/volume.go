@@ -72,49 +72,13 @@ func TopologyRequirement(nodeSegment topology.Segment, nodeLabels map[string]str
 }
 
 // AllowedOnNode reports whether a node with these labels satisfies the
-// class's allowedTopologies (no terms: every node). Terms are ORed, the
-// expressions of a term ANDed, as in the API.
+// class's allowedTopologies.
 func AllowedOnNode(class *storagev1.StorageClass, labels map[string]string) bool {
-	if len(class.AllowedTopologies) == 0 {
-		return true
-	}
-	for _, term := range class.AllowedTopologies {
-		if termMatches(term, labels) {
-			return true
-		}
-	}
-	return false
-}
-
-func termMatches(term corev1.TopologySelectorTerm, labels map[string]string) bool {
-	for _, expr := range term.MatchLabelExpressions {
-		value, ok := labels[expr.Key]
-		if !ok || !contains(expr.Values, value) {
-			return false
-		}
-	}
-	return true
-}
-
-func contains(values []string, value string) bool {
-	for _, v := range values {
-		if v == value {
-			return true
-		}
-	}
-	return false
+	return topology.MatchesTerms(class.AllowedTopologies, labels)
 }
 
 func describeAllowed(class *storagev1.StorageClass) string {
-	var terms []string
-	for _, term := range class.AllowedTopologies {
-		var exprs []string
-		for _, e := range term.MatchLabelExpressions {
-			exprs = append(exprs, e.Key+" in ("+strings.Join(e.Values, ",")+")")
-		}
-		terms = append(terms, strings.Join(exprs, " and "))
-	}
-	return "[" + strings.Join(terms, "; ") + "]"
+	return "[" + topology.DescribeTerms(class.AllowedTopologies) + "]"
 }
 
 // VolumeCapabilities maps a claim's access modes and volume mode to CSI.
