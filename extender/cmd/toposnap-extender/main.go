@@ -1,0 +1,35 @@
+// Command toposnap-extender is toposnap's kube-scheduler extender: see
+// package extender.
+package main
+
+import (
+	"context"
+	"flag"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/extender"
+)
+
+func main() {
+	var opts extender.Options
+	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig (empty: in-cluster)")
+	flag.StringVar(&opts.Listen, "listen", ":8099", "address to serve /filter, /prioritize, /healthz and /metrics on")
+	flag.StringVar(&opts.TLSCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (optional)")
+	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "key of --tls-cert-file")
+	flag.StringVar(&opts.DriverName, "driver-name", "csi.toposnap.io", "CSI driver whose capacity and snapshots are considered")
+	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	klog.InitFlags(flag.CommandLine)
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := extender.Run(ctx, opts); err != nil {
+		klog.ErrorS(err, "Extender failed")
+		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
+	}
+	klog.Flush()
+}

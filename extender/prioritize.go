@@ -1,0 +1,97 @@
+package extender
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	volumehelpers "k8s.io/component-helpers/storage/volume"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+)
+
+// MaxScore is the top of the extender score range kube-scheduler accepts.
+const MaxScore = 10
+
+// Placement policies, from the class parameter toposnap.io/placement.
+const (
+	placementParameter = "toposnap.io/placement"
+	placementSpread    = "spread"
+	placementBinpack   = "binpack"
+)
+
+// Prioritize scores nodes 0..10 for the pod's volumes: static PVs that fit
+// with the least waste score highest; for claims to provision, the pool's
+// free space counts up (spread, the default) or down (binpack). A pod with
+// no claims scores 0 everywhere, leaving the choice to other scorers.
+func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string) extenderv1.HostPriorityList {
+	scores := make(extenderv1.HostPriorityList, 0, len(nodeNames))
+	claims, problem := resolveClaims(state, pod)
+	if pod == nil || problem != "" || len(claims) == 0 {
+		for _, name := range nodeNames {
+			scores = append(scores, extenderv1.HostPriority{Host: name})
+		}
+		return scores
+	}
+	free := map[string]int64{}
+	var maxFree int64
+	for _, name := range nodeNames {
+		if node, ok := state.Node(name); ok {
+			for _, pc := range claims {
+				if pc.pv == nil && pc.class != nil && pc.class.Provisioner == driver {
+					if f, ok := freeCapacity(state, pc.class.Name, node); ok {
+						free[name] = f
+						maxFree = max(maxFree, f)
+						break
+					}
+				}
+			}
+		}
+	}
+	for _, name := range nodeNames {
+		node, ok := state.Node(name)
+		if !ok {
+			scores = append(scores, extenderv1.HostPriority{Host: name})
+			continue
+		}
+		scores = append(scores, extenderv1.HostPriority{Host: name, Score: scoreNode(state, driver, claims, node, free[name], maxFree)})
+	}
+	return scores
+}
+
+// scoreNode averages per-claim scores on one node.
+func scoreNode(state State, driver string, claims []podClaim, node *corev1.Node, free, maxFree int64) int64 {
+	var total, counted int64
+	excluded := map[string]*corev1.PersistentVolume{}
+	for _, pc := range claims {
+		if pc.pv != nil || pc.class == nil {
+			continue
+		}
+		counted++
+		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.VolumesOfClass(pc.class.Name), node, excluded, true, true)
+		if err == nil && match != nil {
+			excluded[match.Name] = match
+			total += fitScore(pc.claim, match)
+			continue
+		}
+		if pc.class.Provisioner != driver || maxFree == 0 {
+			continue
+		}
+		share := free * MaxScore / maxFree
+		if pc.class.Parameters[placementParameter] == placementBinpack {
+			share = MaxScore - share
+		}
+		total += share
+	}
+	if counted == 0 {
+		return 0
+	}
+	return min(max(total/counted, 0), MaxScore)
+}
+
+// fitScore is 10 for a PV exactly the claim's size, less the more it wastes.
+func fitScore(claim *corev1.PersistentVolumeClaim, pv *corev1.PersistentVolume) int64 {
+	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
+	capacity := pv.Spec.Capacity[corev1.ResourceStorage]
+	if capacity.Value() <= 0 {
+		return 0
+	}
+	waste := capacity.Value() - request.Value()
+	return MaxScore - waste*MaxScore/capacity.Value()
+}

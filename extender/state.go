@@ -1,0 +1,103 @@
+// Package extender is toposnap's kube-scheduler extender: it filters and
+// scores nodes by where a pod's volumes can be: bound PVs' affinity, static
+// PVs that would fit, the class's allowedTopologies, the summed capacity of a
+// pod's claims per pool (minus claims already promised to a node), and where
+// a restore's snapshot or a clone's source lives. Decisions are pure
+// functions of a State (filter.go, prioritize.go); server.go is the HTTP edge.
+package extender
+
+import (
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+)
+
+// State is the cluster as a filter decision sees it. Implementations are
+// read-only and safe for concurrent use.
+type State interface {
+	Node(name string) (*corev1.Node, bool)
+	Claim(namespace, name string) (*corev1.PersistentVolumeClaim, bool)
+	Volume(name string) (*corev1.PersistentVolume, bool)
+	Class(name string) (*storagev1.StorageClass, bool)
+	// VolumesOfClass lists the PVs of a class (bound or not).
+	VolumesOfClass(class string) []*corev1.PersistentVolume
+	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
+	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
+	// Capacities lists the published CSIStorageCapacity objects of a class.
+	Capacities(class string) []*storagev1.CSIStorageCapacity
+	// PendingOnNode lists claims the scheduler promised to node (annotation
+	// volume.kubernetes.io/selected-node) that are not bound yet.
+	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
+}
+
+// MemState is a State held in maps: for tests and benchmarks.
+type MemState struct {
+	Nodes      map[string]*corev1.Node
+	Claims     map[string]*corev1.PersistentVolumeClaim // "namespace/name"
+	Volumes    map[string]*corev1.PersistentVolume
+	Classes    map[string]*storagev1.StorageClass
+	Snapshots  map[string]*snapv1.VolumeSnapshot // "namespace/name"
+	Contents   map[string]*snapv1.VolumeSnapshotContent
+	Capacity   []*storagev1.CSIStorageCapacity
+	byClass    map[string][]*corev1.PersistentVolume
+	byPending  map[string][]*corev1.PersistentVolumeClaim
+	indexBuilt bool
+}
+
+// Index builds MemState's secondary indexes; call after filling the maps.
+func (m *MemState) Index() {
+	m.byClass = map[string][]*corev1.PersistentVolume{}
+	for _, pv := range m.Volumes {
+		m.byClass[pv.Spec.StorageClassName] = append(m.byClass[pv.Spec.StorageClassName], pv)
+	}
+	m.byPending = map[string][]*corev1.PersistentVolumeClaim{}
+	for _, claim := range m.Claims {
+		if node := claim.Annotations[annSelectedNode]; node != "" && claim.Spec.VolumeName == "" {
+			m.byPending[node] = append(m.byPending[node], claim)
+		}
+	}
+	m.indexBuilt = true
+}
+
+func (m *MemState) Node(name string) (*corev1.Node, bool) { n, ok := m.Nodes[name]; return n, ok }
+func (m *MemState) Claim(ns, name string) (*corev1.PersistentVolumeClaim, bool) {
+	c, ok := m.Claims[ns+"/"+name]
+	return c, ok
+}
+func (m *MemState) Volume(name string) (*corev1.PersistentVolume, bool) {
+	v, ok := m.Volumes[name]
+	return v, ok
+}
+func (m *MemState) Class(name string) (*storagev1.StorageClass, bool) {
+	c, ok := m.Classes[name]
+	return c, ok
+}
+func (m *MemState) VolumesOfClass(class string) []*corev1.PersistentVolume {
+	if !m.indexBuilt {
+		m.Index()
+	}
+	return m.byClass[class]
+}
+func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
+	s, ok := m.Snapshots[ns+"/"+name]
+	return s, ok
+}
+func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
+	c, ok := m.Contents[name]
+	return c, ok
+}
+func (m *MemState) Capacities(class string) []*storagev1.CSIStorageCapacity {
+	var out []*storagev1.CSIStorageCapacity
+	for _, c := range m.Capacity {
+		if c.StorageClassName == class {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
+	if !m.indexBuilt {
+		m.Index()
+	}
+	return m.byPending[node]
+}
