@@ -7,6 +7,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,12 +51,25 @@ type nodeProcesses struct {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(cluster.TestMainWithCluster(m, cluster.Options{}, func(c *cluster.Cluster) {
+	extenderPort, err := freePort()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		os.Exit(1)
+	}
+	// The real kube-scheduler asks toposnap's extender, as an operator
+	// registers it (see docs/operations.md).
+	opts := cluster.Options{SchedulerConfig: cluster.DefaultSchedulerConfig(fmt.Sprintf(`- urlPrefix: http://127.0.0.1:%d
+  filterVerb: filter
+  prioritizeVerb: prioritize
+  weight: 5
+  nodeCacheCapable: true
+  httpTimeout: 5s`, extenderPort))}
+	os.Exit(cluster.TestMainWithCluster(m, opts, func(c *cluster.Cluster) {
 		if c == nil {
 			return
 		}
 		var err error
-		env, err = setUp(c)
+		env, err = setUp(c, extenderPort)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e set-up: %v\n", err)
 			c.Stop()
@@ -63,7 +78,7 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-func setUp(c *cluster.Cluster) (*environment, error) {
+func setUp(c *cluster.Cluster, extenderPort int) (*environment, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	root, err := cluster.RepoRoot()
@@ -75,7 +90,8 @@ func setUp(c *cluster.Cluster) (*environment, error) {
 		return nil, err
 	}
 	e := &environment{cluster: c, dir: dir, bin: filepath.Join(dir, "bin"), nodes: map[string]*nodeProcesses{}}
-	build := exec.Command("go", "build", "-o", e.bin+"/", "./driver/cmd/toposnap-driver", "./provisioner/cmd/toposnap-provisioner", "./snapshotter/cmd/toposnap-snapshotter")
+	build := exec.Command("go", "build", "-o", e.bin+"/", "./driver/cmd/toposnap-driver", "./provisioner/cmd/toposnap-provisioner",
+		"./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build components: %v\n%s", err, out)
@@ -93,6 +109,9 @@ func setUp(c *cluster.Cluster) (*environment, error) {
 	}, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create CSIDriver: %w", err)
 	}
+	if err := e.startExtender(ctx, extenderPort); err != nil {
+		return nil, err
+	}
 	zonePool := filepath.Join(dir, "zone-cn-hangzhou-b")
 	for _, node := range []string{"node1", "node2"} {
 		// The kubelet labels a node with the driver's node key on plugin
@@ -108,6 +127,37 @@ func setUp(c *cluster.Cluster) (*environment, error) {
 		e.nodes[node] = p
 	}
 	return e, nil
+}
+
+// startExtender runs the extender (after the snapshot CRDs exist, so it
+// watches snapshots) and waits until it answers.
+func (e *environment) startExtender(ctx context.Context, port int) error {
+	p := &nodeProcesses{name: "control-plane", commands: map[string]*exec.Cmd{}, args: map[string][]string{}}
+	address := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := p.start(e, "extender", "toposnap-extender", "--kubeconfig", e.cluster.Kubeconfig, "--listen", address, "--v", "2"); err != nil {
+		return err
+	}
+	err := poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
+		resp, err := http.Get("http://" + address + "/healthz")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("extender did not come up (see %s): %w", e.logPath("control-plane", "extender"), err)
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a free port: %w", err)
+	}
+	defer listener.Close()
+	return listener.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (e *environment) installSnapshotCRDs(ctx context.Context, root string) error {

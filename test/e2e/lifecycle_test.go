@@ -172,9 +172,10 @@ func TestStorageCapacityPublished(t *testing.T) {
 	}
 }
 
-// TestBadInput: a claim restoring a missing snapshot, a snapshot of a
-// missing claim, and a class with an unknown parameter each leave a clear
-// event or status error, and nothing is created.
+// TestBadInput: a claim restoring a missing snapshot (its pod's
+// FailedScheduling event says why), a snapshot of a missing claim (status
+// error), and a class with an unknown parameter (ProvisioningFailed) each
+// leave a clear message, and nothing is created.
 func TestBadInput(t *testing.T) {
 	needEnv(t)
 	ns := createNamespace(t)
@@ -198,7 +199,9 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitEvent(t, ns, "from-nothing", "ProvisioningFailed", "no-such-snapshot")
+	// The extender keeps the pod of a restore from a missing snapshot off
+	// every node, and its reason reaches the pod's FailedScheduling event.
+	waitEvent(t, ns, "a", "FailedScheduling", "VolumeSnapshot no-such-snapshot, which does not exist")
 	waitEvent(t, ns, "typo", "ProvisioningFailed", "unknown parameter(s) scpoe")
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "of-nothing", metav1.GetOptions{})
