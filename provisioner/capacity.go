@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/topology"
@@ -49,13 +48,30 @@ func (c *Controller) capacitySegment(class *storagev1.StorageClass) (topology.Se
 }
 
 // publishCapacity refreshes CSIStorageCapacity for every class of the
-// driver, from GetCapacity on this node's pools, every interval until ctx ends.
+// driver, from GetCapacity on this node's pools, every interval and soon
+// after each volume this node creates, grows or deletes, until ctx ends.
 func (c *Controller) publishCapacity(ctx context.Context, interval time.Duration) {
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
 		if err := c.refreshCapacity(ctx); err != nil {
 			klog.ErrorS(err, "Publishing storage capacity failed")
 		}
-	}, interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-c.capacityChanged:
+		}
+	}
+}
+
+// capacityMayHaveChanged asks for an early refresh; it never blocks.
+func (c *Controller) capacityMayHaveChanged() {
+	select {
+	case c.capacityChanged <- struct{}{}:
+	default:
+	}
 }
 
 func (c *Controller) refreshCapacity(ctx context.Context) error {

@@ -64,6 +64,7 @@ type Controller struct {
 	synced      []cache.InformerSynced
 
 	capacityNamespace string
+	capacityChanged   chan struct{}
 	zone              *zoneOwner
 	metrics           *metrics
 	// inFlight holds CreateVolume requests that ended in a transient error:
@@ -106,7 +107,7 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		nodes:             kubeInformers.Core().V1().Nodes().Lister(),
 		snapshots:         snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:          snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
-		capacityNamespace: cfg.CapacityNamespace, zone: &zoneOwner{}, metrics: newMetrics(cfg.Registry),
+		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), zone: &zoneOwner{}, metrics: newMetrics(cfg.Registry),
 		inFlight:    map[string]inFlightCreate{},
 		claimQueue:  kube.NewQueue("claims"),
 		volumeQueue: kube.NewQueue("volumes"),
@@ -343,6 +344,7 @@ func (c *Controller) provision(ctx context.Context, key string, claim *corev1.Pe
 	}
 	c.setInFlight(key, nil, nil)
 	c.metrics.provisions.WithLabelValues("OK").Inc()
+	c.capacityMayHaveChanged()
 	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
 	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create PV %s: %w", pv.Name, err)
@@ -540,6 +542,7 @@ func (c *Controller) syncVolume(ctx context.Context, key string) error {
 			return fmt.Errorf("delete PV %s: %w", pv.Name, err)
 		}
 	}
+	c.capacityMayHaveChanged()
 	klog.InfoS("Deleted volume", "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
 	return nil
 }

@@ -54,6 +54,7 @@ func (c *Controller) expand(ctx context.Context, claim *corev1.PersistentVolumeC
 		return err
 	}
 	c.recorder.Eventf(claim, corev1.EventTypeNormal, "VolumeResizeSuccessful", "Resized volume %s to %s", pv.Name, requested.String())
+	c.capacityMayHaveChanged()
 	klog.InfoS("Expanded", "pvc", klog.KObj(claim), "pv", pv.Name, "bytes", resp.GetCapacityBytes())
 	return nil
 }

@@ -62,3 +62,74 @@ func TestRestoresLandWhereTheSnapshotIs(t *testing.T) {
 		}
 	}
 }
+
+// TestCapacityBurst: a burst of pods whose claims together overfill the
+// node pools: every pod that fits somewhere is scheduled and bound, the
+// rest wait with a reason naming the pool's free space, and no pool ever
+// holds more than its capacity.
+func TestCapacityBurst(t *testing.T) {
+	needEnv(t)
+	ns := createNamespace(t)
+	ctx := ctxFor(t, 6*time.Minute)
+	createClass(t, "e2e-node", "node")
+	const size = 1 << 30
+	fits := 0
+	for _, node := range []string{"node1", "node2"} {
+		fits += int(poolFree(t, node) / size)
+	}
+	const extra = 3
+	total := fits + extra
+	for i := range total {
+		createClaim(t, ns, fmt.Sprintf("big-%d", i), "e2e-node", "1Gi", nil)
+		createPod(t, ns, fmt.Sprintf("big-pod-%d", i), fmt.Sprintf("big-%d", i))
+	}
+	bound := func() (int, error) {
+		claims, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, c := range claims.Items {
+			if c.Status.Phase == corev1.ClaimBound {
+				n++
+			}
+		}
+		return n, nil
+	}
+	if err := poll(ctx, 500*time.Millisecond, 5*time.Minute, func() (bool, error) {
+		n, err := bound()
+		return n == fits, err
+	}); err != nil {
+		n, _ := bound()
+		t.Fatalf("%d of the %d claims that fit were bound: %v", n, fits, err)
+	}
+	for _, node := range []string{"node1", "node2"} {
+		if free := poolFree(t, node); free < 0 || free >= size {
+			t.Errorf("node %s pool has %d bytes free after the burst; want 0 <= free < 1Gi", node, free)
+		}
+	}
+	// The pods whose claims fit nowhere wait, and say why.
+	claims, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waiting []string
+	for _, c := range claims.Items {
+		if c.Status.Phase != corev1.ClaimBound {
+			waiting = append(waiting, strings.Replace(c.Name, "big-", "big-pod-", 1))
+		}
+	}
+	if len(waiting) != extra {
+		t.Fatalf("%d claims wait, want %d", len(waiting), extra)
+	}
+	for _, pod := range waiting {
+		waitEvent(t, ns, pod, "FailedScheduling", "free")
+	}
+	if n, _ := bound(); n != fits {
+		t.Fatalf("%d claims bound at the end, want %d", n, fits)
+	}
+	// Stop the scheduler retrying the ones that cannot fit.
+	for _, pod := range waiting {
+		_ = env.cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{})
+	}
+}
