@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench cluster-bins cluster-up cluster-down clean
+.PHONY: all build test unit-test lint bench fuzz cluster-bins cluster-up cluster-down clean
 
 all: build
 
@@ -33,6 +33,11 @@ lint: ## gofmt, go vet and golangci-lint (pinned, run through the module proxy).
 
 bench: ## Benchmarks, with the baselines they are compared against in the same run.
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/
+	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
+
+FUZZTIME ?= 60s
+fuzz: ## Longer fuzzing of request decoding (the seeds also run in make test).
+	$(GO) test -run '^$$' -fuzz FuzzServer -fuzztime $(FUZZTIME) ./extender/
 
 cluster-up: cluster-bins ## Start the local control plane in the background; prints the kubeconfig.
 	$(GO) run ./test/cluster/cmd/toposnap-cluster up --dir $(CLUSTER_DIR)

@@ -8,8 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	volumehelpers "k8s.io/component-helpers/storage/volume"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
@@ -127,7 +125,7 @@ func checkNode(state State, driver string, pod *corev1.Pod, claims []podClaim, n
 			}
 			continue
 		}
-		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.VolumesOfClass(pc.class.Name), node, excluded, true, true)
+		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.StaticCandidates(pc.class.Name, node), node, excluded, true, true)
 		if err != nil {
 			return verdict{unresolvable: fmt.Sprintf("pvc %s: %v", pc.key, err)}
 		}
@@ -248,7 +246,7 @@ func checkCapacity(state State, driver string, pod *corev1.Pod, needs map[string
 	sort.Strings(pools)
 	for _, pool := range pools {
 		need := needs[pool]
-		free, ok := freeCapacity(state, need.class, node)
+		free, ok := state.FreeCapacity(need.class, node)
 		if !ok {
 			continue
 		}
@@ -270,22 +268,6 @@ func pluralClaims(n int) string {
 }
 
 func quantity(bytes int64) string { return resource.NewQuantity(bytes, resource.BinarySI).String() }
-
-// freeCapacity finds the CSIStorageCapacity of class whose topology
-// selects this node.
-func freeCapacity(state State, class string, node *corev1.Node) (int64, bool) {
-	for _, capacity := range state.Capacities(class) {
-		if capacity.Capacity == nil || capacity.NodeTopology == nil {
-			continue
-		}
-		selector, err := metav1.LabelSelectorAsSelector(capacity.NodeTopology)
-		if err != nil || !selector.Matches(labels.Set(node.Labels)) {
-			continue
-		}
-		return capacity.Capacity.Value(), true
-	}
-	return 0, false
-}
 
 // reservedOn sums the requests of claims of the driver promised to node but
 // not bound yet, other than the pod's own, of the given scope.

@@ -15,7 +15,7 @@ import (
 )
 
 const (
-	indexByClass   = "toposnap.io/class"
+	indexByClass   = "toposnap.io/class-and-label"
 	indexByPending = "toposnap.io/pending-node"
 )
 
@@ -45,7 +45,7 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 		if !ok {
 			return nil, nil
 		}
-		return []string{pv.Spec.StorageClassName}, nil
+		return pvIndexKeys(pv), nil
 	}}); err != nil {
 		return nil, fmt.Errorf("index PVs: %w", err)
 	}
@@ -63,7 +63,7 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 		if !ok {
 			return nil, nil
 		}
-		return []string{capacity.StorageClassName}, nil
+		return capacityIndexKeys(capacity), nil
 	}}); err != nil {
 		return nil, fmt.Errorf("index capacities: %w", err)
 	}
@@ -104,15 +104,17 @@ func (s *informerState) Class(name string) (*storagev1.StorageClass, bool) {
 	return c, err == nil
 }
 
-func (s *informerState) VolumesOfClass(class string) []*corev1.PersistentVolume {
-	objs, _ := s.pvIndex.ByIndex(indexByClass, class)
-	out := make([]*corev1.PersistentVolume, 0, len(objs))
-	for _, obj := range objs {
-		if pv, ok := obj.(*corev1.PersistentVolume); ok {
-			out = append(out, pv)
+func (s *informerState) StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume {
+	var out []*corev1.PersistentVolume
+	for _, key := range lookupKeys(class, node) {
+		objs, _ := s.pvIndex.ByIndex(indexByClass, key)
+		for _, obj := range objs {
+			if pv, ok := obj.(*corev1.PersistentVolume); ok {
+				out = append(out, pv)
+			}
 		}
 	}
-	return out
+	return dedupe(out)
 }
 
 func (s *informerState) Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool) {
@@ -131,15 +133,16 @@ func (s *informerState) Content(name string) (*snapv1.VolumeSnapshotContent, boo
 	return content, err == nil
 }
 
-func (s *informerState) Capacities(class string) []*storagev1.CSIStorageCapacity {
-	objs, _ := s.capIndex.ByIndex(indexByClass, class)
-	out := make([]*storagev1.CSIStorageCapacity, 0, len(objs))
-	for _, obj := range objs {
-		if c, ok := obj.(*storagev1.CSIStorageCapacity); ok {
-			out = append(out, c)
+func (s *informerState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
+	for _, key := range lookupKeys(class, node) {
+		objs, _ := s.capIndex.ByIndex(indexByClass, key)
+		for _, obj := range objs {
+			if c, ok := obj.(*storagev1.CSIStorageCapacity); ok && selectsNode(c, node) {
+				return c.Capacity.Value(), true
+			}
 		}
 	}
-	return out
+	return 0, false
 }
 
 func (s *informerState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {

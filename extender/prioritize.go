@@ -35,7 +35,7 @@ func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string)
 		if node, ok := state.Node(name); ok {
 			for _, pc := range claims {
 				if pc.pv == nil && pc.class != nil && pc.class.Provisioner == driver {
-					if f, ok := freeCapacity(state, pc.class.Name, node); ok {
+					if f, ok := state.FreeCapacity(pc.class.Name, node); ok {
 						free[name] = f
 						maxFree = max(maxFree, f)
 						break
@@ -64,7 +64,7 @@ func scoreNode(state State, driver string, claims []podClaim, node *corev1.Node,
 			continue
 		}
 		counted++
-		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.VolumesOfClass(pc.class.Name), node, excluded, true, true)
+		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.StaticCandidates(pc.class.Name, node), node, excluded, true, true)
 		if err == nil && match != nil {
 			excluded[match.Name] = match
 			total += fitScore(pc.claim, match)

@@ -19,12 +19,14 @@ type State interface {
 	Claim(namespace, name string) (*corev1.PersistentVolumeClaim, bool)
 	Volume(name string) (*corev1.PersistentVolume, bool)
 	Class(name string) (*storagev1.StorageClass, bool)
-	// VolumesOfClass lists the PVs of a class (bound or not).
-	VolumesOfClass(class string) []*corev1.PersistentVolume
+	// StaticCandidates lists the PVs of a class that might match the node
+	// (a superset: FindMatchingVolume still checks each one fully).
+	StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
 	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
-	// Capacities lists the published CSIStorageCapacity objects of a class.
-	Capacities(class string) []*storagev1.CSIStorageCapacity
+	// FreeCapacity is the published CSIStorageCapacity of a class whose
+	// topology selects the node, if there is one.
+	FreeCapacity(class string, node *corev1.Node) (int64, bool)
 	// PendingOnNode lists claims the scheduler promised to node (annotation
 	// volume.kubernetes.io/selected-node) that are not bound yet.
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
@@ -39,16 +41,25 @@ type MemState struct {
 	Snapshots  map[string]*snapv1.VolumeSnapshot // "namespace/name"
 	Contents   map[string]*snapv1.VolumeSnapshotContent
 	Capacity   []*storagev1.CSIStorageCapacity
-	byClass    map[string][]*corev1.PersistentVolume
+	byKey      map[string][]*corev1.PersistentVolume
+	capByKey   map[string][]*storagev1.CSIStorageCapacity
 	byPending  map[string][]*corev1.PersistentVolumeClaim
 	indexBuilt bool
 }
 
 // Index builds MemState's secondary indexes; call after filling the maps.
 func (m *MemState) Index() {
-	m.byClass = map[string][]*corev1.PersistentVolume{}
+	m.byKey = map[string][]*corev1.PersistentVolume{}
 	for _, pv := range m.Volumes {
-		m.byClass[pv.Spec.StorageClassName] = append(m.byClass[pv.Spec.StorageClassName], pv)
+		for _, key := range pvIndexKeys(pv) {
+			m.byKey[key] = append(m.byKey[key], pv)
+		}
+	}
+	m.capByKey = map[string][]*storagev1.CSIStorageCapacity{}
+	for _, c := range m.Capacity {
+		for _, key := range capacityIndexKeys(c) {
+			m.capByKey[key] = append(m.capByKey[key], c)
+		}
 	}
 	m.byPending = map[string][]*corev1.PersistentVolumeClaim{}
 	for _, claim := range m.Claims {
@@ -72,11 +83,15 @@ func (m *MemState) Class(name string) (*storagev1.StorageClass, bool) {
 	c, ok := m.Classes[name]
 	return c, ok
 }
-func (m *MemState) VolumesOfClass(class string) []*corev1.PersistentVolume {
+func (m *MemState) StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume {
 	if !m.indexBuilt {
 		m.Index()
 	}
-	return m.byClass[class]
+	var out []*corev1.PersistentVolume
+	for _, key := range lookupKeys(class, node) {
+		out = append(out, m.byKey[key]...)
+	}
+	return dedupe(out)
 }
 func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
 	s, ok := m.Snapshots[ns+"/"+name]
@@ -86,14 +101,18 @@ func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok
 }
-func (m *MemState) Capacities(class string) []*storagev1.CSIStorageCapacity {
-	var out []*storagev1.CSIStorageCapacity
-	for _, c := range m.Capacity {
-		if c.StorageClassName == class {
-			out = append(out, c)
+func (m *MemState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
+	if !m.indexBuilt {
+		m.Index()
+	}
+	for _, key := range lookupKeys(class, node) {
+		for _, c := range m.capByKey[key] {
+			if selectsNode(c, node) {
+				return c.Capacity.Value(), true
+			}
 		}
 	}
-	return out
+	return 0, false
 }
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	if !m.indexBuilt {

@@ -1,0 +1,72 @@
+package extender
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// bigState is a cluster of nodes in 10 zones with pvs static local PVs
+// spread over them, a no-provisioner class, a zone class and a node class.
+func bigState(nodes, pvs int) *MemState {
+	s := &MemState{Nodes: map[string]*corev1.Node{}, Claims: map[string]*corev1.PersistentVolumeClaim{},
+		Volumes: map[string]*corev1.PersistentVolume{}, Classes: map[string]*storagev1.StorageClass{},
+		Snapshots: map[string]*snapv1.VolumeSnapshot{}, Contents: map[string]*snapv1.VolumeSnapshotContent{}}
+	for i := range nodes {
+		name := fmt.Sprintf("node%05d", i)
+		s.Nodes[name] = node(name, fmt.Sprintf("zone-%d", i%10))
+	}
+	for i := range pvs {
+		pv := localPV(fmt.Sprintf("pv%05d", i), "local", fmt.Sprintf("%dGi", 1+i%20), fmt.Sprintf("node%05d", i%nodes))
+		s.Volumes[pv.Name] = pv
+	}
+	for _, c := range []*storagev1.StorageClass{class("local", noProvisioner, "node"), class("topo-zone", driver, "zone", "zone-3"), class("topo-node", driver, "node")} {
+		s.Classes[c.Name] = c
+	}
+	for _, c := range []*corev1.PersistentVolumeClaim{claim("local-pvc", "local", "10Gi"), claim("zone-pvc", "topo-zone", "5Gi"), claim("node-pvc", "topo-node", "5Gi")} {
+		s.Claims[c.Namespace+"/"+c.Name] = c
+	}
+	for name := range s.Nodes {
+		s.Capacity = append(s.Capacity, capacity("topo-node", map[string]string{topology.NodeKey: name}, "100Gi"))
+	}
+	s.Index()
+	return s
+}
+
+// BenchmarkFilter measures server-side Filter and Prioritize for a pod with
+// a static, a zone and a node claim, reporting p50 and p99 per call.
+func BenchmarkFilter(b *testing.B) {
+	for _, size := range []struct{ nodes, pvs int }{{500, 1000}, {5000, 10000}} {
+		state := bigState(size.nodes, size.pvs)
+		names := make([]string, 0, size.nodes)
+		for name := range state.Nodes {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		pod := podWith("local-pvc", "zone-pvc", "node-pvc")
+		for _, verb := range []string{"filter", "prioritize"} {
+			b.Run(fmt.Sprintf("%s/%dnodes-%dpvs", verb, size.nodes, size.pvs), func(b *testing.B) {
+				var samples []time.Duration
+				for b.Loop() {
+					start := time.Now()
+					if verb == "filter" {
+						Filter(state, driver, pod, names)
+					} else {
+						Prioritize(state, driver, pod, names)
+					}
+					samples = append(samples, time.Since(start))
+				}
+				sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+				b.ReportMetric(float64(samples[len(samples)/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(samples[len(samples)*99/100].Microseconds())/1000, "p99-ms")
+			})
+		}
+	}
+}
