@@ -251,27 +251,8 @@ func (p *nodeProcesses) restart(e *environment, component string) error {
 	return p.start(e, component, args[0], args[1:]...)
 }
 
-// poll calls check every interval until it reports done, fails, or timeout passes.
-func poll(ctx context.Context, interval, timeout time.Duration, check func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	for {
-		done, err := check()
-		if err != nil {
-			return err
-		}
-		if done {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ticker.C:
-		}
-	}
-}
+// poll waits with a deadline; see cluster.Poll.
+var poll = cluster.Poll
 
 func needEnv(t *testing.T) {
 	t.Helper()

@@ -1,0 +1,79 @@
+// Package webhook owns toposnap's admission webhook: it defaults
+// topology-aware StorageClasses to WaitForFirstConsumer, rejects restores
+// and clones that cannot work (missing or foreign snapshot, too small,
+// unreachable topology) and keeps one default VolumeSnapshotClass per
+// driver. Decisions are pure functions of a State read from informers
+// (storageclass.go, pvc.go, snapshotclass.go); server.go is the HTTPS edge.
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/kube"
+)
+
+// Options are the webhook's flags.
+type Options struct {
+	// Listen is the HTTPS address, e.g. ":9443".
+	Listen string
+	// TLSCertFile and TLSKeyFile hold the serving pair (PEM); both are
+	// required and reloaded when they change.
+	TLSCertFile, TLSKeyFile string
+	// Kubeconfig is the kubeconfig path; empty means in-cluster.
+	Kubeconfig string
+	// ShutdownGrace is how long requests in flight may take after SIGTERM.
+	ShutdownGrace time.Duration
+}
+
+// Run serves the webhook until ctx ends, then shuts down gracefully. It
+// loads the serving pair, fills the informer caches, and only then listens,
+// so no request is decided on an empty cache.
+func Run(ctx context.Context, opts Options) error {
+	if opts.TLSCertFile == "" || opts.TLSKeyFile == "" {
+		return errors.New("--tls-cert-file and --tls-key-file are required: the API server calls webhooks over HTTPS only")
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	certificates, err := newCertReloader(opts.TLSCertFile, opts.TLSKeyFile)
+	if err != nil {
+		return err
+	}
+	config, err := kube.RestConfig(opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create API client: %w", err)
+	}
+	snapshots, err := snapshotclient.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create snapshot API client: %w", err)
+	}
+	klog.InfoS("Filling informer caches")
+	state, stopInformers, err := startInformers(ctx, client, snapshots)
+	if err != nil {
+		return err
+	}
+	defer stopInformers()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	listener, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
+	}
+	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(),
+		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass})
+	return serve(ctx, listener, NewServer(state, registry), serverTLSConfig(certificates), opts.ShutdownGrace)
+}
