@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
@@ -39,8 +40,8 @@ func NewServer(state func() State, driver string) *Server {
 			Name: "toposnap_extender_node_decisions_total", Help: "Filter decisions per node, by outcome.",
 		}, []string{"outcome"}),
 	}
-	s.registry.MustRegister(s.latency, s.outcomes, prometheus.NewGoCollector(),
-		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	s.registry.MustRegister(s.latency, s.outcomes, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }
 

@@ -75,7 +75,7 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 		}
 		return nil
 	})
-	if err != nil && !(apierrors.IsNotFound(err) && !add) {
+	if err != nil && (add || !apierrors.IsNotFound(err)) {
 		return fmt.Errorf("protect %s %s/%s: %w", kind, claim.Namespace, name, err)
 	}
 	return nil

@@ -94,7 +94,7 @@ func setUp(c *cluster.Cluster, extenderPort int) (*environment, error) {
 		"./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build components: %v\n%s", err, out)
+		return nil, fmt.Errorf("build components: %w\n%s", err, out)
 	}
 	if e.snaps, err = snapshotclient.NewForConfig(c.RestConfig); err != nil {
 		return nil, err
@@ -171,13 +171,13 @@ func (e *environment) installSnapshotCRDs(ctx context.Context, root string) erro
 	for _, kind := range []string{"volumesnapshotclasses", "volumesnapshotcontents", "volumesnapshots"} {
 		file := filepath.Join(crds, "snapshot.storage.k8s.io_"+kind+".yaml")
 		if out, err := e.cluster.Kubectl(ctx, "apply", "-f", file); err != nil {
-			return fmt.Errorf("install CRD %s: %v\n%s", kind, err, out)
+			return fmt.Errorf("install CRD %s: %w\n%s", kind, err, out)
 		}
 	}
 	if out, err := e.cluster.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s",
 		"crd/volumesnapshots.snapshot.storage.k8s.io", "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
 		"crd/volumesnapshotclasses.snapshot.storage.k8s.io"); err != nil {
-		return fmt.Errorf("wait for snapshot CRDs: %v\n%s", err, out)
+		return fmt.Errorf("wait for snapshot CRDs: %w\n%s", err, out)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func (e *environment) waitHealthy(ctx context.Context) error {
 	err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
 		select {
 		case <-e.exited:
-			return false, fmt.Errorf("toposnap-webhook exited: %v", e.exitErr)
+			return false, fmt.Errorf("toposnap-webhook exited: %w", e.exitErr)
 		default:
 		}
 		response, err := client.Get("https://" + e.address + "/healthz")
@@ -84,7 +84,7 @@ func (e *environment) stopWebhook() error {
 	select {
 	case <-e.exited:
 		if e.exitErr != nil {
-			return fmt.Errorf("toposnap-webhook did not exit cleanly on SIGTERM: %v\n%s", e.exitErr, tail(e.logPath(), 20))
+			return fmt.Errorf("toposnap-webhook did not exit cleanly on SIGTERM: %w\n%s", e.exitErr, tail(e.logPath(), 20))
 		}
 		return nil
 	case <-time.After(15 * time.Second):
