@@ -49,7 +49,7 @@ func TestCrashDuringProvisioningAndSnapshots(t *testing.T) {
 	for i := range 10 {
 		snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("snap-%d", i), Namespace: ns},
 			Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(fmt.Sprintf("src-%d", i))}}}
-		if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+		if _, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -69,7 +69,7 @@ func TestCrashDuringProvisioningAndSnapshots(t *testing.T) {
 		waitBound(t, ns, fmt.Sprintf("burst-%d", i), fmt.Sprintf("burst-pod-%d", i))
 	}
 	if err := poll(ctx, 500*time.Millisecond, 4*time.Minute, func() (bool, error) {
-		list, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).List(ctx, metav1.ListOptions{})
+		list, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -113,12 +113,12 @@ func chaos(random *rand.Rand, stop <-chan struct{}, kills *int) error {
 			return nil
 		case <-time.After(time.Duration(150+random.IntN(450)) * time.Millisecond):
 		}
-		p := env.nodes[nodes[random.IntN(len(nodes))]]
+		p := env.Nodes[nodes[random.IntN(len(nodes))]]
 		component := components[random.IntN(len(components))]
-		p.kill(component)
+		p.Kill(component)
 		*kills++
 		time.Sleep(time.Duration(100+random.IntN(200)) * time.Millisecond) // the crash's downtime, not synchronisation
-		if err := p.restart(env, component); err != nil {
+		if err := p.Restart(component); err != nil {
 			return err
 		}
 	}
@@ -138,7 +138,7 @@ func waitFor(ctx interface{ Done() <-chan struct{} }, d time.Duration) error {
 func assertNoOrphanSnapshots(t *testing.T) {
 	t.Helper()
 	ctx := ctxFor(t, time.Minute)
-	contents, err := env.snaps.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
+	contents, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +148,8 @@ func assertNoOrphanSnapshots(t *testing.T) {
 			handles[*content.Status.SnapshotHandle] = true
 		}
 	}
-	for name, p := range env.nodes {
-		resp, err := p.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
+	for name, p := range env.Nodes {
+		resp, err := p.Controller.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}

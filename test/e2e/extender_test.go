@@ -28,7 +28,7 @@ func TestRestoresLandWhereTheSnapshotIs(t *testing.T) {
 		Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "src"}}}},
 	}}
-	if _, err := env.cluster.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, node := waitBound(t, ns, "src", "src-pod"); node != "node2" {
@@ -52,7 +52,7 @@ func TestRestoresLandWhereTheSnapshotIs(t *testing.T) {
 	if onNode2 != runs {
 		t.Fatalf("%d of %d restores landed on node2", onNode2, runs)
 	}
-	events, err := env.cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestCapacityBurst(t *testing.T) {
 		createPod(t, ns, fmt.Sprintf("big-pod-%d", i), fmt.Sprintf("big-%d", i))
 	}
 	bound := func() (int, error) {
-		claims, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
+		claims, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return 0, err
 		}
@@ -109,7 +109,7 @@ func TestCapacityBurst(t *testing.T) {
 		}
 	}
 	// The pods whose claims fit nowhere wait, and say why.
-	claims, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
+	claims, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +130,6 @@ func TestCapacityBurst(t *testing.T) {
 	}
 	// Stop the scheduler retrying the ones that cannot fit.
 	for _, pod := range waiting {
-		_ = env.cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{})
+		_ = env.Cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{})
 	}
 }

@@ -21,7 +21,7 @@ import (
 // poolFree asks node's driver how much its node pool has left.
 func poolFree(t *testing.T, node string) int64 {
 	t.Helper()
-	resp, err := env.nodes[node].ctrl.GetCapacity(ctxFor(t, time.Minute), &csi.GetCapacityRequest{Parameters: map[string]string{"scope": "node"}})
+	resp, err := env.Nodes[node].Controller.GetCapacity(ctxFor(t, time.Minute), &csi.GetCapacityRequest{Parameters: map[string]string{"scope": "node"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,16 +41,16 @@ func TestExpansion(t *testing.T) {
 	before := poolFree(t, node)
 
 	patch := `{"spec":{"resources":{"requests":{"storage":"256Mi"}}}}`
-	if _, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Patch(ctx, "grow", "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Patch(ctx, "grow", "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	want := resource.MustParse("256Mi")
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		got, err := env.cluster.Client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
+		got, err := env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "grow", metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "grow", metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -74,7 +74,7 @@ func TestReclaimPolicies(t *testing.T) {
 	retain := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-retain"}, Provisioner: "csi.toposnap.io",
 		Parameters: map[string]string{"scope": "node"}, VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer),
 		ReclaimPolicy: ptr.To(corev1.PersistentVolumeReclaimRetain)}
-	if _, err := env.cluster.Client.StorageV1().StorageClasses().Create(ctx, retain, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Cluster.Client.StorageV1().StorageClasses().Create(ctx, retain, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	createClaim(t, ns, "deleted", "e2e-node", "64Mi", nil)
@@ -84,17 +84,17 @@ func TestReclaimPolicies(t *testing.T) {
 	deletedPV, deletedNode := waitBound(t, ns, "deleted", "a")
 	retainedPV, retainedNode := waitBound(t, ns, "retained", "b")
 	for _, pod := range []string{"a", "b"} {
-		if err := env.cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+		if err := env.Cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, claim := range []string{"deleted", "retained"} {
-		if err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
+		if err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, claim, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		_, err := env.cluster.Client.CoreV1().PersistentVolumes().Get(ctx, deletedPV.Name, metav1.GetOptions{})
+		_, err := env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, deletedPV.Name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
 		t.Fatalf("Delete-policy PV %s survived its claim: %v", deletedPV.Name, err)
@@ -103,7 +103,7 @@ func TestReclaimPolicies(t *testing.T) {
 		t.Fatalf("backend volume %s of the Delete-policy PV survived", deletedPV.Spec.CSI.VolumeHandle)
 	}
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-		pv, err := env.cluster.Client.CoreV1().PersistentVolumes().Get(ctx, retainedPV.Name, metav1.GetOptions{})
+		pv, err := env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, retainedPV.Name, metav1.GetOptions{})
 		return err == nil && pv.Status.Phase == corev1.VolumeReleased, err
 	}); err != nil {
 		t.Fatalf("Retain-policy PV %s is not Released: %v", retainedPV.Name, err)
@@ -112,17 +112,17 @@ func TestReclaimPolicies(t *testing.T) {
 		t.Fatalf("backend volume of the Retain-policy PV is gone")
 	}
 	// Retained data is the operator's: clean up as an operator would.
-	if err := env.cluster.Client.CoreV1().PersistentVolumes().Delete(ctx, retainedPV.Name, metav1.DeleteOptions{}); err != nil {
+	if err := env.Cluster.Client.CoreV1().PersistentVolumes().Delete(ctx, retainedPV.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.nodes[retainedNode].ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: retainedPV.Spec.CSI.VolumeHandle}); err != nil {
+	if _, err := env.Nodes[retainedNode].Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: retainedPV.Spec.CSI.VolumeHandle}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func hasVolume(t *testing.T, node, id string) bool {
 	t.Helper()
-	resp, err := env.nodes[node].ctrl.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
+	resp, err := env.Nodes[node].Controller.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestStorageCapacityPublished(t *testing.T) {
 		"e2e-zone/" + topology.ZoneKey + "=cn-hangzhou-b": false,
 	}
 	if err := poll(ctx, 500*time.Millisecond, time.Minute, func() (bool, error) {
-		list, err := env.cluster.Client.StorageV1().CSIStorageCapacities("default").List(ctx, metav1.ListOptions{})
+		list, err := env.Cluster.Client.StorageV1().CSIStorageCapacities("default").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -183,7 +183,7 @@ func TestBadInput(t *testing.T) {
 	createClass(t, "e2e-node", "node")
 	typo := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-typo"}, Provisioner: "csi.toposnap.io",
 		Parameters: map[string]string{"scpoe": "zone"}, VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer)}
-	if _, err := env.cluster.Client.StorageV1().StorageClasses().Create(ctx, typo, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Cluster.Client.StorageV1().StorageClasses().Create(ctx, typo, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	volumesBefore := countVolumes(t)
@@ -195,7 +195,7 @@ func TestBadInput(t *testing.T) {
 	createPod(t, ns, "b", "typo")
 	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "of-nothing", Namespace: ns},
 		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("no-such-claim")}}}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -204,7 +204,7 @@ func TestBadInput(t *testing.T) {
 	waitEvent(t, ns, "a", "FailedScheduling", "VolumeSnapshot no-such-snapshot, which does not exist")
 	waitEvent(t, ns, "typo", "ProvisioningFailed", "unknown parameter(s) scpoe")
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "of-nothing", metav1.GetOptions{})
+		got, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "of-nothing", metav1.GetOptions{})
 		return err == nil && got.Status != nil && got.Status.Error != nil &&
 			strings.Contains(ptr.Deref(got.Status.Error.Message, ""), "no-such-claim"), nil
 	}); err != nil {
@@ -213,7 +213,7 @@ func TestBadInput(t *testing.T) {
 	if after := countVolumes(t); after != volumesBefore {
 		t.Fatalf("bad input created volumes: %d before, %d after", volumesBefore, after)
 	}
-	pvs, err := env.cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+	pvs, err := env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("bad input produced PV %s", pv.Name)
 		}
 	}
-	contents, err := env.snaps.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
+	contents, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,8 +236,8 @@ func TestBadInput(t *testing.T) {
 func countVolumes(t *testing.T) int {
 	t.Helper()
 	seen := map[string]bool{}
-	for node := range env.nodes {
-		resp, err := env.nodes[node].ctrl.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
+	for node := range env.Nodes {
+		resp, err := env.Nodes[node].Controller.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,7 +254,7 @@ func waitEvent(t *testing.T, ns, object, reason, text string) {
 	ctx := ctxFor(t, 2*time.Minute)
 	var seen []string
 	if err := poll(ctx, 200*time.Millisecond, 90*time.Second, func() (bool, error) {
-		events, err := env.cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object})
+		events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + object})
 		if err != nil {
 			return false, err
 		}
@@ -277,8 +277,8 @@ func assertNoOrphans(t *testing.T) {
 	t.Helper()
 	ctx := ctxFor(t, 2*time.Minute)
 	volumes := map[string]bool{}
-	for node := range env.nodes {
-		resp, err := env.nodes[node].ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	for node := range env.Nodes {
+		resp, err := env.Nodes[node].Controller.ListVolumes(ctx, &csi.ListVolumesRequest{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -286,7 +286,7 @@ func assertNoOrphans(t *testing.T) {
 			volumes[entry.GetVolume().GetVolumeId()] = true
 		}
 	}
-	pvs, err := env.cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: labels.Everything().String()})
+	pvs, err := env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: labels.Everything().String()})
 	if err != nil {
 		t.Fatal(err)
 	}

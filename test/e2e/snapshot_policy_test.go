@@ -25,18 +25,18 @@ func TestRetainedSnapshot(t *testing.T) {
 	_, node := waitBound(t, ns, "src", "src-pod")
 	retain := &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-snap-retain"},
 		Driver: "csi.toposnap.io", DeletionPolicy: snapv1.VolumeSnapshotContentRetain}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, retain, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, retain, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "kept", Namespace: ns},
 		Spec: snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: ptr.To("e2e-snap-retain"),
 			Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("src")}}}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var contentName string
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "kept", metav1.GetOptions{})
+		got, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "kept", metav1.GetOptions{})
 		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
 			return false, nil
 		}
@@ -45,20 +45,20 @@ func TestRetainedSnapshot(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("snapshot never ready: %v", err)
 	}
-	if err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "kept", metav1.DeleteOptions{}); err != nil {
+	if err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "kept", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-		_, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "kept", metav1.GetOptions{})
+		_, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "kept", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
 		t.Fatalf("VolumeSnapshot was not deleted: %v", err)
 	}
-	content, err := env.snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
+	content, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("Retain content %s is gone: %v", contentName, err)
 	}
-	listed, err := env.nodes[node].ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: ptr.Deref(content.Status.SnapshotHandle, "")})
+	listed, err := env.Nodes[node].Controller.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: ptr.Deref(content.Status.SnapshotHandle, "")})
 	if err != nil || len(listed.GetEntries()) != 1 {
 		t.Fatalf("Retain backend snapshot is gone: %v %v", listed.GetEntries(), err)
 	}
@@ -72,12 +72,12 @@ func TestImmediateZoneClaim(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-zone-immediate"}, Provisioner: "csi.toposnap.io",
 		Parameters: map[string]string{"scope": "zone"}, VolumeBindingMode: ptr.To(storagev1.VolumeBindingImmediate)}
-	if _, err := env.cluster.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Cluster.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	createClaim(t, ns, "now", "e2e-zone-immediate", "16Mi", nil)
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "now", metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "now", metav1.GetOptions{})
 		return err == nil && claim.Status.Phase == corev1.ClaimBound, nil
 	}); err != nil {
 		t.Fatalf("Immediate zone claim never bound: %v", err)

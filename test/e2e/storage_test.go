@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,12 +21,10 @@ import (
 	"github.com/toposnap/toposnap/snapshotter"
 )
 
-func deathSignal() *syscall.SysProcAttr { return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} }
-
 func createNamespace(t *testing.T) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}
-	created, err := env.cluster.Client.CoreV1().Namespaces().Create(ctxFor(t, time.Minute), ns, metav1.CreateOptions{})
+	created, err := env.Cluster.Client.CoreV1().Namespaces().Create(ctxFor(t, time.Minute), ns, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +44,7 @@ func createClass(t *testing.T, name, scope string, allowedZones ...string) {
 		class.AllowedTopologies = []corev1.TopologySelectorTerm{{MatchLabelExpressions: []corev1.TopologySelectorLabelRequirement{
 			{Key: topology.ZoneKey, Values: allowedZones}}}}
 	}
-	if _, err := env.cluster.Client.StorageV1().StorageClasses().Create(ctxFor(t, time.Minute), class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Cluster.Client.StorageV1().StorageClasses().Create(ctxFor(t, time.Minute), class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 }
@@ -63,7 +60,7 @@ func createClaim(t *testing.T, ns, name, class, size string, dataSource *corev1.
 			DataSource:       dataSource,
 		},
 	}
-	if _, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Create(ctxFor(t, time.Minute), claim, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Create(ctxFor(t, time.Minute), claim, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -79,7 +76,7 @@ func createPod(t *testing.T, ns, name, claim string) {
 				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
 		},
 	}
-	if _, err := env.cluster.Client.CoreV1().Pods(ns).Create(ctxFor(t, time.Minute), pod, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctxFor(t, time.Minute), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -92,20 +89,20 @@ func waitBound(t *testing.T, ns, claimName, podName string) (*corev1.PersistentV
 	var pv *corev1.PersistentVolume
 	var node string
 	err := poll(ctx, 200*time.Millisecond, 3*time.Minute, func() (bool, error) {
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claimName, metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claimName, metav1.GetOptions{})
 		if err != nil || claim.Status.Phase != corev1.ClaimBound {
 			return false, nil
 		}
-		pod, err := env.cluster.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
+		pod, err := env.Cluster.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 		if err != nil || pod.Spec.NodeName == "" {
 			return false, nil
 		}
-		pv, err = env.cluster.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
+		pv, err = env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
 		node = pod.Spec.NodeName
 		return err == nil, nil
 	})
 	if err != nil {
-		events, _ := env.cluster.Kubectl(ctx, "get", "events", "-n", ns, "-o", "custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message")
+		events, _ := env.Cluster.Kubectl(ctx, "get", "events", "-n", ns, "-o", "custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message")
 		t.Fatalf("claim %s/%s did not bind with pod %s scheduled: %v\nevents:\n%s", ns, claimName, podName, err, events)
 	}
 	return pv, node
@@ -135,7 +132,7 @@ func TestDynamicNodeScope(t *testing.T) {
 	ctx := ctxFor(t, time.Minute)
 	// Without a consumer nothing is provisioned: the claim waits.
 	if err := poll(ctx, 200*time.Millisecond, 3*time.Second, func() (bool, error) {
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "data", metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "data", metav1.GetOptions{})
 		return err == nil && claim.Status.Phase != corev1.ClaimPending, err
 	}); err == nil {
 		t.Fatal("claim left Pending without a pod using it")
@@ -182,7 +179,7 @@ func TestSnapshotRestore(t *testing.T) {
 	written := writeThrough(t, node, pv.Spec.CSI.VolumeHandle, "the seed's data")
 
 	contentName := snapshotOf(t, ns, "disk-snapshot", "disk-pvc")
-	content, err := env.snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
+	content, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,16 +199,16 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Fatalf("restored data %s, original %s", read, written)
 	}
 
-	if err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "disk-snapshot", metav1.DeleteOptions{}); err != nil {
+	if err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "disk-snapshot", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		_, err := env.snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
+		_, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, contentName, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
 		t.Fatalf("content %s survived its VolumeSnapshot: %v", contentName, err)
 	}
-	listed, err := env.nodes[node].ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: handle})
+	listed, err := env.Nodes[node].Controller.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: handle})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,17 +225,17 @@ func snapshotOf(t *testing.T, ns, name, claim string) string {
 	class := &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-snapclass",
 		Annotations: map[string]string{snapshotter.AnnDefaultClass: "true"}},
 		Driver: "csi.toposnap.io", DeletionPolicy: snapv1.VolumeSnapshotContentDelete}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Snaps.SnapshotV1().VolumeSnapshotClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(claim)}}}
-	if _, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, snap, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var contentName string
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		got, err := env.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+		got, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
 			return false, nil
 		}
@@ -276,24 +273,10 @@ func readThrough(t *testing.T, node, volumeID string) string {
 
 func publishOn(t *testing.T, node, volumeID string) string {
 	t.Helper()
-	ctx := ctxFor(t, time.Minute)
-	p := env.nodes[node]
-	base := t.TempDir()
-	staging, target := filepath.Join(base, "staging"), filepath.Join(base, "target")
-	capability := &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	target, cleanup, err := env.Nodes[node].Publish(ctxFor(t, time.Minute), volumeID, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := p.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging, VolumeCapability: capability}); err != nil {
-		t.Fatalf("stage %s on %s: %v", volumeID, node, err)
-	}
-	if _, err := p.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: capability}); err != nil {
-		t.Fatalf("publish %s on %s: %v", volumeID, node, err)
-	}
-	t.Cleanup(func() {
-		ctx := ctxFor(t, time.Minute)
-		_, _ = p.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volumeID, TargetPath: target})
-		_, _ = p.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging})
-	})
+	t.Cleanup(func() { cleanup(ctxFor(t, time.Minute)) })
 	return target
 }

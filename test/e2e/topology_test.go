@@ -25,7 +25,7 @@ func TestStaticLocalPV(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "e2e-local"},
 		Provisioner: "kubernetes.io/no-provisioner", VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer)}
-	if _, err := env.cluster.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if _, err := env.Cluster.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 	pv := &corev1.PersistentVolume{
@@ -41,15 +41,15 @@ func TestStaticLocalPV(t *testing.T) {
 			}}}},
 		},
 	}
-	if _, err := env.cluster.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = env.cluster.Client.CoreV1().PersistentVolumes().Delete(ctxFor(t, time.Minute), pv.Name, metav1.DeleteOptions{})
+		_ = env.Cluster.Client.CoreV1().PersistentVolumes().Delete(ctxFor(t, time.Minute), pv.Name, metav1.DeleteOptions{})
 	})
 	createClaim(t, ns, "local-claim", "e2e-local", "500Mi", nil)
 	if err := poll(ctx, 200*time.Millisecond, 3*time.Second, func() (bool, error) {
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "local-claim", metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "local-claim", metav1.GetOptions{})
 		return err == nil && claim.Status.Phase != corev1.ClaimPending, err
 	}); err == nil {
 		t.Fatal("local claim bound before any pod used it")
@@ -79,11 +79,11 @@ func TestRestoreOnWrongNodeIsRescheduled(t *testing.T) {
 	createClaim(t, ns, "misplaced", "e2e-node", "64Mi", &corev1.TypedLocalObjectReference{APIGroup: &apiGroup, Kind: "VolumeSnapshot", Name: "src-snap"})
 	// Play a scheduler that picked the wrong node.
 	patch := `{"metadata":{"annotations":{"` + provisioner.AnnSelectedNode + `":"` + other + `"}}}`
-	if _, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Patch(ctx, "misplaced", "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Patch(ctx, "misplaced", "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := poll(ctx, 200*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		claim, err := env.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "misplaced", metav1.GetOptions{})
+		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "misplaced", metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -95,7 +95,7 @@ func TestRestoreOnWrongNodeIsRescheduled(t *testing.T) {
 	// Events are recorded asynchronously: wait for the one that says why.
 	var seen []string
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-		events, err := env.cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=misplaced"})
+		events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=misplaced"})
 		if err != nil {
 			return false, err
 		}

@@ -21,6 +21,8 @@ import (
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 
 	"github.com/toposnap/toposnap/test/cluster"
+
+	"github.com/toposnap/toposnap/test/harness"
 )
 
 // env is the cluster and the webhook the tests run against; nil with -short.
@@ -32,7 +34,7 @@ type environment struct {
 	snapshots snapshotclient.Interface
 	dir       string // webhook binary, certificates and log
 	address   string // host:port the webhook serves on
-	pki       *pki
+	pki       *harness.PKI
 	webhook   *exec.Cmd
 	exited    chan struct{} // closed when the webhook process has exited
 	exitErr   error         // why it exited, once exited is closed
@@ -129,7 +131,7 @@ func setUp(c *cluster.Cluster, binary buildResult) (*environment, error) {
 	if err := installSnapshotCRDs(ctx, c); err != nil {
 		return nil, err
 	}
-	if e.pki, err = writePKI(e.dir); err != nil {
+	if e.pki, err = harness.WritePKI(e.dir); err != nil {
 		return nil, err
 	}
 	port, err := freePort()
@@ -143,7 +145,7 @@ func setUp(c *cluster.Cluster, binary buildResult) (*environment, error) {
 	if err := e.waitHealthy(ctx); err != nil {
 		return e, err
 	}
-	if err := registerWebhooks(ctx, c, "https://"+e.address, e.pki.caPEM); err != nil {
+	if err := registerWebhooks(ctx, c, "https://"+e.address, e.pki.CAPEM); err != nil {
 		return e, err
 	}
 	if err := waitEffective(ctx, c); err != nil {

@@ -24,7 +24,7 @@ func (e *environment) startWebhook(binary string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(binary, "--listen", e.address, "--tls-cert-file", e.pki.certFile, "--tls-key-file", e.pki.keyFile,
+	cmd := exec.Command(binary, "--listen", e.address, "--tls-cert-file", e.pki.CertFile, "--tls-key-file", e.pki.KeyFile,
 		"--kubeconfig", e.cluster.Kubeconfig, "--v", "2")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -67,7 +67,7 @@ func (e *environment) waitHealthy(ctx context.Context) error {
 // httpClient trusts the test CA only.
 func (e *environment) httpClient() *http.Client {
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(e.pki.caPEM)
+	roots.AppendCertsFromPEM(e.pki.CAPEM)
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 	}}

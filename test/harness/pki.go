@@ -1,4 +1,4 @@
-package webhooke2e
+package harness
 
 import (
 	"crypto/ecdsa"
@@ -15,21 +15,21 @@ import (
 	"time"
 )
 
-// pki is a test CA and the webhook's serving pair for 127.0.0.1 signed by it.
-type pki struct {
-	caPEM             []byte
-	certFile, keyFile string
+// PKI is a test CA and a serving pair for 127.0.0.1 signed by it.
+type PKI struct {
+	CAPEM             []byte
+	CertFile, KeyFile string
 }
 
-// writePKI creates the CA and the serving pair and writes the pair to dir.
-func writePKI(dir string) (*pki, error) {
+// WritePKI creates the CA and the serving pair and writes the pair to dir.
+func WritePKI(dir string) (*PKI, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
 	now := time.Now()
 	caTemplate := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "toposnap-webhook-e2e-ca"},
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "toposnap-test-ca"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
 	}
@@ -59,15 +59,15 @@ func writePKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode serving key: %w", err)
 	}
-	p := &pki{
-		caPEM:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		certFile: filepath.Join(dir, "tls.crt"),
-		keyFile:  filepath.Join(dir, "tls.key"),
+	p := &PKI{
+		CAPEM:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		CertFile: filepath.Join(dir, "tls.crt"),
+		KeyFile:  filepath.Join(dir, "tls.key"),
 	}
-	if err := os.WriteFile(p.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: servingDER}), 0o600); err != nil {
+	if err := os.WriteFile(p.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: servingDER}), 0o600); err != nil {
 		return nil, fmt.Errorf("write serving certificate: %w", err)
 	}
-	if err := os.WriteFile(p.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(p.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return nil, fmt.Errorf("write serving key: %w", err)
 	}
 	return p, nil
