@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz cluster-bins cluster-up cluster-down clean
+.PHONY: all build test unit-test lint bench fuzz demo cluster-bins cluster-up cluster-down clean
 
 all: build
 
@@ -38,6 +38,9 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 FUZZTIME ?= 60s
 fuzz: ## Longer fuzzing of request decoding (the seeds also run in make test).
 	$(GO) test -run '^$$' -fuzz FuzzServer -fuzztime $(FUZZTIME) ./extender/
+
+demo: cluster-bins ## Replay the seed's story with all five components (KEEP=1 leaves it running).
+	$(GO) run ./test/demo
 
 cluster-up: cluster-bins ## Start the local control plane in the background; prints the kubeconfig.
 	$(GO) run ./test/cluster/cmd/toposnap-cluster up --dir $(CLUSTER_DIR)
