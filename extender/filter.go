@@ -11,6 +11,7 @@ import (
 	volumehelpers "k8s.io/component-helpers/storage/volume"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 
+	"github.com/toposnap/toposnap/internal/claimsource"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -42,6 +43,7 @@ func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) ext
 		return result
 	}
 	claims, problem := resolveClaims(state, pod)
+	own := ownClaims(pod)
 	for _, name := range nodeNames {
 		if problem != "" {
 			result.FailedAndUnresolvableNodes[name] = problem
@@ -52,7 +54,7 @@ func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) ext
 			result.FailedAndUnresolvableNodes[name] = fmt.Sprintf("node %s is not known to the extender yet", name)
 			continue
 		}
-		verdict := checkNode(state, driver, pod, claims, node)
+		verdict := checkNode(state, driver, own, claims, node)
 		switch {
 		case verdict.unresolvable != "":
 			result.FailedAndUnresolvableNodes[name] = verdict.unresolvable
@@ -114,7 +116,7 @@ type verdict struct {
 
 // checkNode applies, in order, the in-tree VolumeBinding rules and then
 // toposnap's extras to one node.
-func checkNode(state State, driver string, pod *corev1.Pod, claims []podClaim, node *corev1.Node) verdict {
+func checkNode(state State, driver string, own map[string]bool, claims []podClaim, node *corev1.Node) verdict {
 	excluded := map[string]*corev1.PersistentVolume{}
 	needs := map[string]*poolNeed{}
 	for _, pc := range claims {
@@ -148,17 +150,21 @@ func checkNode(state State, driver string, pod *corev1.Pod, claims []podClaim, n
 		if reason := checkSource(state, pc, node); reason != "" {
 			return verdict{unresolvable: reason}
 		}
-		addNeed(state, needs, pc, node)
+		addNeed(needs, pc, node)
 	}
-	return verdict{short: checkCapacity(state, driver, pod, needs, node)}
+	return verdict{short: checkCapacity(state, driver, own, needs, node)}
 }
 
 // checkSource: a restore fits only where its snapshot can be read, a clone
 // only where its source volume is reachable.
 func checkSource(state State, pc podClaim, node *corev1.Node) string {
-	kind, name := dataSource(pc.claim)
-	switch kind {
-	case "VolumeSnapshot":
+	source, ok := claimsource.Of(pc.claim)
+	if !ok {
+		return ""
+	}
+	name := source.Name
+	switch {
+	case source.IsSnapshot():
 		snap, ok := state.Snapshot(pc.claim.Namespace, name)
 		if !ok {
 			return fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which does not exist", pc.key, name)
@@ -180,12 +186,12 @@ func checkSource(state State, pc podClaim, node *corev1.Node) string {
 		}
 		return fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s; node %s is at %s",
 			pc.key, name, describeSegments(segments), node.Name, describeNode(node))
-	case "PersistentVolumeClaim":
-		source, ok := state.Claim(pc.claim.Namespace, name)
-		if !ok || source.Spec.VolumeName == "" {
+	case source.IsClaim():
+		sourceClaim, ok := state.Claim(pc.claim.Namespace, name)
+		if !ok || sourceClaim.Spec.VolumeName == "" {
 			return fmt.Sprintf("pvc %s clones pvc %s, which does not exist or is not bound", pc.key, name)
 		}
-		pv, ok := state.Volume(source.Spec.VolumeName)
+		pv, ok := state.Volume(sourceClaim.Spec.VolumeName)
 		if !ok {
 			return ""
 		}
@@ -197,16 +203,6 @@ func checkSource(state State, pc podClaim, node *corev1.Node) string {
 	return ""
 }
 
-func dataSource(claim *corev1.PersistentVolumeClaim) (kind, name string) {
-	switch {
-	case claim.Spec.DataSourceRef != nil:
-		return claim.Spec.DataSourceRef.Kind, claim.Spec.DataSourceRef.Name
-	case claim.Spec.DataSource != nil:
-		return claim.Spec.DataSource.Kind, claim.Spec.DataSource.Name
-	}
-	return "", ""
-}
-
 // poolNeed sums what a pod asks of one pool (a node's, or a zone's).
 type poolNeed struct {
 	class  string
@@ -216,7 +212,7 @@ type poolNeed struct {
 	claims []string
 }
 
-func addNeed(state State, needs map[string]*poolNeed, pc podClaim, node *corev1.Node) {
+func addNeed(needs map[string]*poolNeed, pc podClaim, node *corev1.Node) {
 	scope, err := topology.ParseScope(pc.class.Parameters["scope"])
 	if err != nil {
 		return
@@ -238,7 +234,7 @@ func addNeed(state State, needs map[string]*poolNeed, pc podClaim, node *corev1.
 // checkCapacity compares each pool's summed need with its published free
 // capacity less what pending claims were already promised on this node.
 // Unknown capacity never rejects.
-func checkCapacity(state State, driver string, pod *corev1.Pod, needs map[string]*poolNeed, node *corev1.Node) string {
+func checkCapacity(state State, driver string, own map[string]bool, needs map[string]*poolNeed, node *corev1.Node) string {
 	pools := make([]string, 0, len(needs))
 	for pool := range needs {
 		pools = append(pools, pool)
@@ -250,7 +246,7 @@ func checkCapacity(state State, driver string, pod *corev1.Pod, needs map[string
 		if !ok {
 			continue
 		}
-		reserved := reservedOn(state, driver, pod, node.Name, need.scope)
+		reserved := reservedOn(state, driver, own, node.Name, need.scope)
 		if need.bytes > free-reserved {
 			return fmt.Sprintf("%s: %s needs %s in the %s, which has %s free with %s promised to pending claims",
 				strings.Join(need.claims, ", "), pluralClaims(len(need.claims)), quantity(need.bytes), pool,
@@ -269,18 +265,27 @@ func pluralClaims(n int) string {
 
 func quantity(bytes int64) string { return resource.NewQuantity(bytes, resource.BinarySI).String() }
 
-// reservedOn sums the requests of claims of the driver promised to node but
-// not bound yet, other than the pod's own, of the given scope.
-func reservedOn(state State, driver string, pod *corev1.Pod, node string, scope topology.Scope) int64 {
+// ownClaims are the pod's own claims, as "namespace/name": promised to a
+// node by an earlier attempt, they must not count against it twice.
+func ownClaims(pod *corev1.Pod) map[string]bool {
 	own := map[string]bool{}
+	if pod == nil {
+		return own
+	}
 	for _, v := range pod.Spec.Volumes {
 		if v.PersistentVolumeClaim != nil {
-			own[v.PersistentVolumeClaim.ClaimName] = true
+			own[pod.Namespace+"/"+v.PersistentVolumeClaim.ClaimName] = true
 		}
 	}
+	return own
+}
+
+// reservedOn sums the requests of claims of the driver promised to node but
+// not bound yet, other than the pod's own, of the given scope.
+func reservedOn(state State, driver string, own map[string]bool, node string, scope topology.Scope) int64 {
 	var total int64
 	for _, claim := range state.PendingOnNode(node) {
-		if claim.Namespace == pod.Namespace && own[claim.Name] {
+		if own[claim.Namespace+"/"+claim.Name] {
 			continue
 		}
 		class, ok := state.Class(volumehelpers.GetPersistentVolumeClaimClass(claim))

@@ -32,19 +32,19 @@ type State interface {
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
 }
 
-// MemState is a State held in maps: for tests and benchmarks.
+// MemState is a State held in maps: for tests and benchmarks. Call Index
+// after filling the maps; after that it is read-only and safe to share.
 type MemState struct {
-	Nodes      map[string]*corev1.Node
-	Claims     map[string]*corev1.PersistentVolumeClaim // "namespace/name"
-	Volumes    map[string]*corev1.PersistentVolume
-	Classes    map[string]*storagev1.StorageClass
-	Snapshots  map[string]*snapv1.VolumeSnapshot // "namespace/name"
-	Contents   map[string]*snapv1.VolumeSnapshotContent
-	Capacity   []*storagev1.CSIStorageCapacity
-	byKey      map[string][]*corev1.PersistentVolume
-	capByKey   map[string][]*storagev1.CSIStorageCapacity
-	byPending  map[string][]*corev1.PersistentVolumeClaim
-	indexBuilt bool
+	Nodes     map[string]*corev1.Node
+	Claims    map[string]*corev1.PersistentVolumeClaim // "namespace/name"
+	Volumes   map[string]*corev1.PersistentVolume
+	Classes   map[string]*storagev1.StorageClass
+	Snapshots map[string]*snapv1.VolumeSnapshot // "namespace/name"
+	Contents  map[string]*snapv1.VolumeSnapshotContent
+	Capacity  []*storagev1.CSIStorageCapacity
+	byKey     map[string][]*corev1.PersistentVolume
+	capByKey  map[string][]*storagev1.CSIStorageCapacity
+	byPending map[string][]*corev1.PersistentVolumeClaim
 }
 
 // Index builds MemState's secondary indexes; call after filling the maps.
@@ -67,7 +67,6 @@ func (m *MemState) Index() {
 			m.byPending[node] = append(m.byPending[node], claim)
 		}
 	}
-	m.indexBuilt = true
 }
 
 func (m *MemState) Node(name string) (*corev1.Node, bool) { n, ok := m.Nodes[name]; return n, ok }
@@ -84,9 +83,6 @@ func (m *MemState) Class(name string) (*storagev1.StorageClass, bool) {
 	return c, ok
 }
 func (m *MemState) StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume {
-	if !m.indexBuilt {
-		m.Index()
-	}
 	var out []*corev1.PersistentVolume
 	for _, key := range lookupKeys(class, node) {
 		out = append(out, m.byKey[key]...)
@@ -102,9 +98,6 @@ func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	return c, ok
 }
 func (m *MemState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
-	if !m.indexBuilt {
-		m.Index()
-	}
 	for _, key := range lookupKeys(class, node) {
 		for _, c := range m.capByKey[key] {
 			if selectsNode(c, node) {
@@ -115,8 +108,5 @@ func (m *MemState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
 	return 0, false
 }
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
-	if !m.indexBuilt {
-		m.Index()
-	}
 	return m.byPending[node]
 }

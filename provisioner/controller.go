@@ -38,6 +38,7 @@ import (
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
 
+	"github.com/toposnap/toposnap/internal/claimsource"
 	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
@@ -397,16 +398,13 @@ func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *s
 
 // contentSource resolves a claim's dataSource with upstream's checks.
 func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.VolumeContentSource, error) {
-	ref := claim.Spec.DataSourceRef
-	if ref == nil && claim.Spec.DataSource != nil {
-		ref = &corev1.TypedObjectReference{APIGroup: claim.Spec.DataSource.APIGroup, Kind: claim.Spec.DataSource.Kind, Name: claim.Spec.DataSource.Name}
-	}
-	if ref == nil {
+	ref, ok := claimsource.Of(claim)
+	if !ok {
 		return nil, nil
 	}
 	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
 	switch {
-	case ref.Kind == "VolumeSnapshot" && ref.APIGroup != nil && *ref.APIGroup == "snapshot.storage.k8s.io":
+	case ref.IsSnapshot():
 		snap, err := c.snapshots.VolumeSnapshots(claim.Namespace).Get(ref.Name)
 		if err != nil {
 			return nil, fmt.Errorf("dataSource VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
@@ -435,7 +433,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.Vo
 		}
 		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *content.Status.SnapshotHandle}}}, nil
-	case ref.Kind == "PersistentVolumeClaim" && (ref.APIGroup == nil || *ref.APIGroup == ""):
+	case ref.IsClaim():
 		source, err := c.claims.PersistentVolumeClaims(claim.Namespace).Get(ref.Name)
 		if err != nil {
 			return nil, fmt.Errorf("dataSource PersistentVolumeClaim %s/%s: %w", claim.Namespace, ref.Name, err)

@@ -9,6 +9,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/toposnap/toposnap/internal/claimsource"
 )
 
 // Upstream's finalizers that keep a source alive while a volume is being
@@ -18,22 +20,15 @@ const (
 	FinalizerCloneSource      = "provisioner.storage.kubernetes.io/cloning-protection"
 )
 
-// sourceRef is the claim's data source, if any, as kind and name.
-func sourceRef(claim *corev1.PersistentVolumeClaim) (kind, name string) {
-	switch {
-	case claim.Spec.DataSourceRef != nil:
-		return claim.Spec.DataSourceRef.Kind, claim.Spec.DataSourceRef.Name
-	case claim.Spec.DataSource != nil:
-		return claim.Spec.DataSource.Kind, claim.Spec.DataSource.Name
-	}
-	return "", ""
-}
-
 // protectSource adds (or, with add false, removes) the protection finalizer
 // on the claim's snapshot or source claim, so the source cannot disappear
 // while the copy runs.
 func (c *Controller) protectSource(ctx context.Context, claim *corev1.PersistentVolumeClaim, add bool) error {
-	kind, name := sourceRef(claim)
+	source, ok := claimsource.Of(claim)
+	if !ok {
+		return nil
+	}
+	kind, name := source.Kind, source.Name
 	edit := func(finalizers []string, finalizer string) ([]string, bool) {
 		has := slices.Contains(finalizers, finalizer)
 		switch {
@@ -45,8 +40,8 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 		return finalizers, false
 	}
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		switch kind {
-		case "VolumeSnapshot":
+		switch {
+		case source.IsSnapshot():
 			api := c.snapClient.SnapshotV1().VolumeSnapshots(claim.Namespace)
 			snap, err := api.Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
@@ -59,7 +54,7 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 			snap.Finalizers = finalizers
 			_, err = api.Update(ctx, snap, metav1.UpdateOptions{})
 			return err
-		case "PersistentVolumeClaim":
+		case source.IsClaim():
 			api := c.client.CoreV1().PersistentVolumeClaims(claim.Namespace)
 			source, err := api.Get(ctx, name, metav1.GetOptions{})
 			if err != nil {

@@ -8,41 +8,18 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/toposnap/toposnap/internal/claimsource"
 )
 
 // annDefaultStorageClass marks the cluster's default StorageClass.
 const annDefaultStorageClass = "storageclass.kubernetes.io/is-default-class"
 
-// dataSource is where a new claim's data comes from, from dataSourceRef
-// (the superset) or else dataSource.
-type dataSource struct {
-	APIGroup, Kind, Namespace, Name string
-}
-
-// String renders the source for messages, e.g. "VolumeSnapshot ns/name".
-func (s dataSource) String() string { return s.Kind + " " + s.Namespace + "/" + s.Name }
+// dataSource is where a new claim's data comes from (see claimsource).
+type dataSource = claimsource.Source
 
 // dataSourceOf returns the claim's data source, or false when it has none.
-func dataSourceOf(claim *corev1.PersistentVolumeClaim) (dataSource, bool) {
-	if ref := claim.Spec.DataSourceRef; ref != nil {
-		source := dataSource{Kind: ref.Kind, Namespace: claim.Namespace, Name: ref.Name}
-		if ref.APIGroup != nil {
-			source.APIGroup = *ref.APIGroup
-		}
-		if ref.Namespace != nil && *ref.Namespace != "" {
-			source.Namespace = *ref.Namespace
-		}
-		return source, true
-	}
-	if ref := claim.Spec.DataSource; ref != nil {
-		source := dataSource{Kind: ref.Kind, Namespace: claim.Namespace, Name: ref.Name}
-		if ref.APIGroup != nil {
-			source.APIGroup = *ref.APIGroup
-		}
-		return source, true
-	}
-	return dataSource{}, false
-}
+var dataSourceOf = claimsource.Of
 
 // ValidateClaim decides on a PersistentVolumeClaim CREATE. A claim of a
 // toposnap class that restores a VolumeSnapshot or clones a claim is

@@ -121,45 +121,46 @@ func (d *demo) waitRunning(claimName, podName string) (*corev1.PersistentVolume,
 	return pv, node, err
 }
 
-// writeData plays the kubelet: publish the volume on node, write a file of
-// random bytes, return its checksum.
-func (d *demo) writeData(node, volumeID string) (string, error) {
+// onVolume plays the kubelet: it publishes the volume on node, runs use
+// on the published path, and unpublishes.
+func (d *demo) onVolume(node, volumeID string, use func(path string) error) error {
 	dir, err := os.MkdirTemp(d.env.Dir, "publish-")
 	if err != nil {
-		return "", err
+		return err
 	}
 	target, cleanup, err := d.env.Nodes[node].Publish(d.ctx, volumeID, dir)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer cleanup(d.ctx)
+	return use(filepath.Join(target, "data.bin"))
+}
+
+// writeData writes 1 MiB of random bytes into the volume through node and
+// returns their checksum.
+func (d *demo) writeData(node, volumeID string) (string, error) {
 	data := make([]byte, 1<<20)
 	if _, err := rand.Read(data); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(target, "data.bin"), data, 0o644); err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
+	err := d.onVolume(node, volumeID, func(path string) error { return os.WriteFile(path, data, 0o644) })
+	return checksum(data), err
 }
 
+// readData returns the checksum of what the volume holds, read through node.
 func (d *demo) readData(node, volumeID string) (string, error) {
-	dir, err := os.MkdirTemp(d.env.Dir, "publish-")
-	if err != nil {
-		return "", err
-	}
-	target, cleanup, err := d.env.Nodes[node].Publish(d.ctx, volumeID, dir)
-	if err != nil {
-		return "", err
-	}
-	defer cleanup(d.ctx)
-	data, err := os.ReadFile(filepath.Join(target, "data.bin"))
-	if err != nil {
-		return "", err
-	}
+	var data []byte
+	err := d.onVolume(node, volumeID, func(path string) error {
+		var err error
+		data, err = os.ReadFile(path)
+		return err
+	})
+	return checksum(data), err
+}
+
+func checksum(data []byte) string {
 	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
+	return hex.EncodeToString(sum[:])
 }
 
 func affinity(pv *corev1.PersistentVolume) string {

@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/topology"
@@ -81,7 +80,7 @@ func TestReclaimPolicies(t *testing.T) {
 	createPod(t, ns, "a", "deleted")
 	createClaim(t, ns, "retained", "e2e-retain", "64Mi", nil)
 	createPod(t, ns, "b", "retained")
-	deletedPV, deletedNode := waitBound(t, ns, "deleted", "a")
+	deletedPV, _ := waitBound(t, ns, "deleted", "a")
 	retainedPV, retainedNode := waitBound(t, ns, "retained", "b")
 	for _, pod := range []string{"a", "b"} {
 		if err := env.Cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
@@ -99,7 +98,7 @@ func TestReclaimPolicies(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("Delete-policy PV %s survived its claim: %v", deletedPV.Name, err)
 	}
-	if hasVolume(t, deletedNode, deletedPV.Spec.CSI.VolumeHandle) {
+	if allVolumes(t)[deletedPV.Spec.CSI.VolumeHandle] {
 		t.Fatalf("backend volume %s of the Delete-policy PV survived", deletedPV.Spec.CSI.VolumeHandle)
 	}
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
@@ -108,7 +107,7 @@ func TestReclaimPolicies(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("Retain-policy PV %s is not Released: %v", retainedPV.Name, err)
 	}
-	if !hasVolume(t, retainedNode, retainedPV.Spec.CSI.VolumeHandle) {
+	if !allVolumes(t)[retainedPV.Spec.CSI.VolumeHandle] {
 		t.Fatalf("backend volume of the Retain-policy PV is gone")
 	}
 	// Retained data is the operator's: clean up as an operator would.
@@ -120,18 +119,21 @@ func TestReclaimPolicies(t *testing.T) {
 	}
 }
 
-func hasVolume(t *testing.T, node, id string) bool {
+// allVolumes lists the backend volume IDs every node's driver reports
+// (zone volumes appear on both nodes of the zone).
+func allVolumes(t *testing.T) map[string]bool {
 	t.Helper()
-	resp, err := env.Nodes[node].Controller.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, entry := range resp.GetEntries() {
-		if entry.GetVolume().GetVolumeId() == id {
-			return true
+	volumes := map[string]bool{}
+	for _, node := range env.Nodes {
+		resp, err := node.Controller.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, entry := range resp.GetEntries() {
+			volumes[entry.GetVolume().GetVolumeId()] = true
 		}
 	}
-	return false
+	return volumes
 }
 
 // TestStorageCapacityPublished: each node publishes its node pool's free
@@ -233,20 +235,7 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func countVolumes(t *testing.T) int {
-	t.Helper()
-	seen := map[string]bool{}
-	for node := range env.Nodes {
-		resp, err := env.Nodes[node].Controller.ListVolumes(ctxFor(t, time.Minute), &csi.ListVolumesRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, entry := range resp.GetEntries() {
-			seen[entry.GetVolume().GetVolumeId()] = true
-		}
-	}
-	return len(seen)
-}
+func countVolumes(t *testing.T) int { return len(allVolumes(t)) }
 
 // waitEvent waits for an event on object with reason whose message mentions text.
 func waitEvent(t *testing.T, ns, object, reason, text string) {
@@ -276,17 +265,8 @@ func waitEvent(t *testing.T, ns, object, reason, text string) {
 func assertNoOrphans(t *testing.T) {
 	t.Helper()
 	ctx := ctxFor(t, 2*time.Minute)
-	volumes := map[string]bool{}
-	for node := range env.Nodes {
-		resp, err := env.Nodes[node].Controller.ListVolumes(ctx, &csi.ListVolumesRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, entry := range resp.GetEntries() {
-			volumes[entry.GetVolume().GetVolumeId()] = true
-		}
-	}
-	pvs, err := env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: labels.Everything().String()})
+	volumes := allVolumes(t)
+	pvs, err := env.Cluster.Client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -92,22 +91,5 @@ func TestRestoreOnWrongNodeIsRescheduled(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("selected-node %s was never dropped: %v", other, err)
 	}
-	// Events are recorded asynchronously: wait for the one that says why.
-	var seen []string
-	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-		events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=misplaced"})
-		if err != nil {
-			return false, err
-		}
-		seen = seen[:0]
-		for _, e := range events.Items {
-			seen = append(seen, e.Reason+": "+e.Message)
-			if e.Reason == "ProvisioningFailed" && strings.Contains(e.Message, "another node") {
-				return true, nil
-			}
-		}
-		return false, nil
-	}); err != nil {
-		t.Fatalf("no ProvisioningFailed event saying why; events: %q", seen)
-	}
+	waitEvent(t, ns, "misplaced", "ProvisioningFailed", "another node")
 }
