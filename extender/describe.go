@@ -10,17 +10,17 @@ import (
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
-// describeNode says where a node is in the terms people use: zone and
-// region when labelled, else its name.
-func describeNode(node *corev1.Node) string {
-	location := topology.LocationFromLabels(node.Name, node.Labels)
+// describeWhere ends a reason with where the node is, in the terms people
+// use ("; node is in zone b (region r)"), or with nothing when the node has
+// no zone label: the answer is keyed by node name already.
+func describeWhere(location topology.Location) string {
 	switch {
 	case location.Zone != "" && location.Region != "":
-		return "zone " + location.Zone + " (region " + location.Region + ")"
+		return "; node is in zone " + location.Zone + " (region " + location.Region + ")"
 	case location.Zone != "":
-		return "zone " + location.Zone
+		return "; node is in zone " + location.Zone
 	}
-	return "node " + node.Name
+	return ""
 }
 
 // describeAffinity renders a PV's required node affinity.

@@ -8,8 +8,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 	volumehelpers "k8s.io/component-helpers/storage/volume"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/claimsource"
 	"github.com/toposnap/toposnap/internal/topology"
@@ -20,18 +24,32 @@ const (
 	noProvisioner   = "kubernetes.io/no-provisioner"
 )
 
-// podClaim is one of a pod's claims, resolved once per request.
+// podClaim is one of a pod's claims, resolved once per request with all
+// that does not depend on the node.
 type podClaim struct {
-	claim *corev1.PersistentVolumeClaim
-	class *storagev1.StorageClass // nil for claims bound without a class
-	pv    *corev1.PersistentVolume
-	key   string // "namespace/name", for messages
+	claim       *corev1.PersistentVolumeClaim
+	class       *storagev1.StorageClass // nil for claims bound without a class
+	pv          *corev1.PersistentVolume
+	affinity    *nodeaffinity.LazyErrorNodeSelector // the bound PV's
+	key         string                              // "namespace/name", for messages
+	request     resource.Quantity
+	mode        corev1.PersistentVolumeMode // requested, Filesystem by default
+	attributes  string                      // requested volumeAttributesClassName
+	prebound    []Candidate                 // PVs of the class whose claimRef names this claim
+	selector    labels.Selector             // the claim's selector for static PVs
+	selectorErr error
+	source      sourceCheck
 }
 
 // Filter decides, for each candidate node, whether the pod's volumes can be
 // there. It never errors: "no node fits" is a normal answer; nodes whose
 // topology cannot change go to FailedAndUnresolvableNodes, nodes short of
 // capacity (which can change) to FailedNodes. NodeNames is never nil.
+//
+// Reasons name the claim, the class and the mismatch but not the node (the
+// answer is keyed by node): kube-scheduler counts identical reasons, so a
+// FailedScheduling event over 5,000 nodes reads "4500 node(s) ... zone b"
+// rather than listing 4,500 messages.
 func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) extenderv1.ExtenderFilterResult {
 	result := extenderv1.ExtenderFilterResult{
 		NodeNames:                  &[]string{},
@@ -43,32 +61,38 @@ func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) ext
 		return result
 	}
 	claims, problem := resolveClaims(state, pod)
-	own := ownClaims(pod)
-	for _, name := range nodeNames {
-		if problem != "" {
+	if problem != "" {
+		for _, name := range nodeNames {
 			result.FailedAndUnresolvableNodes[name] = problem
-			continue
 		}
+		return result
+	}
+	run := &filterRun{state: state, driver: driver, own: ownClaims(pod), claims: claims, reasons: map[reasonKey]string{}}
+	result.FailedAndUnresolvableNodes = make(extenderv1.FailedNodesMap, len(nodeNames))
+	fits := make([]string, 0, len(nodeNames))
+	for _, name := range nodeNames {
 		node, ok := state.Node(name)
 		if !ok {
 			result.FailedAndUnresolvableNodes[name] = fmt.Sprintf("node %s is not known to the extender yet", name)
 			continue
 		}
-		verdict := checkNode(state, driver, own, claims, node)
+		verdict := run.checkNode(node)
 		switch {
 		case verdict.unresolvable != "":
 			result.FailedAndUnresolvableNodes[name] = verdict.unresolvable
 		case verdict.short != "":
 			result.FailedNodes[name] = verdict.short
 		default:
-			*result.NodeNames = append(*result.NodeNames, name)
+			fits = append(fits, name)
 		}
 	}
+	result.NodeNames = &fits
 	return result
 }
 
-// resolveClaims finds the pod's claims, their classes and bound PVs. A
-// problem that no node can fix is returned as a message for every node.
+// resolveClaims finds the pod's claims, their classes, bound PVs and
+// sources. A problem that no node can fix is returned as a message for
+// every node.
 func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 	var claims []podClaim
 	for _, volume := range pod.Spec.Volumes {
@@ -86,7 +110,7 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 		if !ok {
 			return nil, fmt.Sprintf("pvc %s not found", key)
 		}
-		pc := podClaim{claim: claim, key: key}
+		pc := podClaim{claim: claim, key: key, request: claim.Spec.Resources.Requests[corev1.ResourceStorage]}
 		if className := volumehelpers.GetPersistentVolumeClaimClass(claim); className != "" {
 			pc.class, _ = state.Class(className)
 		}
@@ -95,7 +119,7 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 			if !ok {
 				return nil, fmt.Sprintf("pvc %s is bound to PV %s, which does not exist", key, claim.Spec.VolumeName)
 			}
-			pc.pv = pv
+			pc.pv, pc.affinity = pv, compileAffinity(pv)
 		} else {
 			switch {
 			case pc.class == nil:
@@ -103,6 +127,15 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 			case pc.class.VolumeBindingMode == nil || *pc.class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer:
 				return nil, fmt.Sprintf("pvc %s is unbound and its class %s binds Immediately; wait for it to bind", key, pc.class.Name)
 			}
+			pc.mode, pc.attributes = corev1.PersistentVolumeFilesystem, ptr.Deref(claim.Spec.VolumeAttributesClassName, "")
+			if claim.Spec.VolumeMode != nil {
+				pc.mode = *claim.Spec.VolumeMode
+			}
+			pc.prebound = state.PreBound(pc.class.Name, claim.Namespace, claim.Name)
+			if claim.Spec.Selector != nil {
+				pc.selector, pc.selectorErr = metav1.LabelSelectorAsSelector(claim.Spec.Selector)
+			}
+			pc.source = resolveSource(state, &pc)
 		}
 		claims = append(claims, pc)
 	}
@@ -114,134 +147,209 @@ type verdict struct {
 	short        string // capacity: may change
 }
 
+// filterRun is one filter request: the pod's resolved claims and the
+// reasons already worded, shared by nodes in the same place.
+type filterRun struct {
+	state   State
+	driver  string
+	own     map[string]bool
+	claims  []podClaim
+	reasons map[reasonKey]string
+	probe   corev1.Node // reused: the node under check, labels only
+}
+
+type reasonKind uint8
+
+const (
+	reasonBoundPV reasonKind = iota
+	reasonNoStaticPV
+	reasonNotProvisionable
+	reasonAllowedTopologies
+	reasonSource
+	reasonSelector
+)
+
+// reasonKey identifies a reason: which claim, what kind, and where the
+// node is (the only node-dependent part of any reason's words).
+type reasonKey struct {
+	claim        int
+	kind         reasonKind
+	zone, region string
+}
+
+// reason words a mismatch once per claim, kind and place.
+func (r *filterRun) reason(claim int, kind reasonKind, node *corev1.Node, word func(where string) string) string {
+	location := topology.LocationFromLabels(node.Name, node.Labels)
+	key := reasonKey{claim, kind, location.Zone, location.Region}
+	if text, ok := r.reasons[key]; ok {
+		return text
+	}
+	text := word(describeWhere(location))
+	r.reasons[key] = text
+	return text
+}
+
 // checkNode applies, in order, the in-tree VolumeBinding rules and then
 // toposnap's extras to one node.
-func checkNode(state State, driver string, own map[string]bool, claims []podClaim, node *corev1.Node) verdict {
-	excluded := map[string]*corev1.PersistentVolume{}
-	needs := map[string]*poolNeed{}
-	for _, pc := range claims {
+func (r *filterRun) checkNode(node *corev1.Node) verdict {
+	r.probe.Labels = node.Labels
+	probe := &r.probe
+	var excludedBuf [4]string
+	excluded := excludedBuf[:0]
+	var needs []poolNeed
+	for i := range r.claims {
+		pc := &r.claims[i]
 		if pc.pv != nil {
-			if err := volumehelpers.CheckNodeAffinity(pc.pv, node.Labels); err != nil {
-				return verdict{unresolvable: fmt.Sprintf("pvc %s: bound PV %s is reachable only from %s; node %s is at %s",
-					pc.key, pc.pv.Name, describeAffinity(pc.pv), node.Name, describeNode(node))}
+			if !reaches(pc.affinity, probe) {
+				return verdict{unresolvable: r.reason(i, reasonBoundPV, node, func(where string) string {
+					return fmt.Sprintf("pvc %s: bound PV %s is reachable only from %s%s", pc.key, pc.pv.Name, describeAffinity(pc.pv), where)
+				})}
 			}
 			continue
 		}
-		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.StaticCandidates(pc.class.Name, node), node, excluded, true, true)
-		if err != nil {
-			return verdict{unresolvable: fmt.Sprintf("pvc %s: %v", pc.key, err)}
+		if pc.selectorErr != nil {
+			return verdict{unresolvable: r.reason(i, reasonSelector, node, func(string) string {
+				return fmt.Sprintf("pvc %s: selector: %v", pc.key, pc.selectorErr)
+			})}
 		}
-		if match != nil {
-			excluded[match.Name] = match
+		if match := matchStatic(r.state, pc, node, probe, excluded); match != nil {
+			excluded = append(excluded, match.Name)
 			continue
 		}
-		if pc.class.Provisioner == noProvisioner {
-			request := pc.claim.Spec.Resources.Requests[corev1.ResourceStorage]
-			return verdict{unresolvable: fmt.Sprintf("pvc %s: no available PV of class %s with at least %s fits node %s",
-				pc.key, pc.class.Name, request.String(), node.Name)}
+		if pc.class.Provisioner == noProvisioner || pc.class.Provisioner == "" {
+			return verdict{unresolvable: r.reason(i, reasonNoStaticPV, node, func(where string) string {
+				return fmt.Sprintf("pvc %s: no available PV of class %s with at least %s can be used here%s",
+					pc.key, pc.class.Name, pc.request.String(), where)
+			})}
 		}
 		if !topology.MatchesTerms(pc.class.AllowedTopologies, node.Labels) {
-			return verdict{unresolvable: fmt.Sprintf("pvc %s: class %s allows %s; node %s is at %s",
-				pc.key, pc.class.Name, describeAllowed(pc.class), node.Name, describeNode(node))}
+			return verdict{unresolvable: r.reason(i, reasonAllowedTopologies, node, func(where string) string {
+				return fmt.Sprintf("pvc %s: class %s allows %s%s", pc.key, pc.class.Name, describeAllowed(pc.class), where)
+			})}
 		}
-		if pc.class.Provisioner != driver {
+		if pc.class.Provisioner != r.driver {
 			continue
 		}
-		if reason := checkSource(state, pc, node); reason != "" {
-			return verdict{unresolvable: reason}
+		if !pc.source.reachable(probe) {
+			return verdict{unresolvable: r.reason(i, reasonSource, node, func(where string) string {
+				return pc.source.problem + where
+			})}
 		}
-		addNeed(needs, pc, node)
+		needs = addNeed(needs, pc, node)
 	}
-	return verdict{short: checkCapacity(state, driver, own, needs, node)}
+	if len(needs) == 0 {
+		return verdict{}
+	}
+	return verdict{short: checkCapacity(r.state, r.driver, r.own, needs, node)}
 }
 
-// checkSource: a restore fits only where its snapshot can be read, a clone
-// only where its source volume is reachable.
-func checkSource(state State, pc podClaim, node *corev1.Node) string {
+// sourceCheck is where a restore's snapshot or a clone's source can be
+// read, resolved once per request. problem, when reachable says no, is
+// the reason (without where the node is).
+type sourceCheck struct {
+	everywhere bool
+	segments   []topology.Segment                  // a snapshot's accessible topology
+	affinity   *nodeaffinity.LazyErrorNodeSelector // a clone source's PV affinity
+	problem    string
+}
+
+func (s sourceCheck) reachable(probe *corev1.Node) bool {
+	switch {
+	case s.everywhere:
+		return true
+	case s.segments != nil:
+		return topology.ReachableFrom(probe.Labels, s.segments)
+	case s.affinity != nil:
+		return reaches(s.affinity, probe)
+	}
+	return false
+}
+
+// resolveSource: a restore fits only where its snapshot can be read, a
+// clone only where its source volume is reachable. What is not known yet
+// (no content, no topology recorded) does not restrict.
+func resolveSource(state State, pc *podClaim) sourceCheck {
+	everywhere := sourceCheck{everywhere: true}
 	source, ok := claimsource.Of(pc.claim)
 	if !ok {
-		return ""
+		return everywhere
 	}
 	name := source.Name
 	switch {
 	case source.IsSnapshot():
 		snap, ok := state.Snapshot(pc.claim.Namespace, name)
 		if !ok {
-			return fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which does not exist", pc.key, name)
+			return sourceCheck{problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which does not exist", pc.key, name)}
 		}
 		if snap.Status == nil || snap.Status.BoundVolumeSnapshotContentName == nil {
-			return fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which is not bound to a content yet", pc.key, name)
+			return sourceCheck{problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which is not bound to a content yet", pc.key, name)}
 		}
 		content, ok := state.Content(*snap.Status.BoundVolumeSnapshotContentName)
-		if !ok {
-			return ""
+		if !ok || content.Annotations[topology.AnnAccessibleTopology] == "" {
+			return everywhere
 		}
-		annotation := content.Annotations[topology.AnnAccessibleTopology]
-		if annotation == "" {
-			return ""
+		segments, err := topology.DecodeSegments(content.Annotations[topology.AnnAccessibleTopology])
+		if err != nil || len(segments) == 0 {
+			return everywhere
 		}
-		segments, err := topology.DecodeSegments(annotation)
-		if err != nil || len(segments) == 0 || topology.ReachableFrom(node.Labels, segments) {
-			return ""
-		}
-		return fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s; node %s is at %s",
-			pc.key, name, describeSegments(segments), node.Name, describeNode(node))
+		return sourceCheck{segments: segments, problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s",
+			pc.key, name, describeSegments(segments))}
 	case source.IsClaim():
 		sourceClaim, ok := state.Claim(pc.claim.Namespace, name)
 		if !ok || sourceClaim.Spec.VolumeName == "" {
-			return fmt.Sprintf("pvc %s clones pvc %s, which does not exist or is not bound", pc.key, name)
+			return sourceCheck{problem: fmt.Sprintf("pvc %s clones pvc %s, which does not exist or is not bound", pc.key, name)}
 		}
 		pv, ok := state.Volume(sourceClaim.Spec.VolumeName)
-		if !ok {
-			return ""
+		if !ok || compileAffinity(pv) == nil {
+			return everywhere
 		}
-		if err := volumehelpers.CheckNodeAffinity(pv, node.Labels); err != nil {
-			return fmt.Sprintf("pvc %s clones pvc %s, whose volume is reachable only from %s; node %s is at %s",
-				pc.key, name, describeAffinity(pv), node.Name, describeNode(node))
-		}
+		return sourceCheck{affinity: compileAffinity(pv), problem: fmt.Sprintf("pvc %s clones pvc %s, whose volume is reachable only from %s",
+			pc.key, name, describeAffinity(pv))}
 	}
-	return ""
+	return everywhere
 }
 
-// poolNeed sums what a pod asks of one pool (a node's, or a zone's).
+// poolNeed sums what a pod asks of one pool. A node reaches one pool of
+// each scope (its own, its zone's), so the scope names the pool.
 type poolNeed struct {
 	class  string
-	pool   string // for messages: "node pool of node1", "zone pool of cn-hangzhou-b"
 	scope  topology.Scope
 	bytes  int64
 	claims []string
 }
 
-func addNeed(needs map[string]*poolNeed, pc podClaim, node *corev1.Node) {
+// addNeed adds the claim's request to the need of its scope's pool.
+func addNeed(needs []poolNeed, pc *podClaim, node *corev1.Node) []poolNeed {
 	scope, err := topology.ParseScope(pc.class.Parameters["scope"])
 	if err != nil {
-		return
+		return needs
 	}
-	pool := "node pool of " + node.Name
+	i := 0
+	for i < len(needs) && needs[i].scope != scope {
+		i++
+	}
+	if i == len(needs) {
+		needs = append(needs, poolNeed{class: pc.class.Name, scope: scope})
+	}
+	needs[i].bytes += pc.request.Value()
+	needs[i].claims = append(needs[i].claims, pc.key)
+	return needs
+}
+
+// poolName names a node's pool of a scope for people.
+func poolName(scope topology.Scope, node *corev1.Node) string {
 	if scope == topology.ScopeZone {
-		pool = "zone pool of " + topology.LocationFromLabels(node.Name, node.Labels).Zone
+		return "zone pool of " + topology.LocationFromLabels(node.Name, node.Labels).Zone
 	}
-	need, ok := needs[pool]
-	if !ok {
-		need = &poolNeed{class: pc.class.Name, pool: pool, scope: scope}
-		needs[pool] = need
-	}
-	request := pc.claim.Spec.Resources.Requests[corev1.ResourceStorage]
-	need.bytes += request.Value()
-	need.claims = append(need.claims, pc.key)
+	return "node pool of " + node.Name
 }
 
 // checkCapacity compares each pool's summed need with its published free
 // capacity less what pending claims were already promised on this node.
 // Unknown capacity never rejects.
-func checkCapacity(state State, driver string, own map[string]bool, needs map[string]*poolNeed, node *corev1.Node) string {
-	pools := make([]string, 0, len(needs))
-	for pool := range needs {
-		pools = append(pools, pool)
-	}
-	sort.Strings(pools)
-	for _, pool := range pools {
-		need := needs[pool]
+func checkCapacity(state State, driver string, own map[string]bool, needs []poolNeed, node *corev1.Node) string {
+	sort.Slice(needs, func(i, j int) bool { return needs[i].scope < needs[j].scope })
+	for _, need := range needs {
 		free, ok := state.FreeCapacity(need.class, node)
 		if !ok {
 			continue
@@ -249,7 +357,7 @@ func checkCapacity(state State, driver string, own map[string]bool, needs map[st
 		reserved := reservedOn(state, driver, own, node.Name, need.scope)
 		if need.bytes > free-reserved {
 			return fmt.Sprintf("%s: %s needs %s in the %s, which has %s free with %s promised to pending claims",
-				strings.Join(need.claims, ", "), pluralClaims(len(need.claims)), quantity(need.bytes), pool,
+				strings.Join(need.claims, ", "), pluralClaims(len(need.claims)), quantity(need.bytes), poolName(need.scope, node),
 				quantity(free), quantity(reserved))
 		}
 	}

@@ -120,7 +120,7 @@ func TestFilter(t *testing.T) {
 	}{
 		{"the seed's mistake: class allows zone d, nodes in zone b",
 			seed(class("topo-disk", driver, "zone", "cn-hangzhou-d"), claim("disk-pvc", "topo-disk", "20Gi")), podWith("disk-pvc"),
-			nil, map[string]string{"node1": "pvc default/disk-pvc: class topo-disk allows zone cn-hangzhou-d; node node1 is at zone cn-hangzhou-b", "node2": "allows zone cn-hangzhou-d"}, nil},
+			nil, map[string]string{"node1": "pvc default/disk-pvc: class topo-disk allows zone cn-hangzhou-d; node is in zone cn-hangzhou-b", "node2": "allows zone cn-hangzhou-d"}, nil},
 		{"class allowing zone b fits both",
 			seed(class("topo-disk", driver, "zone", "cn-hangzhou-b"), claim("disk-pvc", "topo-disk", "20Gi")), podWith("disk-pvc"),
 			[]string{"node1", "node2"}, nil, nil},

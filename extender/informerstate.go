@@ -14,21 +14,18 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-const (
-	indexByClass   = "toposnap.io/class-and-label"
-	indexByPending = "toposnap.io/pending-node"
-)
+const indexByPending = "toposnap.io/pending-node"
 
-// informerState answers from informer caches and their indexes: no API
-// call happens on the request path.
+// informerState answers from informer caches and, for PVs and capacities,
+// from a volumeIndex kept by the informers' event handlers (it holds each
+// PV's compiled node affinity): no API call happens on the request path.
 type informerState struct {
+	*volumeIndex
 	nodes      corelisters.NodeLister
 	claims     corelisters.PersistentVolumeClaimLister
 	volumes    corelisters.PersistentVolumeLister
 	classes    storagelisters.StorageClassLister
-	pvIndex    cache.Indexer
 	claimIndex cache.Indexer
-	capIndex   cache.Indexer
 	snapshots  snapshotlisters.VolumeSnapshotLister // nil without the snapshot CRDs
 	contents   snapshotlisters.VolumeSnapshotContentLister
 	synced     []cache.InformerSynced
@@ -40,14 +37,30 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	pvInformer := kube.Core().V1().PersistentVolumes().Informer()
 	claimInformer := kube.Core().V1().PersistentVolumeClaims().Informer()
 	capInformer := kube.Storage().V1().CSIStorageCapacities().Informer()
-	if err := pvInformer.AddIndexers(cache.Indexers{indexByClass: func(obj any) ([]string, error) {
-		pv, ok := obj.(*corev1.PersistentVolume)
-		if !ok {
-			return nil, nil
-		}
-		return pvIndexKeys(pv), nil
-	}}); err != nil {
-		return nil, fmt.Errorf("index PVs: %w", err)
+	index := newVolumeIndex()
+	pvHandler, err := pvInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { putIf(obj, index.putVolume) },
+		UpdateFunc: func(_, obj any) { putIf(obj, index.putVolume) },
+		DeleteFunc: func(obj any) {
+			if pv, ok := unwrap[*corev1.PersistentVolume](obj); ok {
+				index.removeVolume(pv.Name)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch PVs: %w", err)
+	}
+	capHandler, err := capInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { putIf(obj, index.putCapacity) },
+		UpdateFunc: func(_, obj any) { putIf(obj, index.putCapacity) },
+		DeleteFunc: func(obj any) {
+			if c, ok := unwrap[*storagev1.CSIStorageCapacity](obj); ok {
+				index.removeCapacity(c.Namespace, c.Name)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch capacities: %w", err)
 	}
 	if err := claimInformer.AddIndexers(cache.Indexers{indexByPending: func(obj any) ([]string, error) {
 		claim, ok := obj.(*corev1.PersistentVolumeClaim)
@@ -58,22 +71,15 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	}}); err != nil {
 		return nil, fmt.Errorf("index claims: %w", err)
 	}
-	if err := capInformer.AddIndexers(cache.Indexers{indexByClass: func(obj any) ([]string, error) {
-		capacity, ok := obj.(*storagev1.CSIStorageCapacity)
-		if !ok {
-			return nil, nil
-		}
-		return capacityIndexKeys(capacity), nil
-	}}); err != nil {
-		return nil, fmt.Errorf("index capacities: %w", err)
-	}
 	nodeInformer := kube.Core().V1().Nodes().Informer()
 	classInformer := kube.Storage().V1().StorageClasses().Informer()
 	s := &informerState{
-		nodes: kube.Core().V1().Nodes().Lister(), claims: kube.Core().V1().PersistentVolumeClaims().Lister(),
+		volumeIndex: index,
+		nodes:       kube.Core().V1().Nodes().Lister(), claims: kube.Core().V1().PersistentVolumeClaims().Lister(),
 		volumes: kube.Core().V1().PersistentVolumes().Lister(), classes: kube.Storage().V1().StorageClasses().Lister(),
-		pvIndex: pvInformer.GetIndexer(), claimIndex: claimInformer.GetIndexer(), capIndex: capInformer.GetIndexer(),
-		synced: []cache.InformerSynced{pvInformer.HasSynced, claimInformer.HasSynced, capInformer.HasSynced, nodeInformer.HasSynced, classInformer.HasSynced},
+		claimIndex: claimInformer.GetIndexer(),
+		synced: []cache.InformerSynced{pvHandler.HasSynced, claimInformer.HasSynced, capHandler.HasSynced,
+			nodeInformer.HasSynced, classInformer.HasSynced},
 	}
 	if snap != nil {
 		s.snapshots = snap.Snapshot().V1().VolumeSnapshots().Lister()
@@ -82,6 +88,22 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 			snap.Snapshot().V1().VolumeSnapshotContents().Informer().HasSynced)
 	}
 	return s, nil
+}
+
+// putIf hands obj to put when it is a T.
+func putIf[T any](obj any, put func(T)) {
+	if v, ok := obj.(T); ok {
+		put(v)
+	}
+}
+
+// unwrap returns the T in obj, looking inside a tombstone.
+func unwrap[T any](obj any) (T, bool) {
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	v, ok := obj.(T)
+	return v, ok
 }
 
 func (s *informerState) Node(name string) (*corev1.Node, bool) {
@@ -104,19 +126,6 @@ func (s *informerState) Class(name string) (*storagev1.StorageClass, bool) {
 	return c, err == nil
 }
 
-func (s *informerState) StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume {
-	var out []*corev1.PersistentVolume
-	for _, key := range lookupKeys(class, node) {
-		objs, _ := s.pvIndex.ByIndex(indexByClass, key)
-		for _, obj := range objs {
-			if pv, ok := obj.(*corev1.PersistentVolume); ok {
-				out = append(out, pv)
-			}
-		}
-	}
-	return dedupe(out)
-}
-
 func (s *informerState) Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool) {
 	if s.snapshots == nil {
 		return nil, false
@@ -131,18 +140,6 @@ func (s *informerState) Content(name string) (*snapv1.VolumeSnapshotContent, boo
 	}
 	content, err := s.contents.Get(name)
 	return content, err == nil
-}
-
-func (s *informerState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
-	for _, key := range lookupKeys(class, node) {
-		objs, _ := s.capIndex.ByIndex(indexByClass, key)
-		for _, obj := range objs {
-			if c, ok := obj.(*storagev1.CSIStorageCapacity); ok && selectsNode(c, node) {
-				return c.Capacity.Value(), true
-			}
-		}
-	}
-	return 0, false
 }
 
 func (s *informerState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {

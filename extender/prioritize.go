@@ -2,7 +2,6 @@ package extender
 
 import (
 	corev1 "k8s.io/api/core/v1"
-	volumehelpers "k8s.io/component-helpers/storage/volume"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
 
@@ -58,15 +57,18 @@ func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string)
 // scoreNode averages per-claim scores on one node.
 func scoreNode(state State, driver string, claims []podClaim, node *corev1.Node, free, maxFree int64) int64 {
 	var total, counted int64
-	excluded := map[string]*corev1.PersistentVolume{}
-	for _, pc := range claims {
+	var excludedBuf [4]string
+	excluded := excludedBuf[:0]
+	probe := &corev1.Node{}
+	probe.Labels = node.Labels
+	for i := range claims {
+		pc := &claims[i]
 		if pc.pv != nil || pc.class == nil {
 			continue
 		}
 		counted++
-		match, err := volumehelpers.FindMatchingVolume(pc.claim, state.StaticCandidates(pc.class.Name, node), node, excluded, true, true)
-		if err == nil && match != nil {
-			excluded[match.Name] = match
+		if match := matchStatic(state, pc, node, probe, excluded); pc.selectorErr == nil && match != nil {
+			excluded = append(excluded, match.Name)
 			total += fitScore(pc.claim, match)
 			continue
 		}

@@ -19,9 +19,12 @@ type State interface {
 	Claim(namespace, name string) (*corev1.PersistentVolumeClaim, bool)
 	Volume(name string) (*corev1.PersistentVolume, bool)
 	Class(name string) (*storagev1.StorageClass, bool)
-	// StaticCandidates lists the PVs of a class that might match the node
-	// (a superset: FindMatchingVolume still checks each one fully).
-	StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume
+	// StaticCandidates appends to out the lists of PVs of a class that
+	// might be usable on the node (a superset: matchStatic still checks
+	// each one fully). The lists are read-only.
+	StaticCandidates(class string, node *corev1.Node, out []CandidateList) []CandidateList
+	// PreBound lists the PVs of a class whose claimRef names the claim.
+	PreBound(class, namespace, name string) []Candidate
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
 	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
 	// FreeCapacity is the published CSIStorageCapacity of a class whose
@@ -42,24 +45,18 @@ type MemState struct {
 	Snapshots map[string]*snapv1.VolumeSnapshot // "namespace/name"
 	Contents  map[string]*snapv1.VolumeSnapshotContent
 	Capacity  []*storagev1.CSIStorageCapacity
-	byKey     map[string][]*corev1.PersistentVolume
-	capByKey  map[string][]*storagev1.CSIStorageCapacity
+	*volumeIndex
 	byPending map[string][]*corev1.PersistentVolumeClaim
 }
 
 // Index builds MemState's secondary indexes; call after filling the maps.
 func (m *MemState) Index() {
-	m.byKey = map[string][]*corev1.PersistentVolume{}
+	m.volumeIndex = newVolumeIndex()
 	for _, pv := range m.Volumes {
-		for _, key := range pvIndexKeys(pv) {
-			m.byKey[key] = append(m.byKey[key], pv)
-		}
+		m.putVolume(pv)
 	}
-	m.capByKey = map[string][]*storagev1.CSIStorageCapacity{}
 	for _, c := range m.Capacity {
-		for _, key := range capacityIndexKeys(c) {
-			m.capByKey[key] = append(m.capByKey[key], c)
-		}
+		m.putCapacity(c)
 	}
 	m.byPending = map[string][]*corev1.PersistentVolumeClaim{}
 	for _, claim := range m.Claims {
@@ -82,13 +79,6 @@ func (m *MemState) Class(name string) (*storagev1.StorageClass, bool) {
 	c, ok := m.Classes[name]
 	return c, ok
 }
-func (m *MemState) StaticCandidates(class string, node *corev1.Node) []*corev1.PersistentVolume {
-	var out []*corev1.PersistentVolume
-	for _, key := range lookupKeys(class, node) {
-		out = append(out, m.byKey[key]...)
-	}
-	return dedupe(out)
-}
 func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
 	s, ok := m.Snapshots[ns+"/"+name]
 	return s, ok
@@ -96,16 +86,6 @@ func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
 func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok
-}
-func (m *MemState) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
-	for _, key := range lookupKeys(class, node) {
-		for _, c := range m.capByKey[key] {
-			if selectsNode(c, node) {
-				return c.Capacity.Value(), true
-			}
-		}
-	}
-	return 0, false
 }
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	return m.byPending[node]
