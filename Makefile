@@ -22,6 +22,7 @@ cluster-bins: ## Build (once, cached in ~/.cache/toposnap) etcd, kube-* and kwok
 test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the local control plane.
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
+	$(MAKE) fuzz FUZZTIME=5s
 
 unit-test: ## Tests that need neither root nor the control plane binaries.
 	$(GO) test -count=1 -short ./internal/... ./driver/store/...
@@ -35,9 +36,15 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
 
+# Fuzz targets as package:target; their committed seeds run in every go test.
+FUZZ_TARGETS := ./extender/:FuzzServer ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \
+	./webhook/:FuzzValidateSnapshotClass
 FUZZTIME ?= 60s
-fuzz: ## Longer fuzzing of request decoding (the seeds also run in make test).
-	$(GO) test -run '^$$' -fuzz FuzzServer -fuzztime $(FUZZTIME) ./extender/
+fuzz: ## Fuzz each request-handling target for FUZZTIME (make test runs each for 5s).
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
+	done
 
 demo: cluster-bins ## Replay the seed's story with all five components (KEEP=1 leaves it running).
 	$(GO) run ./test/demo

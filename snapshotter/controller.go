@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"slices"
 	"time"
 
@@ -49,6 +50,8 @@ type Config struct {
 	Snapshots        snapshotclient.Interface
 	CSI              csi.ControllerClient
 	Recorder         record.EventRecorder
+	// Registry receives the snapshotter's metrics; nil: not exported.
+	Registry *prometheus.Registry
 }
 
 // Controller runs both halves for one node.
@@ -63,12 +66,14 @@ type Controller struct {
 	snapQueue    workqueue.TypedRateLimitingInterface[string]
 	contentQueue workqueue.TypedRateLimitingInterface[string]
 	synced       []cache.InformerSynced
+	metrics      *metrics
 }
 
 // NewController registers informers; start the factories, then Run.
 func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
 	c := &Controller{
 		cfg:          cfg,
+		metrics:      newMetrics(cfg.Registry),
 		claims:       kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
 		volumes:      kubeInformers.Core().V1().PersistentVolumes().Lister(),
 		nodes:        kubeInformers.Core().V1().Nodes().Lister(),
@@ -210,6 +215,7 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 		resp, err := c.cfg.CSI.CreateSnapshot(callCtx, &csi.CreateSnapshotRequest{
 			Name: SnapshotName(content), SourceVolumeId: *content.Spec.Source.VolumeHandle, Parameters: SnapshotParameters(class),
 		})
+		c.metrics.creates.WithLabelValues(status.Code(err).String()).Inc()
 		if err != nil {
 			return c.contentFailed(ctx, content, fmt.Sprintf("cut snapshot: %s", status.Convert(err).Message()), err)
 		}
@@ -263,6 +269,7 @@ func (c *Controller) recordSnapshot(ctx context.Context, content *snapv1.VolumeS
 	}
 	if snapshot.GetReadyToUse() {
 		klog.InfoS("Snapshot ready", "content", content.Name, "handle", snapshot.GetSnapshotId())
+		c.metrics.ready.Observe(time.Since(content.CreationTimestamp.Time).Seconds())
 	}
 	return nil
 }

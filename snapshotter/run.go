@@ -34,6 +34,7 @@ func Run(ctx context.Context, opts Options) error {
 	controller := NewController(Config{
 		DriverName: env.Driver.Name, NodeName: opts.NodeName, NodeSegment: env.Driver.Segment, Timeout: opts.Timeout,
 		CommonController: opts.CommonController, Snapshots: env.Snapshots, CSI: csi.NewControllerClient(env.Driver.Conn), Recorder: env.Recorder,
+		Registry: env.Registry,
 	}, env.KubeInformers, env.SnapInformers)
 	env.Start(ctx)
 	return controller.Run(ctx, opts.Workers)

@@ -215,6 +215,19 @@ func TestSnapshotRestore(t *testing.T) {
 	if len(listed.GetEntries()) != 0 {
 		t.Fatalf("backend snapshot %s survived: %v", handle, listed.GetEntries())
 	}
+	// The node that cut the snapshot counted it, and how long it took.
+	for series, atLeast := range map[string]float64{
+		`toposnap_snapshotter_create_snapshot_total{code="OK"}`: 1,
+		`toposnap_snapshotter_time_to_ready_seconds_count`:      1,
+	} {
+		got, err := env.Nodes[node].Metric(ctx, "snapshotter", series)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got < atLeast {
+			t.Errorf("%s on %s = %v, want at least %v", series, node, got, atLeast)
+		}
+	}
 }
 
 // snapshotOf cuts a VolumeSnapshot of claim with the default class, waits

@@ -8,11 +8,13 @@ package harness
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +55,7 @@ type Node struct {
 	env        *Env
 	commands   map[string]*exec.Cmd
 	args       map[string][]string
+	metrics    map[string]string // component -> its --metrics-address
 }
 
 // SchedulerConfig is the KubeSchedulerConfiguration registering the
@@ -207,10 +210,17 @@ func (e *Env) controlPlaneNode() *Node {
 func (e *Env) startNode(ctx context.Context, name, zonePool string) (*Node, error) {
 	nodeDir := filepath.Join(e.Dir, name)
 	socket := filepath.Join(nodeDir, "csi.sock")
-	n := &Node{Name: name, Socket: socket, env: e, commands: map[string]*exec.Cmd{}, args: map[string][]string{}}
+	n := &Node{Name: name, Socket: socket, env: e, commands: map[string]*exec.Cmd{}, args: map[string][]string{}, metrics: map[string]string{}}
+	for _, component := range []string{"driver", "provisioner", "snapshotter"} {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		n.metrics[component] = fmt.Sprintf("127.0.0.1:%d", port)
+	}
 	if err := n.start("driver", "toposnap-driver", "--endpoint", "unix://"+socket, "--node-id", name,
 		"--data-dir", filepath.Join(nodeDir, "pool"), "--zone-data-dir", zonePool, "--capacity", "10Gi",
-		"--kubeconfig", e.Cluster.Kubeconfig, "--v", "2"); err != nil {
+		"--kubeconfig", e.Cluster.Kubeconfig, "--v", "2", "--metrics-address", n.metrics["driver"]); err != nil {
 		return nil, err
 	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -227,10 +237,10 @@ func (e *Env) startNode(ctx context.Context, name, zonePool string) (*Node, erro
 	common := []string{"--csi-address", socket, "--node-name", name, "--kubeconfig", e.Cluster.Kubeconfig, "--v", "2"}
 	provisionerArgs := append(append([]string{}, common...), "--capacity-namespace", "default", "--capacity-interval", "2s",
 		"--orphan-interval", "5s", "--orphan-grace", "30s")
-	if err := n.start("provisioner", "toposnap-provisioner", provisionerArgs...); err != nil {
+	if err := n.start("provisioner", "toposnap-provisioner", append(provisionerArgs, "--metrics-address", n.metrics["provisioner"])...); err != nil {
 		return nil, err
 	}
-	if err := n.start("snapshotter", "toposnap-snapshotter", append(common, "--common-controller")...); err != nil {
+	if err := n.start("snapshotter", "toposnap-snapshotter", append(common, "--common-controller", "--metrics-address", n.metrics["snapshotter"])...); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -274,6 +284,38 @@ func (n *Node) Kill(component string) {
 func (n *Node) Restart(component string) error {
 	args := n.args[component]
 	return n.start(component, args[0], args[1:]...)
+}
+
+// Metric sums the samples a component of the node serves on /metrics whose
+// name and labels start with series, e.g.
+// `toposnap_snapshotter_create_snapshot_total{code="OK"}`.
+func (n *Node) Metric(ctx context.Context, component, series string) (float64, error) {
+	request, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+n.metrics[component]+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	response, err := http.DefaultClient.Do(request)
+	if err != nil {
+		return 0, fmt.Errorf("scrape %s on %s: %w", component, n.Name, err)
+	}
+	defer response.Body.Close()
+	body, err := io.ReadAll(response.Body)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, series) {
+			continue
+		}
+		fields := strings.Fields(line)
+		value, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric line %q: %w", line, err)
+		}
+		sum += value
+	}
+	return sum, nil
 }
 
 // FreePort picks a free loopback port.
