@@ -1,7 +1,11 @@
 package driver
 
 import (
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -78,5 +82,34 @@ func TestDataIntegrity(t *testing.T) {
 				t.Errorf("restore into a volume smaller than the snapshot: %v, want OutOfRange", err)
 			}
 		})
+	}
+}
+
+// TestPublishModes: a read-only publish refuses writes (mount(2) has no
+// "ro" option for bind mounts; the remount must happen), a read-write one
+// shows what was written in the volume, and unpublishing twice is fine.
+func TestPublishModes(t *testing.T) {
+	h := startDriver(t, "node1", "cn-hangzhou-b", "cn-hangzhou", t.TempDir())
+	volume := mustCreate(t, h, volumeRequest("modes", "node", 64<<20, nil, nil))
+	writable := publish(t, h, volume, false)
+	if err := os.WriteFile(filepath.Join(writable, "data"), []byte("written"), 0o600); err != nil {
+		t.Fatalf("write through a read-write publish: %v", err)
+	}
+	readOnly := publish(t, h, volume, true)
+	if got, err := os.ReadFile(filepath.Join(readOnly, "data")); err != nil || string(got) != "written" {
+		t.Fatalf("read through the read-only publish: %q, %v", got, err)
+	}
+	err := os.WriteFile(filepath.Join(readOnly, "other"), []byte("x"), 0o600)
+	if !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write through a read-only publish: got %v, want EROFS", err)
+	}
+	ctx := ctxT(t)
+	for range 2 {
+		if _, err := h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volume, TargetPath: readOnly}); err != nil {
+			t.Fatalf("unpublish: %v", err)
+		}
+	}
+	if _, err := os.Stat(readOnly); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("target path left behind after unpublish: %v", err)
 	}
 }

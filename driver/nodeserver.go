@@ -47,7 +47,7 @@ func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolume
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
 	}
-	if err := mount.CleanupMountPoint(req.GetStagingTargetPath(), d.mounter, true); err != nil {
+	if err := d.unmountAndRemove(req.GetStagingTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
@@ -91,7 +91,7 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if req.GetTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "target path is required")
 	}
-	if err := mount.CleanupMountPoint(req.GetTargetPath(), d.mounter, true); err != nil {
+	if err := d.unmountAndRemove(req.GetTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount target path %s: %v", req.GetTargetPath(), err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
@@ -110,12 +110,40 @@ func (d *Driver) bindMount(source, target string, readOnly bool) error {
 	if mounted {
 		return nil
 	}
-	options := []string{"bind"}
-	if readOnly {
-		options = append(options, "ro")
-	}
-	if err := d.mounter.Mount(source, target, "", options); err != nil {
+	// mount(2) itself, not mount(8): the image holds no mount binary.
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
 		return status.Errorf(codes.Internal, "bind-mount %s at %s: %v", source, target, err)
+	}
+	if readOnly {
+		// A bind mount takes MS_RDONLY only on a remount.
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			_ = unix.Unmount(target, 0)
+			return status.Errorf(codes.Internal, "make %s read-only: %v", target, err)
+		}
+	}
+	return nil
+}
+
+// unmountAndRemove undoes bindMount idempotently: unmount when mounted
+// (also when the mount is corrupted, e.g. its source vanished), then remove
+// the directory; a path that is already gone is done.
+func (d *Driver) unmountAndRemove(target string) error {
+	mounted, err := d.mounter.IsMountPoint(target)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil && mount.IsCorruptedMnt(err):
+		mounted = true
+	case err != nil:
+		return err
+	}
+	if mounted {
+		if err := unix.Unmount(target, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount: %w", err)
+		}
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove mount point: %w", err)
 	}
 	return nil
 }
