@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -165,4 +166,34 @@ func listTree(t *testing.T, roots ...string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestProbeReportsLostPool: a zone pool whose shared storage went away makes
+// the driver not ready, and ready again when it is back.
+func TestProbeReportsLostPool(t *testing.T) {
+	zoneDir := t.TempDir()
+	h := startDriver(t, "node1", "cn-hangzhou-b", "cn-hangzhou", zoneDir)
+	ready := func() bool {
+		resp, err := h.identity.Probe(ctxT(t), &csi.ProbeRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetReady().GetValue()
+	}
+	if !ready() {
+		t.Fatal("a healthy driver is not ready")
+	}
+	meta, moved := filepath.Join(zoneDir, "meta"), filepath.Join(zoneDir, "meta.gone")
+	if err := os.Rename(meta, moved); err != nil {
+		t.Fatal(err)
+	}
+	if ready() {
+		t.Fatal("driver is ready with its zone pool gone")
+	}
+	if err := os.Rename(moved, meta); err != nil {
+		t.Fatal(err)
+	}
+	if !ready() {
+		t.Fatal("driver is not ready after its zone pool came back")
+	}
 }

@@ -134,7 +134,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	server := d.NewGRPCServer()
-	if err := kube.ServeMetrics(ctx, opts.MetricsAddress, d.metrics.registry); err != nil {
+	if err := kube.ServeMetrics(ctx, opts.MetricsAddress, d.metrics.registry, d.poolsHealthy); err != nil {
 		return err
 	}
 	errs := make(chan error, 1)

@@ -99,7 +99,9 @@ func ConnectDriver(ctx context.Context, address string) (*Driver, error) {
 
 // ServeMetrics serves /metrics (registry plus Go and process collectors) and
 // /healthz on address until ctx ends. An empty address serves nothing.
-func ServeMetrics(ctx context.Context, address string, registry *prometheus.Registry) error {
+// /healthz answers 503 with the reason while healthy (if not nil) fails, so
+// a liveness probe restarts a process whose driver is gone.
+func ServeMetrics(ctx context.Context, address string, registry *prometheus.Registry, healthy func(context.Context) error) error {
 	if address == "" {
 		return nil
 	}
@@ -110,7 +112,17 @@ func ServeMetrics(ctx context.Context, address string, registry *prometheus.Regi
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if healthy != nil {
+			probeCtx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			defer cancel()
+			if err := healthy(probeCtx); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -208,7 +220,18 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 	recorder, stopEvents := Recorder(env.Client, opts.Component, opts.NodeName)
 	env.Recorder = recorder
 	env.stop = append(env.stop, stopEvents)
-	if err := ServeMetrics(ctx, opts.MetricsAddress, env.Registry); err != nil {
+	identity := csi.NewIdentityClient(env.Driver.Conn)
+	probe := func(ctx context.Context) error {
+		resp, err := identity.Probe(ctx, &csi.ProbeRequest{})
+		switch {
+		case err != nil:
+			return fmt.Errorf("CSI driver at %s: %w", opts.CSIAddress, err)
+		case resp.GetReady() != nil && !resp.GetReady().GetValue():
+			return fmt.Errorf("CSI driver at %s is not ready", opts.CSIAddress)
+		}
+		return nil
+	}
+	if err := ServeMetrics(ctx, opts.MetricsAddress, env.Registry, probe); err != nil {
 		env.Close()
 		return nil, err
 	}
