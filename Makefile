@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz demo cluster-bins cluster-up cluster-down clean
+.PHONY: all build test unit-test lint bench fuzz demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm
 
 all: build
 
@@ -22,6 +22,7 @@ cluster-bins: ## Build (once, cached in ~/.cache/toposnap) etcd, kube-* and kwok
 test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the local control plane.
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
+	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
 	$(MAKE) fuzz FUZZTIME=5s
 
 unit-test: ## Tests that need neither root nor the control plane binaries.
@@ -38,13 +39,26 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 
 # Fuzz targets as package:target; their committed seeds run in every go test.
 FUZZ_TARGETS := ./extender/:FuzzServer ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \
-	./webhook/:FuzzValidateSnapshotClass
+	./webhook/:FuzzValidateSnapshotClass ./webhook/:FuzzMutatePod
 FUZZTIME ?= 60s
 fuzz: ## Fuzz each request-handling target for FUZZTIME (make test runs each for 5s).
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}"; \
 	done
+
+VERSION ?= 0.1.0
+image: ## Container image of the five binaries as a docker-save tarball, bin/toposnap-image.tar (no Docker engine needed).
+	VERSION=$(VERSION) ./hack/image.sh
+
+chart-lint: ## helm lint, schema and render checks of charts/toposnap with every test value set (helm built once, cached).
+	$(GO) test -count=1 -short -run 'TestLint|TestSchema|TestValueSets|TestRolesGrantNoWildcards|TestOnlyTheDriver|TestWebhookConfigurationsMirror|TestCommittedSnapshotCRDs' ./test/chart/
+
+snapshot-crds: ## Copy the upstream snapshot CRDs (version from go.mod) into the chart.
+	./hack/gen-snapshot-crds.sh
+
+helm: ## Build helm from the module proxy into ~/.cache/toposnap (once); prints its path.
+	./hack/build-helm.sh
 
 demo: cluster-bins ## Replay the seed's story with all five components (KEEP=1 leaves it running).
 	$(GO) run ./test/demo

@@ -8,7 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// LabelWebhook set to "disabled" on a namespace keeps its claims away
+// LabelWebhook set to "disabled" on a namespace keeps its objects away
 // from the webhook.
 const LabelWebhook = "toposnap.io/webhook"
 
@@ -31,6 +31,13 @@ const (
 	// conditionDefaultSnapshotClass: VolumeSnapshotClasses marked default.
 	conditionDefaultSnapshotClass = "has(object.metadata.annotations) && '" + AnnDefaultSnapshotClass + "' in object.metadata.annotations && " +
 		"object.metadata.annotations['" + AnnDefaultSnapshotClass + "'] == 'true'"
+	// conditionPodHasClaims: pods with a claim or an ephemeral volume, the
+	// only ones that can use a toposnap StorageClass.
+	conditionPodHasClaims = "has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.persistentVolumeClaim) || has(v.ephemeral))"
+	// conditionPodDefaultScheduler: pods still to be scheduled, by the
+	// default scheduler.
+	conditionPodDefaultScheduler = "(!has(object.spec.schedulerName) || object.spec.schedulerName in ['', '" + DefaultSchedulerName + "']) && " +
+		"(!has(object.spec.nodeName) || object.spec.nodeName == '')"
 )
 
 // ConfigurationOptions say how the API server reaches the webhook.
@@ -45,6 +52,9 @@ type ConfigurationOptions struct {
 	FailurePolicy admissionregistrationv1.FailurePolicyType
 	// TimeoutSeconds bounds each call; 0 means 5.
 	TimeoutSeconds int32
+	// SchedulerName, when set, adds PodWebhook to the mutating
+	// configuration; it must be the webhook's --scheduler-name.
+	SchedulerName string
 }
 
 // Configurations are the Mutating- and ValidatingWebhookConfiguration that
@@ -55,7 +65,8 @@ type ConfigurationOptions struct {
 //
 // Besides the StorageClass mutation, the mutating configuration sends
 // claims matching conditionLegacySnapshotSource to the claim route, which
-// denies them: the validating phase never sees that mistake.
+// denies them: the validating phase never sees that mistake. With
+// opts.SchedulerName set it also holds PodWebhook.
 func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.MutatingWebhookConfiguration, *admissionregistrationv1.ValidatingWebhookConfiguration) {
 	if opts.TimeoutSeconds == 0 {
 		opts.TimeoutSeconds = 5
@@ -65,9 +76,7 @@ func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.Mutatin
 			return admissionregistrationv1.WebhookClientConfig{}
 		}
 	}
-	optOut := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-		{Key: LabelWebhook, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"disabled"}},
-	}}
+	optOut := namespaceOptOut()
 	common := func(path string) (admissionregistrationv1.WebhookClientConfig, *admissionregistrationv1.FailurePolicyType, *admissionregistrationv1.SideEffectClass, *int32) {
 		return opts.ClientConfig(path), ptr.To(opts.FailurePolicy), ptr.To(admissionregistrationv1.SideEffectClassNone), ptr.To(opts.TimeoutSeconds)
 	}
@@ -88,6 +97,9 @@ func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.Mutatin
 			MatchConditions:    []admissionregistrationv1.MatchCondition{{Name: conditionName(hook.name), Expression: hook.condition}},
 		})
 	}
+	if opts.SchedulerName != "" {
+		mutating.Webhooks = append(mutating.Webhooks, PodWebhook(opts))
+	}
 	validating := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: opts.Name}}
 	for _, hook := range []struct {
 		name, path, condition string
@@ -105,6 +117,41 @@ func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.Mutatin
 		})
 	}
 	return mutating, validating
+}
+
+// PodWebhook is the mutating webhook that sends pods to PathMutatePod,
+// which moves those using toposnap StorageClasses to the webhook's
+// --scheduler-name (Configurations includes it when opts.SchedulerName is
+// set). Whatever opts.FailurePolicy says, its failurePolicy is Ignore:
+// when the webhook is down pods keep the default scheduler, which still
+// runs them, instead of every pod in the cluster failing to be created.
+// Match conditions keep the API server from calling it about pods without
+// claims or with a scheduler of their own.
+func PodWebhook(opts ConfigurationOptions) admissionregistrationv1.MutatingWebhook {
+	if opts.TimeoutSeconds == 0 {
+		opts.TimeoutSeconds = 5
+	}
+	clientConfig := admissionregistrationv1.WebhookClientConfig{}
+	if opts.ClientConfig != nil {
+		clientConfig = opts.ClientConfig(PathMutatePod)
+	}
+	return admissionregistrationv1.MutatingWebhook{
+		Name: "pod-scheduler.toposnap.io", ClientConfig: clientConfig, Rules: podRules(),
+		FailurePolicy: ptr.To(admissionregistrationv1.Ignore), SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone),
+		TimeoutSeconds: ptr.To(opts.TimeoutSeconds), AdmissionReviewVersions: []string{"v1"}, NamespaceSelector: namespaceOptOut(),
+		ReinvocationPolicy: ptr.To(admissionregistrationv1.NeverReinvocationPolicy),
+		MatchConditions: []admissionregistrationv1.MatchCondition{
+			{Name: "pod-with-claims", Expression: conditionPodHasClaims},
+			{Name: "pod-for-default-scheduler", Expression: conditionPodDefaultScheduler},
+		},
+	}
+}
+
+// namespaceOptOut selects every namespace not labelled LabelWebhook=disabled.
+func namespaceOptOut() *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+		{Key: LabelWebhook, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"disabled"}},
+	}}
 }
 
 // conditionName names a webhook's only match condition.
@@ -130,6 +177,11 @@ func storageClassRules() []admissionregistrationv1.RuleWithOperations {
 // claimRules: CREATE only, as the data source is immutable.
 func claimRules() []admissionregistrationv1.RuleWithOperations {
 	return rules(claimsResource, admissionregistrationv1.NamespacedScope, admissionregistrationv1.Create)
+}
+
+// podRules: CREATE only, as spec.schedulerName is immutable.
+func podRules() []admissionregistrationv1.RuleWithOperations {
+	return rules(podsResource, admissionregistrationv1.NamespacedScope, admissionregistrationv1.Create)
 }
 
 func snapshotClassRules() []admissionregistrationv1.RuleWithOperations {

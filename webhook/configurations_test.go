@@ -52,3 +52,48 @@ func TestConfigurationsRouteEveryWebhookNarrowly(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigurationsAddThePodWebhookOnlyWithASchedulerName(t *testing.T) {
+	opts := ConfigurationOptions{
+		Name: "toposnap-webhook",
+		ClientConfig: func(path string) admissionregistrationv1.WebhookClientConfig {
+			return admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://webhook" + path)}
+		},
+		FailurePolicy: admissionregistrationv1.Fail,
+	}
+	if mutating, _ := Configurations(opts); hasWebhook(mutating, "pod-scheduler.toposnap.io") {
+		t.Fatal("pod webhook registered without a scheduler name")
+	}
+	opts.SchedulerName = "toposnap-scheduler"
+	mutating, _ := Configurations(opts)
+	if !hasWebhook(mutating, "pod-scheduler.toposnap.io") {
+		t.Fatal("pod webhook missing with a scheduler name")
+	}
+	pods := PodWebhook(opts)
+	var conditions []string
+	for _, condition := range pods.MatchConditions {
+		conditions = append(conditions, condition.Expression)
+	}
+	switch {
+	case *pods.ClientConfig.URL != "https://webhook"+PathMutatePod:
+		t.Errorf("pod webhook calls %s, want path %s", *pods.ClientConfig.URL, PathMutatePod)
+	case *pods.FailurePolicy != admissionregistrationv1.Ignore:
+		t.Errorf("pod webhook failurePolicy %s, want Ignore whatever the others use", *pods.FailurePolicy)
+	case *pods.SideEffects != admissionregistrationv1.SideEffectClassNone || !strings.Contains(pods.NamespaceSelector.String(), LabelWebhook):
+		t.Errorf("pod webhook sideEffects %s, namespaceSelector %s", *pods.SideEffects, pods.NamespaceSelector)
+	case len(pods.Rules) != 1 || pods.Rules[0].Resources[0] != "pods" || pods.Rules[0].Operations[0] != admissionregistrationv1.Create:
+		t.Errorf("pod webhook rules %+v, want pods CREATE", pods.Rules)
+	case !strings.Contains(strings.Join(conditions, " "), "persistentVolumeClaim") ||
+		!strings.Contains(strings.Join(conditions, " "), DefaultSchedulerName):
+		t.Errorf("pod webhook conditions %q, want claims and the default scheduler", conditions)
+	}
+}
+
+func hasWebhook(configuration *admissionregistrationv1.MutatingWebhookConfiguration, name string) bool {
+	for _, webhook := range configuration.Webhooks {
+		if webhook.Name == name {
+			return true
+		}
+	}
+	return false
+}

@@ -29,6 +29,7 @@ import (
 func FuzzMutateStorageClass(f *testing.F)    { fuzzRoute(f, PathMutateStorageClass) }
 func FuzzValidateClaim(f *testing.F)         { fuzzRoute(f, PathValidateClaim) }
 func FuzzValidateSnapshotClass(f *testing.F) { fuzzRoute(f, PathValidateSnapshotClass) }
+func FuzzMutatePod(f *testing.F)             { fuzzRoute(f, PathMutatePod) }
 
 func fuzzRoute(f *testing.F, path string) {
 	server := newTestServer(claimState(f))
@@ -119,6 +120,8 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]byte {
 		return valid
 	}
 	pods := metav1.GroupVersionResource{Version: "v1", Resource: "pods"}
+	ownScheduler := pod("web", claimVolume("data", "source"))
+	ownScheduler.Spec.SchedulerName = "gpu-scheduler"
 	withRef := claim("new", "toposnap", "2Gi")
 	withRef.Spec.DataSourceRef = &corev1.TypedObjectReference{APIGroup: ptr.To(snapv1.GroupName), Kind: "VolumeSnapshot", Name: "ready", Namespace: ptr.To("other")}
 	return map[string]map[string][]byte{
@@ -136,6 +139,15 @@ func fuzzSeeds(t *testing.T) map[string]map[string][]byte {
 			"restore-ref-other-namespace": reviewOf(t, claimsResource, admissionv1.Create, withRef, nil),
 			"clone-too-small":             reviewOf(t, claimsResource, admissionv1.Create, cloning(claim("new", "toposnap", "1Gi"), "source"), nil),
 			"no-class":                    reviewOf(t, claimsResource, admissionv1.Create, restoring(claim("new", "", "1Gi"), snapv1.GroupName, "ready"), nil),
+		}),
+		"FuzzMutatePod": seeds(map[string][]byte{
+			"create-toposnap-claim":  reviewOf(t, podsResource, admissionv1.Create, pod("web", claimVolume("data", "source")), nil),
+			"create-ephemeral":       reviewOf(t, podsResource, admissionv1.Create, pod("web", ephemeralVolume("cache", nil)), nil),
+			"create-other-driver":    reviewOf(t, podsResource, admissionv1.Create, pod("web", claimVolume("data", "foreign-source")), nil),
+			"create-missing-claim":   reviewOf(t, podsResource, admissionv1.Create, pod("web", claimVolume("data", "missing")), nil),
+			"create-own-scheduler":   reviewOf(t, podsResource, admissionv1.Create, ownScheduler, nil),
+			"update":                 reviewOf(t, podsResource, admissionv1.Update, pod("web", claimVolume("data", "source")), pod("web")),
+			"misrouted-storageclass": reviewOf(t, storageClassesResource, admissionv1.Create, storageClass("fast", DriverName), nil),
 		}),
 		"FuzzValidateSnapshotClass": seeds(map[string][]byte{
 			"create-default":     reviewOf(t, snapshotClassesResource, admissionv1.Create, snapshotClass("fast", DriverName, true), nil),

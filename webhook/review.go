@@ -20,6 +20,7 @@ var (
 	storageClassesResource  = metav1.GroupVersionResource{Group: storagev1.GroupName, Version: "v1", Resource: "storageclasses"}
 	claimsResource          = metav1.GroupVersionResource{Group: corev1.GroupName, Version: "v1", Resource: "persistentvolumeclaims"}
 	snapshotClassesResource = metav1.GroupVersionResource{Group: snapv1.GroupName, Version: "v1", Resource: "volumesnapshotclasses"}
+	podsResource            = metav1.GroupVersionResource{Group: corev1.GroupName, Version: "v1", Resource: "pods"}
 )
 
 // badRequest is an error in the request itself, answered with HTTP 400.
@@ -158,5 +159,34 @@ func decideSnapshotClass(state State) decider {
 			return Decision{}, err
 		}
 		return ValidateSnapshotClass(&class, old, classes), nil
+	}
+}
+
+// decidePod is the decider of the Pod mutating route (schedulerName ""
+// turns it off). Moving a pod to another scheduler is a convenience, not a
+// check: when the state cannot be read the pod is admitted as it is, with a
+// warning, never refused.
+func decidePod(state State, schedulerName string) decider {
+	return func(ctx context.Context, request *admissionv1.AdmissionRequest) (Decision, error) {
+		if decision, ok := misrouted(request, podsResource); ok {
+			return decision, nil
+		}
+		if request.Operation != admissionv1.Create || schedulerName == "" {
+			return allow(), nil
+		}
+		var pod corev1.Pod
+		if err := decodeObject(request.Object, "object", "Pod", &pod); err != nil {
+			return Decision{}, err
+		}
+		if pod.Namespace == "" {
+			pod.Namespace = request.Namespace
+		}
+		decision, err := MutatePod(ctx, &pod, true, schedulerName, state)
+		if err != nil {
+			klog.ErrorS(err, "Cannot look up the pod's volumes; admitting it unchanged", "pod", klog.KRef(pod.Namespace, pod.Name), "uid", request.UID)
+			return allow(fmt.Sprintf("pod %s keeps its scheduler: the toposnap webhook could not read its volumes (%v); "+
+				"set spec.schedulerName to %s if it uses toposnap volumes", podName(&pod), err, schedulerName)), nil
+		}
+		return decision, nil
 	}
 }

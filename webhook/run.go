@@ -1,9 +1,11 @@
 // Package webhook owns toposnap's admission webhook: it defaults
 // topology-aware StorageClasses to WaitForFirstConsumer, rejects restores
 // and clones that cannot work (missing or foreign snapshot, too small,
-// unreachable topology) and keeps one default VolumeSnapshotClass per
-// driver. Decisions are pure functions of a State read from informers
-// (storageclass.go, pvc.go, snapshotclass.go); server.go is the HTTPS edge.
+// unreachable topology), keeps one default VolumeSnapshotClass per
+// driver and, optionally, moves pods that use toposnap volumes to a
+// scheduler that consults toposnap's extender. Decisions are pure
+// functions of a State read from informers (storageclass.go, pvc.go,
+// snapshotclass.go, pod.go); server.go is the HTTPS edge.
 package webhook
 
 import (
@@ -33,6 +35,10 @@ type Options struct {
 	Kubeconfig string
 	// ShutdownGrace is how long requests in flight may take after SIGTERM.
 	ShutdownGrace time.Duration
+	// SchedulerName, when set, is the scheduler (one configured with
+	// toposnap's extender) that PathMutatePod moves pods using toposnap
+	// volumes to; empty turns that route into a no-op.
+	SchedulerName string
 }
 
 // Run serves the webhook until ctx ends, then shuts down gracefully. It
@@ -74,6 +80,7 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
 	}
 	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(),
-		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass})
-	return serve(ctx, listener, NewServer(state, registry), serverTLSConfig(certificates), opts.ShutdownGrace)
+		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass, PathMutatePod},
+		"schedulerName", opts.SchedulerName)
+	return serve(ctx, listener, NewServer(state, registry, opts.SchedulerName), serverTLSConfig(certificates), opts.ShutdownGrace)
 }

@@ -51,7 +51,7 @@ func TestServeReloadsCertificateForNewConnections(t *testing.T) {
 	first, second := newKeyPair(t, "first"), newKeyPair(t, "second")
 	files := newPairFiles(t)
 	files.writeInPlace(t, first)
-	address, _, _ := startServing(t, files, NewServer(newState(t), nil))
+	address, _, _ := startServing(t, files, NewServer(newState(t), nil, ""))
 	client := clientTrusting(first, second)
 	servedName := func() string {
 		response, err := client.Get("https://" + address + PathHealthz)

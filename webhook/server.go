@@ -19,6 +19,7 @@ const (
 	PathMutateStorageClass          = "/mutate/storageclass"
 	PathValidateClaim               = "/validate/pvc"
 	PathValidateSnapshotClass       = "/validate/volumesnapshotclass"
+	PathMutatePod                   = "/mutate/pod"
 	PathHealthz                     = "/healthz"
 	PathMetrics                     = "/metrics"
 	maxBodyBytes              int64 = 1 << 20
@@ -27,7 +28,9 @@ const (
 // NewServer is the webhook's HTTP edge: it routes, bounds and decodes
 // requests, calls the route's decider on state, and encodes the answer.
 // Metrics go to registry, which /metrics serves (nil: a registry of its own).
-func NewServer(state State, registry *prometheus.Registry) *echo.Echo {
+// Pods are moved to schedulerName when they use toposnap volumes (see
+// MutatePod); "" leaves every pod alone.
+func NewServer(state State, registry *prometheus.Registry, schedulerName string) *echo.Echo {
 	if registry == nil {
 		registry = prometheus.NewRegistry()
 	}
@@ -39,6 +42,7 @@ func NewServer(state State, registry *prometheus.Registry) *echo.Echo {
 	e.POST(PathMutateStorageClass, review(decideStorageClass(state)), m.instrument)
 	e.POST(PathValidateClaim, review(decideClaim(state)), m.instrument)
 	e.POST(PathValidateSnapshotClass, review(decideSnapshotClass(state)), m.instrument)
+	e.POST(PathMutatePod, review(decidePod(state, schedulerName)), m.instrument)
 	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET(PathMetrics, echo.WrapHandler(promhttp.HandlerFor(registry, promhttp.HandlerOpts{})))
 	return e

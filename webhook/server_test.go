@@ -74,8 +74,11 @@ func answer(t *testing.T, recorder *httptest.ResponseRecorder) *admissionv1.Admi
 	return review.Response
 }
 
+// testScheduler is the scheduler the test servers move pods to.
+const testScheduler = "toposnap-scheduler"
+
 func newTestServer(state State) *echo.Echo {
-	return NewServer(state, prometheus.NewRegistry())
+	return NewServer(state, prometheus.NewRegistry(), testScheduler)
 }
 
 func TestServerRejectsMalformedRequests(t *testing.T) {
@@ -97,6 +100,10 @@ func TestServerRejectsMalformedRequests(t *testing.T) {
 		{"no object", PathMutateStorageClass, wellFormed(""), "request.object is missing: expected a StorageClass"},
 		{"object of the wrong shape", PathMutateStorageClass, wellFormed(`,"object":{"provisioner":5}`), "decode request.object as StorageClass"},
 		{"object is not an object", PathMutateStorageClass, wellFormed(`,"object":"class"`), "decode request.object as StorageClass"},
+		{"pod of the wrong shape", PathMutatePod,
+			`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE",` +
+				`"resource":{"group":"","version":"v1","resource":"pods"},"object":{"spec":{"volumes":{}}}}}`,
+			"decode request.object as Pod"},
 		{"update without oldObject", PathValidateSnapshotClass,
 			`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"UPDATE",` +
 				`"resource":{"group":"snapshot.storage.k8s.io","version":"v1","resource":"volumesnapshotclasses"},"object":{"driver":"d"}}}`,
@@ -184,6 +191,36 @@ func TestServerAnswersReviews(t *testing.T) {
 			t.Fatalf("want a retry denial, got %+v", response)
 		}
 	})
+	t.Run("pod using a toposnap claim is moved to the configured scheduler with a warning", func(t *testing.T) {
+		response := answer(t, post(server, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
+			pod("web", claimVolume("data", "source")), nil))))
+		if !response.Allowed || response.PatchType == nil || *response.PatchType != admissionv1.PatchTypeJSONPatch {
+			t.Fatalf("want an allowed JSONPatch, got %+v", response)
+		}
+		if string(response.Patch) != `[{"op":"replace","path":"/spec/schedulerName","value":"toposnap-scheduler"}]` {
+			t.Errorf("patch %s", response.Patch)
+		}
+		if len(response.Warnings) != 1 || !strings.Contains(response.Warnings[0], "spec.schedulerName set to toposnap-scheduler") {
+			t.Errorf("warnings %q, want one naming the scheduler", response.Warnings)
+		}
+	})
+	t.Run("pod is admitted unchanged when its claims cannot be read", func(t *testing.T) {
+		broken := newTestServer(brokenState{})
+		response := answer(t, post(broken, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
+			pod("web", claimVolume("data", "source")), nil))))
+		if !response.Allowed || len(response.Patch) > 0 || len(response.Warnings) != 1 ||
+			!strings.Contains(response.Warnings[0], "pod app/web keeps its scheduler: the toposnap webhook could not read its volumes (connection refused)") {
+			t.Fatalf("want admitted unpatched with a warning, got %+v", response)
+		}
+	})
+	t.Run("pod route without a scheduler name admits every pod unchanged", func(t *testing.T) {
+		off := NewServer(claimState(t), prometheus.NewRegistry(), "")
+		response := answer(t, post(off, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
+			pod("web", claimVolume("data", "source")), nil))))
+		if !response.Allowed || len(response.Patch) > 0 || len(response.Warnings) > 0 {
+			t.Fatalf("want admitted untouched, got %+v", response)
+		}
+	})
 	t.Run("metrics count requests by path and result", func(t *testing.T) {
 		post(server, PathValidateClaim, strings.NewReader("{"))
 		recorder := httptest.NewRecorder()
@@ -192,6 +229,7 @@ func TestServerAnswersReviews(t *testing.T) {
 			`toposnap_webhook_requests_total{path="/mutate/storageclass",result="patched"} 1`,
 			`toposnap_webhook_requests_total{path="/validate/pvc",result="denied"} 1`,
 			`toposnap_webhook_requests_total{path="/validate/pvc",result="bad_request"} 1`,
+			`toposnap_webhook_requests_total{path="/mutate/pod",result="patched"} 1`,
 			`toposnap_webhook_request_duration_seconds_count{path="/validate/pvc"}`,
 		} {
 			if !strings.Contains(recorder.Body.String(), want) {

@@ -21,6 +21,8 @@ func main() {
 	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "serving private key (PEM), reloaded when it changes; required")
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig (empty: in-cluster)")
 	flag.DurationVar(&opts.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long requests in flight may take after SIGTERM")
+	flag.StringVar(&opts.SchedulerName, "scheduler-name", "", "scheduler (configured with toposnap's extender) that "+webhook.PathMutatePod+
+		" moves pods using toposnap StorageClasses to, when they name none or default-scheduler; empty: pods are left alone")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
 

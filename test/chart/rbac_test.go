@@ -1,0 +1,335 @@
+package chart
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/toposnap/toposnap/provisioner"
+	"github.com/toposnap/toposnap/test/cluster"
+)
+
+const (
+	rbacRelease   = "rbac"
+	rbacNamespace = "toposnap-rbac"
+	// rbacNode is the seed node the node processes act for.
+	rbacNode = "node1"
+)
+
+// TestComponentsRunWithTheChartsRBAC installs the chart, then runs every
+// component as a local process with the arguments the chart gives its
+// container (paths and ports moved to the test's) and the identity of the
+// chart's ServiceAccount for it (the admin kubeconfig impersonating it), and
+// waits until each has done what needs its permissions: the extender and
+// the webhook serve only once their informers have synced; the
+// provisioner holds its zone's Lease and publishes CSIStorageCapacity; the
+// snapshotter's informers sync; toposnap-scheduler (the cluster's
+// kube-scheduler binary with the chart's configuration) wins its
+// leader-election Lease. Nothing may log "forbidden". This also proves the
+// chart passes no flag the binaries do not have.
+func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
+	needCluster(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	built := components()
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	t.Cleanup(func() {
+		_, _ = runHelm(context.Background(), "uninstall", rbacRelease, "--namespace", rbacNamespace, "--ignore-not-found")
+	})
+	if out, err := runHelm(ctx, "install", rbacRelease, chartDir, "--namespace", rbacNamespace, "--create-namespace",
+		"-f", "test/chart/testdata/rbac.yaml"); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	client := testCluster.Client
+	dir := t.TempDir()
+	var daemonSet appsv1.DaemonSet
+	getInto(t, ctx, "daemonset", rbacNamespace, rbacRelease+"-toposnap-node", &daemonSet)
+	nodeSA := daemonSet.Spec.Template.Spec.ServiceAccountName
+	socket := filepath.Join(dir, "csi.sock")
+	nodeEnv := map[string]string{"NODE_NAME": rbacNode, "POD_NAMESPACE": rbacNamespace}
+	nodeRewrite := func(arg string) string {
+		arg = strings.ReplaceAll(arg, "/csi/csi.sock", socket)
+		arg = strings.ReplaceAll(arg, "/var/lib/toposnap/node", filepath.Join(dir, "pool"))
+		return arg
+	}
+	var procs []*process
+	for _, container := range []string{"driver", "provisioner", "snapshotter"} {
+		spec := containerNamed(t, daemonSet.Spec.Template.Spec.Containers, container)
+		procs = append(procs, startComponent(t, dir, built.dir, spec, nodeSA, nodeEnv, nodeRewrite))
+	}
+
+	var extender, webhookDeployment appsv1.Deployment
+	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-extender", &extender)
+	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-webhook", &webhookDeployment)
+	extenderProc := startComponent(t, dir, built.dir, extender.Spec.Template.Spec.Containers[0], extender.Spec.Template.Spec.ServiceAccountName, nil, nil)
+	secret, err := client.CoreV1().Secrets(rbacNamespace).Get(ctx, rbacRelease+"-toposnap-webhook-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := filepath.Join(dir, "tls")
+	for _, key := range []string{"tls.crt", "tls.key"} {
+		writeFile(t, filepath.Join(tlsDir, key), secret.Data[key])
+	}
+	webhookProc := startComponent(t, dir, built.dir, webhookDeployment.Spec.Template.Spec.Containers[0], webhookDeployment.Spec.Template.Spec.ServiceAccountName,
+		nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", tlsDir+"/") })
+	scheduler := startScheduler(t, ctx, dir)
+	procs = append(procs, extenderProc, webhookProc, scheduler)
+
+	zoneLease := provisioner.ZoneLeaseName(cluster.SeedRegion, cluster.SeedZone)
+	checks := []struct {
+		what  string
+		check func() bool
+	}{
+		{"extender serving (informers synced)", func() bool { return healthy("http://" + extenderProc.listen + "/healthz") }},
+		{"webhook serving (informers synced)", func() bool { return healthy("https://" + webhookProc.listen + "/healthz") }},
+		{"provisioner holding zone Lease " + zoneLease, func() bool {
+			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, zoneLease, metav1.GetOptions{})
+			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == rbacNode
+		}},
+		{"provisioner publishing CSIStorageCapacity", func() bool {
+			list, err := client.StorageV1().CSIStorageCapacities(rbacNamespace).List(ctx, metav1.ListOptions{})
+			return err == nil && slices.ContainsFunc(list.Items, func(c storagev1.CSIStorageCapacity) bool { return c.StorageClassName == "rbac-node" })
+		}},
+		{"snapshotter running (informers synced)", func() bool { return procs[2].logContains("Snapshotter running") }},
+		{"toposnap-scheduler holding its Lease", func() bool {
+			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, "toposnap-scheduler", metav1.GetOptions{})
+			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != ""
+		}},
+	}
+	for _, c := range checks {
+		err := cluster.Poll(ctx, 200*time.Millisecond, 90*time.Second, func() (bool, error) {
+			for _, p := range procs {
+				if p.exited() {
+					return false, fmt.Errorf("%s exited", p.name)
+				}
+			}
+			return c.check(), nil
+		})
+		if err != nil {
+			t.Errorf("%s: %v", c.what, err)
+		}
+	}
+	for _, p := range procs {
+		if p.logContains("forbidden") {
+			t.Errorf("%s was refused something by RBAC", p.name)
+		}
+		if t.Failed() {
+			t.Logf("%s log:\n%s", p.name, p.logTail())
+		}
+	}
+}
+
+// process is a component running as a local process.
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	listen  string // the address it serves on, when it is a server
+	done    chan struct{}
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *process) logContains(text string) bool {
+	data, _ := os.ReadFile(p.logPath)
+	return strings.Contains(string(data), text)
+}
+
+// logTail is the end of the process's log.
+func (p *process) logTail() string {
+	data, _ := os.ReadFile(p.logPath)
+	if len(data) > 6000 {
+		data = data[len(data)-6000:]
+	}
+	return string(data)
+}
+
+// startComponent runs a container's command from binDir with its args,
+// env references expanded, rewrite applied, listen/metrics addresses moved
+// to free loopback ports, and --in-cluster replaced by a kubeconfig acting
+// as the ServiceAccount.
+func startComponent(t *testing.T, dir, binDir string, container corev1.Container, serviceAccount string,
+	env map[string]string, rewrite func(string) string) *process {
+	t.Helper()
+	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, serviceAccount)
+	p := &process{name: container.Name}
+	args := []string{"--kubeconfig=" + kubeconfig}
+	for _, arg := range container.Args {
+		arg = os.Expand(strings.NewReplacer("$(", "${", ")", "}").Replace(arg), func(name string) string { return env[name] })
+		if rewrite != nil {
+			arg = rewrite(arg)
+		}
+		flagName, _, _ := strings.Cut(arg, "=")
+		switch flagName {
+		case "--in-cluster":
+			continue
+		case "--listen", "--metrics-address":
+			p.listen = freeAddress(t)
+			arg = flagName + "=" + p.listen
+		}
+		args = append(args, arg)
+	}
+	return start(t, dir, p, filepath.Join(binDir, filepath.Base(container.Command[0])), args)
+}
+
+// startScheduler runs the cluster's kube-scheduler with the chart's
+// configuration, acting as the chart's scheduler ServiceAccount.
+func startScheduler(t *testing.T, ctx context.Context, dir string) *process {
+	t.Helper()
+	var configMap corev1.ConfigMap
+	getInto(t, ctx, "configmap", rbacNamespace, rbacRelease+"-toposnap-scheduler", &configMap)
+	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, rbacRelease+"-toposnap-scheduler")
+	var config map[string]any
+	if err := yaml.Unmarshal([]byte(configMap.Data["config.yaml"]), &config); err != nil {
+		t.Fatal(err)
+	}
+	// In a pod, kube-scheduler reads the in-cluster credentials; here the
+	// file must name them.
+	config["clientConnection"] = map[string]any{"kubeconfig": kubeconfig}
+	data, err := yaml.Marshal(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	configPath := filepath.Join(dir, "scheduler-config.yaml")
+	writeFile(t, configPath, data)
+	p := &process{name: "toposnap-scheduler", listen: freeAddress(t)}
+	host, port, _ := net.SplitHostPort(p.listen)
+	return start(t, dir, p, filepath.Join(testCluster.BinDir, "kube-scheduler"), []string{
+		"--config=" + configPath, "--authentication-kubeconfig=" + kubeconfig, "--authorization-kubeconfig=" + kubeconfig,
+		"--bind-address=" + host, "--secure-port=" + port, "--v=2",
+	})
+}
+
+// start runs binary, logging to dir/<name>.log, until the test ends.
+func start(t *testing.T, dir string, p *process, binary string, args []string) *process {
+	t.Helper()
+	p.logPath = filepath.Join(dir, p.name+".log")
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(binary, args...)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", p.name, err)
+	}
+	p.done = make(chan struct{})
+	go func() {
+		_ = p.cmd.Wait()
+		_ = logFile.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	t.Logf("started %s %s", p.name, strings.Join(args, " "))
+	return p
+}
+
+// impersonatingKubeconfig writes the admin kubeconfig acting as the
+// ServiceAccount, so that the API server applies that account's RBAC.
+func impersonatingKubeconfig(t *testing.T, dir, namespace, serviceAccount string) string {
+	t.Helper()
+	path := filepath.Join(dir, "kubeconfig-"+serviceAccount)
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	config, err := clientcmd.LoadFromFile(testCluster.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, auth := range config.AuthInfos {
+		auth.Impersonate = "system:serviceaccount:" + namespace + ":" + serviceAccount
+		auth.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
+	}
+	if err := clientcmd.WriteToFile(*config, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// getInto reads an object with kubectl into a typed value.
+func getInto(t *testing.T, ctx context.Context, resource, namespace, name string, into any) {
+	t.Helper()
+	out, err := testCluster.Kubectl(ctx, "get", resource, name, "--namespace", namespace, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(out, into); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func containerNamed(t *testing.T, containers []corev1.Container, name string) corev1.Container {
+	t.Helper()
+	for _, c := range containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no container %s", name)
+	return corev1.Container{}
+}
+
+// healthy reports whether url answers 200 (any certificate: the webhook's
+// is for its Service name, not 127.0.0.1).
+func healthy(url string) bool {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a liveness probe, as the kubelet's
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// freeAddress picks a free loopback address.
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close()
+	return "127.0.0.1:" + strconv.Itoa(listener.Addr().(*net.TCPAddr).Port)
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
