@@ -36,6 +36,8 @@ type podClaim struct {
 	mode        corev1.PersistentVolumeMode // requested, Filesystem by default
 	attributes  string                      // requested volumeAttributesClassName
 	prebound    []Candidate                 // PVs of the class whose claimRef names this claim
+	static      *StaticClass                // the class's static PVs
+	modes       accessModes                 // requested access modes
 	selector    labels.Selector             // the claim's selector for static PVs
 	selectorErr error
 	source      sourceCheck
@@ -132,6 +134,7 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 				pc.mode = *claim.Spec.VolumeMode
 			}
 			pc.prebound = state.PreBound(pc.class.Name, claim.Namespace, claim.Name)
+			pc.static, pc.modes = state.Static(pc.class.Name), modesOf(claim.Spec.AccessModes)
 			if claim.Spec.Selector != nil {
 				pc.selector, pc.selectorErr = metav1.LabelSelectorAsSelector(claim.Spec.Selector)
 			}
@@ -212,7 +215,7 @@ func (r *filterRun) checkNode(node *corev1.Node) verdict {
 				return fmt.Sprintf("pvc %s: selector: %v", pc.key, pc.selectorErr)
 			})}
 		}
-		if match := matchStatic(r.state, pc, node, probe, excluded); match != nil {
+		if match := matchStatic(pc, node, probe, excluded); match != nil {
 			excluded = append(excluded, match.Name)
 			continue
 		}

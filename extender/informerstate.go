@@ -1,34 +1,40 @@
 package extender
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 )
 
 const indexByPending = "toposnap.io/pending-node"
 
 // informerState answers from informer caches and, for PVs and capacities,
-// from a volumeIndex kept by the informers' event handlers (it holds each
-// PV's compiled node affinity): no API call happens on the request path.
+// from an index snapshot rebuilt from them after changes (see Maintain):
+// no API call happens on the request path.
 type informerState struct {
 	*volumeIndex
 	nodes      corelisters.NodeLister
 	claims     corelisters.PersistentVolumeClaimLister
 	volumes    corelisters.PersistentVolumeLister
+	capacities storagelisters.CSIStorageCapacityLister
 	classes    storagelisters.StorageClassLister
 	claimIndex cache.Indexer
 	snapshots  snapshotlisters.VolumeSnapshotLister // nil without the snapshot CRDs
 	contents   snapshotlisters.VolumeSnapshotContentLister
 	synced     []cache.InformerSynced
+	changed    chan struct{} // a PV or capacity changed since the last rebuild
 }
 
 // newInformerState registers informers and indexes; snapInformers may be nil
@@ -37,30 +43,16 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	pvInformer := kube.Core().V1().PersistentVolumes().Informer()
 	claimInformer := kube.Core().V1().PersistentVolumeClaims().Informer()
 	capInformer := kube.Storage().V1().CSIStorageCapacities().Informer()
-	index := newVolumeIndex()
-	pvHandler, err := pvInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { putIf(obj, index.putVolume) },
-		UpdateFunc: func(_, obj any) { putIf(obj, index.putVolume) },
-		DeleteFunc: func(obj any) {
-			if pv, ok := unwrap[*corev1.PersistentVolume](obj); ok {
-				index.removeVolume(pv.Name)
-			}
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watch PVs: %w", err)
+	s := &informerState{volumeIndex: &volumeIndex{}, changed: make(chan struct{}, 1)}
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.markChanged() },
+		UpdateFunc: func(any, any) { s.markChanged() },
+		DeleteFunc: func(any) { s.markChanged() },
 	}
-	capHandler, err := capInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { putIf(obj, index.putCapacity) },
-		UpdateFunc: func(_, obj any) { putIf(obj, index.putCapacity) },
-		DeleteFunc: func(obj any) {
-			if c, ok := unwrap[*storagev1.CSIStorageCapacity](obj); ok {
-				index.removeCapacity(c.Namespace, c.Name)
-			}
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watch capacities: %w", err)
+	for _, informer := range []cache.SharedIndexInformer{pvInformer, capInformer} {
+		if _, err := informer.AddEventHandler(notify); err != nil {
+			return nil, fmt.Errorf("watch PVs and capacities: %w", err)
+		}
 	}
 	if err := claimInformer.AddIndexers(cache.Indexers{indexByPending: func(obj any) ([]string, error) {
 		claim, ok := obj.(*corev1.PersistentVolumeClaim)
@@ -73,14 +65,11 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	}
 	nodeInformer := kube.Core().V1().Nodes().Informer()
 	classInformer := kube.Storage().V1().StorageClasses().Informer()
-	s := &informerState{
-		volumeIndex: index,
-		nodes:       kube.Core().V1().Nodes().Lister(), claims: kube.Core().V1().PersistentVolumeClaims().Lister(),
-		volumes: kube.Core().V1().PersistentVolumes().Lister(), classes: kube.Storage().V1().StorageClasses().Lister(),
-		claimIndex: claimInformer.GetIndexer(),
-		synced: []cache.InformerSynced{pvHandler.HasSynced, claimInformer.HasSynced, capHandler.HasSynced,
-			nodeInformer.HasSynced, classInformer.HasSynced},
-	}
+	s.nodes, s.claims = kube.Core().V1().Nodes().Lister(), kube.Core().V1().PersistentVolumeClaims().Lister()
+	s.volumes, s.classes = kube.Core().V1().PersistentVolumes().Lister(), kube.Storage().V1().StorageClasses().Lister()
+	s.capacities, s.claimIndex = kube.Storage().V1().CSIStorageCapacities().Lister(), claimInformer.GetIndexer()
+	s.synced = []cache.InformerSynced{pvInformer.HasSynced, claimInformer.HasSynced, capInformer.HasSynced,
+		nodeInformer.HasSynced, classInformer.HasSynced}
 	if snap != nil {
 		s.snapshots = snap.Snapshot().V1().VolumeSnapshots().Lister()
 		s.contents = snap.Snapshot().V1().VolumeSnapshotContents().Lister()
@@ -90,20 +79,49 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	return s, nil
 }
 
-// putIf hands obj to put when it is a T.
-func putIf[T any](obj any, put func(T)) {
-	if v, ok := obj.(T); ok {
-		put(v)
+func (s *informerState) markChanged() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
 	}
 }
 
-// unwrap returns the T in obj, looking inside a tombstone.
-func unwrap[T any](obj any) (T, bool) {
-	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = tombstone.Obj
+// rebuildEvery bounds how often the index is rebuilt under a stream of
+// changes; a change waits at most this long to be seen.
+const rebuildEvery = 100 * time.Millisecond
+
+// Maintain rebuilds the index after changes, coalescing bursts, until ctx
+// ends. Call rebuildNow once after the caches synced, then Maintain.
+func (s *informerState) Maintain(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.changed:
+		}
+		s.rebuildNow()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(rebuildEvery):
+		}
 	}
-	v, ok := obj.(T)
-	return v, ok
+}
+
+func (s *informerState) rebuildNow() {
+	pvs, err := s.volumes.List(labels.Everything())
+	if err != nil {
+		klog.ErrorS(err, "List PVs from cache")
+		return
+	}
+	capacities, err := s.capacities.List(labels.Everything())
+	if err != nil {
+		klog.ErrorS(err, "List CSIStorageCapacities from cache")
+		return
+	}
+	start := time.Now()
+	s.rebuild(pvs, capacities)
+	klog.V(4).InfoS("Index rebuilt", "pvs", len(pvs), "capacities", len(capacities), "duration", time.Since(start))
 }
 
 func (s *informerState) Node(name string) (*corev1.Node, bool) {

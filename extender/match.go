@@ -20,7 +20,7 @@ import (
 // the first one that passes its early checks, with that PV if it reaches
 // the node and with nothing otherwise. Else the smallest available PV that
 // fits wins; ties go to the lower name so answers do not depend on order.
-func matchStatic(state State, pc *podClaim, node, probe *corev1.Node, excluded []string) *corev1.PersistentVolume {
+func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *corev1.PersistentVolume {
 	for _, candidate := range pc.prebound {
 		if passesEarlyChecks(pc, &candidate, excluded) && volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim) {
 			if candidate.Reaches(probe) {
@@ -31,14 +31,14 @@ func matchStatic(state State, pc *podClaim, node, probe *corev1.Node, excluded [
 	}
 	var best *Candidate
 	var buf [4]CandidateList
-	for _, group := range state.StaticCandidates(pc.class.Name, node, buf[:0]) {
+	for _, group := range pc.static.forNode(node.Labels, buf[:0]) {
 		for i := range group.list {
-			candidate := &group.list[i].value
+			candidate := &group.list[i]
 			if candidate.claimed || !passesEarlyChecks(pc, candidate, excluded) || !candidate.available ||
 				candidate.class != pc.class.Name ||
 				(pc.selector != nil && !pc.selector.Matches(labels.Set(candidate.PV.Labels))) ||
 				!(group.byLabel && candidate.indexExact || candidate.Reaches(probe)) ||
-				!volumehelpers.CheckAccessModes(pc.claim, candidate.PV) {
+				!candidate.modes.offers(pc.modes, pc.claim, candidate.PV) {
 				continue
 			}
 			if best == nil || best.size.Cmp(candidate.size) > 0 ||

@@ -20,42 +20,46 @@ const (
 // free space counts up (spread, the default) or down (binpack). A pod with
 // no claims scores 0 everywhere, leaving the choice to other scorers.
 func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string) extenderv1.HostPriorityList {
-	scores := make(extenderv1.HostPriorityList, 0, len(nodeNames))
-	claims, problem := resolveClaims(state, pod)
-	if pod == nil || problem != "" || len(claims) == 0 {
-		for _, name := range nodeNames {
-			scores = append(scores, extenderv1.HostPriority{Host: name})
-		}
+	scores := make(extenderv1.HostPriorityList, len(nodeNames))
+	for i, name := range nodeNames {
+		scores[i].Host = name
+	}
+	if pod == nil {
 		return scores
 	}
-	free := map[string]int64{}
+	claims, problem := resolveClaims(state, pod)
+	if problem != "" || len(claims) == 0 {
+		return scores
+	}
+	nodes := make([]*corev1.Node, len(nodeNames))
+	free := make([]int64, len(nodeNames))
 	var maxFree int64
-	for _, name := range nodeNames {
-		if node, ok := state.Node(name); ok {
-			for _, pc := range claims {
-				if pc.pv == nil && pc.class != nil && pc.class.Provisioner == driver {
-					if f, ok := state.FreeCapacity(pc.class.Name, node); ok {
-						free[name] = f
-						maxFree = max(maxFree, f)
-						break
-					}
+	for i, name := range nodeNames {
+		node, ok := state.Node(name)
+		if !ok {
+			continue
+		}
+		nodes[i] = node
+		for _, pc := range claims {
+			if pc.pv == nil && pc.class != nil && pc.class.Provisioner == driver {
+				if f, ok := state.FreeCapacity(pc.class.Name, node); ok {
+					free[i] = f
+					maxFree = max(maxFree, f)
+					break
 				}
 			}
 		}
 	}
-	for _, name := range nodeNames {
-		node, ok := state.Node(name)
-		if !ok {
-			scores = append(scores, extenderv1.HostPriority{Host: name})
-			continue
+	for i, node := range nodes {
+		if node != nil {
+			scores[i].Score = scoreNode(driver, claims, node, free[i], maxFree)
 		}
-		scores = append(scores, extenderv1.HostPriority{Host: name, Score: scoreNode(state, driver, claims, node, free[name], maxFree)})
 	}
 	return scores
 }
 
 // scoreNode averages per-claim scores on one node.
-func scoreNode(state State, driver string, claims []podClaim, node *corev1.Node, free, maxFree int64) int64 {
+func scoreNode(driver string, claims []podClaim, node *corev1.Node, free, maxFree int64) int64 {
 	var total, counted int64
 	var excludedBuf [4]string
 	excluded := excludedBuf[:0]
@@ -67,7 +71,7 @@ func scoreNode(state State, driver string, claims []podClaim, node *corev1.Node,
 			continue
 		}
 		counted++
-		if match := matchStatic(state, pc, node, probe, excluded); pc.selectorErr == nil && match != nil {
+		if match := matchStatic(pc, node, probe, excluded); pc.selectorErr == nil && match != nil {
 			excluded = append(excluded, match.Name)
 			total += fitScore(pc.claim, match)
 			continue

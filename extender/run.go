@@ -64,6 +64,8 @@ func Run(ctx context.Context, opts Options) error {
 	if !cache.WaitForCacheSync(ctx.Done(), state.synced...) {
 		return errors.New("informer caches did not sync")
 	}
+	state.rebuildNow()
+	go state.Maintain(ctx)
 
 	server := NewServer(func() State { return state }, opts.DriverName)
 	httpServer := &http.Server{Addr: opts.Listen, Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}

@@ -19,10 +19,9 @@ type State interface {
 	Claim(namespace, name string) (*corev1.PersistentVolumeClaim, bool)
 	Volume(name string) (*corev1.PersistentVolume, bool)
 	Class(name string) (*storagev1.StorageClass, bool)
-	// StaticCandidates appends to out the lists of PVs of a class that
-	// might be usable on the node (a superset: matchStatic still checks
-	// each one fully). The lists are read-only.
-	StaticCandidates(class string, node *corev1.Node, out []CandidateList) []CandidateList
+	// Static is the index of a class's static PVs (nil when it has none);
+	// read-only.
+	Static(class string) *StaticClass
 	// PreBound lists the PVs of a class whose claimRef names the claim.
 	PreBound(class, namespace, name string) []Candidate
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
@@ -51,13 +50,12 @@ type MemState struct {
 
 // Index builds MemState's secondary indexes; call after filling the maps.
 func (m *MemState) Index() {
-	m.volumeIndex = newVolumeIndex()
+	m.volumeIndex = &volumeIndex{}
+	pvs := make([]*corev1.PersistentVolume, 0, len(m.Volumes))
 	for _, pv := range m.Volumes {
-		m.putVolume(pv)
+		pvs = append(pvs, pv)
 	}
-	for _, c := range m.Capacity {
-		m.putCapacity(c)
-	}
+	m.rebuild(pvs, m.Capacity)
 	m.byPending = map[string][]*corev1.PersistentVolumeClaim{}
 	for _, claim := range m.Claims {
 		if node := claim.Annotations[annSelectedNode]; node != "" && claim.Spec.VolumeName == "" {
