@@ -37,7 +37,7 @@ func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *cor
 			if candidate.claimed || !passesEarlyChecks(pc, candidate, excluded) || !candidate.available ||
 				candidate.class != pc.class.Name ||
 				(pc.selector != nil && !pc.selector.Matches(labels.Set(candidate.PV.Labels))) ||
-				!(group.byLabel && candidate.indexExact || candidate.Reaches(probe)) ||
+				!reachable(group, candidate, probe) ||
 				!candidate.modes.offers(pc.modes, pc.claim, candidate.PV) {
 				continue
 			}
@@ -62,4 +62,10 @@ func passesEarlyChecks(pc *podClaim, candidate *Candidate, excluded []string) bo
 		return false
 	}
 	return !candidate.claimed || volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim)
+}
+
+// reachable: a candidate found through a node label it is exactly filed
+// under matches that node without evaluating its selector.
+func reachable(group CandidateList, candidate *Candidate, probe *corev1.Node) bool {
+	return group.byLabel && candidate.indexExact || candidate.Reaches(probe)
 }
