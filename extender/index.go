@@ -255,6 +255,12 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 			snapshot.prebound[key] = append(snapshot.prebound[key], candidate)
 		}
 	}
+	// Several PVs pre-bound to one claim: FindMatchingVolume answers with the
+	// first in its list's order, which is arbitrary; name order makes ours
+	// deterministic.
+	for _, list := range snapshot.prebound {
+		sort.Slice(list, func(i, j int) bool { return list[i].PV.Name < list[j].PV.Name })
+	}
 	for _, c := range capacities {
 		entry := indexedCapacity{object: c}
 		if c.Capacity != nil {
