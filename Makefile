@@ -23,6 +23,7 @@ test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the loca
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
 	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd test/intree && $(GO) vet ./... && $(GO) test -count=1 ./...   # differential test against the in-tree VolumeBinding plugin
 	$(MAKE) fuzz FUZZTIME=5s
 
 unit-test: ## Tests that need neither root nor the control plane binaries.
@@ -36,6 +37,7 @@ lint: ## gofmt, go vet and golangci-lint (pinned, run through the module proxy).
 bench: ## Benchmarks, with the baselines they are compared against in the same run.
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
+	cd test/intree && $(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./...   # the in-tree plugin on the same workload
 
 # Fuzz targets as package:target; their committed seeds run in every go test.
 FUZZ_TARGETS := ./extender/:FuzzServer ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \

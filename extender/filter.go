@@ -21,7 +21,9 @@ import (
 
 const (
 	annSelectedNode = "volume.kubernetes.io/selected-node"
-	noProvisioner   = "kubernetes.io/no-provisioner"
+	// annBindCompleted marks a claim the PV controller finished binding.
+	annBindCompleted = "pv.kubernetes.io/bind-completed"
+	noProvisioner    = "kubernetes.io/no-provisioner"
 )
 
 // podClaim is one of a pod's claims, resolved once per request with all
@@ -41,6 +43,11 @@ type podClaim struct {
 	selector    labels.Selector             // the claim's selector for static PVs
 	selectorErr error
 	source      sourceCheck
+	// promised: the scheduler already chose selectedNode for this unbound
+	// claim (annotation volume.kubernetes.io/selected-node, even if empty):
+	// only that node may provision it, and static PVs are out of the game.
+	selectedNode string
+	promised     bool
 }
 
 // Filter decides, for each candidate node, whether the pod's volumes can be
@@ -112,10 +119,19 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 		if !ok {
 			return nil, fmt.Sprintf("pvc %s not found", key)
 		}
+		switch {
+		case claim.DeletionTimestamp != nil:
+			return nil, fmt.Sprintf("pvc %s is being deleted", key)
+		case claim.Status.Phase == corev1.ClaimLost:
+			return nil, fmt.Sprintf("pvc %s lost its PV %s; bind it to a PV again or recreate it", key, claim.Spec.VolumeName)
+		case claim.Spec.VolumeName != "" && !metav1.HasAnnotation(claim.ObjectMeta, annBindCompleted):
+			return nil, fmt.Sprintf("pvc %s names PV %s but the PV controller has not bound them yet; wait for it to bind", key, claim.Spec.VolumeName)
+		}
 		pc := podClaim{claim: claim, key: key, request: claim.Spec.Resources.Requests[corev1.ResourceStorage]}
 		if className := volumehelpers.GetPersistentVolumeClaimClass(claim); className != "" {
 			pc.class, _ = state.Class(className)
 		}
+		pc.selectedNode, pc.promised = claim.Annotations[annSelectedNode]
 		if claim.Spec.VolumeName != "" {
 			pv, ok := state.Volume(claim.Spec.VolumeName)
 			if !ok {
@@ -142,6 +158,15 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 		}
 		claims = append(claims, pc)
 	}
+	// Static PVs go to the smallest claims first, as the scheduler's
+	// VolumeBinding does: a small claim must not take the one PV a larger
+	// claim of the same pod could use when a smaller PV would do.
+	sort.SliceStable(claims, func(i, j int) bool {
+		if (claims[i].pv == nil) != (claims[j].pv == nil) {
+			return claims[i].pv != nil
+		}
+		return claims[i].pv == nil && claims[i].request.Cmp(claims[j].request) < 0
+	})
 	return claims, ""
 }
 
@@ -170,6 +195,7 @@ const (
 	reasonAllowedTopologies
 	reasonSource
 	reasonSelector
+	reasonPromised
 )
 
 // reasonKey identifies a reason: which claim, what kind, and where the
@@ -210,14 +236,22 @@ func (r *filterRun) checkNode(node *corev1.Node) verdict {
 			}
 			continue
 		}
-		if pc.selectorErr != nil {
+		switch {
+		case pc.promised && pc.selectedNode != node.Name:
+			return verdict{unresolvable: r.reason(i, reasonPromised, node, func(string) string {
+				return fmt.Sprintf("pvc %s is already being provisioned for node %s", pc.key, pc.selectedNode)
+			})}
+		case pc.promised:
+			// provisioned here, never matched to a static PV
+		case pc.selectorErr != nil:
 			return verdict{unresolvable: r.reason(i, reasonSelector, node, func(string) string {
 				return fmt.Sprintf("pvc %s: selector: %v", pc.key, pc.selectorErr)
 			})}
-		}
-		if match := matchStatic(pc, node, probe, excluded); match != nil {
-			excluded = append(excluded, match.Name)
-			continue
+		default:
+			if match := matchStatic(pc, node, probe, excluded); match != nil {
+				excluded = append(excluded, match.Name)
+				continue
+			}
 		}
 		if pc.class.Provisioner == noProvisioner || pc.class.Provisioner == "" {
 			return verdict{unresolvable: r.reason(i, reasonNoStaticPV, node, func(where string) string {

@@ -110,6 +110,13 @@ func TestFilter(t *testing.T) {
 	pending.Annotations = map[string]string{annSelectedNode: "node1"}
 	bound := claim("bound", "", "1Gi")
 	bound.Spec.VolumeName = "pv-node2"
+	bound.Annotations = map[string]string{annBindCompleted: "yes"}
+	deleting := claim("deleting", "topo-node", "1Gi")
+	deleting.DeletionTimestamp = &metav1.Time{}
+	unfinished := claim("unfinished", "", "1Gi")
+	unfinished.Spec.VolumeName = "pv-node2"
+	promised := claim("promised", "topo-node", "1Gi")
+	promised.Annotations = map[string]string{annSelectedNode: "node2"}
 	tests := []struct {
 		name             string
 		state            *MemState
@@ -146,6 +153,15 @@ func TestFilter(t *testing.T) {
 				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),
 				capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "10Gi")),
 			podWith("a"), []string{"node2"}, nil, map[string]string{"node1": "6Gi promised to pending claims"}},
+		{"a claim being deleted fits nowhere",
+			seed(class("topo-node", driver, "node"), deleting), podWith("deleting"),
+			nil, map[string]string{"node1": "pvc default/deleting is being deleted"}, nil},
+		{"a claim naming a PV not bound yet waits for the PV controller",
+			seed(localPV("pv-node2", "", "1Gi", "node2"), unfinished), podWith("unfinished"),
+			nil, map[string]string{"node2": "has not bound them yet"}, nil},
+		{"a claim promised to node2 is provisioned only there",
+			seed(class("topo-node", driver, "node"), promised), podWith("promised"),
+			[]string{"node2"}, map[string]string{"node1": "already being provisioned for node node2"}, nil},
 		{"missing claim fits nowhere", seed(), podWith("ghost"), nil, map[string]string{"node1": "pvc default/ghost not found"}, nil},
 		{"pod without claims fits everywhere", seed(), podWith(), []string{"node1", "node2"}, nil, nil},
 	}

@@ -22,6 +22,9 @@ func MatchesTerms(terms []corev1.TopologySelectorTerm, labels map[string]string)
 }
 
 func termMatches(term corev1.TopologySelectorTerm, labels map[string]string) bool {
+	if len(term.MatchLabelExpressions) == 0 {
+		return false // an empty term selects nothing, as the API defines
+	}
 	for _, expr := range term.MatchLabelExpressions {
 		value, ok := labels[expr.Key]
 		if !ok || !containsString(expr.Values, value) {
