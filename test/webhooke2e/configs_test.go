@@ -19,7 +19,10 @@ import (
 // Names the configurations use.
 const (
 	configName = "toposnap-webhook"
-	probeClass = "e2e-webhook-probe"
+	// schedulerName is the second scheduler pods using toposnap classes are
+	// pointed at (the webhook runs with --scheduler-name).
+	schedulerName = "toposnap-scheduler"
+	probeClass    = "e2e-webhook-probe"
 )
 
 // registerWebhooks creates the webhook's Mutating- and
@@ -33,6 +36,7 @@ func registerWebhooks(ctx context.Context, c *cluster.Cluster, base string, caBu
 		},
 		FailurePolicy:  admissionregistrationv1.Fail,
 		TimeoutSeconds: 5,
+		SchedulerName:  schedulerName,
 	})
 	if _, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mutating, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create MutatingWebhookConfiguration: %w", err)
