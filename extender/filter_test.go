@@ -9,6 +9,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/topology"
@@ -214,5 +215,28 @@ func TestPrioritize(t *testing.T) {
 		if s.Score < 0 || s.Score > MaxScore {
 			t.Fatalf("score %d out of 0..10", s.Score)
 		}
+	}
+}
+
+func TestExplain(t *testing.T) {
+	tests := []struct {
+		name   string
+		result extenderv1.ExtenderFilterResult
+		want   string
+	}{
+		{"some node fits: nothing to explain",
+			extenderv1.ExtenderFilterResult{NodeNames: &[]string{"node1"}, FailedAndUnresolvableNodes: extenderv1.FailedNodesMap{"node2": "x"}}, ""},
+		{"same reasons grouped, most common first",
+			extenderv1.ExtenderFilterResult{NodeNames: &[]string{}, FailedAndUnresolvableNodes: extenderv1.FailedNodesMap{"node1": "zone d", "node2": "zone d"},
+				FailedNodes: extenderv1.FailedNodesMap{"node3": "pool full"}},
+			"toposnap: 0/3 nodes can hold the pod's volumes: 2 node(s): zone d; 1 node(s): pool full."},
+		{"no reasons at all (no nodes)", extenderv1.ExtenderFilterResult{NodeNames: &[]string{}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Explain(tt.result, 3); got != tt.want {
+				t.Fatalf("Explain = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +26,9 @@ type Options struct {
 	TLSKeyFile  string
 	DriverName  string
 	Resync      time.Duration
+	// ExplainPending posts the extender's reasons as FailedScheduling events
+	// on unschedulable pods whose volumes fit no node (see explainer).
+	ExplainPending bool
 }
 
 // Run serves the extender until ctx ends.
@@ -66,6 +70,13 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	state.rebuildNow()
 	go state.Maintain(ctx)
+	if opts.ExplainPending {
+		stopExplaining, err := startExplainer(ctx, client, state, opts)
+		if err != nil {
+			return err
+		}
+		defer stopExplaining()
+	}
 
 	server := NewServer(func() State { return state }, opts.DriverName)
 	httpServer := &http.Server{Addr: opts.Listen, Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -86,4 +97,31 @@ func Run(ctx context.Context, opts Options) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return httpServer.Shutdown(shutdownCtx)
+}
+
+// startExplainer watches pods not yet bound to a node and explains the
+// unschedulable ones whose volumes fit nowhere.
+func startExplainer(ctx context.Context, client kubernetes.Interface, state *informerState, opts Options) (func(), error) {
+	pending := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" }))
+	recorder, stopEvents := kube.Recorder(client, "toposnap-extender", "")
+	e := &explainer{state: state, driver: opts.DriverName, pods: pending.Core().V1().Pods().Lister(), nodes: state.nodes,
+		recorder: recorder, queue: kube.NewQueue("explain"), told: map[string]string{}}
+	podInformer := pending.Core().V1().Pods().Informer()
+	if _, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    e.enqueue,
+		UpdateFunc: func(_, obj any) { e.enqueue(obj) },
+		DeleteFunc: e.forget,
+	}); err != nil {
+		stopEvents()
+		return nil, fmt.Errorf("watch pending pods: %w", err)
+	}
+	pending.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced) {
+		stopEvents()
+		pending.Shutdown()
+		return nil, errors.New("pending pods cache did not sync")
+	}
+	go e.run(ctx)
+	return func() { pending.Shutdown(); stopEvents() }, nil
 }

@@ -337,24 +337,33 @@ func (d *demo) topology() error {
 	if err := d.createPod("zone-pod", "zone-pvc"); err != nil {
 		return err
 	}
-	var message string
+	// Two FailedScheduling events: the scheduler's (its VolumeBinding filter
+	// rejects every node before the extender is asked) and the extender's
+	// explanation of the same decision, with the per-node reasons.
+	byComponent := map[string]string{}
 	err := cluster.Poll(d.ctx, 250*time.Millisecond, time.Minute, func() (bool, error) {
-		events, err := d.env.Cluster.Client.CoreV1().Events(ns).List(d.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=zone-pod"})
+		events, err := d.env.Cluster.Client.CoreV1().Events(ns).List(d.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=zone-pod,reason=FailedScheduling"})
 		if err != nil {
 			return false, err
 		}
 		for _, e := range events.Items {
-			if e.Reason == "FailedScheduling" {
-				message = e.Message
-				return true, nil
+			component := e.Source.Component
+			if component == "" { // events.k8s.io events name their reporter here
+				component = e.ReportingController
 			}
+			byComponent[component] = e.Message
 		}
-		return false, nil
+		return byComponent["default-scheduler"] != "" && byComponent["toposnap-extender"] != "", nil
 	})
 	if err != nil {
-		return fmt.Errorf("no FailedScheduling event for zone-pod: %w", err)
+		return fmt.Errorf("FailedScheduling events for zone-pod: got %q: %w", byComponent, err)
 	}
-	say("zone-pvc Pending, zone-pod Pending; FailedScheduling: %s", message)
+	say("zone-pvc Pending, zone-pod Pending")
+	say("  FailedScheduling (default-scheduler): %s", byComponent["default-scheduler"])
+	say("  FailedScheduling (toposnap-extender): %s", byComponent["toposnap-extender"])
+	if want := "class topo-zone allows zone cn-hangzhou-d; node is in zone cn-hangzhou-b"; !strings.Contains(byComponent["toposnap-extender"], want) {
+		return fmt.Errorf("the extender's FailedScheduling event does not say %q", want)
+	}
 	if err := d.env.Cluster.Client.StorageV1().StorageClasses().Delete(d.ctx, "topo-zone", metav1.DeleteOptions{}); err != nil {
 		return err
 	}

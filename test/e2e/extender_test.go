@@ -133,3 +133,36 @@ func TestCapacityBurst(t *testing.T) {
 		_ = env.Cluster.Client.CoreV1().Pods(ns).Delete(ctx, pod, metav1.DeleteOptions{})
 	}
 }
+
+// TestPendingPodIsToldWhyItsVolumesFitNowhere is the seed's mistake: a class
+// allowing only zone cn-hangzhou-d while every node is in cn-hangzhou-b. The
+// scheduler's own VolumeBinding filter rejects every node before the
+// extender is asked, so the extender's explainer posts the per-node reason
+// on the pod as a FailedScheduling event of its own.
+func TestPendingPodIsToldWhyItsVolumesFitNowhere(t *testing.T) {
+	needEnv(t)
+	ns := createNamespace(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	createClass(t, "e2e-zone-d", "zone", "cn-hangzhou-d")
+	createClaim(t, ns, "stranded", "e2e-zone-d", "64Mi", nil)
+	createPod(t, ns, "stranded", "stranded")
+	want := "pvc " + ns + "/stranded: class e2e-zone-d allows zone cn-hangzhou-d; node is in zone cn-hangzhou-b"
+	var seen []string
+	err := poll(ctx, 250*time.Millisecond, 2*time.Minute, func() (bool, error) {
+		events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=stranded,reason=FailedScheduling"})
+		if err != nil {
+			return false, err
+		}
+		seen = seen[:0]
+		for _, e := range events.Items {
+			seen = append(seen, e.Source.Component+": "+e.Message)
+			if e.Source.Component == "toposnap-extender" && strings.Contains(e.Message, want) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no FailedScheduling event from toposnap-extender saying %q; events: %q", want, seen)
+	}
+}

@@ -22,6 +22,7 @@ func main() {
 	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "key of --tls-cert-file")
 	flag.StringVar(&opts.DriverName, "driver-name", "csi.toposnap.io", "CSI driver whose capacity and snapshots are considered")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	flag.BoolVar(&opts.ExplainPending, "explain-pending", true, "post the extender's reasons as FailedScheduling events on unschedulable pods whose volumes fit no node")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
 
