@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/toposnap/toposnap/internal/topology"
@@ -164,5 +165,22 @@ func TestPendingPodIsToldWhyItsVolumesFitNowhere(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("no FailedScheduling event from toposnap-extender saying %q; events: %q", want, seen)
+	}
+
+	// The fix: allowedTopologies is immutable, so the class is recreated
+	// allowing zone b; the pod then lands and its volume is in zone b.
+	if err := env.Cluster.Client.StorageV1().StorageClasses().Delete(ctx, "e2e-zone-d", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
+		_, err := env.Cluster.Client.StorageV1().StorageClasses().Get(ctx, "e2e-zone-d", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	createClass(t, "e2e-zone-d", "zone", "cn-hangzhou-b")
+	pv, _ := waitBound(t, ns, "stranded", "stranded")
+	if zone := affinityValue(pv, topology.ZoneKey); zone != "cn-hangzhou-b" {
+		t.Fatalf("PV %s is in zone %q, want cn-hangzhou-b", pv.Name, zone)
 	}
 }
