@@ -97,8 +97,9 @@ func randomPV(random *rand.Rand, name string, nodes []*corev1.Node, claims []*co
 	pick := func(values ...string) string { return values[random.IntN(len(values))] }
 	switch random.IntN(8) {
 	case 0: // a second term
-		pv.Spec.NodeAffinity.Required.NodeSelectorTerms = append(terms, corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{
+		terms = append(terms, corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{
 			{Key: topology.ZoneKey, Operator: corev1.NodeSelectorOpIn, Values: []string{pick("z0", "z1")}}}})
+		pv.Spec.NodeAffinity.Required.NodeSelectorTerms = terms
 	case 1: // a second expression
 		terms[0].MatchExpressions = append(terms[0].MatchExpressions, corev1.NodeSelectorRequirement{
 			Key: "rack", Operator: corev1.NodeSelectorOperator(pick("NotIn", "Gt", "Lt")), Values: []string{fmt.Sprint(random.IntN(4))}})
