@@ -39,6 +39,7 @@ type explainer struct {
 	queue    workqueue.TypedRateLimitingInterface[string]
 	mu       sync.Mutex
 	told     map[string]string // pod key -> the last explanation posted
+	leader   *kube.Holder      // nil: no leader election, always explain
 }
 
 // unschedulable reports whether the scheduler has given up on the pod for
@@ -89,7 +90,7 @@ func (e *explainer) sync(_ context.Context, key string) error {
 		return nil
 	}
 	pod, err := e.pods.Pods(namespace).Get(name)
-	if err != nil || !unschedulable(pod) {
+	if err != nil || !unschedulable(pod) || (e.leader != nil && !e.leader.Holds()) {
 		return nil
 	}
 	nodes, err := e.nodes.List(labels.Everything())

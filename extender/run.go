@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -29,7 +31,14 @@ type Options struct {
 	// ExplainPending posts the extender's reasons as FailedScheduling events
 	// on unschedulable pods whose volumes fit no node (see explainer).
 	ExplainPending bool
+	// LeaderElect: of several replicas, only the holder of a Lease in
+	// LeaderElectionNamespace explains (every replica serves requests).
+	LeaderElect             bool
+	LeaderElectionNamespace string
 }
+
+// ExplainerLease is the Lease replicas campaign for with --leader-elect.
+const ExplainerLease = "toposnap-extender-explainer"
 
 // Run serves the extender until ctx ends.
 func Run(ctx context.Context, opts Options) error {
@@ -107,6 +116,15 @@ func startExplainer(ctx context.Context, client kubernetes.Interface, state *inf
 	recorder, stopEvents := kube.Recorder(client, "toposnap-extender", "")
 	e := &explainer{state: state, driver: opts.DriverName, pods: pending.Core().V1().Pods().Lister(), nodes: state.nodes,
 		recorder: recorder, queue: kube.NewQueue("explain"), told: map[string]string{}}
+	if opts.LeaderElect {
+		e.leader = &kube.Holder{}
+		identity, err := os.Hostname()
+		if err != nil {
+			stopEvents()
+			return nil, fmt.Errorf("leader election identity: %w", err)
+		}
+		go e.leader.Campaign(ctx, client, opts.LeaderElectionNamespace, ExplainerLease, identity+"_"+string(uuid.NewUUID()))
+	}
 	podInformer := pending.Core().V1().Pods().Informer()
 	if _, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    e.enqueue,

@@ -163,7 +163,7 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
 	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
 		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
-		go c.zone.campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
+		go c.zone.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
 	}
 	if background.CapacityInterval > 0 {
 		go c.publishCapacity(ctx, background.CapacityInterval)

@@ -42,7 +42,7 @@ type valueSet struct {
 
 // commonKinds are what every set renders unless it says otherwise.
 var commonKinds = map[string]int{
-	"CSIDriver": 1, "ServiceAccount": 3, "ClusterRole": 5, "ClusterRoleBinding": 5, "Role": 1, "RoleBinding": 1,
+	"CSIDriver": 1, "ServiceAccount": 3, "ClusterRole": 5, "ClusterRoleBinding": 5, "Role": 2, "RoleBinding": 2,
 	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 1,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
@@ -63,7 +63,7 @@ func with(delta map[string]int) map[string]int {
 
 // schedulerKinds are the second scheduler's objects added to commonKinds.
 var schedulerKinds = map[string]int{
-	"ServiceAccount": 4, "ConfigMap": 1, "ClusterRoleBinding": 7, "Role": 2, "RoleBinding": 3,
+	"ServiceAccount": 4, "ConfigMap": 1, "ClusterRoleBinding": 7, "Role": 3, "RoleBinding": 4,
 	"Deployment": 3, "PodDisruptionBudget": 3,
 }
 

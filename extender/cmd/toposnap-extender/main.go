@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -14,6 +15,13 @@ import (
 	"github.com/toposnap/toposnap/extender"
 )
 
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
+
 func main() {
 	var opts extender.Options
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig (empty: in-cluster)")
@@ -22,6 +30,8 @@ func main() {
 	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "key of --tls-cert-file")
 	flag.StringVar(&opts.DriverName, "driver-name", "csi.toposnap.io", "CSI driver whose capacity and snapshots are considered")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	flag.BoolVar(&opts.LeaderElect, "leader-elect", false, "with several replicas: only the holder of a Lease explains pending pods")
+	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the --leader-elect Lease")
 	flag.BoolVar(&opts.ExplainPending, "explain-pending", true, "post the extender's reasons as FailedScheduling events on unschedulable pods whose volumes fit no node")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()

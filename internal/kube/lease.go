@@ -1,0 +1,52 @@
+package kube
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+)
+
+// Holder campaigns for a coordination.k8s.io Lease and says whether this
+// process holds it.
+type Holder struct {
+	held atomic.Bool
+}
+
+// Holds reports whether this process currently holds the Lease.
+func (h *Holder) Holds() bool { return h != nil && h.held.Load() }
+
+// Campaign runs leader election for namespace/lease as identity until ctx
+// ends, entering again after a lost term, and releases the Lease on exit.
+func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, namespace, lease, identity string) {
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: lease},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
+	}
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			ReleaseOnCancel: true,
+			Name:            lease,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(context.Context) {
+					klog.InfoS("Holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
+					h.held.Store(true)
+				},
+				OnStoppedLeading: func() {
+					klog.InfoS("No longer holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
+					h.held.Store(false)
+				},
+			},
+		})
+	}
+}
