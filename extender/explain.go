@@ -75,6 +75,17 @@ func (e *explainer) enqueue(obj any) {
 	}
 }
 
+func (e *explainer) enqueueAll() {
+	pods, err := e.pods.List(labels.Everything())
+	if err != nil {
+		klog.ErrorS(err, "List pending pods")
+		return
+	}
+	for _, pod := range pods {
+		e.enqueue(pod)
+	}
+}
+
 func (e *explainer) forget(obj any) {
 	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 		e.mu.Lock()

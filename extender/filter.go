@@ -82,7 +82,7 @@ func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) ext
 	for _, name := range nodeNames {
 		node, ok := state.Node(name)
 		if !ok {
-			result.FailedAndUnresolvableNodes[name] = fmt.Sprintf("node %s is not known to the extender yet", name)
+			result.FailedNodes[name] = fmt.Sprintf("node %s is not known to the extender yet", name)
 			continue
 		}
 		verdict := run.checkNode(node)
@@ -239,6 +239,9 @@ func (r *filterRun) checkNode(node *corev1.Node) verdict {
 		switch {
 		case pc.promised && pc.selectedNode != node.Name:
 			return verdict{unresolvable: r.reason(i, reasonPromised, node, func(string) string {
+				if pc.selectedNode == "" {
+					return fmt.Sprintf("pvc %s is already being provisioned for another node", pc.key)
+				}
 				return fmt.Sprintf("pvc %s is already being provisioned for node %s", pc.key, pc.selectedNode)
 			})}
 		case pc.promised:
@@ -311,10 +314,13 @@ func resolveSource(state State, pc *podClaim) sourceCheck {
 	if !ok {
 		return everywhere
 	}
-	name := source.Name
+	name := source.Namespace + "/" + source.Name
 	switch {
 	case source.IsSnapshot():
-		snap, ok := state.Snapshot(pc.claim.Namespace, name)
+		if !state.SnapshotsServed() {
+			return everywhere // no snapshot API seen: where snapshots live is unknown
+		}
+		snap, ok := state.Snapshot(source.Namespace, source.Name)
 		if !ok {
 			return sourceCheck{problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which does not exist", pc.key, name)}
 		}
@@ -332,7 +338,7 @@ func resolveSource(state State, pc *podClaim) sourceCheck {
 		return sourceCheck{segments: segments, problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s",
 			pc.key, name, describeSegments(segments))}
 	case source.IsClaim():
-		sourceClaim, ok := state.Claim(pc.claim.Namespace, name)
+		sourceClaim, ok := state.Claim(source.Namespace, source.Name)
 		if !ok || sourceClaim.Spec.VolumeName == "" {
 			return sourceCheck{problem: fmt.Sprintf("pvc %s clones pvc %s, which does not exist or is not bound", pc.key, name)}
 		}
@@ -418,8 +424,11 @@ func ownClaims(pod *corev1.Pod) map[string]bool {
 		return own
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.PersistentVolumeClaim != nil {
+		switch {
+		case v.PersistentVolumeClaim != nil:
 			own[pod.Namespace+"/"+v.PersistentVolumeClaim.ClaimName] = true
+		case v.Ephemeral != nil:
+			own[pod.Namespace+"/"+pod.Name+"-"+v.Name] = true
 		}
 	}
 	return own

@@ -157,6 +157,8 @@ func (s *informerState) Snapshot(namespace, name string) (*snapv1.VolumeSnapshot
 	return snap, err == nil
 }
 
+func (s *informerState) SnapshotsServed() bool { return s.snapshots != nil }
+
 func (s *informerState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	if s.contents == nil {
 		return nil, false

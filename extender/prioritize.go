@@ -71,10 +71,13 @@ func scoreNode(driver string, claims []podClaim, node *corev1.Node, free, maxFre
 			continue
 		}
 		counted++
-		if match := matchStatic(pc, node, probe, excluded); pc.selectorErr == nil && match != nil {
-			excluded = append(excluded, match.Name)
-			total += fitScore(pc.claim, match)
-			continue
+		// A claim being provisioned, or never matchable, has no static PV to score.
+		if !pc.promised && pc.selectorErr == nil {
+			if match := matchStatic(pc, node, probe, excluded); match != nil {
+				excluded = append(excluded, match.Name)
+				total += fitScore(pc.claim, match)
+				continue
+			}
 		}
 		if pc.class.Provisioner != driver || maxFree == 0 {
 			continue

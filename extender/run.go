@@ -117,7 +117,9 @@ func startExplainer(ctx context.Context, client kubernetes.Interface, state *inf
 	e := &explainer{state: state, driver: opts.DriverName, pods: pending.Core().V1().Pods().Lister(), nodes: state.nodes,
 		recorder: recorder, queue: kube.NewQueue("explain"), told: map[string]string{}}
 	if opts.LeaderElect {
-		e.leader = &kube.Holder{}
+		// A new leader looks again at every pending pod: the old one may have
+		// explained them, or died before it did.
+		e.leader = &kube.Holder{OnStart: e.enqueueAll}
 		identity, err := os.Hostname()
 		if err != nil {
 			stopEvents()

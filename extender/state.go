@@ -25,6 +25,9 @@ type State interface {
 	// PreBound lists the PVs of a class whose claimRef names the claim.
 	PreBound(class, namespace, name string) []Candidate
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
+	// SnapshotsServed is false when the snapshot API was not found: then
+	// nothing is known about where snapshots live.
+	SnapshotsServed() bool
 	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
 	// FreeCapacity is the published CSIStorageCapacity of a class whose
 	// topology selects the node, if there is one.
@@ -81,6 +84,7 @@ func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
 	s, ok := m.Snapshots[ns+"/"+name]
 	return s, ok
 }
+func (m *MemState) SnapshotsServed() bool { return true }
 func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok

@@ -16,6 +16,8 @@ import (
 // process holds it.
 type Holder struct {
 	held atomic.Bool
+	// OnStart, if set before Campaign, runs each time the Lease is won.
+	OnStart func()
 }
 
 // Holds reports whether this process currently holds the Lease.
@@ -41,6 +43,9 @@ func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, name
 				OnStartedLeading: func(context.Context) {
 					klog.InfoS("Holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
 					h.held.Store(true)
+					if h.OnStart != nil {
+						h.OnStart()
+					}
 				},
 				OnStoppedLeading: func() {
 					klog.InfoS("No longer holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
