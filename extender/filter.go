@@ -184,6 +184,8 @@ type filterRun struct {
 	claims  []podClaim
 	reasons map[reasonKey]string
 	probe   corev1.Node // reused: the node under check, labels only
+	// zoneReserved memoizes reserved for zone pools, by zone.
+	zoneReserved map[string]int64
 }
 
 type reasonKind uint8
@@ -280,7 +282,7 @@ func (r *filterRun) checkNode(node *corev1.Node) verdict {
 	if len(needs) == 0 {
 		return verdict{}
 	}
-	return verdict{short: checkCapacity(r.state, r.driver, r.own, needs, node)}
+	return verdict{short: r.checkCapacity(needs, node)}
 }
 
 // sourceCheck is where a restore's snapshot or a clone's source can be
@@ -388,16 +390,17 @@ func poolName(scope topology.Scope, node *corev1.Node) string {
 }
 
 // checkCapacity compares each pool's summed need with its published free
-// capacity less what pending claims were already promised on this node.
-// Unknown capacity never rejects.
-func checkCapacity(state State, driver string, own map[string]bool, needs []poolNeed, node *corev1.Node) string {
+// capacity less what pending claims were already promised: on this node for
+// its node pool, on any node of its zone for the zone pool. Unknown capacity
+// never rejects.
+func (r *filterRun) checkCapacity(needs []poolNeed, node *corev1.Node) string {
 	sort.Slice(needs, func(i, j int) bool { return needs[i].scope < needs[j].scope })
 	for _, need := range needs {
-		free, ok := state.FreeCapacity(need.class, node)
+		free, ok := r.state.FreeCapacity(need.class, node)
 		if !ok {
 			continue
 		}
-		reserved := reservedOn(state, driver, own, node.Name, need.scope)
+		reserved := r.reserved(node, need.scope)
 		if need.bytes > free-reserved {
 			return fmt.Sprintf("%s: %s needs %s in the %s, which has %s free with %s promised to pending claims",
 				strings.Join(need.claims, ", "), pluralClaims(len(need.claims)), quantity(need.bytes), poolName(need.scope, node),
@@ -405,6 +408,31 @@ func checkCapacity(state State, driver string, own map[string]bool, needs []pool
 		}
 	}
 	return ""
+}
+
+// reserved is what pending claims of the scope were promised from the pool
+// node reaches: its own for node scope; for zone scope, the zone's, summed
+// over the zone's nodes once per request.
+func (r *filterRun) reserved(node *corev1.Node, scope topology.Scope) int64 {
+	if scope != topology.ScopeZone {
+		return reservedOn(r.state, r.driver, r.own, node.Name, scope)
+	}
+	zone := topology.LocationFromLabels(node.Name, node.Labels).Zone
+	if zone == "" {
+		return reservedOn(r.state, r.driver, r.own, node.Name, scope)
+	}
+	if total, ok := r.zoneReserved[zone]; ok {
+		return total
+	}
+	var total int64
+	for _, name := range r.state.NodesInZone(zone) {
+		total += reservedOn(r.state, r.driver, r.own, name, scope)
+	}
+	if r.zoneReserved == nil {
+		r.zoneReserved = map[string]int64{}
+	}
+	r.zoneReserved[zone] = total
+	return total
 }
 
 func pluralClaims(n int) string {

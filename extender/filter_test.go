@@ -116,6 +116,8 @@ func TestFilter(t *testing.T) {
 	deleting.DeletionTimestamp = &metav1.Time{}
 	unfinished := claim("unfinished", "", "1Gi")
 	unfinished.Spec.VolumeName = "pv-node2"
+	zonePending := claim("zone-other", "topo-zone", "6Gi")
+	zonePending.Annotations = map[string]string{annSelectedNode: "node1"}
 	promised := claim("promised", "topo-node", "1Gi")
 	promised.Annotations = map[string]string{annSelectedNode: "node2"}
 	tests := []struct {
@@ -154,6 +156,12 @@ func TestFilter(t *testing.T) {
 				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),
 				capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "10Gi")),
 			podWith("a"), []string{"node2"}, nil, map[string]string{"node1": "6Gi promised to pending claims"}},
+		{"a zone pool's pending claims count on every node of the zone",
+			seed(class("topo-zone", driver, "zone"), claim("a", "topo-zone", "6Gi"), zonePending,
+				capacity("topo-zone", map[string]string{topology.ZoneKey: "cn-hangzhou-b"}, "10Gi")),
+			podWith("a"), nil, nil, map[string]string{
+				"node1": "in the zone pool of cn-hangzhou-b, which has 10Gi free with 6Gi promised",
+				"node2": "in the zone pool of cn-hangzhou-b, which has 10Gi free with 6Gi promised"}},
 		{"a claim being deleted fits nowhere",
 			seed(class("topo-node", driver, "node"), deleting), podWith("deleting"),
 			nil, map[string]string{"node1": "pvc default/deleting is being deleted"}, nil},

@@ -3,6 +3,7 @@ package extender
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -155,6 +156,14 @@ func (s *informerState) Snapshot(namespace, name string) (*snapv1.VolumeSnapshot
 	}
 	snap, err := s.snapshots.VolumeSnapshots(namespace).Get(name)
 	return snap, err == nil
+}
+
+func (s *informerState) NodesInZone(zone string) []string {
+	nodes, err := s.nodes.List(labels.Everything())
+	if err != nil {
+		return nil
+	}
+	return nodesInZone(slices.Values(nodes), zone)
 }
 
 func (s *informerState) SnapshotsServed() bool { return s.snapshots != nil }

@@ -7,9 +7,14 @@
 package extender
 
 import (
+	"iter"
+	"maps"
+
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+
+	"github.com/toposnap/toposnap/internal/topology"
 )
 
 // State is the cluster as a filter decision sees it. Implementations are
@@ -35,6 +40,8 @@ type State interface {
 	// PendingOnNode lists claims the scheduler promised to node (annotation
 	// volume.kubernetes.io/selected-node) that are not bound yet.
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
+	// NodesInZone names the nodes whose zone label is zone.
+	NodesInZone(zone string) []string
 }
 
 // MemState is a State held in maps: for tests and benchmarks. Call Index
@@ -89,6 +96,19 @@ func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok
 }
+func (m *MemState) NodesInZone(zone string) []string { return nodesInZone(maps.Values(m.Nodes), zone) }
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	return m.byPending[node]
+}
+
+// nodesInZone names the nodes whose zone (topology.kubernetes.io/zone, or
+// the legacy label) is zone.
+func nodesInZone(nodes iter.Seq[*corev1.Node], zone string) []string {
+	var names []string
+	for node := range nodes {
+		if topology.LocationFromLabels(node.Name, node.Labels).Zone == zone {
+			names = append(names, node.Name)
+		}
+	}
+	return names
 }
