@@ -203,7 +203,7 @@ func TestBadInput(t *testing.T) {
 
 	// The extender keeps the pod of a restore from a missing snapshot off
 	// every node, and its reason reaches the pod's FailedScheduling event.
-	waitEvent(t, ns, "a", "FailedScheduling", "VolumeSnapshot no-such-snapshot, which does not exist")
+	waitEvent(t, ns, "a", "FailedScheduling", "VolumeSnapshot "+ns+"/no-such-snapshot, which does not exist")
 	waitEvent(t, ns, "typo", "ProvisioningFailed", "unknown parameter(s) scpoe")
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 		got, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "of-nothing", metav1.GetOptions{})
