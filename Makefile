@@ -50,7 +50,7 @@ fuzz: ## Fuzz each request-handling target for FUZZTIME (make test runs each for
 	done
 
 VERSION ?= 0.1.0
-image: ## Container image of the five binaries as a docker-save tarball, bin/toposnap-image.tar (no Docker engine needed).
+image: ## Container image of the five binaries, no Docker engine needed: bin/toposnap-image.oci.tar (OCI layout) and bin/toposnap-image.tar (docker save).
 	VERSION=$(VERSION) ./hack/image.sh
 
 chart-lint: ## helm lint, schema and render checks of charts/toposnap with every test value set (helm built once, cached).

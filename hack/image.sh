@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds toposnap's container image without a Docker engine: the five
 # commands as static linux binaries, packed by the tools module
-# hack/tools/image into a `docker save` tarball (default
-# bin/toposnap-image.tar) that `docker load`, `crane push`, `skopeo copy
-# docker-archive:...`, `ctr image import` and `kind load image-archive` read.
-# Prints the image reference with its digest.
+# hack/tools/image into an OCI image layout archive (default
+# bin/toposnap-image.oci.tar: `skopeo copy oci-archive:...`, `ctr image
+# import`, `podman load`, `docker load` 25+) and a `docker save` tarball
+# (default bin/toposnap-image.tar: `crane push`, `docker load`, `skopeo copy
+# docker-archive:...`, `kind load image-archive`). Prints each reference
+# with its digest.
 #
 #   VERSION  image tag and version label (default 0.1.0)
 #   REVISION revision label (default: git rev-parse HEAD, "-dirty" if changed)
 #   ARCH     GOARCH to build for (default: go env GOARCH)
-#   OUT      tarball to write
+#   OUT      docker-save tarball to write
+#   OCI_OUT  OCI layout archive to write
 #   SOURCE_DATE_EPOCH  file and creation times (default: HEAD's commit time)
 # Further arguments go to the tool (see `go run . -h` in hack/tools/image).
 set -euo pipefail
@@ -20,6 +23,7 @@ go="${GO:-go}"
 version="${VERSION:-0.1.0}"
 arch="${ARCH:-$($go env GOARCH)}"
 out="${OUT:-$root/bin/toposnap-image.tar}"
+oci_out="${OCI_OUT:-$root/bin/toposnap-image.oci.tar}"
 revision="${REVISION:-$(git rev-parse HEAD 2>/dev/null || true)}"
 if [[ -z "${REVISION:-}" && -n "$revision" ]] && ! git diff --quiet HEAD 2>/dev/null; then
   revision+="-dirty"
@@ -38,5 +42,5 @@ CGO_ENABLED=0 GOOS=linux GOARCH="$arch" "$go" build -trimpath -buildvcs=false -l
   ./extender/cmd/toposnap-extender ./webhook/cmd/toposnap-webhook
 
 # The tool runs on this machine: its own GOOS/GOARCH, not the image's.
-(cd hack/tools/image && GOOS= GOARCH= "$go" run . -bin-dir "$work" -out "$out" -arch "$arch" \
+(cd hack/tools/image && GOOS= GOARCH= "$go" run . -bin-dir "$work" -out "$out" -oci-out "$oci_out" -arch "$arch" \
   -version "$version" -revision "$revision" "$@")

@@ -5,16 +5,20 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Binaries are the five commands the image holds, under BinDir.
@@ -50,6 +54,10 @@ type Options struct {
 	// Epoch is every file's mtime and the image's creation time, so that
 	// the same binaries always give the same digest (SOURCE_DATE_EPOCH).
 	Epoch time.Time
+	// OCI gives the manifest, config and layer OCI media types (for the OCI
+	// layout archive) instead of Docker's (for the docker-save tarball,
+	// which stores no manifest: readers rebuild a Docker one).
+	OCI bool
 }
 
 // Build returns the image: an empty base plus one layer holding /tmp
@@ -63,7 +71,13 @@ func Build(opts Options, scratchDir string) (v1.Image, error) {
 	}
 	// Default rather than BestSpeed: a third smaller for about a second
 	// more, and output as stable as Go's compress/gzip.
-	layer, err := tarball.LayerFromFile(layerPath, tarball.WithCompressionLevel(gzip.DefaultCompression), tarball.WithCompressedCaching)
+	layerOptions := []tarball.LayerOption{tarball.WithCompressionLevel(gzip.DefaultCompression), tarball.WithCompressedCaching}
+	base := empty.Image
+	if opts.OCI {
+		layerOptions = append(layerOptions, tarball.WithMediaType(types.OCILayer))
+		base = mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	}
+	layer, err := tarball.LayerFromFile(layerPath, layerOptions...)
 	if err != nil {
 		return nil, fmt.Errorf("read layer %s: %w", layerPath, err)
 	}
@@ -75,7 +89,7 @@ func Build(opts Options, scratchDir string) (v1.Image, error) {
 		labels["org.opencontainers.image.revision"] = opts.Revision
 	}
 	created := v1.Time{Time: opts.Epoch.UTC()}
-	image, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+	image, err := mutate.ConfigFile(base, &v1.ConfigFile{
 		Architecture: opts.Arch,
 		OS:           "linux",
 		Created:      created,
@@ -118,6 +132,84 @@ func Write(out string, reference name.Tag, image v1.Image) error {
 		return fmt.Errorf("write %s: %w", out, err)
 	}
 	return nil
+}
+
+// WriteOCI writes image to out as a tar of an OCI image layout (index.json
+// naming reference, oci-layout, blobs/), which `skopeo copy oci-archive:`,
+// `ctr image import`, `podman load` and `docker load` (25+) read with the
+// manifest, and so the digest, unchanged. Entries are sorted and stamped
+// with epoch, so the archive is as reproducible as the image.
+func WriteOCI(out string, reference name.Tag, image v1.Image, epoch time.Time) error {
+	dir, err := os.MkdirTemp("", "toposnap-oci-")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	path, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("create OCI layout: %w", err)
+	}
+	if err := path.AppendImage(image, layout.WithAnnotations(map[string]string{
+		"org.opencontainers.image.ref.name": reference.String()})); err != nil {
+		return fmt.Errorf("write OCI layout: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	partial := out + ".partial"
+	if err := tarDir(partial, dir, epoch); err != nil {
+		_ = os.Remove(partial)
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	return os.Rename(partial, out)
+}
+
+// tarDir archives dir's files (relative names, sorted, root-owned, mtime
+// epoch) into out.
+func tarDir(out, dir string, epoch time.Time) (err error) {
+	file, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if closeErr := file.Close(); err == nil {
+			err = closeErr
+		}
+	}()
+	writer := tar.NewWriter(file)
+	var names []string
+	if err := filepath.WalkDir(dir, func(p string, entry fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		names = append(names, p)
+		return nil
+	}); err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, p := range names {
+		info, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		header := &tar.Header{Name: filepath.ToSlash(rel), ModTime: epoch, Format: tar.FormatPAX, Mode: 0o644, Typeflag: tar.TypeReg, Size: info.Size()}
+		if info.IsDir() {
+			header.Name, header.Mode, header.Typeflag, header.Size = header.Name+"/", 0o755, tar.TypeDir, 0
+			if err := writer.WriteHeader(header); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := addFile(writer, p, func(int64) *tar.Header { return header }); err != nil {
+			return err
+		}
+	}
+	return writer.Close()
 }
 
 // writeLayer writes the layer's uncompressed tar to layerPath: the

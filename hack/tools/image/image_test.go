@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // fakeBinaries writes a file per binary into a temporary directory, each
@@ -170,5 +173,97 @@ func TestBuildNamesAMissingBinary(t *testing.T) {
 	_, err := Build(testOptions(dir), t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "toposnap-webhook") {
 		t.Fatalf("error %v, want one naming toposnap-webhook", err)
+	}
+}
+
+// TestOCIArchiveKeepsTheManifest: the OCI layout archive holds an index
+// naming the reference and the very manifest the tool built (OCI media
+// types, same digest), and two builds give the same archive bytes.
+func TestOCIArchiveKeepsTheManifest(t *testing.T) {
+	opts := testOptions(fakeBinaries(t, 0o755))
+	opts.OCI = true
+	reference, err := name.NewTag("ghcr.io/toposnap/toposnap:" + opts.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var archives [2][]byte
+	for i := range archives {
+		built, err := Build(opts, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "image.oci.tar")
+		if err := WriteOCI(out, reference, built, opts.Epoch); err != nil {
+			t.Fatal(err)
+		}
+		if archives[i], err = os.ReadFile(out); err != nil {
+			t.Fatal(err)
+		}
+		want, err := built.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := untar(t, out)
+		index, err := layout.ImageIndexFromPath(dir)
+		if err != nil {
+			t.Fatalf("read OCI layout: %v", err)
+		}
+		manifest, err := index.IndexManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(manifest.Manifests) != 1 || manifest.Manifests[0].Digest != want ||
+			manifest.Manifests[0].MediaType != types.OCIManifestSchema1 ||
+			manifest.Manifests[0].Annotations["org.opencontainers.image.ref.name"] != reference.String() {
+			t.Fatalf("index %+v, want one OCI manifest %s named %s", manifest.Manifests, want, reference)
+		}
+		image, err := index.Image(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if files := layerFiles(t, image); files["/usr/local/bin/toposnap-driver"] == nil {
+			t.Fatalf("layer holds %v, want the binaries", files)
+		}
+	}
+	if !bytes.Equal(archives[0], archives[1]) {
+		t.Fatal("two builds of the same input gave different OCI archives")
+	}
+}
+
+// untar unpacks a tar into a fresh directory.
+func untar(t *testing.T, archive string) string {
+	t.Helper()
+	file, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	dir := t.TempDir()
+	reader := tar.NewReader(file)
+	for {
+		header, err := reader.Next()
+		if errors.Is(err, io.EOF) {
+			return dir
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := filepath.Join(dir, filepath.FromSlash(header.Name))
+		if header.Typeflag == tar.TypeDir {
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		content, err := io.ReadAll(reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(target, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

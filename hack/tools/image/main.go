@@ -1,7 +1,9 @@
 // Command image packs toposnap's five static binaries into a container
 // image without a Docker engine: an empty base, one layer with the
-// binaries under /usr/local/bin, written as a `docker save` tarball whose
-// digest depends only on the binaries and the flags. hack/image.sh builds
+// binaries under /usr/local/bin, written twice: as an OCI image layout
+// archive (OCI media types, manifest kept) and as a `docker save` tarball
+// (what `crane push` and older Docker read), each with a digest that
+// depends only on the binaries and the flags. hack/image.sh builds
 // the binaries and runs it (make image).
 package main
 
@@ -23,6 +25,7 @@ func main() {
 	}
 	repository := flag.String("repository", "ghcr.io/toposnap/toposnap", "image repository; the tag is --version")
 	out := flag.String("out", "bin/toposnap-image.tar", "where to write the docker-save tarball")
+	ociOut := flag.String("oci-out", "bin/toposnap-image.oci.tar", "where to write the OCI image layout archive (empty: not written)")
 	flag.StringVar(&opts.BinaryDir, "bin-dir", "bin", "directory holding the five linux binaries")
 	flag.StringVar(&opts.Arch, "arch", opts.Arch, "image architecture, as GOARCH (default $GOARCH, else this machine's)")
 	flag.StringVar(&opts.Version, "version", "0.1.0", "image tag and org.opencontainers.image.version label")
@@ -31,13 +34,13 @@ func main() {
 	epoch := flag.Int64("epoch", sourceDateEpoch(), "Unix time of every file and of the image's creation (default $SOURCE_DATE_EPOCH, else 0)")
 	flag.Parse()
 	opts.Epoch = time.Unix(*epoch, 0)
-	if err := run(opts, *repository, *out); err != nil {
+	if err := run(opts, *repository, *out, *ociOut); err != nil {
 		fmt.Fprintln(os.Stderr, "image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(opts Options, repository, out string) error {
+func run(opts Options, repository, out, ociOut string) error {
 	reference, err := name.NewTag(repository + ":" + opts.Version)
 	if err != nil {
 		return fmt.Errorf("image reference: %w", err)
@@ -62,7 +65,23 @@ func run(opts Options, repository, out string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s@%s\nwrote %s (%.1f MiB, linux/%s)\n", reference, digest, out, float64(info.Size())/(1<<20), opts.Arch)
+	fmt.Printf("%s@%s\nwrote %s (docker save, %.1f MiB, linux/%s)\n", reference, digest, out, float64(info.Size())/(1<<20), opts.Arch)
+	if ociOut == "" {
+		return nil
+	}
+	opts.OCI = true
+	ociImage, err := Build(opts, scratch)
+	if err != nil {
+		return err
+	}
+	if err := WriteOCI(ociOut, reference, ociImage, opts.Epoch); err != nil {
+		return err
+	}
+	ociDigest, err := ociImage.Digest()
+	if err != nil {
+		return fmt.Errorf("image digest: %w", err)
+	}
+	fmt.Printf("%s@%s\nwrote %s (OCI image layout)\n", reference, ociDigest, ociOut)
 	return nil
 }
 
