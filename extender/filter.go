@@ -254,7 +254,7 @@ func (r *filterRun) checkNode(node *corev1.Node) verdict {
 			})}
 		default:
 			if match := matchStatic(pc, node, probe, excluded); match != nil {
-				excluded = append(excluded, match.Name)
+				excluded = append(excluded, match.PV.Name)
 				continue
 			}
 		}

@@ -204,10 +204,11 @@ type indexedCapacity struct {
 	object *storagev1.CSIStorageCapacity
 	free   int64
 	exact  bool
+	known  bool // capacity is set
 }
 
 func (c *indexedCapacity) selects(node *corev1.Node, foundByLabel bool) bool {
-	if c.object.Capacity == nil {
+	if !c.known {
 		return false
 	}
 	return foundByLabel && c.exact || selectsNode(c.object, node)
@@ -262,7 +263,7 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 		sort.Slice(list, func(i, j int) bool { return list[i].PV.Name < list[j].PV.Name })
 	}
 	for _, c := range capacities {
-		entry := indexedCapacity{object: c}
+		entry := indexedCapacity{object: c, known: c.Capacity != nil}
 		if c.Capacity != nil {
 			entry.free = c.Capacity.Value()
 		}

@@ -20,11 +20,12 @@ import (
 // the first one that passes its early checks, with that PV if it reaches
 // the node and with nothing otherwise. Else the smallest available PV that
 // fits wins; ties go to the lower name so answers do not depend on order.
-func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *corev1.PersistentVolume {
-	for _, candidate := range pc.prebound {
-		if passesEarlyChecks(pc, &candidate, excluded) && volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim) {
+func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *Candidate {
+	for i := range pc.prebound {
+		candidate := &pc.prebound[i]
+		if passesEarlyChecks(pc, candidate, excluded) && volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim) {
 			if candidate.Reaches(probe) {
-				return candidate.PV
+				return candidate
 			}
 			return nil
 		}
@@ -47,10 +48,7 @@ func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *cor
 			}
 		}
 	}
-	if best == nil {
-		return nil
-	}
-	return best.PV
+	return best
 }
 
 // passesEarlyChecks are FindMatchingVolume's checks before node affinity:

@@ -66,7 +66,10 @@ func TestMatchStaticAgreesWithFindMatchingVolume(t *testing.T) {
 					t.Fatal(err)
 				}
 				probe := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Labels: n.Labels}}
-				got := matchStatic(pc, n, probe, excluded)
+				var got *corev1.PersistentVolume
+				if match := matchStatic(pc, n, probe, excluded); match != nil {
+					got = match.PV
+				}
 				compared[want != nil]++
 				if !sameMatch(got, want, c) {
 					t.Fatalf("round %d, claim %s on node %s (labels %v): matchStatic %s, FindMatchingVolume %s\nPVs: %s",

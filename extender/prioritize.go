@@ -2,6 +2,7 @@ package extender
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
 
@@ -50,21 +51,21 @@ func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string)
 			}
 		}
 	}
+	probe := &corev1.Node{} // reused: the node under scoring, labels only
 	for i, node := range nodes {
 		if node != nil {
-			scores[i].Score = scoreNode(driver, claims, node, free[i], maxFree)
+			probe.Labels = node.Labels
+			scores[i].Score = scoreNode(driver, claims, node, probe, free[i], maxFree)
 		}
 	}
 	return scores
 }
 
 // scoreNode averages per-claim scores on one node.
-func scoreNode(driver string, claims []podClaim, node *corev1.Node, free, maxFree int64) int64 {
+func scoreNode(driver string, claims []podClaim, node, probe *corev1.Node, free, maxFree int64) int64 {
 	var total, counted int64
 	var excludedBuf [4]string
 	excluded := excludedBuf[:0]
-	probe := &corev1.Node{}
-	probe.Labels = node.Labels
 	for i := range claims {
 		pc := &claims[i]
 		if pc.pv != nil || pc.class == nil {
@@ -74,8 +75,8 @@ func scoreNode(driver string, claims []podClaim, node *corev1.Node, free, maxFre
 		// A claim being provisioned, or never matchable, has no static PV to score.
 		if !pc.promised && pc.selectorErr == nil {
 			if match := matchStatic(pc, node, probe, excluded); match != nil {
-				excluded = append(excluded, match.Name)
-				total += fitScore(pc.claim, match)
+				excluded = append(excluded, match.PV.Name)
+				total += fitScore(pc.request, match.size)
 				continue
 			}
 		}
@@ -95,12 +96,10 @@ func scoreNode(driver string, claims []podClaim, node *corev1.Node, free, maxFre
 }
 
 // fitScore is 10 for a PV exactly the claim's size, less the more it wastes.
-func fitScore(claim *corev1.PersistentVolumeClaim, pv *corev1.PersistentVolume) int64 {
-	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
-	capacity := pv.Spec.Capacity[corev1.ResourceStorage]
-	if capacity.Value() <= 0 {
+func fitScore(request, size resource.Quantity) int64 {
+	if size.Value() <= 0 {
 		return 0
 	}
-	waste := capacity.Value() - request.Value()
-	return MaxScore - waste*MaxScore/capacity.Value()
+	waste := size.Value() - request.Value()
+	return MaxScore - waste*MaxScore/size.Value()
 }
