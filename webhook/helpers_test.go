@@ -2,11 +2,13 @@ package webhook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snaplisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -193,4 +195,31 @@ func objects(nodes []*corev1.Node, more ...runtime.Object) []runtime.Object {
 		out = append(out, n)
 	}
 	return append(out, more...)
+}
+
+// applyPatch applies a JSONPatch to object as the API server would and
+// returns the result.
+func applyPatch[T any](t *testing.T, object *T, patch []PatchOperation) *T {
+	t.Helper()
+	original, err := json.Marshal(object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encoded, err := json.Marshal(patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded, err := jsonpatch.DecodePatch(encoded)
+	if err != nil {
+		t.Fatalf("invalid JSONPatch %s: %v", encoded, err)
+	}
+	patched, err := decoded.Apply(original)
+	if err != nil {
+		t.Fatalf("apply JSONPatch %s: %v", encoded, err)
+	}
+	var result T
+	if err := json.Unmarshal(patched, &result); err != nil {
+		t.Fatal(err)
+	}
+	return &result
 }

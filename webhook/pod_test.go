@@ -2,12 +2,10 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
-	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -163,25 +161,5 @@ func patchedScheduler(t *testing.T, pod *corev1.Pod, patch []PatchOperation) str
 	if len(patch) == 0 {
 		return pod.Spec.SchedulerName
 	}
-	original, err := json.Marshal(pod)
-	if err != nil {
-		t.Fatal(err)
-	}
-	encoded, err := json.Marshal(patch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	decoded, err := jsonpatch.DecodePatch(encoded)
-	if err != nil {
-		t.Fatalf("invalid JSONPatch %s: %v", encoded, err)
-	}
-	patched, err := decoded.Apply(original)
-	if err != nil {
-		t.Fatalf("apply JSONPatch %s: %v", encoded, err)
-	}
-	var result corev1.Pod
-	if err := json.Unmarshal(patched, &result); err != nil {
-		t.Fatal(err)
-	}
-	return result.Spec.SchedulerName
+	return applyPatch(t, pod, patch).Spec.SchedulerName
 }

@@ -1,11 +1,9 @@
 package webhook
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 
-	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 )
@@ -117,28 +115,9 @@ func patchedMode(t *testing.T, class *storagev1.StorageClass, patch []PatchOpera
 	if len(patch) == 0 {
 		return ""
 	}
-	original, err := json.Marshal(class)
-	if err != nil {
-		t.Fatal(err)
-	}
-	encoded, err := json.Marshal(patch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	decoded, err := jsonpatch.DecodePatch(encoded)
-	if err != nil {
-		t.Fatalf("invalid JSONPatch %s: %v", encoded, err)
-	}
-	patched, err := decoded.Apply(original)
-	if err != nil {
-		t.Fatalf("apply JSONPatch %s: %v", encoded, err)
-	}
-	var result storagev1.StorageClass
-	if err := json.Unmarshal(patched, &result); err != nil {
-		t.Fatal(err)
-	}
+	result := applyPatch(t, class, patch)
 	if result.VolumeBindingMode == nil {
-		t.Fatalf("patch %s left volumeBindingMode unset", encoded)
+		t.Fatalf("patch %v left volumeBindingMode unset", patch)
 	}
 	return *result.VolumeBindingMode
 }
