@@ -1,6 +1,8 @@
 package extender
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"sync/atomic"
 
@@ -134,42 +136,67 @@ type indexSnapshot struct {
 
 type preboundKey struct{ class, namespace, name string }
 
-// StaticClass is the index of one class's static PVs.
-type StaticClass struct {
-	wildcard []Candidate
-	byLabel  []labelCandidates
+// filed is one class's objects of a kind: those that may suit any node (the
+// wildcard), and the rest under one label key and its values.
+type filed[T any] struct {
+	wildcard []T
+	byLabel  []labelValues[T]
 }
 
-type labelCandidates struct {
+type labelValues[T any] struct {
 	label   string
-	byValue map[string][]Candidate
+	byValue map[string][]T
 }
 
-// CandidateList is one list of indexed static PVs; byLabel says it was
-// found through one of the node's labels (not the class's wildcard).
-type CandidateList struct {
+// add files v under label=values, or under the wildcard for label "".
+func (f *filed[T]) add(label string, values []string, v T) {
+	if label == "" {
+		f.wildcard = append(f.wildcard, v)
+		return
+	}
+	i := 0
+	for i < len(f.byLabel) && f.byLabel[i].label != label {
+		i++
+	}
+	if i == len(f.byLabel) {
+		f.byLabel = append(f.byLabel, labelValues[T]{label, map[string][]T{}})
+	}
+	for _, value := range values {
+		f.byLabel[i].byValue[value] = append(f.byLabel[i].byValue[value], v)
+	}
+}
+
+// filedList is one list of filed objects; byLabel says it was found
+// through one of the node's labels (not the wildcard).
+type filedList[T any] struct {
 	byLabel bool
-	list    []Candidate
+	list    []T
 }
 
-// forNode appends to out the lists of candidates that may match a node with
-// these labels: a superset, matchStatic checks each fully.
-func (c *StaticClass) forNode(nodeLabels map[string]string, out []CandidateList) []CandidateList {
-	if c == nil {
+// forNode appends to out the lists that may suit a node with these labels:
+// a superset, the caller checks each object fully.
+func (f *filed[T]) forNode(nodeLabels map[string]string, out []filedList[T]) []filedList[T] {
+	if f == nil {
 		return out
 	}
-	if len(c.wildcard) > 0 {
-		out = append(out, CandidateList{list: c.wildcard})
+	if len(f.wildcard) > 0 {
+		out = append(out, filedList[T]{list: f.wildcard})
 	}
-	for i := range c.byLabel {
-		if value, ok := nodeLabels[c.byLabel[i].label]; ok {
-			if list := c.byLabel[i].byValue[value]; len(list) > 0 {
-				out = append(out, CandidateList{byLabel: true, list: list})
+	for i := range f.byLabel {
+		if value, ok := nodeLabels[f.byLabel[i].label]; ok {
+			if list := f.byLabel[i].byValue[value]; len(list) > 0 {
+				out = append(out, filedList[T]{byLabel: true, list: list})
 			}
 		}
 	}
 	return out
 }
+
+// StaticClass is the index of one class's static PVs.
+type StaticClass = filed[Candidate]
+
+// CandidateList is one list of a StaticClass.
+type CandidateList = filedList[Candidate]
 
 // filing is where a PV goes in its class's index: label "" is the wildcard.
 func filing(pv *corev1.PersistentVolume) (label string, values []string) {
@@ -187,15 +214,7 @@ func filing(pv *corev1.PersistentVolume) (label string, values []string) {
 
 // capacityClass is one class's CSIStorageCapacities, filed like PVs by
 // the first of their match labels (selectsNode checks the rest).
-type capacityClass struct {
-	wildcard []indexedCapacity
-	byLabel  []labelCapacities
-}
-
-type labelCapacities struct {
-	label   string
-	byValue map[string][]indexedCapacity
-}
+type capacityClass = filed[indexedCapacity]
 
 // indexedCapacity is a CSIStorageCapacity with its free bytes read out;
 // exact: its topology is the one label it is filed under, so a node found
@@ -243,14 +262,8 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 			class = &StaticClass{}
 			snapshot.static[candidate.class] = class
 		}
-		if label, values := filing(pv); label == "" {
-			class.wildcard = append(class.wildcard, candidate)
-		} else {
-			byValue := labelSlot(&class.byLabel, label)
-			for _, value := range values {
-				byValue[value] = append(byValue[value], candidate)
-			}
-		}
+		label, values := filing(pv)
+		class.add(label, values, candidate)
 		if ref := pv.Spec.ClaimRef; ref != nil {
 			key := preboundKey{candidate.class, ref.Namespace, ref.Name}
 			snapshot.prebound[key] = append(snapshot.prebound[key], candidate)
@@ -273,40 +286,14 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 			snapshot.capacity[c.StorageClassName] = class
 		}
 		if c.NodeTopology == nil || len(c.NodeTopology.MatchExpressions) > 0 || len(c.NodeTopology.MatchLabels) == 0 {
-			class.wildcard = append(class.wildcard, entry)
+			class.add("", nil, entry)
 			continue
 		}
 		entry.exact = len(c.NodeTopology.MatchLabels) == 1
-		keys := make([]string, 0, len(c.NodeTopology.MatchLabels))
-		for k := range c.NodeTopology.MatchLabels {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var byValue map[string][]indexedCapacity
-		for i := range class.byLabel {
-			if class.byLabel[i].label == keys[0] {
-				byValue = class.byLabel[i].byValue
-			}
-		}
-		if byValue == nil {
-			byValue = map[string][]indexedCapacity{}
-			class.byLabel = append(class.byLabel, labelCapacities{keys[0], byValue})
-		}
-		value := c.NodeTopology.MatchLabels[keys[0]]
-		byValue[value] = append(byValue[value], entry)
+		first := slices.Min(slices.Collect(maps.Keys(c.NodeTopology.MatchLabels)))
+		class.add(first, []string{c.NodeTopology.MatchLabels[first]}, entry)
 	}
 	return snapshot
-}
-
-func labelSlot(slots *[]labelCandidates, label string) map[string][]Candidate {
-	for i := range *slots {
-		if (*slots)[i].label == label {
-			return (*slots)[i].byValue
-		}
-	}
-	byValue := map[string][]Candidate{}
-	*slots = append(*slots, labelCandidates{label, byValue})
-	return byValue
 }
 
 // selectsNode reports whether a capacity's topology selects the node.
@@ -361,18 +348,11 @@ func (v *volumeIndex) FreeCapacity(class string, node *corev1.Node) (int64, bool
 	if c == nil {
 		return 0, false
 	}
-	for i := range c.wildcard {
-		if c.wildcard[i].selects(node, false) {
-			return c.wildcard[i].free, true
-		}
-	}
-	for i := range c.byLabel {
-		if value, ok := node.Labels[c.byLabel[i].label]; ok {
-			list := c.byLabel[i].byValue[value]
-			for j := range list {
-				if list[j].selects(node, true) {
-					return list[j].free, true
-				}
+	var buf [4]filedList[indexedCapacity]
+	for _, group := range c.forNode(node.Labels, buf[:0]) {
+		for i := range group.list {
+			if group.list[i].selects(node, group.byLabel) {
+				return group.list[i].free, true
 			}
 		}
 	}
