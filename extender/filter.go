@@ -193,7 +193,6 @@ type reasonKind uint8
 const (
 	reasonBoundPV reasonKind = iota
 	reasonNoStaticPV
-	reasonNotProvisionable
 	reasonAllowedTopologies
 	reasonSource
 	reasonSelector
