@@ -29,20 +29,22 @@ const (
 // podClaim is one of a pod's claims, resolved once per request with all
 // that does not depend on the node.
 type podClaim struct {
-	claim       *corev1.PersistentVolumeClaim
-	class       *storagev1.StorageClass // nil for claims bound without a class
-	pv          *corev1.PersistentVolume
-	affinity    *nodeaffinity.LazyErrorNodeSelector // the bound PV's
-	key         string                              // "namespace/name", for messages
-	request     resource.Quantity
-	mode        corev1.PersistentVolumeMode // requested, Filesystem by default
-	attributes  string                      // requested volumeAttributesClassName
-	prebound    []Candidate                 // PVs of the class whose claimRef names this claim
-	static      *StaticClass                // the class's static PVs
-	modes       accessModes                 // requested access modes
-	selector    labels.Selector             // the claim's selector for static PVs
-	selectorErr error
-	source      sourceCheck
+	claim      *corev1.PersistentVolumeClaim
+	class      *storagev1.StorageClass // nil for claims bound without a class
+	pv         *corev1.PersistentVolume
+	affinity   *nodeaffinity.LazyErrorNodeSelector // the bound PV's
+	key        string                              // "namespace/name", for messages
+	request    resource.Quantity
+	mode       corev1.PersistentVolumeMode // requested, Filesystem by default
+	attributes string                      // requested volumeAttributesClassName
+	prebound   []Candidate                 // PVs of the class whose claimRef names this claim
+	joined     *classNodes                 // the class's static PVs and capacities by node
+	// Checks made once per place where they read only place labels.
+	boundReach, allowed placeMemo
+	modes               accessModes     // requested access modes
+	selector            labels.Selector // the claim's selector for static PVs
+	selectorErr         error
+	source              sourceCheck
 	// promised: the scheduler already chose selectedNode for this unbound
 	// claim (annotation volume.kubernetes.io/selected-node, even if empty):
 	// only that node may provision it, and static PVs are out of the game.
@@ -60,49 +62,101 @@ type podClaim struct {
 // FailedScheduling event over 5,000 nodes reads "4500 node(s) ... zone b"
 // rather than listing 4,500 messages.
 func Filter(state State, driver string, pod *corev1.Pod, nodeNames []string) extenderv1.ExtenderFilterResult {
+	return decide(state, driver, pod, nodeNames).result()
+}
+
+// outcome is what Filter says of one node.
+type outcome uint8
+
+const (
+	fits outcome = iota
+	unresolvable
+	short
+)
+
+// nodeVerdict is one node's outcome and, when it does not fit, the index
+// of its reason in filterAnswer.texts.
+type nodeVerdict struct {
+	outcome outcome
+	text    int32
+}
+
+// filterAnswer is Filter's answer in compact form: a verdict per node
+// name, in the request's order, and each distinct reason once. The server
+// writes it to the wire as it is (wire.go); building the answer's maps
+// and sorting their keys cost more than the decision itself.
+type filterAnswer struct {
+	names    []string
+	verdicts []nodeVerdict
+	texts    []string
+	err      string
+}
+
+// result is the answer as the extender API's type.
+func (a *filterAnswer) result() extenderv1.ExtenderFilterResult {
 	result := extenderv1.ExtenderFilterResult{
 		NodeNames:                  &[]string{},
 		FailedNodes:                extenderv1.FailedNodesMap{},
 		FailedAndUnresolvableNodes: extenderv1.FailedNodesMap{},
+		Error:                      a.err,
 	}
-	if pod == nil {
-		result.Error = "request has no pod"
-		return result
-	}
-	claims, problem := resolveClaims(state, pod)
-	if problem != "" {
-		for _, name := range nodeNames {
-			result.FailedAndUnresolvableNodes[name] = problem
+	for i, v := range a.verdicts {
+		switch v.outcome {
+		case fits:
+			*result.NodeNames = append(*result.NodeNames, a.names[i])
+		case unresolvable:
+			result.FailedAndUnresolvableNodes[a.names[i]] = a.texts[v.text]
+		case short:
+			result.FailedNodes[a.names[i]] = a.texts[v.text]
 		}
-		return result
 	}
-	run := &filterRun{state: state, driver: driver, own: ownClaims(pod), claims: claims, reasons: map[reasonKey]string{}}
-	result.FailedAndUnresolvableNodes = make(extenderv1.FailedNodesMap, len(nodeNames))
-	fits := make([]string, 0, len(nodeNames))
-	for _, name := range nodeNames {
-		node, ok := state.Node(name)
+	return result
+}
+
+// decide is Filter's decision in compact form.
+func decide(state State, driver string, pod *corev1.Pod, nodeNames []string) *filterAnswer {
+	answer := &filterAnswer{names: nodeNames}
+	if pod == nil {
+		answer.err = "request has no pod"
+		return answer
+	}
+	answer.verdicts = make([]nodeVerdict, len(nodeNames))
+	index := state.snapshot()
+	claims, problem := resolveClaims(state, index, pod)
+	if problem != "" {
+		answer.texts = []string{problem}
+		for i := range answer.verdicts {
+			answer.verdicts[i] = nodeVerdict{outcome: unresolvable}
+		}
+		return answer
+	}
+	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer,
+		reasons: map[reasonKey]int32{}}
+	for i, name := range nodeNames {
+		node, ok := index.nodes.node(name)
 		if !ok {
-			result.FailedNodes[name] = fmt.Sprintf("node %s is not known to the extender yet", name)
+			answer.verdicts[i] = nodeVerdict{short, answer.text(fmt.Sprintf("node %s is not known to the extender yet", name))}
 			continue
 		}
-		verdict := run.checkNode(node)
-		switch {
-		case verdict.unresolvable != "":
-			result.FailedAndUnresolvableNodes[name] = verdict.unresolvable
-		case verdict.short != "":
-			result.FailedNodes[name] = verdict.short
-		default:
-			fits = append(fits, name)
-		}
+		answer.verdicts[i] = run.checkNode(node)
 	}
-	result.NodeNames = &fits
-	return result
+	return answer
+}
+
+// text adds a reason and returns its index.
+func (a *filterAnswer) text(reason string) int32 {
+	a.texts = append(a.texts, reason)
+	return int32(len(a.texts) - 1)
 }
 
 // resolveClaims finds the pod's claims, their classes, bound PVs and
 // sources. A problem that no node can fix is returned as a message for
 // every node.
-func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
+func resolveClaims(state State, index *indexSnapshot, pod *corev1.Pod) ([]podClaim, string) {
+	places := 0
+	if index.nodes != nil {
+		places = len(index.nodes.places)
+	}
 	var claims []podClaim
 	for _, volume := range pod.Spec.Volumes {
 		name := ""
@@ -138,6 +192,7 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 				return nil, fmt.Sprintf("pvc %s is bound to PV %s, which does not exist", key, claim.Spec.VolumeName)
 			}
 			pc.pv, pc.affinity = pv, compileAffinity(pv)
+			pc.boundReach = affinityMemo(pv, pc.affinity, places)
 		} else {
 			switch {
 			case pc.class == nil:
@@ -145,16 +200,15 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 			case pc.class.VolumeBindingMode == nil || *pc.class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer:
 				return nil, fmt.Sprintf("pvc %s is unbound and its class %s binds Immediately; wait for it to bind", key, pc.class.Name)
 			}
-			pc.mode, pc.attributes = corev1.PersistentVolumeFilesystem, ptr.Deref(claim.Spec.VolumeAttributesClassName, "")
-			if claim.Spec.VolumeMode != nil {
-				pc.mode = *claim.Spec.VolumeMode
-			}
-			pc.prebound = state.PreBound(pc.class.Name, claim.Namespace, claim.Name)
-			pc.static, pc.modes = state.Static(pc.class.Name), modesOf(claim.Spec.AccessModes)
+			pc.mode, pc.attributes = volumeMode(claim.Spec.VolumeMode), ptr.Deref(claim.Spec.VolumeAttributesClassName, "")
+			pc.prebound = index.preBoundTo(pc.class.Name, claim.Namespace, claim.Name)
+			pc.modes = modesOf(claim.Spec.AccessModes)
+			pc.joined = index.joined[pc.class.Name]
+			pc.allowed = newPlaceMemo(termsPlaceOnly(pc.class.AllowedTopologies), places)
 			if claim.Spec.Selector != nil {
 				pc.selector, pc.selectorErr = metav1.LabelSelectorAsSelector(claim.Spec.Selector)
 			}
-			pc.source = resolveSource(state, &pc)
+			pc.source = resolveSource(state, &pc, places)
 		}
 		claims = append(claims, pc)
 	}
@@ -170,20 +224,18 @@ func resolveClaims(state State, pod *corev1.Pod) ([]podClaim, string) {
 	return claims, ""
 }
 
-type verdict struct {
-	unresolvable string // topology: no scheduling change fixes it
-	short        string // capacity: may change
-}
-
 // filterRun is one filter request: the pod's resolved claims and the
 // reasons already worded, shared by nodes in the same place.
 type filterRun struct {
 	state   State
+	index   *indexSnapshot
 	driver  string
 	own     map[string]bool
 	claims  []podClaim
-	reasons map[reasonKey]string
-	probe   corev1.Node // reused: the node under check, labels only
+	answer  *filterAnswer
+	reasons map[reasonKey]int32 // index in answer.texts
+	probe   corev1.Node         // reused: the node under check, labels only
+	needs   [2]poolNeed         // reused: what the pod asks of a node's pools
 	// zoneReserved memoizes reserved for zone pools, by zone.
 	zoneReserved map[string]int64
 }
@@ -202,99 +254,111 @@ const (
 // reasonKey identifies a reason: which claim, what kind, and where the
 // node is (the only node-dependent part of any reason's words).
 type reasonKey struct {
-	claim        int
-	kind         reasonKind
-	zone, region string
+	claim int
+	kind  reasonKind
+	place int32
 }
 
-// reason words a mismatch once per claim, kind and place.
-func (r *filterRun) reason(claim int, kind reasonKind, node *corev1.Node, word func(where string) string) string {
-	location := topology.LocationFromLabels(node.Name, node.Labels)
-	key := reasonKey{claim, kind, location.Zone, location.Region}
-	if text, ok := r.reasons[key]; ok {
-		return text
+// mismatch words a topology mismatch once per claim, kind and place.
+func (r *filterRun) mismatch(claim int, kind reasonKind, at tableNode, word func(where string) string) nodeVerdict {
+	key := reasonKey{claim, kind, at.place}
+	text, ok := r.reasons[key]
+	if !ok {
+		text = r.answer.text(word(describeWhere(r.index.nodes.places[at.place].location)))
+		r.reasons[key] = text
 	}
-	text := word(describeWhere(location))
-	r.reasons[key] = text
-	return text
+	return nodeVerdict{unresolvable, text}
 }
 
 // checkNode applies, in order, the in-tree VolumeBinding rules and then
 // toposnap's extras to one node.
-func (r *filterRun) checkNode(node *corev1.Node) verdict {
+func (r *filterRun) checkNode(at tableNode) nodeVerdict {
+	node, places := at.node, r.index.nodes.places
 	r.probe.Labels = node.Labels
 	probe := &r.probe
 	var excludedBuf [4]string
 	excluded := excludedBuf[:0]
-	var needs []poolNeed
+	needs := r.needs[:0]
 	for i := range r.claims {
 		pc := &r.claims[i]
 		if pc.pv != nil {
-			if !reaches(pc.affinity, probe) {
-				return verdict{unresolvable: r.reason(i, reasonBoundPV, node, func(where string) string {
+			if !pc.boundReach.check(at.place, places, probe, pc.reaches) {
+				return r.mismatch(i, reasonBoundPV, at, func(where string) string {
 					return fmt.Sprintf("pvc %s: bound PV %s is reachable only from %s%s", pc.key, pc.pv.Name, describeAffinity(pc.pv), where)
-				})}
+				})
 			}
 			continue
 		}
 		switch {
 		case pc.promised && pc.selectedNode != node.Name:
-			return verdict{unresolvable: r.reason(i, reasonPromised, node, func(string) string {
+			return r.mismatch(i, reasonPromised, at, func(string) string {
 				if pc.selectedNode == "" {
 					return fmt.Sprintf("pvc %s is already being provisioned for another node", pc.key)
 				}
 				return fmt.Sprintf("pvc %s is already being provisioned for node %s", pc.key, pc.selectedNode)
-			})}
+			})
 		case pc.promised:
 			// provisioned here, never matched to a static PV
 		case pc.selectorErr != nil:
-			return verdict{unresolvable: r.reason(i, reasonSelector, node, func(string) string {
+			return r.mismatch(i, reasonSelector, at, func(string) string {
 				return fmt.Sprintf("pvc %s: selector: %v", pc.key, pc.selectorErr)
-			})}
+			})
 		default:
-			if match := matchStatic(pc, node, probe, excluded); match != nil {
-				excluded = append(excluded, match.PV.Name)
+			if match := matchStatic(pc, pc.joined.staticAt(at.index), probe, excluded); match != nil {
+				excluded = append(excluded, match.name)
 				continue
 			}
 		}
 		if pc.class.Provisioner == noProvisioner || pc.class.Provisioner == "" {
-			return verdict{unresolvable: r.reason(i, reasonNoStaticPV, node, func(where string) string {
+			return r.mismatch(i, reasonNoStaticPV, at, func(where string) string {
 				return fmt.Sprintf("pvc %s: no available PV of class %s with at least %s can be used here%s",
 					pc.key, pc.class.Name, pc.request.String(), where)
-			})}
+			})
 		}
-		if !topology.MatchesTerms(pc.class.AllowedTopologies, node.Labels) {
-			return verdict{unresolvable: r.reason(i, reasonAllowedTopologies, node, func(where string) string {
+		if !pc.allowed.check(at.place, places, probe, pc.allowedAt) {
+			return r.mismatch(i, reasonAllowedTopologies, at, func(where string) string {
 				return fmt.Sprintf("pvc %s: class %s allows %s%s", pc.key, pc.class.Name, describeAllowed(pc.class), where)
-			})}
+			})
 		}
 		if pc.class.Provisioner != r.driver {
 			continue
 		}
-		if !pc.source.reachable(probe) {
-			return verdict{unresolvable: r.reason(i, reasonSource, node, func(where string) string {
+		if !pc.source.memo.check(at.place, places, probe, pc.source.reachable) {
+			return r.mismatch(i, reasonSource, at, func(where string) string {
 				return pc.source.problem + where
-			})}
+			})
 		}
-		needs = addNeed(needs, pc, node)
+		needs = addNeed(needs, i, pc)
 	}
 	if len(needs) == 0 {
-		return verdict{}
+		return nodeVerdict{}
 	}
-	return verdict{short: r.checkCapacity(needs, node)}
+	if shortfall := r.checkCapacity(needs, at); shortfall != "" {
+		return nodeVerdict{short, r.answer.text(shortfall)}
+	}
+	return nodeVerdict{}
+}
+
+// reaches: the claim's bound PV can be used from the probe's labels.
+func (pc *podClaim) reaches(probe *corev1.Node) bool { return reaches(pc.affinity, probe) }
+
+// allowedAt: the claim's class may provision at the probe's labels.
+func (pc *podClaim) allowedAt(probe *corev1.Node) bool {
+	return topology.MatchesTerms(pc.class.AllowedTopologies, probe.Labels)
 }
 
 // sourceCheck is where a restore's snapshot or a clone's source can be
 // read, resolved once per request. problem, when reachable says no, is
 // the reason (without where the node is).
 type sourceCheck struct {
+	memo       placeMemo // once per place, when the source is placed by place labels only
 	everywhere bool
 	segments   []topology.Segment                  // a snapshot's accessible topology
 	affinity   *nodeaffinity.LazyErrorNodeSelector // a clone source's PV affinity
 	problem    string
 }
 
-func (s sourceCheck) reachable(probe *corev1.Node) bool {
+func (s *sourceCheck) reachable(probe *corev1.Node) bool {
 	switch {
 	case s.everywhere:
 		return true
@@ -309,7 +373,7 @@ func (s sourceCheck) reachable(probe *corev1.Node) bool {
 // resolveSource: a restore fits only where its snapshot can be read, a
 // clone only where its source volume is reachable. What is not known yet
 // (no content, no topology recorded) does not restrict.
-func resolveSource(state State, pc *podClaim) sourceCheck {
+func resolveSource(state State, pc *podClaim, places int) sourceCheck {
 	everywhere := sourceCheck{everywhere: true}
 	source, ok := claimsource.Of(pc.claim)
 	if !ok {
@@ -336,8 +400,8 @@ func resolveSource(state State, pc *podClaim) sourceCheck {
 		if err != nil || len(segments) == 0 {
 			return everywhere
 		}
-		return sourceCheck{segments: segments, problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s",
-			pc.key, name, describeSegments(segments))}
+		return sourceCheck{segments: segments, memo: newPlaceMemo(segmentsPlaceOnly(segments), places),
+			problem: fmt.Sprintf("pvc %s restores VolumeSnapshot %s, which can be restored only at %s", pc.key, name, describeSegments(segments))}
 	case source.IsClaim():
 		sourceClaim, ok := state.Claim(source.Namespace, source.Name)
 		if !ok || sourceClaim.Spec.VolumeName == "" {
@@ -347,8 +411,9 @@ func resolveSource(state State, pc *podClaim) sourceCheck {
 		if !ok || compileAffinity(pv) == nil {
 			return everywhere
 		}
-		return sourceCheck{affinity: compileAffinity(pv), problem: fmt.Sprintf("pvc %s clones pvc %s, whose volume is reachable only from %s",
-			pc.key, name, describeAffinity(pv))}
+		affinity := compileAffinity(pv)
+		return sourceCheck{affinity: affinity, memo: affinityMemo(pv, affinity, places),
+			problem: fmt.Sprintf("pvc %s clones pvc %s, whose volume is reachable only from %s", pc.key, name, describeAffinity(pv))}
 	}
 	return everywhere
 }
@@ -356,28 +421,46 @@ func resolveSource(state State, pc *podClaim) sourceCheck {
 // poolNeed sums what a pod asks of one pool. A node reaches one pool of
 // each scope (its own, its zone's), so the scope names the pool.
 type poolNeed struct {
-	class  string
-	scope  topology.Scope
-	bytes  int64
-	claims []string
+	capacity *classNodes // of the first claim's class
+	scope    topology.Scope
+	bytes    int64
+	claims   uint64 // bit i: the pod's claim i, for the first 64 claims
+	count    int
 }
 
-// addNeed adds the claim's request to the need of its scope's pool.
-func addNeed(needs []poolNeed, pc *podClaim, node *corev1.Node) []poolNeed {
+// addNeed adds claim i's request to the need of its scope's pool.
+func addNeed(needs []poolNeed, i int, pc *podClaim) []poolNeed {
 	scope, err := topology.ParseScope(pc.class.Parameters["scope"])
 	if err != nil {
 		return needs
 	}
-	i := 0
-	for i < len(needs) && needs[i].scope != scope {
-		i++
+	n := 0
+	for n < len(needs) && needs[n].scope != scope {
+		n++
 	}
-	if i == len(needs) {
-		needs = append(needs, poolNeed{class: pc.class.Name, scope: scope})
+	if n == len(needs) {
+		needs = append(needs, poolNeed{capacity: pc.joined, scope: scope})
 	}
-	needs[i].bytes += pc.request.Value()
-	needs[i].claims = append(needs[i].claims, pc.key)
+	needs[n].bytes += pc.request.Value()
+	needs[n].count++
+	if i < 64 {
+		needs[n].claims |= 1 << i
+	}
 	return needs
+}
+
+// claimKeys names the claims of a need, for a reason.
+func (r *filterRun) claimKeys(need poolNeed) string {
+	var keys []string
+	for i := range min(len(r.claims), 64) {
+		if need.claims&(1<<i) != 0 {
+			keys = append(keys, r.claims[i].key)
+		}
+	}
+	if len(keys) < need.count {
+		keys = append(keys, fmt.Sprintf("%d more", need.count-len(keys)))
+	}
+	return strings.Join(keys, ", ")
 }
 
 // poolName names a node's pool of a scope for people.
@@ -392,17 +475,20 @@ func poolName(scope topology.Scope, node *corev1.Node) string {
 // capacity less what pending claims were already promised: on this node for
 // its node pool, on any node of its zone for the zone pool. Unknown capacity
 // never rejects.
-func (r *filterRun) checkCapacity(needs []poolNeed, node *corev1.Node) string {
-	sort.Slice(needs, func(i, j int) bool { return needs[i].scope < needs[j].scope })
+func (r *filterRun) checkCapacity(needs []poolNeed, at tableNode) string {
+	node := at.node
+	if len(needs) == 2 && needs[0].scope > needs[1].scope {
+		needs[0], needs[1] = needs[1], needs[0]
+	}
 	for _, need := range needs {
-		free, ok := r.state.FreeCapacity(need.class, node)
+		free, ok := need.capacity.freeAt(at.index)
 		if !ok {
 			continue
 		}
 		reserved := r.reserved(node, need.scope)
 		if need.bytes > free-reserved {
 			return fmt.Sprintf("%s: %s needs %s in the %s, which has %s free with %s promised to pending claims",
-				strings.Join(need.claims, ", "), pluralClaims(len(need.claims)), quantity(need.bytes), poolName(need.scope, node),
+				r.claimKeys(need), pluralClaims(need.count), quantity(need.bytes), poolName(need.scope, node),
 				quantity(free), quantity(reserved))
 		}
 	}
@@ -424,7 +510,7 @@ func (r *filterRun) reserved(node *corev1.Node, scope topology.Scope) int64 {
 		return total
 	}
 	var total int64
-	for _, name := range r.state.NodesInZone(zone) {
+	for _, name := range r.index.nodes.byZone[zone] {
 		total += reservedOn(r.state, r.driver, r.own, name, scope)
 	}
 	if r.zoneReserved == nil {

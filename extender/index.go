@@ -4,6 +4,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,19 +22,23 @@ import (
 // matching does, and a request matches thousands), and the facts it checks
 // read out of the object, so a node's candidates are one contiguous walk.
 type Candidate struct {
-	PV       *corev1.PersistentVolume
-	affinity *nodeaffinity.LazyErrorNodeSelector // nil: no required affinity
+	// Read for every candidate on every node: kept together, and nothing
+	// here points into the PV, whose object is elsewhere on the heap.
+	claimed   bool // has a claimRef
+	available bool // phase Available
+	deleting  bool
 	// indexExact: the affinity is exactly one In expression on the label it
 	// is filed under, so a node found through that label matches it.
 	indexExact bool
-	class      string
-	size       resource.Quantity
-	mode       corev1.PersistentVolumeMode
-	attributes string // volumeAttributesClassName
-	claimed    bool   // has a claimRef
-	available  bool   // phase Available
-	deleting   bool
 	modes      accessModes
+	size       resource.Quantity
+	mode       corev1.PersistentVolumeMode // the package's constant for Filesystem and Block
+	attributes string                      // volumeAttributesClassName
+	name       string
+	// Read for candidates that pass the above.
+	PV       *corev1.PersistentVolume
+	affinity *nodeaffinity.LazyErrorNodeSelector // nil: no required affinity
+	class    string
 }
 
 // accessModes is a set of access modes as bits, so that "does the PV offer
@@ -74,14 +79,11 @@ func (s accessModes) offers(want accessModes, claim *corev1.PersistentVolumeClai
 
 // NewCandidate reads what matchStatic checks out of pv.
 func NewCandidate(pv *corev1.PersistentVolume) Candidate {
-	c := Candidate{PV: pv, affinity: compileAffinity(pv), class: volumehelpers.GetPersistentVolumeClass(pv),
-		size: pv.Spec.Capacity[corev1.ResourceStorage], mode: corev1.PersistentVolumeFilesystem,
+	c := Candidate{PV: pv, name: pv.Name, affinity: compileAffinity(pv), class: volumehelpers.GetPersistentVolumeClass(pv),
+		size: pv.Spec.Capacity[corev1.ResourceStorage], mode: volumeMode(pv.Spec.VolumeMode),
 		attributes: ptr.Deref(pv.Spec.VolumeAttributesClassName, ""), claimed: pv.Spec.ClaimRef != nil,
 		available: pv.Status.Phase == corev1.VolumeAvailable, deleting: pv.DeletionTimestamp != nil,
 		modes: modesOf(pv.Spec.AccessModes)}
-	if pv.Spec.VolumeMode != nil {
-		c.mode = *pv.Spec.VolumeMode
-	}
 	if c.affinity != nil {
 		terms := pv.Spec.NodeAffinity.Required.NodeSelectorTerms
 		if len(terms) == 1 && len(terms[0].MatchExpressions) == 1 && len(terms[0].MatchFields) == 0 &&
@@ -91,6 +93,19 @@ func NewCandidate(pv *corev1.PersistentVolume) Candidate {
 		}
 	}
 	return c
+}
+
+// volumeMode is a PV's or claim's volume mode, Filesystem when unset, as
+// the package's constant where it is one: comparing two modes is then a
+// pointer comparison, not a read of each object's string.
+func volumeMode(mode *corev1.PersistentVolumeMode) corev1.PersistentVolumeMode {
+	switch {
+	case mode == nil || *mode == corev1.PersistentVolumeFilesystem:
+		return corev1.PersistentVolumeFilesystem
+	case *mode == corev1.PersistentVolumeBlock:
+		return corev1.PersistentVolumeBlock
+	}
+	return *mode
 }
 
 func compileAffinity(pv *corev1.PersistentVolume) *nodeaffinity.LazyErrorNodeSelector {
@@ -132,6 +147,8 @@ type indexSnapshot struct {
 	static   map[string]*StaticClass // by class
 	prebound map[preboundKey][]Candidate
 	capacity map[string]*capacityClass // by class
+	nodes    *nodeTable
+	joined   map[string]*classNodes // static and capacity by class, per node of nodes
 }
 
 type preboundKey struct{ class, namespace, name string }
@@ -273,7 +290,7 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 	// first in its list's order, which is arbitrary; name order makes ours
 	// deterministic.
 	for _, list := range snapshot.prebound {
-		sort.Slice(list, func(i, j int) bool { return list[i].PV.Name < list[j].PV.Name })
+		sort.Slice(list, func(i, j int) bool { return list[i].name < list[j].name })
 	}
 	for _, c := range capacities {
 		entry := indexedCapacity{object: c, known: c.Capacity != nil}
@@ -317,8 +334,10 @@ func selectsNode(capacity *storagev1.CSIStorageCapacity, node *corev1.Node) bool
 // it. Safe for concurrent use.
 type volumeIndex struct {
 	current atomic.Pointer[indexSnapshot]
+	writer  sync.Mutex // one rebuild at a time, so none loses another's part
 }
 
+// snapshot is the current index: a request takes it once and reads only it.
 func (v *volumeIndex) snapshot() *indexSnapshot {
 	if s := v.current.Load(); s != nil {
 		return s
@@ -326,25 +345,42 @@ func (v *volumeIndex) snapshot() *indexSnapshot {
 	return &indexSnapshot{}
 }
 
-// rebuild indexes pvs and capacities and makes that the current snapshot.
+// rebuild indexes pvs and capacities and makes that the current snapshot,
+// with the current node table.
 func (v *volumeIndex) rebuild(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStorageCapacity) {
-	v.current.Store(buildIndex(pvs, capacities, v.current.Load()))
+	v.writer.Lock()
+	defer v.writer.Unlock()
+	previous := v.current.Load()
+	next := buildIndex(pvs, capacities, previous)
+	if previous != nil {
+		next.nodes = previous.nodes
+	}
+	next.joined = joinClasses(next.nodes, next.static, next.capacity)
+	v.current.Store(next)
 }
 
-// Static is the index of class's static PVs (nil when it has none).
-func (v *volumeIndex) Static(class string) *StaticClass {
-	return v.snapshot().static[class]
+// rebuildNodes indexes nodes and makes that the current snapshot, with the
+// current PVs and capacities.
+func (v *volumeIndex) rebuildNodes(nodes []*corev1.Node) {
+	v.writer.Lock()
+	defer v.writer.Unlock()
+	next := indexSnapshot{}
+	if previous := v.current.Load(); previous != nil {
+		next = *previous
+	}
+	next.nodes = buildNodeTable(nodes)
+	next.joined = joinClasses(next.nodes, next.static, next.capacity)
+	v.current.Store(&next)
 }
 
-// PreBound lists the PVs of class whose claimRef names namespace/name.
-func (v *volumeIndex) PreBound(class, namespace, name string) []Candidate {
-	return v.snapshot().prebound[preboundKey{class, namespace, name}]
+// preBoundTo lists the PVs of class whose claimRef names namespace/name.
+func (s *indexSnapshot) preBoundTo(class, namespace, name string) []Candidate {
+	return s.prebound[preboundKey{class, namespace, name}]
 }
 
-// FreeCapacity is the published capacity of class whose topology selects
-// the node, if there is one.
-func (v *volumeIndex) FreeCapacity(class string, node *corev1.Node) (int64, bool) {
-	c := v.snapshot().capacity[class]
+// freeCapacity is the published capacity of a class whose topology selects
+// the node, if any.
+func freeCapacity(c *capacityClass, node *corev1.Node) (int64, bool) {
 	if c == nil {
 		return 0, false
 	}

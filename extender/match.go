@@ -20,7 +20,9 @@ import (
 // the first one that passes its early checks, with that PV if it reaches
 // the node and with nothing otherwise. Else the smallest available PV that
 // fits wins; ties go to the lower name so answers do not depend on order.
-func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *Candidate {
+//
+// lists are the class's static PVs that may suit the node (classNodes).
+func matchStatic(pc *podClaim, lists []CandidateList, probe *corev1.Node, excluded []string) *Candidate {
 	for i := range pc.prebound {
 		candidate := &pc.prebound[i]
 		if passesEarlyChecks(pc, candidate, excluded) && volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim) {
@@ -31,19 +33,18 @@ func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *Can
 		}
 	}
 	var best *Candidate
-	var buf [4]CandidateList
-	for _, group := range pc.static.forNode(node.Labels, buf[:0]) {
+	for _, group := range lists {
 		for i := range group.list {
 			candidate := &group.list[i]
+			// Lists hold the claim's class only: the index is by class.
 			if candidate.claimed || !passesEarlyChecks(pc, candidate, excluded) || !candidate.available ||
-				candidate.class != pc.class.Name ||
 				(pc.selector != nil && !pc.selector.Matches(labels.Set(candidate.PV.Labels))) ||
 				!reachable(group, candidate, probe) ||
 				!candidate.modes.offers(pc.modes, pc.claim, candidate.PV) {
 				continue
 			}
 			if best == nil || best.size.Cmp(candidate.size) > 0 ||
-				(best.size.Cmp(candidate.size) == 0 && candidate.PV.Name < best.PV.Name) {
+				(best.size.Cmp(candidate.size) == 0 && candidate.name < best.name) {
 				best = candidate
 			}
 		}
@@ -56,7 +57,7 @@ func matchStatic(pc *podClaim, node, probe *corev1.Node, excluded []string) *Can
 // large enough, same volume mode and attributes class, not being deleted.
 func passesEarlyChecks(pc *podClaim, candidate *Candidate, excluded []string) bool {
 	if candidate.size.Cmp(pc.request) < 0 || candidate.mode != pc.mode || candidate.attributes != pc.attributes ||
-		candidate.deleting || slices.Contains(excluded, candidate.PV.Name) {
+		candidate.deleting || slices.Contains(excluded, candidate.name) {
 		return false
 	}
 	return !candidate.claimed || volumehelpers.IsVolumeBoundToClaim(candidate.PV, pc.claim)

@@ -57,7 +57,8 @@ func TestMatchStaticAgreesWithFindMatchingVolume(t *testing.T) {
 			if c.Spec.VolumeMode != nil {
 				pc.mode = *c.Spec.VolumeMode
 			}
-			pc.prebound, pc.static = state.PreBound("local", c.Namespace, c.Name), state.Static("local")
+			index := state.snapshot()
+			pc.prebound = index.preBoundTo("local", c.Namespace, c.Name)
 			for _, n := range nodes {
 				excluded := []string{pvs[random.IntN(len(pvs))].Name}
 				excludedMap := map[string]*corev1.PersistentVolume{excluded[0]: nil}
@@ -67,7 +68,7 @@ func TestMatchStaticAgreesWithFindMatchingVolume(t *testing.T) {
 				}
 				probe := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Labels: n.Labels}}
 				var got *corev1.PersistentVolume
-				if match := matchStatic(pc, n, probe, excluded); match != nil {
+				if match := matchStatic(pc, index.static["local"].forNode(n.Labels, nil), probe, excluded); match != nil {
 					got = match.PV
 				}
 				compared[want != nil]++

@@ -28,42 +28,58 @@ func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string)
 	if pod == nil {
 		return scores
 	}
-	claims, problem := resolveClaims(state, pod)
+	index := state.snapshot()
+	claims, problem := resolveClaims(state, index, pod)
 	if problem != "" || len(claims) == 0 {
 		return scores
 	}
-	nodes := make([]*corev1.Node, len(nodeNames))
-	free := make([]int64, len(nodeNames))
+	// One pass over the nodes gathers all but the free-space shares, which
+	// need the largest free space of all; the second pass is arithmetic.
+	parts := make([]scoreParts, len(nodeNames))
 	var maxFree int64
+	probe := &corev1.Node{} // reused: the node under scoring, labels only
 	for i, name := range nodeNames {
-		node, ok := state.Node(name)
+		at, ok := index.nodes.node(name)
 		if !ok {
 			continue
 		}
-		nodes[i] = node
-		for _, pc := range claims {
-			if pc.pv == nil && pc.class != nil && pc.class.Provisioner == driver {
-				if f, ok := state.FreeCapacity(pc.class.Name, node); ok {
-					free[i] = f
-					maxFree = max(maxFree, f)
-					break
-				}
-			}
-		}
+		probe.Labels = at.node.Labels
+		parts[i] = scoreNode(driver, claims, at, probe)
+		maxFree = max(maxFree, parts[i].free)
 	}
-	probe := &corev1.Node{} // reused: the node under scoring, labels only
-	for i, node := range nodes {
-		if node != nil {
-			probe.Labels = node.Labels
-			scores[i].Score = scoreNode(driver, claims, node, probe, free[i], maxFree)
-		}
+	for i := range parts {
+		scores[i].Score = parts[i].score(maxFree)
 	}
 	return scores
 }
 
-// scoreNode averages per-claim scores on one node.
-func scoreNode(driver string, claims []podClaim, node, probe *corev1.Node, free, maxFree int64) int64 {
-	var total, counted int64
+// scoreParts is what one node's score is made of.
+type scoreParts struct {
+	free    int64 // the pool's free space, of the first claim to provision that has one
+	static  int64 // summed fit scores of claims matched to static PVs
+	counted int64 // claims scored
+	spread  int64 // claims scored by free space, more is better
+	binpack int64 // claims scored by free space, less is better
+}
+
+// score averages per-claim scores: a claim to provision scores its pool's
+// free space as a share of the largest.
+func (p scoreParts) score(maxFree int64) int64 {
+	if p.counted == 0 {
+		return 0
+	}
+	total := p.static
+	if maxFree > 0 {
+		share := p.free * MaxScore / maxFree
+		total += p.spread*share + p.binpack*(MaxScore-share)
+	}
+	return min(max(total/p.counted, 0), MaxScore)
+}
+
+// scoreNode gathers one node's score parts.
+func scoreNode(driver string, claims []podClaim, at tableNode, probe *corev1.Node) scoreParts {
+	var parts scoreParts
+	freeFound := false
 	var excludedBuf [4]string
 	excluded := excludedBuf[:0]
 	for i := range claims {
@@ -71,28 +87,27 @@ func scoreNode(driver string, claims []podClaim, node, probe *corev1.Node, free,
 		if pc.pv != nil || pc.class == nil {
 			continue
 		}
-		counted++
+		if !freeFound && pc.class.Provisioner == driver {
+			parts.free, freeFound = pc.joined.freeAt(at.index)
+		}
+		parts.counted++
 		// A claim being provisioned, or never matchable, has no static PV to score.
 		if !pc.promised && pc.selectorErr == nil {
-			if match := matchStatic(pc, node, probe, excluded); match != nil {
-				excluded = append(excluded, match.PV.Name)
-				total += fitScore(pc.request, match.size)
+			if match := matchStatic(pc, pc.joined.staticAt(at.index), probe, excluded); match != nil {
+				excluded = append(excluded, match.name)
+				parts.static += fitScore(pc.request, match.size)
 				continue
 			}
 		}
-		if pc.class.Provisioner != driver || maxFree == 0 {
-			continue
+		switch {
+		case pc.class.Provisioner != driver:
+		case pc.class.Parameters[placementParameter] == placementBinpack:
+			parts.binpack++
+		default:
+			parts.spread++
 		}
-		share := free * MaxScore / maxFree
-		if pc.class.Parameters[placementParameter] == placementBinpack {
-			share = MaxScore - share
-		}
-		total += share
 	}
-	if counted == 0 {
-		return 0
-	}
-	return min(max(total/counted, 0), MaxScore)
+	return parts
 }
 
 // fitScore is 10 for a PV exactly the claim's size, less the more it wastes.

@@ -1,6 +1,7 @@
 package extender
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,15 +60,16 @@ func (s *Server) Handler() *echo.Echo {
 // decodeArgs reads ExtenderArgs, refusing oversized or malformed bodies
 // with a message that says what was wrong.
 func decodeArgs(c echo.Context) (*extenderv1.ExtenderArgs, []string, error) {
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, MaxBodyBytes+1))
-	if err != nil {
+	body := buffers.Get().(*bytes.Buffer)
+	defer putBuffer(body)
+	if _, err := body.ReadFrom(io.LimitReader(c.Request().Body, MaxBodyBytes+1)); err != nil {
 		return nil, nil, echo.NewHTTPError(http.StatusBadRequest, "read request body: "+err.Error())
 	}
-	if len(body) > MaxBodyBytes {
+	if body.Len() > MaxBodyBytes {
 		return nil, nil, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body exceeds %d bytes", MaxBodyBytes))
 	}
-	var args extenderv1.ExtenderArgs
-	if err := json.Unmarshal(body, &args); err != nil {
+	var args wireArgs
+	if err := json.Unmarshal(body.Bytes(), &args); err != nil {
 		return nil, nil, echo.NewHTTPError(http.StatusBadRequest, "request is not ExtenderArgs JSON: "+err.Error())
 	}
 	if args.Pod == nil {
@@ -81,9 +83,9 @@ func decodeArgs(c echo.Context) (*extenderv1.ExtenderArgs, []string, error) {
 		for _, n := range args.Nodes.Items {
 			names = append(names, n.Name)
 		}
-		return &args, names, nil
+		return &args.ExtenderArgs, names, nil
 	}
-	return &args, *args.NodeNames, nil
+	return &args.ExtenderArgs, *args.NodeNames, nil
 }
 
 func (s *Server) filter(c echo.Context) error {
@@ -92,12 +94,19 @@ func (s *Server) filter(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	result := Filter(s.state(), s.driver, args.Pod, names)
-	s.outcomes.WithLabelValues("fit").Add(float64(len(*result.NodeNames)))
-	s.outcomes.WithLabelValues("unresolvable").Add(float64(len(result.FailedAndUnresolvableNodes)))
-	s.outcomes.WithLabelValues("short").Add(float64(len(result.FailedNodes)))
+	answer := decide(s.state(), s.driver, args.Pod, names)
+	counts := [3]int{}
+	for _, v := range answer.verdicts {
+		counts[v.outcome]++
+	}
+	s.outcomes.WithLabelValues("fit").Add(float64(counts[fits]))
+	s.outcomes.WithLabelValues("unresolvable").Add(float64(counts[unresolvable]))
+	s.outcomes.WithLabelValues("short").Add(float64(counts[short]))
+	out := buffers.Get().(*bytes.Buffer)
+	defer putBuffer(out)
+	out.Write(answer.appendJSON(out.AvailableBuffer()))
 	s.latency.WithLabelValues("filter").Observe(time.Since(start).Seconds())
-	return c.JSON(http.StatusOK, result)
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out.Bytes())
 }
 
 func (s *Server) prioritize(c echo.Context) error {
@@ -107,8 +116,16 @@ func (s *Server) prioritize(c echo.Context) error {
 		return err
 	}
 	scores := Prioritize(s.state(), s.driver, args.Pod, names)
+	out := buffers.Get().(*bytes.Buffer)
+	defer putBuffer(out)
+	out.Write(appendPriorities(out.AvailableBuffer(), scores))
 	s.latency.WithLabelValues("prioritize").Observe(time.Since(start).Seconds())
-	return c.JSON(http.StatusOK, scores)
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, out.Bytes())
+}
+
+func putBuffer(b *bytes.Buffer) {
+	b.Reset()
+	buffers.Put(b)
 }
 
 // errNoTLS is returned when only one of the TLS files is given.

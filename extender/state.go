@@ -7,41 +7,32 @@
 package extender
 
 import (
-	"iter"
 	"maps"
+	"slices"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
-
-	"github.com/toposnap/toposnap/internal/topology"
 )
 
 // State is the cluster as a filter decision sees it. Implementations are
 // read-only and safe for concurrent use.
 type State interface {
-	Node(name string) (*corev1.Node, bool)
+	// snapshot is the index of nodes, static PVs and capacities; a decision
+	// takes it once, so it reads one consistent view.
+	snapshot() *indexSnapshot
 	Claim(namespace, name string) (*corev1.PersistentVolumeClaim, bool)
 	Volume(name string) (*corev1.PersistentVolume, bool)
 	Class(name string) (*storagev1.StorageClass, bool)
-	// Static is the index of a class's static PVs (nil when it has none);
-	// read-only.
-	Static(class string) *StaticClass
-	// PreBound lists the PVs of a class whose claimRef names the claim.
-	PreBound(class, namespace, name string) []Candidate
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
 	// SnapshotsServed is false when the snapshot API was not found: then
 	// nothing is known about where snapshots live.
 	SnapshotsServed() bool
 	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
-	// FreeCapacity is the published CSIStorageCapacity of a class whose
-	// topology selects the node, if there is one.
-	FreeCapacity(class string, node *corev1.Node) (int64, bool)
 	// PendingOnNode lists claims the scheduler promised to node (annotation
-	// volume.kubernetes.io/selected-node) that are not bound yet.
+	// volume.kubernetes.io/selected-node) that are not bound yet. Read live,
+	// not from the snapshot: a burst of pods must see each other's claims.
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
-	// NodesInZone names the nodes whose zone label is zone.
-	NodesInZone(zone string) []string
 }
 
 // MemState is a State held in maps: for tests and benchmarks. Call Index
@@ -66,6 +57,7 @@ func (m *MemState) Index() {
 		pvs = append(pvs, pv)
 	}
 	m.rebuild(pvs, m.Capacity)
+	m.rebuildNodes(slices.Collect(maps.Values(m.Nodes)))
 	m.byPending = map[string][]*corev1.PersistentVolumeClaim{}
 	for _, claim := range m.Claims {
 		if node := claim.Annotations[annSelectedNode]; node != "" && claim.Spec.VolumeName == "" {
@@ -74,7 +66,6 @@ func (m *MemState) Index() {
 	}
 }
 
-func (m *MemState) Node(name string) (*corev1.Node, bool) { n, ok := m.Nodes[name]; return n, ok }
 func (m *MemState) Claim(ns, name string) (*corev1.PersistentVolumeClaim, bool) {
 	c, ok := m.Claims[ns+"/"+name]
 	return c, ok
@@ -96,19 +87,6 @@ func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok
 }
-func (m *MemState) NodesInZone(zone string) []string { return nodesInZone(maps.Values(m.Nodes), zone) }
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	return m.byPending[node]
-}
-
-// nodesInZone names the nodes whose zone (topology.kubernetes.io/zone, or
-// the legacy label) is zone.
-func nodesInZone(nodes iter.Seq[*corev1.Node], zone string) []string {
-	var names []string
-	for node := range nodes {
-		if topology.LocationFromLabels(node.Name, node.Labels).Zone == zone {
-			names = append(names, node.Name)
-		}
-	}
-	return names
 }
