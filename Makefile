@@ -40,7 +40,7 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 	cd test/intree && $(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./...   # the in-tree plugin on the same workload
 
 # Fuzz targets as package:target; their committed seeds run in every go test.
-FUZZ_TARGETS := ./extender/:FuzzServer ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \
+FUZZ_TARGETS := ./extender/:FuzzServer ./extender/:FuzzParseArgs ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \
 	./webhook/:FuzzValidateSnapshotClass ./webhook/:FuzzMutatePod
 FUZZTIME ?= 60s
 fuzz: ## Fuzz each request-handling target for FUZZTIME (make test runs 300 inputs each).

@@ -2,6 +2,7 @@ package extender
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -45,6 +46,7 @@ type podClaim struct {
 	selector            labels.Selector // the claim's selector for static PVs
 	selectorErr         error
 	source              sourceCheck
+	binpack             bool // the class's placement policy is binpack
 	// promised: the scheduler already chose selectedNode for this unbound
 	// claim (annotation volume.kubernetes.io/selected-node, even if empty):
 	// only that node may provision it, and static PVs are out of the game.
@@ -115,13 +117,19 @@ func (a *filterAnswer) result() extenderv1.ExtenderFilterResult {
 
 // decide is Filter's decision in compact form.
 func decide(state State, driver string, pod *corev1.Pod, nodeNames []string) *filterAnswer {
-	answer := &filterAnswer{names: nodeNames}
+	index := state.snapshot()
+	return decideAt(state, index, driver, pod, index.nodes.resolve(nodeNames), nil)
+}
+
+// decideAt decides over index for nodes already looked up in its table;
+// verdicts is reused when it has room.
+func decideAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod, nodes nodeRefs, verdicts []nodeVerdict) *filterAnswer {
+	answer := &filterAnswer{names: nodes.names}
 	if pod == nil {
 		answer.err = "request has no pod"
 		return answer
 	}
-	answer.verdicts = make([]nodeVerdict, len(nodeNames))
-	index := state.snapshot()
+	answer.verdicts = slices.Grow(verdicts[:0], len(nodes.names))[:len(nodes.names)]
 	claims, problem := resolveClaims(state, index, pod)
 	if problem != "" {
 		answer.texts = []string{problem}
@@ -132,13 +140,12 @@ func decide(state State, driver string, pod *corev1.Pod, nodeNames []string) *fi
 	}
 	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer,
 		reasons: map[reasonKey]int32{}}
-	for i, name := range nodeNames {
-		node, ok := index.nodes.node(name)
-		if !ok {
-			answer.verdicts[i] = nodeVerdict{short, answer.text(fmt.Sprintf("node %s is not known to the extender yet", name))}
+	for i, at := range nodes.nodes {
+		if at.node == nil {
+			answer.verdicts[i] = nodeVerdict{short, answer.text(fmt.Sprintf("node %s is not known to the extender yet", nodes.names[i]))}
 			continue
 		}
-		answer.verdicts[i] = run.checkNode(node)
+		answer.verdicts[i] = run.checkNode(at)
 	}
 	return answer
 }
@@ -202,7 +209,7 @@ func resolveClaims(state State, index *indexSnapshot, pod *corev1.Pod) ([]podCla
 			}
 			pc.mode, pc.attributes = volumeMode(claim.Spec.VolumeMode), ptr.Deref(claim.Spec.VolumeAttributesClassName, "")
 			pc.prebound = index.preBoundTo(pc.class.Name, claim.Namespace, claim.Name)
-			pc.modes = modesOf(claim.Spec.AccessModes)
+			pc.modes, pc.binpack = modesOf(claim.Spec.AccessModes), pc.class.Parameters[placementParameter] == placementBinpack
 			pc.joined = index.joined[pc.class.Name]
 			pc.allowed = newPlaceMemo(termsPlaceOnly(pc.class.AllowedTopologies), places)
 			if claim.Spec.Selector != nil {

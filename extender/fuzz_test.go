@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,6 +60,43 @@ func FuzzServer(f *testing.F) {
 		}
 		if got := reflect.ValueOf(got).Elem().Interface(); !reflect.DeepEqual(got, want) {
 			t.Fatalf("answer reads back as\n%+v\nencoding/json's answer is\n%+v", got, want)
+		}
+	})
+}
+
+// FuzzParseArgs holds the server's own reading of ExtenderArgs to
+// encoding/json's: same acceptance, same names, same pod and nodes.
+func FuzzParseArgs(f *testing.F) {
+	for _, body := range []string{
+		`{"Pod":{"metadata":{"name":"p"}},"NodeNames":["node1","ghost"]}`,
+		`{"NodeNames":["node2"],"pod":{"metadata":{"annotations":{"a":"} ] \\\" ,"}}}}`,
+		`{"Pod":{},"NodeNames":["node1"],"nodenames":null}`,
+		`{"Pod":{},"NodeNames":["a" "b"],"NodeNames":["node1"]}`,
+		`{"Pod":{},"Node\u004eames":["node\u0031"],"NodeNameſ":[]}`,
+		`{"Pod":{},"Nodes":{"items":[{"metadata":{"name":"node1"}}]},"NodeNames":[]}`,
+		` { "pod" : null , "nodenames" : [ "" ] } `,
+	} {
+		f.Add(body)
+	}
+	state, _, _ := wireCase()
+	table := state.snapshot().nodes
+	f.Fuzz(func(t *testing.T, body string) {
+		var want extenderv1.ExtenderArgs
+		wantErr := json.Unmarshal([]byte(body), &want)
+		var refs nodeRefs
+		got, hasNames, err := parseArgs([]byte(body), table, &refs)
+		if (err == nil) != (wantErr == nil) {
+			t.Fatalf("error %v, encoding/json's %v", err, wantErr)
+		}
+		if err != nil {
+			return
+		}
+		if hasNames != (want.NodeNames != nil) || hasNames && !slices.Equal(refs.names, *want.NodeNames) {
+			t.Fatalf("names %q (%v), encoding/json's %v", refs.names, hasNames, want.NodeNames)
+		}
+		want.NodeNames = nil
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("args %+v, encoding/json's %+v", got, want)
 		}
 	})
 }

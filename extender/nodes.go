@@ -136,6 +136,31 @@ func (c *classNodes) freeAt(i int32) (int64, bool) {
 	return c.free[i].bytes, c.free[i].known
 }
 
+// nodeRefs are a request's node names and, for each, its table entry
+// (with node nil when the table does not hold it).
+type nodeRefs struct {
+	names []string
+	nodes []tableNode
+}
+
+// resolve looks every name up.
+func (t *nodeTable) resolve(names []string) nodeRefs {
+	refs := nodeRefs{names: names, nodes: make([]tableNode, len(names))}
+	for i, name := range names {
+		refs.nodes[i], _ = t.node(name)
+	}
+	return refs
+}
+
+// nodeBytes looks a node up by its name's bytes, without making a string.
+func (t *nodeTable) nodeBytes(name []byte) (tableNode, bool) {
+	if t == nil {
+		return tableNode{}, false
+	}
+	n, ok := t.byName[string(name)]
+	return n, ok
+}
+
 // node looks a node up by name.
 func (t *nodeTable) node(name string) (tableNode, bool) {
 	if t == nil {

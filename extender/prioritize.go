@@ -1,6 +1,10 @@
 package extender
 
 import (
+	"runtime"
+	"slices"
+	"sync"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
@@ -21,36 +25,74 @@ const (
 // free space counts up (spread, the default) or down (binpack). A pod with
 // no claims scores 0 everywhere, leaving the choice to other scorers.
 func Prioritize(state State, driver string, pod *corev1.Pod, nodeNames []string) extenderv1.HostPriorityList {
-	scores := make(extenderv1.HostPriorityList, len(nodeNames))
-	for i, name := range nodeNames {
-		scores[i].Host = name
-	}
-	if pod == nil {
-		return scores
-	}
 	index := state.snapshot()
+	return prioritizeAt(state, index, driver, pod, index.nodes.resolve(nodeNames), nil).list()
+}
+
+// priorityAnswer is Prioritize's answer in compact form, which the server
+// writes to the wire as it is.
+type priorityAnswer struct {
+	names   []string
+	parts   []scoreParts // by name; all zero when nothing is scored
+	maxFree int64
+}
+
+func (a *priorityAnswer) list() extenderv1.HostPriorityList {
+	scores := make(extenderv1.HostPriorityList, len(a.names))
+	for i, name := range a.names {
+		scores[i] = extenderv1.HostPriority{Host: name, Score: a.parts[i].score(a.maxFree)}
+	}
+	return scores
+}
+
+// prioritizeAt scores over index for nodes already looked up in its table;
+// parts is reused when it has room.
+func prioritizeAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod, nodes nodeRefs, parts []scoreParts) *priorityAnswer {
+	answer := &priorityAnswer{names: nodes.names, parts: slices.Grow(parts[:0], len(nodes.names))[:len(nodes.names)]}
+	clear(answer.parts)
+	if pod == nil {
+		return answer
+	}
 	claims, problem := resolveClaims(state, index, pod)
 	if problem != "" || len(claims) == 0 {
-		return scores
+		return answer
 	}
 	// One pass over the nodes gathers all but the free-space shares, which
-	// need the largest free space of all; the second pass is arithmetic.
-	parts := make([]scoreParts, len(nodeNames))
+	// need the largest free space of all; score() does the arithmetic. The
+	// scheduler asks about one pod at a time, so a large request spreads
+	// its nodes over the cores: scoring only reads the claims and index.
+	workers := min(runtime.GOMAXPROCS(0), len(nodes.nodes)/nodesPerWorker)
+	if workers < 2 {
+		answer.maxFree = scoreNodes(driver, claims, nodes.nodes, answer.parts)
+		return answer
+	}
+	maxFree := make([]int64, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		lo, hi := w*len(nodes.nodes)/workers, (w+1)*len(nodes.nodes)/workers
+		wg.Go(func() { maxFree[w] = scoreNodes(driver, claims, nodes.nodes[lo:hi], answer.parts[lo:hi]) })
+	}
+	wg.Wait()
+	answer.maxFree = slices.Max(maxFree)
+	return answer
+}
+
+// nodesPerWorker is the least share of a request worth a goroutine.
+const nodesPerWorker = 1000
+
+// scoreNodes fills parts for nodes and returns the largest free space seen.
+func scoreNodes(driver string, claims []podClaim, nodes []tableNode, parts []scoreParts) int64 {
 	var maxFree int64
 	probe := &corev1.Node{} // reused: the node under scoring, labels only
-	for i, name := range nodeNames {
-		at, ok := index.nodes.node(name)
-		if !ok {
+	for i, at := range nodes {
+		if at.node == nil {
 			continue
 		}
 		probe.Labels = at.node.Labels
 		parts[i] = scoreNode(driver, claims, at, probe)
 		maxFree = max(maxFree, parts[i].free)
 	}
-	for i := range parts {
-		scores[i].Score = parts[i].score(maxFree)
-	}
-	return scores
+	return maxFree
 }
 
 // scoreParts is what one node's score is made of.
@@ -101,7 +143,7 @@ func scoreNode(driver string, claims []podClaim, at tableNode, probe *corev1.Nod
 		}
 		switch {
 		case pc.class.Provisioner != driver:
-		case pc.class.Parameters[placementParameter] == placementBinpack:
+		case pc.binpack:
 			parts.binpack++
 		default:
 			parts.spread++

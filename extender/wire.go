@@ -3,9 +3,8 @@ package extender
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
-	"strings"
-	"sync"
 
 	extenderv1 "k8s.io/kube-scheduler/extender/v1"
 )
@@ -20,66 +19,230 @@ import (
 // into a pooled buffer. Both produce what encoding/json would read back as
 // the extender API's types; the tests and the fuzz target hold them to it.
 
-// wireArgs is ExtenderArgs with its NodeNames read by nodeNameList; Pod and
-// Nodes are the embedded upstream fields. Field names match as they do for
-// ExtenderArgs (encoding/json ignores case).
-type wireArgs struct {
-	extenderv1.ExtenderArgs
-	NodeNames *nodeNameList
+// parseArgs decodes ExtenderArgs from body, which it may rewrite, with the
+// node names looked up in table and written into refs' slices. The names'
+// value (the bulk of a request) is read here; everything else, with the
+// names' value replaced by null, by encoding/json. Anything this reading
+// is not sure to read as encoding/json would (a key with escapes or
+// non-ASCII, a name that is not a plain string, a body that is not an
+// object) is decoded by encoding/json alone, whose answer and errors are
+// then the ones given. hasNames is false where NodeNames is absent or null.
+func parseArgs(body []byte, table *nodeTable, refs *nodeRefs) (args extenderv1.ExtenderArgs, hasNames bool, err error) {
+	spans, hasNames, ok := readNames(body, table, refs)
+	if !ok {
+		return decodeSlowly(body, table, refs)
+	}
+	for i := len(spans) - 1; i >= 0; i-- {
+		start, end := spans[i][0], spans[i][1]
+		if end-start < len("null") {
+			continue // [] is no work to read again
+		}
+		n := copy(body[start:], "null")
+		n += copy(body[start+n:], body[end:])
+		body = body[:start+n]
+	}
+	if err := json.Unmarshal(body, &args); err != nil {
+		return args, false, err
+	}
+	args.NodeNames = nil // read above
+	return args, hasNames, nil
 }
 
-// nodeNameList decodes a JSON array of strings into substrings of one copy
-// of the array's text: one allocation for all names instead of one per name.
-// Anything but plain strings (escapes, non-ASCII, other types) goes to
-// encoding/json, whose answer and errors are then the ones given.
-type nodeNameList []string
-
-func (l *nodeNameList) UnmarshalJSON(data []byte) error {
-	if names, ok := plainStrings(data); ok {
-		*l = names
-		return nil
+// readNames finds every NodeNames member of the object body and reads the
+// last one's names, looked up in table, into refs. ok is false where body
+// is not an object of plain keys, or a NodeNames value is neither null nor
+// an array of plain strings: then encoding/json must read it all.
+func readNames(body []byte, table *nodeTable, refs *nodeRefs) (spans [][2]int, hasNames, ok bool) {
+	if !scanMembers(body, func(key []byte, start, end int) {
+		if bytes.EqualFold(key, []byte("NodeNames")) {
+			spans = append(spans, [2]int{start, end})
+		}
+	}) {
+		return nil, false, false
 	}
-	return json.Unmarshal(data, (*[]string)(l))
+	for i, span := range spans {
+		value := body[span[0]:span[1]]
+		if string(value) == "null" {
+			hasNames = false
+			continue
+		}
+		into := refs
+		if i < len(spans)-1 {
+			into = &nodeRefs{} // only checked: the last NodeNames wins
+		}
+		if !plainStrings(value, table, into) {
+			return nil, false, false
+		}
+		hasNames = true
+	}
+	return spans, hasNames, true
 }
 
-// plainStrings parses a JSON array of strings whose characters are printable
-// ASCII without escapes; ok is false for any other input.
-func plainStrings(data []byte) (names []string, ok bool) {
-	text := string(data)
-	i := skipSpace(text, 0)
-	if i == len(text) || text[i] != '[' {
-		return nil, false
+// decodeSlowly is parseArgs by encoding/json alone.
+func decodeSlowly(body []byte, table *nodeTable, refs *nodeRefs) (extenderv1.ExtenderArgs, bool, error) {
+	var args extenderv1.ExtenderArgs
+	if err := json.Unmarshal(body, &args); err != nil || args.NodeNames == nil {
+		return args, false, err
 	}
-	names = make([]string, 0, strings.Count(text, ",")+1)
-	i = skipSpace(text, i+1)
-	if i < len(text) && text[i] == ']' {
-		return names, skipSpace(text, i+1) == len(text)
+	refs.names = append(refs.names[:0], *args.NodeNames...)
+	args.NodeNames = nil
+	refs.lookUp(table)
+	return args, true, nil
+}
+
+// lookUp fills nodes with the table's entry for each name.
+func (r *nodeRefs) lookUp(table *nodeTable) {
+	r.nodes = slices.Grow(r.nodes[:0], len(r.names))[:len(r.names)]
+	for i, name := range r.names {
+		r.nodes[i], _ = table.node(name)
+	}
+}
+
+// scanMembers walks the members of the JSON object that is body, calling
+// visit with each key and the span of its value. It checks the object's
+// structure (braces, strings, colons, commas), not the values' insides,
+// which encoding/json reads later. ok is false for anything else, and for
+// keys other than plain ASCII.
+func scanMembers(body []byte, visit func(key []byte, start, end int)) (ok bool) {
+	i := skipSpace(body, 0)
+	if i == len(body) || body[i] != '{' {
+		return false
+	}
+	i = skipSpace(body, i+1)
+	if i < len(body) && body[i] == '}' {
+		return skipSpace(body, i+1) == len(body)
 	}
 	for {
-		if i == len(text) || text[i] != '"' {
-			return nil, false
+		key, next, ok := plainString(body, i)
+		if !ok {
+			return false
 		}
-		end := i + 1
-		for end < len(text) && plain(text[end]) {
-			end++
+		i = skipSpace(body, next)
+		if i == len(body) || body[i] != ':' {
+			return false
 		}
-		if end == len(text) || text[end] != '"' {
-			return nil, false
+		start := skipSpace(body, i+1)
+		end := skipValue(body, start)
+		if end < 0 {
+			return false
 		}
-		names = append(names, text[i+1:end])
-		i = skipSpace(text, end+1)
+		visit(key, start, end)
+		i = skipSpace(body, end)
 		switch {
-		case i < len(text) && text[i] == ',':
-			i = skipSpace(text, i+1)
-		case i < len(text) && text[i] == ']':
-			return names, skipSpace(text, i+1) == len(text)
+		case i < len(body) && body[i] == ',':
+			i = skipSpace(body, i+1)
+		case i < len(body) && body[i] == '}':
+			return skipSpace(body, i+1) == len(body)
 		default:
-			return nil, false
+			return false
 		}
 	}
 }
 
-func skipSpace(text string, i int) int {
+// plainString reads a string of plain characters at body[i], returning its
+// contents and the index after it.
+func plainString(body []byte, i int) (contents []byte, next int, ok bool) {
+	if i == len(body) || body[i] != '"' {
+		return nil, 0, false
+	}
+	end := i + 1
+	for end < len(body) && plain(body[end]) {
+		end++
+	}
+	if end == len(body) || body[end] != '"' {
+		return nil, 0, false
+	}
+	return body[i+1 : end], end + 1, true
+}
+
+// skipValue returns the index after the JSON value starting at body[i], or
+// -1 when it does not end: strings end at their closing quote, objects and
+// arrays at their matching bracket, other values at the next delimiter.
+func skipValue(body []byte, i int) int {
+	depth := 0
+	for i < len(body) {
+		c := body[i]
+		switch {
+		case c == '"':
+			if i = skipString(body, i); i < 0 {
+				return -1
+			}
+		case c == '{' || c == '[':
+			depth++
+			i++
+		case c == '}' || c == ']':
+			if depth == 0 {
+				return i // the enclosing object's end: a value ran up to it
+			}
+			depth--
+			i++
+		case depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			return i
+		default:
+			i++
+		}
+		if depth == 0 && (c == '"' || c == '}' || c == ']') {
+			return i
+		}
+	}
+	if depth == 0 {
+		return i
+	}
+	return -1
+}
+
+// skipString returns the index after the string starting at body[i], or -1.
+func skipString(body []byte, i int) int {
+	for i++; i < len(body); i++ {
+		switch body[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return -1
+}
+
+// plainStrings parses a JSON array of plain strings into refs (reusing
+// their room), each name looked up in table once, and the table's own copy
+// of it kept where it holds the node, so that known names cost no
+// allocation. It returns false for anything else.
+func plainStrings(value []byte, table *nodeTable, refs *nodeRefs) bool {
+	refs.names, refs.nodes = refs.names[:0], refs.nodes[:0]
+	i := skipSpace(value, 0)
+	if i == len(value) || value[i] != '[' {
+		return false
+	}
+	i = skipSpace(value, i+1)
+	if i < len(value) && value[i] == ']' {
+		return skipSpace(value, i+1) == len(value)
+	}
+	for {
+		name, next, ok := plainString(value, i)
+		if !ok {
+			return false
+		}
+		at, _ := table.nodeBytes(name)
+		if at.node != nil {
+			refs.names = append(refs.names, at.node.Name)
+		} else {
+			refs.names = append(refs.names, string(name))
+		}
+		refs.nodes = append(refs.nodes, at)
+		i = skipSpace(value, next)
+		switch {
+		case i < len(value) && value[i] == ',':
+			i = skipSpace(value, i+1)
+		case i < len(value) && value[i] == ']':
+			return skipSpace(value, i+1) == len(value)
+		default:
+			return false
+		}
+	}
+}
+
+func skipSpace(text []byte, i int) int {
 	for i < len(text) && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r') {
 		i++
 	}
@@ -152,22 +315,18 @@ func (a *filterAnswer) appendReasons(buf []byte, want outcome, texts [][]byte) [
 	return append(buf, '}')
 }
 
-// appendPriorities appends scores as HostPriorityList JSON.
-func appendPriorities(buf []byte, scores extenderv1.HostPriorityList) []byte {
+// appendJSON appends the answer as HostPriorityList JSON.
+func (a *priorityAnswer) appendJSON(buf []byte) []byte {
 	buf = append(buf, '[')
-	for i, score := range scores {
+	for i, name := range a.names {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, `{"Host":`...)
-		buf = appendString(buf, score.Host)
+		buf = appendString(buf, name)
 		buf = append(buf, `,"Score":`...)
-		buf = strconv.AppendInt(buf, score.Score, 10)
+		buf = strconv.AppendInt(buf, a.parts[i].score(a.maxFree), 10)
 		buf = append(buf, '}')
 	}
 	return append(buf, ']')
 }
-
-// buffers holds request and answer buffers between requests: at 5,000
-// nodes each is hundreds of kilobytes.
-var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,39 +15,66 @@ import (
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
-func TestNodeNamesDecodeAsEncodingJSONDoes(t *testing.T) {
+func TestArgsDecodeAsEncodingJSONDoes(t *testing.T) {
+	state, _, _ := wireCase()
+	table := state.snapshot().nodes
+	const pod = `{"metadata":{"name":"p","annotations":{"a":"} ] \\\" ,"}}}`
 	tests := []struct {
-		name  string
-		input string
-		plain bool // taken by the fast path
+		name string
+		body string
+		fast bool // read without encoding/json reading the names
 	}{
-		{"names", `["node1","node2"]`, true},
-		{"spaces everywhere", " [ \"a\" ,\n\t\"b\" ] ", true},
-		{"empty", `[]`, true},
-		{"empty with space", `[ ]`, true},
-		{"empty name", `[""]`, true},
-		{"escaped quote", `["a\"b"]`, false},
-		{"unicode escape", `["\u00e9"]`, false},
-		{"non-ASCII", `["nœud"]`, false},
-		{"HTML character", `["a<b"]`, false},
-		{"number", `[1]`, false},
-		{"null element", `["a",null]`, false},
-		{"trailing comma", `["a",]`, false},
-		{"object", `{"a":"b"}`, false},
-		{"unterminated", `["a"`, false},
+		{"names", `{"Pod":` + pod + `,"NodeNames":["node1","ghost"]}`, true},
+		{"lower-case key", `{"pod":` + pod + `,"nodenames":["node1"]}`, true},
+		{"spaces everywhere", " {\n\"pod\" : " + pod + " ,\t\"nodeNames\" : [ \"node1\" ,\n\"node2\" ] } ", true},
+		{"names before pod", `{"NodeNames":["node2"],"Pod":` + pod + `}`, true},
+		{"empty names", `{"Pod":` + pod + `,"NodeNames":[]}`, true},
+		{"null names", `{"Pod":` + pod + `,"NodeNames":null}`, true},
+		{"no names", `{"Pod":` + pod + `}`, true},
+		{"nodes instead", `{"Pod":` + pod + `,"Nodes":{"items":[{"metadata":{"name":"node1"}}]}}`, true},
+		{"last names win", `{"Pod":` + pod + `,"NodeNames":["node1"],"nodenames":["node2"]}`, true},
+		{"null after names", `{"Pod":` + pod + `,"NodeNames":["node1"],"nodenames":null}`, true},
+		{"empty name", `{"Pod":` + pod + `,"NodeNames":[""]}`, true},
+		{"escaped name", `{"Pod":` + pod + `,"NodeNames":["node\u0031"]}`, false},
+		{"non-ASCII name", `{"Pod":` + pod + `,"NodeNames":["nœud"]}`, false},
+		{"escaped key", `{"Pod":` + pod + `,"Node\u004eames":["node1"]}`, false},
+		{"folded key", `{"Pod":` + pod + `,"NodeNameſ":["node1"]}`, false},
+		{"number name", `{"Pod":` + pod + `,"NodeNames":[1]}`, false},
+		{"invalid earlier names", `{"Pod":` + pod + `,"NodeNames":["a" "b"],"NodeNames":["node1"]}`, false},
+		{"names not an array", `{"Pod":` + pod + `,"NodeNames":"node1"}`, false},
+		{"trailing comma", `{"Pod":` + pod + `,"NodeNames":["node1"],}`, false},
+		{"trailing garbage", `{"Pod":` + pod + `,"NodeNames":["node1"]} x`, false},
+		{"not an object", `[]`, false},
+		{"unterminated", `{"Pod":` + pod + `,"NodeNames":["node1"]`, false},
+		{"bad pod", `{"Pod":{"metadata":{"name":}},"NodeNames":["node1"]}`, true},
+		{"pod of the wrong type", `{"Pod":5,"NodeNames":["node1"]}`, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, plain := plainStrings([]byte(tt.input))
-			if plain != tt.plain {
-				t.Fatalf("fast path taken = %v, want %v", plain, tt.plain)
+			if _, _, fast := readNames([]byte(tt.body), table, &nodeRefs{}); fast != tt.fast {
+				t.Fatalf("read without encoding/json = %v, want %v", fast, tt.fast)
 			}
-			var got nodeNameList
-			gotErr := got.UnmarshalJSON([]byte(tt.input))
-			var want []string
-			wantErr := json.Unmarshal([]byte(tt.input), &want)
-			if (gotErr == nil) != (wantErr == nil) || !reflect.DeepEqual([]string(got), want) && len(got)+len(want) > 0 {
-				t.Fatalf("got %q (%v), encoding/json %q (%v)", got, gotErr, want, wantErr)
+			var want extenderv1.ExtenderArgs
+			wantErr := json.Unmarshal([]byte(tt.body), &want)
+			var refs nodeRefs
+			got, hasNames, err := parseArgs([]byte(tt.body), table, &refs)
+			if (err == nil) != (wantErr == nil) {
+				t.Fatalf("error %v, encoding/json's %v", err, wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if hasNames != (want.NodeNames != nil) || hasNames && !slices.Equal(refs.names, *want.NodeNames) {
+				t.Fatalf("names %v (%v), encoding/json's %v", refs.names, hasNames, want.NodeNames)
+			}
+			want.NodeNames = nil
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("args %+v, encoding/json's %+v", got, want)
+			}
+			for i, name := range refs.names {
+				if at := refs.nodes[i]; (at.node != nil) != (state.Nodes[name] != nil) || at.node != nil && at.node.Name != name {
+					t.Fatalf("name %q looked up as %+v", name, at)
+				}
 			}
 		})
 	}
