@@ -138,8 +138,7 @@ func decideAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod,
 		}
 		return answer
 	}
-	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer,
-		reasons: map[reasonKey]int32{}}
+	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer}
 	for i, at := range nodes.nodes {
 		if at.node == nil {
 			answer.verdicts[i] = nodeVerdict{short, answer.text(fmt.Sprintf("node %s is not known to the extender yet", nodes.names[i]))}
@@ -240,9 +239,9 @@ type filterRun struct {
 	own     map[string]bool
 	claims  []podClaim
 	answer  *filterAnswer
-	reasons map[reasonKey]int32 // index in answer.texts
-	probe   corev1.Node         // reused: the node under check, labels only
-	needs   [2]poolNeed         // reused: what the pod asks of a node's pools
+	reasons []int32     // by claim, kind and place: 1 + index in answer.texts, 0 before worded
+	probe   corev1.Node // reused: the node under check, labels only
+	needs   [2]poolNeed // reused: what the pod asks of a node's pools
 	// zoneReserved memoizes reserved for zone pools, by zone.
 	zoneReserved map[string]int64
 }
@@ -256,32 +255,28 @@ const (
 	reasonSource
 	reasonSelector
 	reasonPromised
+	reasonKinds // how many kinds there are
 )
 
-// reasonKey identifies a reason: which claim, what kind, and where the
-// node is (the only node-dependent part of any reason's words).
-type reasonKey struct {
-	claim int
-	kind  reasonKind
-	place int32
-}
-
-// mismatch words a topology mismatch once per claim, kind and place.
+// mismatch words a topology mismatch once per claim, kind and place (the
+// only node-dependent part of any reason's words).
 func (r *filterRun) mismatch(claim int, kind reasonKind, at tableNode, word func(where string) string) nodeVerdict {
-	key := reasonKey{claim, kind, at.place}
-	text, ok := r.reasons[key]
-	if !ok {
-		text = r.answer.text(word(describeWhere(r.index.nodes.places[at.place].location)))
-		r.reasons[key] = text
+	places := len(r.index.nodes.places)
+	if r.reasons == nil {
+		r.reasons = make([]int32, len(r.claims)*int(reasonKinds)*places)
 	}
-	return nodeVerdict{unresolvable, text}
+	slot := &r.reasons[(claim*int(reasonKinds)+int(kind))*places+int(at.place)]
+	if *slot == 0 {
+		*slot = r.answer.text(word(describeWhere(r.index.nodes.places[at.place].location))) + 1
+	}
+	return nodeVerdict{unresolvable, *slot - 1}
 }
 
 // checkNode applies, in order, the in-tree VolumeBinding rules and then
 // toposnap's extras to one node.
 func (r *filterRun) checkNode(at tableNode) nodeVerdict {
-	node, places := at.node, r.index.nodes.places
-	r.probe.Labels = node.Labels
+	places := r.index.nodes.places
+	r.probe.Labels = at.labels
 	probe := &r.probe
 	var excludedBuf [4]string
 	excluded := excludedBuf[:0]
@@ -297,7 +292,7 @@ func (r *filterRun) checkNode(at tableNode) nodeVerdict {
 			continue
 		}
 		switch {
-		case pc.promised && pc.selectedNode != node.Name:
+		case pc.promised && pc.selectedNode != at.name:
 			return r.mismatch(i, reasonPromised, at, func(string) string {
 				if pc.selectedNode == "" {
 					return fmt.Sprintf("pvc %s is already being provisioned for another node", pc.key)

@@ -22,8 +22,9 @@ import (
 // matching does, and a request matches thousands), and the facts it checks
 // read out of the object, so a node's candidates are one contiguous walk.
 type Candidate struct {
-	// Read for every candidate on every node: kept together, and nothing
-	// here points into the PV, whose object is elsewhere on the heap.
+	// Read for every candidate on every node: kept together, the size
+	// ending the first cache line, and nothing here points into the PV,
+	// whose object is elsewhere on the heap.
 	claimed   bool // has a claimRef
 	available bool // phase Available
 	deleting  bool

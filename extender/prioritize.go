@@ -88,7 +88,7 @@ func scoreNodes(driver string, claims []podClaim, nodes []tableNode, parts []sco
 		if at.node == nil {
 			continue
 		}
-		probe.Labels = at.node.Labels
+		probe.Labels = at.labels
 		parts[i] = scoreNode(driver, claims, at, probe)
 		maxFree = max(maxFree, parts[i].free)
 	}

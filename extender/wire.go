@@ -225,7 +225,7 @@ func plainStrings(value []byte, table *nodeTable, refs *nodeRefs) bool {
 		}
 		at, _ := table.nodeBytes(name)
 		if at.node != nil {
-			refs.names = append(refs.names, at.node.Name)
+			refs.names = append(refs.names, at.name)
 		} else {
 			refs.names = append(refs.names, string(name))
 		}
@@ -251,9 +251,14 @@ func skipSpace(text []byte, i int) int {
 
 // plain: a byte that stands for itself inside a JSON string, both when read
 // and when written by encoding/json (which escapes <, > and & for HTML).
-func plain(c byte) bool {
-	return c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
-}
+func plain(c byte) bool { return plainBytes[c] }
+
+var plainBytes = func() (table [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		table[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return table
+}()
 
 // appendString appends s as a JSON string.
 func appendString(buf []byte, s string) []byte {
