@@ -14,10 +14,12 @@ import (
 // names and an answer 700 KB of reasons. encoding/json spends more on that
 // (a string allocated per name; a map built, its keys sorted by reflection
 // and every reason escaped again per node) than the decision costs. Names
-// are therefore read as substrings of one string, and answers written
-// straight from the compact filterAnswer, each distinct reason escaped once,
-// into a pooled buffer. Both produce what encoding/json would read back as
-// the extender API's types; the tests and the fuzz target hold them to it.
+// are therefore read here and looked up in the node table as they are read
+// (a known name costs no allocation: the table's copy is kept), and
+// answers are written straight from the compact answers, each distinct
+// reason escaped once, into a pooled buffer. What this reads equals what
+// encoding/json reads, and what it writes reads back through encoding/json
+// as the extender API's types: FuzzParseArgs and FuzzServer hold it to that.
 
 // parseArgs decodes ExtenderArgs from body, which it may rewrite, with the
 // node names looked up in table and written into refs' slices. The names'
