@@ -102,6 +102,11 @@ func (g *generator) nodes(n int) {
 				labels[topology.RegionKey] = regionOf(zone)
 			}
 		}
+		if g.chance(15) {
+			// The legacy key, sometimes disagreeing: the extender groups
+			// nodes by all four zone and region labels.
+			labels[topology.LegacyZoneKey] = g.pick(zones...)
+		}
 		if g.chance(50) {
 			labels[diskKey] = g.pick("ssd", "hdd", "nvme")
 		}
@@ -140,7 +145,7 @@ func (g *generator) valuesOf(key string) []string {
 	return out
 }
 
-var selectorKeys = []string{topology.HostnameKey, topology.NodeKey, topology.ZoneKey, topology.RegionKey, diskKey, rackKey, gpusKey, bogusKey}
+var selectorKeys = []string{topology.HostnameKey, topology.NodeKey, topology.ZoneKey, topology.RegionKey, topology.LegacyZoneKey, diskKey, rackKey, gpusKey, bogusKey}
 
 func (g *generator) requirement(first bool) corev1.NodeSelectorRequirement {
 	if first && g.chance(60) {
@@ -199,7 +204,7 @@ func (g *generator) bindingMode() *storagev1.VolumeBindingMode {
 	return ptr.To(storagev1.VolumeBindingWaitForFirstConsumer)
 }
 
-var topologyKeys = []string{topology.ZoneKey, topology.RegionKey, topology.NodeKey, topology.HostnameKey, diskKey}
+var topologyKeys = []string{topology.ZoneKey, topology.RegionKey, topology.LegacyZoneKey, topology.NodeKey, topology.HostnameKey, diskKey}
 
 // allowedTopologies: none, or 1-3 terms (ORed) of 1-2 expressions on
 // distinct keys (ANDed); rarely an empty term, which the API accepts.
