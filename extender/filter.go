@@ -76,10 +76,11 @@ const (
 	short
 )
 
-// nodeVerdict is one node's outcome and, when it does not fit, the index
-// of its reason in filterAnswer.texts.
+// nodeVerdict is one node's outcome and, when it does not fit, what the
+// reason is about and the index of its words in filterAnswer.texts.
 type nodeVerdict struct {
 	outcome outcome
+	kind    reasonKind
 	text    int32
 }
 
@@ -134,14 +135,14 @@ func decideAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod,
 	if problem != "" {
 		answer.texts = []string{problem}
 		for i := range answer.verdicts {
-			answer.verdicts[i] = nodeVerdict{outcome: unresolvable}
+			answer.verdicts[i] = nodeVerdict{outcome: unresolvable, kind: reasonClaim}
 		}
 		return answer
 	}
 	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer}
 	for i, at := range nodes.nodes {
 		if at.node == nil {
-			answer.verdicts[i] = nodeVerdict{short, answer.text(fmt.Sprintf("node %s is not known to the extender yet", nodes.names[i]))}
+			answer.verdicts[i] = nodeVerdict{short, reasonUnknownNode, answer.text(fmt.Sprintf("node %s is not known to the extender yet", nodes.names[i]))}
 			continue
 		}
 		answer.verdicts[i] = run.checkNode(at)
@@ -248,6 +249,8 @@ type filterRun struct {
 
 type reasonKind uint8
 
+// What a verdict's reason is about, for the decisions metric; the first
+// six are also the topology mismatches worded once per place.
 const (
 	reasonBoundPV reasonKind = iota
 	reasonNoStaticPV
@@ -255,8 +258,16 @@ const (
 	reasonSource
 	reasonSelector
 	reasonPromised
-	reasonKinds // how many kinds there are
+	reasonClaim       // a problem of the pod's claims that no node fixes
+	reasonCapacity    // a pool short of room
+	reasonUnknownNode // a node the extender has not seen yet
+	reasonNone        // the node fits
+	reasonKinds       // how many kinds there are
 )
+
+// reasonNames label the decisions metric.
+var reasonNames = [reasonKinds]string{"bound-pv", "no-static-pv", "allowed-topologies", "snapshot-or-clone-source",
+	"selector", "being-provisioned", "claim", "capacity", "unknown-node", "none"}
 
 // mismatch words a topology mismatch once per claim, kind and place (the
 // only node-dependent part of any reason's words).
@@ -269,7 +280,7 @@ func (r *filterRun) mismatch(claim int, kind reasonKind, at tableNode, word func
 	if *slot == 0 {
 		*slot = r.answer.text(word(describeWhere(r.index.nodes.places[at.place].location))) + 1
 	}
-	return nodeVerdict{unresolvable, *slot - 1}
+	return nodeVerdict{unresolvable, kind, *slot - 1}
 }
 
 // checkNode applies, in order, the in-tree VolumeBinding rules and then
@@ -333,12 +344,12 @@ func (r *filterRun) checkNode(at tableNode) nodeVerdict {
 		needs = addNeed(needs, i, pc)
 	}
 	if len(needs) == 0 {
-		return nodeVerdict{}
+		return nodeVerdict{fits, reasonNone, 0}
 	}
 	if shortfall := r.checkCapacity(needs, at); shortfall != "" {
-		return nodeVerdict{short, r.answer.text(shortfall)}
+		return nodeVerdict{short, reasonCapacity, r.answer.text(shortfall)}
 	}
-	return nodeVerdict{}
+	return nodeVerdict{fits, reasonNone, 0}
 }
 
 // reaches: the claim's bound PV can be used from the probe's labels.
@@ -474,24 +485,31 @@ func poolName(scope topology.Scope, node *corev1.Node) string {
 }
 
 // checkCapacity compares each pool's summed need with its published free
-// capacity less what pending claims were already promised: on this node for
-// its node pool, on any node of its zone for the zone pool. Unknown capacity
-// never rejects.
+// capacity less what pending claims were already promised (on this node for
+// its node pool, on any node of its zone for the zone pool), and each claim
+// with the largest volume the pool can make. Unknown capacity never
+// rejects.
 func (r *filterRun) checkCapacity(needs []poolNeed, at tableNode) string {
 	node := at.node
 	if len(needs) == 2 && needs[0].scope > needs[1].scope {
 		needs[0], needs[1] = needs[1], needs[0]
 	}
 	for _, need := range needs {
-		free, ok := need.capacity.freeAt(at.index)
-		if !ok {
+		free := need.capacity.freeAt(at.index)
+		if !free.known {
 			continue
 		}
 		reserved := r.reserved(node, need.scope)
-		if need.bytes > free-reserved {
+		if need.bytes > free.bytes-reserved {
 			return fmt.Sprintf("%s: %s needs %s in the %s, which has %s free with %s promised to pending claims",
 				r.claimKeys(need), pluralClaims(need.count), quantity(need.bytes), poolName(need.scope, node),
-				quantity(free), quantity(reserved))
+				quantity(free.bytes), quantity(reserved))
+		}
+		for i := range min(len(r.claims), 64) {
+			if request := r.claims[i].request.Value(); need.claims&(1<<i) != 0 && request > free.largest {
+				return fmt.Sprintf("pvc %s: needs a volume of %s; the largest the %s can make is %s",
+					r.claims[i].key, quantity(request), poolName(need.scope, node), quantity(free.largest))
+			}
 		}
 	}
 	return ""

@@ -63,6 +63,11 @@ func capacity(className string, selector map[string]string, size string) *storag
 		StorageClassName: className, NodeTopology: &metav1.LabelSelector{MatchLabels: selector}, Capacity: &q}
 }
 
+func withMaximum(c *storagev1.CSIStorageCapacity, size string) *storagev1.CSIStorageCapacity {
+	c.MaximumVolumeSize = ptr.To(resource.MustParse(size))
+	return c
+}
+
 // seed builds the seed's two workers in zone b and the given objects.
 func seed(objects ...any) *MemState {
 	s := &MemState{
@@ -151,6 +156,17 @@ func TestFilter(t *testing.T) {
 				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),
 				capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "20Gi")),
 			podWith("a", "b"), []string{"node2"}, nil, map[string]string{"node1": "together the 2 claims needs 12Gi in the node pool of node1, which has 10Gi free"}},
+		{"the most generous of several capacities for a pool counts",
+			seed(class("topo-node", driver, "node"), claim("a", "topo-node", "6Gi"),
+				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "1Gi"),
+				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),
+				capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "1Gi")),
+			podWith("a"), []string{"node1"}, nil, map[string]string{"node2": "which has 1Gi free"}},
+		{"a claim larger than the pool's maximumVolumeSize does not fit",
+			seed(class("topo-node", driver, "node"), claim("a", "topo-node", "6Gi"),
+				withMaximum(capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "20Gi"), "4Gi"),
+				withMaximum(capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "20Gi"), "8Gi")),
+			podWith("a"), []string{"node2"}, nil, map[string]string{"node1": "pvc default/a: needs a volume of 6Gi; the largest the node pool of node1 can make is 4Gi"}},
 		{"pending claims promised to a node count against it",
 			seed(class("topo-node", driver, "node"), claim("a", "topo-node", "6Gi"), pending,
 				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),

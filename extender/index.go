@@ -234,14 +234,15 @@ func filing(pv *corev1.PersistentVolume) (label string, values []string) {
 // the first of their match labels (selectsNode checks the rest).
 type capacityClass = filed[indexedCapacity]
 
-// indexedCapacity is a CSIStorageCapacity with its free bytes read out;
-// exact: its topology is the one label it is filed under, so a node found
-// through that label is selected by it.
+// indexedCapacity is a CSIStorageCapacity with its sizes read out; exact:
+// its topology is the one label it is filed under, so a node found through
+// that label is selected by it.
 type indexedCapacity struct {
-	object *storagev1.CSIStorageCapacity
-	free   int64
-	exact  bool
-	known  bool // capacity is set
+	object  *storagev1.CSIStorageCapacity
+	free    int64
+	largest int64 // the largest volume it says fits: maximumVolumeSize, else capacity
+	exact   bool
+	known   bool // capacity is set
 }
 
 func (c *indexedCapacity) selects(node *corev1.Node, foundByLabel bool) bool {
@@ -296,7 +297,10 @@ func buildIndex(pvs []*corev1.PersistentVolume, capacities []*storagev1.CSIStora
 	for _, c := range capacities {
 		entry := indexedCapacity{object: c, known: c.Capacity != nil}
 		if c.Capacity != nil {
-			entry.free = c.Capacity.Value()
+			entry.free, entry.largest = c.Capacity.Value(), c.Capacity.Value()
+		}
+		if c.MaximumVolumeSize != nil {
+			entry.largest = c.MaximumVolumeSize.Value()
 		}
 		class := snapshot.capacity[c.StorageClassName]
 		if class == nil {
@@ -379,19 +383,30 @@ func (s *indexSnapshot) preBoundTo(class, namespace, name string) []Candidate {
 	return s.prebound[preboundKey{class, namespace, name}]
 }
 
-// freeCapacity is the published capacity of a class whose topology selects
-// the node, if any.
-func freeCapacity(c *capacityClass, node *corev1.Node) (int64, bool) {
+// nodeFree is what a class's published capacities say of one node's pool.
+type nodeFree struct {
+	bytes   int64 // free space
+	largest int64 // the largest volume that fits
+	known   bool  // some capacity selects the node
+}
+
+// freeCapacity reads the published capacities of a class whose topology
+// selects the node. Where several do (a stale object beside a fresh one,
+// or another publisher's), the most generous counts, as the scheduler's
+// VolumeBinding accepts a claim that any of them has room for.
+func freeCapacity(c *capacityClass, node *corev1.Node) nodeFree {
+	var free nodeFree
 	if c == nil {
-		return 0, false
+		return free
 	}
 	var buf [4]filedList[indexedCapacity]
 	for _, group := range c.forNode(node.Labels, buf[:0]) {
 		for i := range group.list {
-			if group.list[i].selects(node, group.byLabel) {
-				return group.list[i].free, true
+			if capacity := &group.list[i]; capacity.selects(node, group.byLabel) {
+				free.bytes, free.largest = max(free.bytes, capacity.free), max(free.largest, capacity.largest)
+				free.known = true
 			}
 		}
 	}
-	return 0, false
+	return free
 }

@@ -97,11 +97,6 @@ type classNodes struct {
 	free        []nodeFree      // by node index; nil when the class has no capacities
 }
 
-type nodeFree struct {
-	bytes int64
-	known bool
-}
-
 // joinClasses resolves each class's index for every node of the table.
 func joinClasses(table *nodeTable, static map[string]*StaticClass, capacity map[string]*capacityClass) map[string]*classNodes {
 	joined := map[string]*classNodes{}
@@ -147,7 +142,7 @@ func joinClasses(table *nodeTable, static map[string]*StaticClass, capacity map[
 		c := class(name)
 		c.free = make([]nodeFree, len(table.nodes))
 		for i, node := range table.nodes {
-			c.free[i].bytes, c.free[i].known = freeCapacity(index, node)
+			c.free[i] = freeCapacity(index, node)
 		}
 	}
 	return joined
@@ -161,12 +156,12 @@ func (c *classNodes) staticAt(i int32) []CandidateList {
 	return c.static[c.staticStart[i]:c.staticStart[i+1]]
 }
 
-// freeAt is the published capacity that selects node i, if any.
-func (c *classNodes) freeAt(i int32) (int64, bool) {
+// freeAt is what published capacities say of node i's pool.
+func (c *classNodes) freeAt(i int32) nodeFree {
 	if c == nil || c.free == nil {
-		return 0, false
+		return nodeFree{}
 	}
-	return c.free[i].bytes, c.free[i].known
+	return c.free[i]
 }
 
 // nodeRefs are a request's node names and, for each, its table entry

@@ -130,7 +130,8 @@ func scoreNode(driver string, claims []podClaim, at tableNode, probe *corev1.Nod
 			continue
 		}
 		if !freeFound && pc.class.Provisioner == driver {
-			parts.free, freeFound = pc.joined.freeAt(at.index)
+			free := pc.joined.freeAt(at.index)
+			parts.free, freeFound = free.bytes, free.known
 		}
 		parts.counted++
 		// A claim being provisioned, or never matchable, has no static PV to score.

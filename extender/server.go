@@ -38,8 +38,8 @@ func NewServer(state func() State, driver string) *Server {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}, []string{"verb"}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "toposnap_extender_node_decisions_total", Help: "Filter decisions per node, by outcome.",
-		}, []string{"outcome"}),
+			Name: "toposnap_extender_node_decisions_total", Help: "Filter decisions per node, by outcome and what the reason is about.",
+		}, []string{"outcome", "reason"}),
 	}
 	s.registry.MustRegister(s.latency, s.outcomes, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -119,13 +119,7 @@ func (s *Server) filter(c echo.Context) error {
 	}
 	answer := decideAt(state, index, s.driver, pod, r.nodes, r.verdicts)
 	r.verdicts = answer.verdicts
-	counts := [3]int{}
-	for _, v := range answer.verdicts {
-		counts[v.outcome]++
-	}
-	s.outcomes.WithLabelValues("fit").Add(float64(counts[fits]))
-	s.outcomes.WithLabelValues("unresolvable").Add(float64(counts[unresolvable]))
-	s.outcomes.WithLabelValues("short").Add(float64(counts[short]))
+	s.countDecisions(answer.verdicts)
 	r.out.Write(answer.appendJSON(r.out.AvailableBuffer()))
 	s.latency.WithLabelValues("filter").Observe(time.Since(start).Seconds())
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, r.out.Bytes())
@@ -146,6 +140,24 @@ func (s *Server) prioritize(c echo.Context) error {
 	r.out.Write(answer.appendJSON(r.out.AvailableBuffer()))
 	s.latency.WithLabelValues("prioritize").Observe(time.Since(start).Seconds())
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, r.out.Bytes())
+}
+
+// outcomeNames label the decisions metric.
+var outcomeNames = [...]string{fits: "fit", unresolvable: "unresolvable", short: "short"}
+
+// countDecisions adds a request's verdicts to the decisions metric.
+func (s *Server) countDecisions(verdicts []nodeVerdict) {
+	var counts [len(outcomeNames)][reasonKinds]int
+	for _, v := range verdicts {
+		counts[v.outcome][v.kind]++
+	}
+	for outcome := range counts {
+		for kind, n := range counts[outcome] {
+			if n > 0 {
+				s.outcomes.WithLabelValues(outcomeNames[outcome], reasonNames[kind]).Add(float64(n))
+			}
+		}
+	}
 }
 
 // errNoTLS is returned when only one of the TLS files is given.

@@ -51,3 +51,26 @@ func TestServerFilterAnswers200WithNodeNames(t *testing.T) {
 		t.Fatalf("no-fit answer = %+v, want empty non-nil NodeNames and reasons for both", result)
 	}
 }
+
+func TestServerCountsDecisionsByReason(t *testing.T) {
+	state, pod, names := wireCase()
+	handler := NewServer(func() State { return state }, driver).Handler()
+	body, _ := json.Marshal(extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	rec := httptest.NewRecorder()
+	handler.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/filter", bytes.NewReader(body)))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+	rec = httptest.NewRecorder()
+	handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		`toposnap_extender_node_decisions_total{outcome="fit",reason="none"} 2`,
+		`toposnap_extender_node_decisions_total{outcome="short",reason="capacity"} 1`,
+		`toposnap_extender_node_decisions_total{outcome="short",reason="unknown-node"} 1`,
+		`toposnap_extender_node_decisions_total{outcome="unresolvable",reason="allowed-topologies"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, rec.Body.String())
+		}
+	}
+}
