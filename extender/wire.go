@@ -106,35 +106,46 @@ func (r *nodeRefs) lookUp(table *nodeTable) {
 // which encoding/json reads later. ok is false for anything else, and for
 // keys other than plain ASCII.
 func scanMembers(body []byte, visit func(key []byte, start, end int)) (ok bool) {
-	i := skipSpace(body, 0)
-	if i == len(body) || body[i] != '{' {
-		return false
-	}
-	i = skipSpace(body, i+1)
-	if i < len(body) && body[i] == '}' {
-		return skipSpace(body, i+1) == len(body)
-	}
-	for {
+	return scanList(body, '{', '}', func(i int) int {
 		key, next, ok := plainString(body, i)
 		if !ok {
-			return false
+			return -1
 		}
 		i = skipSpace(body, next)
 		if i == len(body) || body[i] != ':' {
-			return false
+			return -1
 		}
 		start := skipSpace(body, i+1)
 		end := skipValue(body, start)
-		if end < 0 {
+		if end >= 0 {
+			visit(key, start, end)
+		}
+		return end
+	})
+}
+
+// scanList walks a JSON object or array that is all of text: open, then
+// elements separated by commas, then close, with spaces anywhere between.
+// element reads the element at i and returns the index after it, or -1.
+func scanList(text []byte, open, close byte, element func(i int) int) bool {
+	i := skipSpace(text, 0)
+	if i == len(text) || text[i] != open {
+		return false
+	}
+	i = skipSpace(text, i+1)
+	if i < len(text) && text[i] == close {
+		return skipSpace(text, i+1) == len(text)
+	}
+	for {
+		if i = element(i); i < 0 {
 			return false
 		}
-		visit(key, start, end)
-		i = skipSpace(body, end)
+		i = skipSpace(text, i)
 		switch {
-		case i < len(body) && body[i] == ',':
-			i = skipSpace(body, i+1)
-		case i < len(body) && body[i] == '}':
-			return skipSpace(body, i+1) == len(body)
+		case i < len(text) && text[i] == ',':
+			i = skipSpace(text, i+1)
+		case i < len(text) && text[i] == close:
+			return skipSpace(text, i+1) == len(text)
 		default:
 			return false
 		}
@@ -212,18 +223,10 @@ func skipString(body []byte, i int) int {
 // allocation. It returns false for anything else.
 func plainStrings(value []byte, table *nodeTable, refs *nodeRefs) bool {
 	refs.names, refs.nodes = refs.names[:0], refs.nodes[:0]
-	i := skipSpace(value, 0)
-	if i == len(value) || value[i] != '[' {
-		return false
-	}
-	i = skipSpace(value, i+1)
-	if i < len(value) && value[i] == ']' {
-		return skipSpace(value, i+1) == len(value)
-	}
-	for {
+	return scanList(value, '[', ']', func(i int) int {
 		name, next, ok := plainString(value, i)
 		if !ok {
-			return false
+			return -1
 		}
 		at, _ := table.nodeBytes(name)
 		if at.node != nil {
@@ -232,16 +235,8 @@ func plainStrings(value []byte, table *nodeTable, refs *nodeRefs) bool {
 			refs.names = append(refs.names, string(name))
 		}
 		refs.nodes = append(refs.nodes, at)
-		i = skipSpace(value, next)
-		switch {
-		case i < len(value) && value[i] == ',':
-			i = skipSpace(value, i+1)
-		case i < len(value) && value[i] == ']':
-			return skipSpace(value, i+1) == len(value)
-		default:
-			return false
-		}
-	}
+		return next
+	})
 }
 
 func skipSpace(text []byte, i int) int {

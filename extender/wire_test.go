@@ -54,23 +54,7 @@ func TestArgsDecodeAsEncodingJSONDoes(t *testing.T) {
 			if _, _, fast := readNames([]byte(tt.body), table, &nodeRefs{}); fast != tt.fast {
 				t.Fatalf("read without encoding/json = %v, want %v", fast, tt.fast)
 			}
-			var want extenderv1.ExtenderArgs
-			wantErr := json.Unmarshal([]byte(tt.body), &want)
-			var refs nodeRefs
-			got, hasNames, err := parseArgs([]byte(tt.body), table, &refs)
-			if (err == nil) != (wantErr == nil) {
-				t.Fatalf("error %v, encoding/json's %v", err, wantErr)
-			}
-			if err != nil {
-				return
-			}
-			if hasNames != (want.NodeNames != nil) || hasNames && !slices.Equal(refs.names, *want.NodeNames) {
-				t.Fatalf("names %v (%v), encoding/json's %v", refs.names, hasNames, want.NodeNames)
-			}
-			want.NodeNames = nil
-			if !reflect.DeepEqual(got, want) {
-				t.Fatalf("args %+v, encoding/json's %+v", got, want)
-			}
+			refs := parsesAsEncodingJSON(t, tt.body, table)
 			for i, name := range refs.names {
 				if at := refs.nodes[i]; (at.node != nil) != (state.Nodes[name] != nil) || at.node != nil && at.node.Name != name {
 					t.Fatalf("name %q looked up as %+v", name, at)
@@ -78,6 +62,30 @@ func TestArgsDecodeAsEncodingJSONDoes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// parsesAsEncodingJSON checks that parseArgs reads body as encoding/json
+// reads it into ExtenderArgs, and returns the names it read.
+func parsesAsEncodingJSON(t *testing.T, body string, table *nodeTable) nodeRefs {
+	t.Helper()
+	var want extenderv1.ExtenderArgs
+	wantErr := json.Unmarshal([]byte(body), &want)
+	var refs nodeRefs
+	got, hasNames, err := parseArgs([]byte(body), table, &refs)
+	if (err == nil) != (wantErr == nil) {
+		t.Fatalf("error %v, encoding/json's %v", err, wantErr)
+	}
+	if err != nil {
+		return refs
+	}
+	if hasNames != (want.NodeNames != nil) || hasNames && !slices.Equal(refs.names, *want.NodeNames) {
+		t.Fatalf("names %q (%v), encoding/json's %v", refs.names, hasNames, want.NodeNames)
+	}
+	want.NodeNames = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("args %+v, encoding/json's %+v", got, want)
+	}
+	return refs
 }
 
 // wireCase is a state and a pod whose answers have every outcome: fits,
