@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -59,26 +60,40 @@ func prioritizeAt(state State, index *indexSnapshot, driver string, pod *corev1.
 	}
 	// One pass over the nodes gathers all but the free-space shares, which
 	// need the largest free space of all; score() does the arithmetic. The
-	// scheduler asks about one pod at a time, so a large request spreads
-	// its nodes over the cores: scoring only reads the claims and index.
-	workers := min(runtime.GOMAXPROCS(0), len(nodes.nodes)/nodesPerWorker)
-	if workers < 2 {
+	// scheduler asks about one pod at a time, so a large request shares its
+	// nodes out to the cores in chunks: scoring only reads the claims and
+	// the index. The request's own goroutine takes chunks too, so a core
+	// busy with something else delays nothing: the others take its share.
+	n := len(nodes.nodes)
+	if n < parallelFrom || runtime.GOMAXPROCS(0) < 2 {
 		answer.maxFree = scoreNodes(driver, claims, nodes.nodes, answer.parts)
 		return answer
 	}
-	maxFree := make([]int64, workers)
-	var wg sync.WaitGroup
-	for w := range workers {
-		lo, hi := w*len(nodes.nodes)/workers, (w+1)*len(nodes.nodes)/workers
-		wg.Go(func() { maxFree[w] = scoreNodes(driver, claims, nodes.nodes[lo:hi], answer.parts[lo:hi]) })
+	chunks := (n + chunkSize - 1) / chunkSize
+	maxFree := make([]int64, min(runtime.GOMAXPROCS(0), chunks))
+	var next atomic.Int64
+	work := func(w int) {
+		for c := int(next.Add(1) - 1); c < chunks; c = int(next.Add(1) - 1) {
+			lo, hi := c*chunkSize, min((c+1)*chunkSize, n)
+			maxFree[w] = max(maxFree[w], scoreNodes(driver, claims, nodes.nodes[lo:hi], answer.parts[lo:hi]))
+		}
 	}
+	var wg sync.WaitGroup
+	for w := 1; w < len(maxFree); w++ {
+		wg.Go(func() { work(w) })
+	}
+	work(0)
 	wg.Wait()
 	answer.maxFree = slices.Max(maxFree)
 	return answer
 }
 
-// nodesPerWorker is the least share of a request worth a goroutine.
-const nodesPerWorker = 1000
+// Requests of parallelFrom nodes or more are scored in chunks of chunkSize
+// on every core.
+const (
+	parallelFrom = 1000
+	chunkSize    = 256
+)
 
 // scoreNodes fills parts for nodes and returns the largest free space seen.
 func scoreNodes(driver string, claims []podClaim, nodes []tableNode, parts []scoreParts) int64 {
