@@ -173,10 +173,8 @@ type nodeRefs struct {
 
 // resolve looks every name up.
 func (t *nodeTable) resolve(names []string) nodeRefs {
-	refs := nodeRefs{names: names, nodes: make([]tableNode, len(names))}
-	for i, name := range names {
-		refs.nodes[i], _ = t.node(name)
-	}
+	refs := nodeRefs{names: names}
+	refs.lookUp(t)
 	return refs
 }
 
