@@ -36,6 +36,9 @@ type Cluster struct {
 
 	layout    layout
 	removeDir bool
+	// ports and caPEM let a fault (faults.go) wait for a restarted component.
+	ports ports
+	caPEM []byte
 
 	mu        sync.Mutex
 	processes []*process // in start order
@@ -72,6 +75,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
+	c.ports, c.caPEM = ports, creds.ca.pair.CertPEM
 	if err := c.startControlPlane(ctx, ports, creds); err != nil {
 		return nil, err
 	}

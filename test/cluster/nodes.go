@@ -17,7 +17,12 @@ import (
 const (
 	SeedRegion = "cn-hangzhou"
 	SeedZone   = "cn-hangzhou-b"
+	// SecondZone is the zone of TwoZoneNodes' extra worker, in SeedRegion.
+	SecondZone = "cn-hangzhou-c"
 )
+
+// SecondZoneWorker is the worker TwoZoneNodes adds in SecondZone.
+const SecondZoneWorker = "node3"
 
 // LabelControlPlane marks the master; the same key is its NoSchedule taint.
 const LabelControlPlane = "node-role.kubernetes.io/control-plane"
@@ -43,9 +48,22 @@ func SeedNodes() []corev1.Node {
 	return []corev1.Node{master, newNode("node1"), newNode("node2")}
 }
 
-// newNode is a node named name in the seed's zone, labelled as a kubelet on
-// this machine's architecture would label itself.
-func newNode(name string) corev1.Node {
+// TwoZoneNodes returns SeedNodes plus SecondZoneWorker in SecondZone, for
+// tests whose claims must choose between two zones (each with its own zone
+// pool). Callers that keep single-zone tests in the same cluster can taint
+// the extra worker so that only pods tolerating it land there.
+func TwoZoneNodes(extraTaints ...corev1.Taint) []corev1.Node {
+	extra := NodeInZone(SecondZoneWorker, SecondZone)
+	extra.Spec.Taints = append(extra.Spec.Taints, extraTaints...)
+	return append(SeedNodes(), extra)
+}
+
+// newNode is a node named name in the seed's zone.
+func newNode(name string) corev1.Node { return NodeInZone(name, SeedZone) }
+
+// NodeInZone is a node named name in zone of SeedRegion, labelled as a
+// kubelet on this machine's architecture would label itself.
+func NodeInZone(name, zone string) corev1.Node {
 	return corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
@@ -54,9 +72,9 @@ func newNode(name string) corev1.Node {
 				corev1.LabelOSStable:                "linux",
 				corev1.LabelArchStable:              runtime.GOARCH,
 				corev1.LabelTopologyRegion:          SeedRegion,
-				corev1.LabelTopologyZone:            SeedZone,
+				corev1.LabelTopologyZone:            zone,
 				corev1.LabelFailureDomainBetaRegion: SeedRegion,
-				corev1.LabelFailureDomainBetaZone:   SeedZone,
+				corev1.LabelFailureDomainBetaZone:   zone,
 			},
 		},
 	}

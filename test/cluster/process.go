@@ -23,6 +23,9 @@ type process struct {
 	logPath string
 	done    chan struct{} // closed once the process has exited and been reaped
 	waitErr error         // how it exited; read only after done is closed
+	// How it was started, so that a fault can start it again the same way.
+	bin, dir, logDir string
+	args, env        []string
 }
 
 // startProcess runs bin with args in dir, output appended to logDir/name.log.
@@ -46,7 +49,8 @@ func startProcess(name, bin string, args []string, dir, logDir string, env []str
 		_ = logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}),
+		bin: bin, dir: dir, logDir: logDir, args: args, env: env}
 	go func() {
 		p.waitErr = cmd.Wait()
 		_ = logFile.Close()
@@ -82,6 +86,8 @@ func (p *process) stop(grace time.Duration) {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	// A paused process (see Cluster.Pause) acts on SIGTERM only once resumed.
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
@@ -90,6 +96,21 @@ func (p *process) stop(grace time.Duration) {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// kill SIGKILLs the process, as a crash would, and waits until it is reaped.
+func (p *process) kill() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// again starts a new process exactly as p was started (same binary, flags,
+// environment, directory and log file, appended to).
+func (p *process) again() (*process, error) {
+	return startProcess(p.name, p.bin, p.args, p.dir, p.logDir, p.env)
 }
 
 // logTail returns the last few KiB of the process's log, formatted to follow

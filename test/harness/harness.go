@@ -1,6 +1,7 @@
 // Package harness runs toposnap as the chart would, but as local processes
 // on the local control plane (test/cluster): on each worker node a driver,
-// a provisioner and a snapshotter sharing the zone pool; the extender
+// a provisioner and a snapshotter, the nodes of a zone sharing that zone's
+// pool; the extender
 // registered in kube-scheduler; optionally the webhook registered with the
 // API server over TLS. The e2e tests and `make demo` both stand on it.
 package harness
@@ -9,13 +10,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,7 +36,8 @@ import (
 	"github.com/toposnap/toposnap/test/cluster"
 )
 
-// Workers are the seed's worker nodes, each running toposnap's node processes.
+// Workers are the seed's worker nodes, each running toposnap's node
+// processes: what Start runs when Options.Workers is empty.
 var Workers = []string{"node1", "node2"}
 
 // Env is a running toposnap on a running cluster.
@@ -42,18 +47,27 @@ type Env struct {
 	// Dir holds binaries, pools, sockets and every process's log.
 	Dir   string
 	Nodes map[string]*Node
-	bin   string
-	extra []*Node // control-plane processes (extender, webhook)
+	// Data records what tests wrote through WriteData and which snapshots
+	// were cut of it, for the data invariant (invariants.go).
+	Data    *Ledger
+	bin     string
+	workers []string // names of Nodes, in start order
+	extra   []*Node  // control-plane processes (extender, webhook)
 }
 
 // Node is one worker's processes and its driver's CSI clients.
 type Node struct {
-	Name       string
+	Name string
+	// Zone is the node's topology.kubernetes.io/zone label: the nodes of one
+	// zone share its zone pool.
+	Zone       string
 	Socket     string
 	NodeClient csi.NodeClient
 	Controller csi.ControllerClient
 	env        *Env
+	mu         sync.Mutex // guards commands, logs, args
 	commands   map[string]*exec.Cmd
+	logs       map[string]*os.File
 	args       map[string][]string
 	metrics    map[string]string // component -> its --metrics-address
 }
@@ -75,6 +89,10 @@ type Options struct {
 	ExtenderPort int
 	// Webhook also runs the admission webhook and registers it.
 	Webhook bool
+	// Workers names the cluster's nodes that run toposnap's node processes;
+	// empty means Workers (the seed's node1 and node2). Each node's zone
+	// label decides which zone pool its driver shares.
+	Workers []string
 }
 
 // Start builds the binaries and runs toposnap's processes on c.
@@ -87,7 +105,11 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{Cluster: c, Dir: dir, bin: filepath.Join(dir, "bin"), Nodes: map[string]*Node{}}
+	e := &Env{Cluster: c, Dir: dir, bin: filepath.Join(dir, "bin"), Nodes: map[string]*Node{}, Data: NewLedger()}
+	e.workers = opts.Workers
+	if len(e.workers) == 0 {
+		e.workers = Workers
+	}
 	build := exec.Command("go", "build", "-o", e.bin+"/", "./driver/cmd/toposnap-driver", "./provisioner/cmd/toposnap-provisioner",
 		"./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender", "./webhook/cmd/toposnap-webhook")
 	build.Dir = root
@@ -115,15 +137,19 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 			return nil, err
 		}
 	}
-	zonePool := filepath.Join(dir, "zone-cn-hangzhou-b")
-	for _, name := range Workers {
+	for _, name := range e.workers {
 		// The kubelet labels a node with the driver's node key on plugin
 		// registration; no kubelet runs here, so do it for it.
 		patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, topology.NodeKey, name)
-		if _, err := c.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		labelled, err := c.Client.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil {
 			return nil, fmt.Errorf("label %s: %w", name, err)
 		}
-		node, err := e.startNode(ctx, name, zonePool)
+		zone := labelled.Labels[topology.ZoneKey]
+		if zone == "" {
+			return nil, fmt.Errorf("worker %s has no %s label: its zone pool would be shared with no one", name, topology.ZoneKey)
+		}
+		node, err := e.startNode(ctx, name, zone, filepath.Join(dir, "zone-"+zone))
 		if err != nil {
 			return nil, err
 		}
@@ -132,18 +158,38 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 	return e, nil
 }
 
+// Workers names the nodes running toposnap's node processes, in start order.
+func (e *Env) Workers() []string { return slices.Clone(e.workers) }
+
+// Zones maps each zone of the workers to its workers' names, in start order.
+func (e *Env) Zones() map[string][]string {
+	zones := map[string][]string{}
+	for _, name := range e.workers {
+		zone := e.Nodes[name].Zone
+		zones[zone] = append(zones[zone], name)
+	}
+	return zones
+}
+
 // Stop kills every process Start ran.
 func (e *Env) Stop() {
-	for _, n := range append(e.nodeList(), e.extra...) {
-		for component := range n.commands {
+	for _, n := range e.AllNodes() {
+		for _, component := range n.Components() {
 			n.Kill(component)
 		}
 	}
 }
 
+// AllNodes returns the workers, in start order, and then the pseudo-node
+// holding the control-plane processes (extender, webhook), if any: every
+// toposnap process of the Env is a component of one of them.
+func (e *Env) AllNodes() []*Node {
+	return append(e.nodeList(), e.extra...)
+}
+
 func (e *Env) nodeList() []*Node {
 	out := make([]*Node, 0, len(e.Nodes))
-	for _, name := range Workers {
+	for _, name := range e.workers {
 		if n, ok := e.Nodes[name]; ok {
 			out = append(out, n)
 		}
@@ -201,16 +247,17 @@ func (e *Env) controlPlaneNode() *Node {
 	for _, n := range e.extra {
 		return n
 	}
-	n := &Node{Name: "control-plane", env: e, commands: map[string]*exec.Cmd{}, args: map[string][]string{}}
+	n := &Node{Name: "control-plane", env: e, commands: map[string]*exec.Cmd{}, logs: map[string]*os.File{}, args: map[string][]string{}}
 	e.extra = append(e.extra, n)
 	return n
 }
 
 // startNode runs the node's three processes, as the chart's DaemonSet pod would.
-func (e *Env) startNode(ctx context.Context, name, zonePool string) (*Node, error) {
+func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node, error) {
 	nodeDir := filepath.Join(e.Dir, name)
 	socket := filepath.Join(nodeDir, "csi.sock")
-	n := &Node{Name: name, Socket: socket, env: e, commands: map[string]*exec.Cmd{}, args: map[string][]string{}, metrics: map[string]string{}}
+	n := &Node{Name: name, Zone: zone, Socket: socket, env: e, commands: map[string]*exec.Cmd{}, logs: map[string]*os.File{},
+		args: map[string][]string{}, metrics: map[string]string{}}
 	for _, component := range []string{"driver", "provisioner", "snapshotter"} {
 		port, err := FreePort()
 		if err != nil {
@@ -259,30 +306,61 @@ func (n *Node) start(component, binary string, args ...string) error {
 	if err != nil {
 		return err
 	}
-	n.args[component] = append([]string{binary}, args...)
 	cmd := exec.Command(filepath.Join(n.env.bin, binary), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
+		logFile.Close()
 		return fmt.Errorf("start %s on %s: %w", component, n.Name, err)
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.args[component] = append([]string{binary}, args...)
 	n.commands[component] = cmd
+	n.logs[component] = logFile
 	return nil
 }
 
-// Kill SIGKILLs a component, as a crash would, and reaps it.
+// Components names the processes run on this node (for a worker: driver,
+// provisioner, snapshotter; for the control plane: extender, webhook).
+func (n *Node) Components() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	names := slices.Collect(maps.Keys(n.args))
+	slices.Sort(names)
+	return names
+}
+
+// Kill SIGKILLs a component, as a crash would, and reaps it. Killing a
+// component that is not running does nothing.
 func (n *Node) Kill(component string) {
+	n.mu.Lock()
 	cmd, ok := n.commands[component]
+	logFile := n.logs[component]
+	delete(n.commands, component)
+	delete(n.logs, component)
+	n.mu.Unlock()
 	if !ok {
 		return
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
+	logFile.Close()
 }
 
-// Restart starts a killed component again with the same flags.
+// Restart starts a killed component again with the same flags; a component
+// that is still running is left alone.
 func (n *Node) Restart(component string) error {
-	args := n.args[component]
+	n.mu.Lock()
+	_, running := n.commands[component]
+	args, known := n.args[component]
+	n.mu.Unlock()
+	if running {
+		return nil
+	}
+	if !known {
+		return fmt.Errorf("restart %s on %s: never started", component, n.Name)
+	}
 	return n.start(component, args[0], args[1:]...)
 }
 
