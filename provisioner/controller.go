@@ -8,20 +8,14 @@ package provisioner
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -34,6 +28,7 @@ import (
 	volumehelpers "k8s.io/component-helpers/storage/volume"
 	"k8s.io/klog/v2"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
@@ -66,19 +61,12 @@ type Controller struct {
 
 	capacityNamespace string
 	capacityChanged   chan struct{}
-	zone              *zoneOwner
+	zone              leaseHolder
+	campaign          *kube.Holder
 	metrics           *metrics
-	// inFlight holds CreateVolume requests that ended in a transient error:
-	// the volume may exist, so they are finished (and then deleted) even if
-	// their claim goes away.
-	inFlightMu sync.Mutex
-	inFlight   map[string]inFlightCreate
-}
-
-// inFlightCreate is a creation to finish after its claim is gone.
-type inFlightCreate struct {
-	req   *csi.CreateVolumeRequest
-	claim *corev1.PersistentVolumeClaim
+	// sourceQueue holds the snapshots and claims that restores and clones
+	// read from (sourceKey), whose protection finalizer may be due to go.
+	sourceQueue workqueue.TypedRateLimitingInterface[string]
 }
 
 // Config wires a Controller.
@@ -99,7 +87,9 @@ type Config struct {
 // NewController builds the controller and registers its informers; start
 // the factories and call Run.
 func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
+	holder := &kube.Holder{}
 	c := &Controller{
+		zone: holder, campaign: holder,
 		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
 		client: cfg.Client, snapClient: cfg.Snapshots, csi: cfg.CSI, recorder: cfg.Recorder,
 		claims:            kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
@@ -108,16 +98,22 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		nodes:             kubeInformers.Core().V1().Nodes().Lister(),
 		snapshots:         snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:          snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
-		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), zone: &zoneOwner{}, metrics: newMetrics(cfg.Registry),
-		inFlight:    map[string]inFlightCreate{},
+		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
 		claimQueue:  kube.NewQueue("claims"),
 		volumeQueue: kube.NewQueue("volumes"),
+		sourceQueue: kube.NewQueue("sources"),
 	}
 	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
 	_, _ = claimInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.enqueue(c.claimQueue, obj) },
-		UpdateFunc: func(_, obj any) { c.enqueue(c.claimQueue, obj) },
-		DeleteFunc: func(obj any) { c.enqueue(c.claimQueue, obj) },
+		AddFunc:    func(obj any) { c.enqueueClaim(obj) },
+		UpdateFunc: func(_, obj any) { c.enqueueClaim(obj) },
+		DeleteFunc: func(obj any) { c.enqueueClaim(obj) },
+	})
+	// A protected snapshot is looked at when it changes too: after a restart
+	// nothing else would bring back one whose restores were deleted meanwhile.
+	_, _ = snapInformers.Snapshot().V1().VolumeSnapshots().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.enqueueProtectedSnapshot(obj) },
+		UpdateFunc: func(_, obj any) { c.enqueueProtectedSnapshot(obj) },
 	})
 	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
 	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -143,6 +139,33 @@ func (c *Controller) enqueue(queue workqueue.TypedRateLimitingInterface[string],
 	queue.Add(key)
 }
 
+// enqueueClaim queues a claim, the source it reads from, and itself as a
+// source when it carries the cloning protection (tombstones included).
+func (c *Controller) enqueueClaim(obj any) {
+	c.enqueue(c.claimQueue, obj)
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	claim, ok := obj.(*corev1.PersistentVolumeClaim)
+	if !ok {
+		return
+	}
+	if source, ok := claimsource.Of(claim); ok && (source.IsSnapshot() || source.IsClaim()) {
+		c.sourceQueue.Add(sourceKey(source))
+	}
+	if slices.Contains(claim.Finalizers, FinalizerCloneSource) {
+		c.sourceQueue.Add(sourceKey(claimsource.Source{Kind: claimsource.KindClaim, Namespace: claim.Namespace, Name: claim.Name}))
+	}
+}
+
+func (c *Controller) enqueueProtectedSnapshot(obj any) {
+	snap, ok := obj.(*snapv1.VolumeSnapshot)
+	if ok && slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) {
+		c.sourceQueue.Add(sourceKey(claimsource.Source{
+			APIGroup: claimsource.SnapshotGroup, Kind: claimsource.KindSnapshot, Namespace: snap.Namespace, Name: snap.Name}))
+	}
+}
+
 // Background says how often the controller's periodic work runs.
 type Background struct {
 	CapacityInterval time.Duration
@@ -157,13 +180,14 @@ type Background struct {
 func (c *Controller) Run(ctx context.Context, workers int, background Background) error {
 	defer c.claimQueue.ShutDown()
 	defer c.volumeQueue.ShutDown()
+	defer c.sourceQueue.ShutDown()
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("informer caches did not sync")
 	}
 	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
 	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
 		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
-		go c.zone.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
+		go c.campaign.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
 	}
 	if background.CapacityInterval > 0 {
 		go c.publishCapacity(ctx, background.CapacityInterval)
@@ -174,12 +198,14 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	for range workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.claimQueue, c.syncClaim) }, time.Second)
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.volumeQueue, c.syncVolume) }, time.Second)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.sourceQueue, c.syncSource) }, time.Second)
 	}
 	<-ctx.Done()
 	return nil
 }
 
-// syncClaim provisions a volume for a pending claim this node owns.
+// syncClaim provisions a volume for a pending claim this node owns, and
+// finishes (deletes) a volume whose claim was deleted while it was made.
 func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	namespace, name, err := cache.SplitMetaNamespaceKey(key)
 	if err != nil {
@@ -187,15 +213,22 @@ func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	}
 	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		return c.abandon(ctx, key)
+		return nil // a claim holding FinalizerProvisioning cannot go before it is finished
 	}
 	if err != nil {
 		return err
 	}
-	if claim.DeletionTimestamp != nil {
+	provisioning := slices.Contains(claim.Finalizers, FinalizerProvisioning)
+	switch {
+	case claim.DeletionTimestamp != nil:
+		if provisioning && c.provisionsClaim(claim) {
+			return c.finishDeleted(ctx, claim)
+		}
 		return nil
-	}
-	if claim.Spec.VolumeName != "" {
+	case claim.Spec.VolumeName != "":
+		if provisioning && c.provisionsClaim(claim) {
+			return c.releaseClaim(ctx, claim, false) // bound: its PV holds the volume now
+		}
 		return c.syncBound(ctx, claim)
 	}
 	className := volumehelpers.GetPersistentVolumeClaimClass(claim)
@@ -206,13 +239,22 @@ func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	if err != nil {
 		return nil // not ours, or the class is missing: the PV controller reports that
 	}
-	if class.Provisioner != c.driverName || !c.ownsClaim(claim, class) {
+	if class.Provisioner != c.driverName {
+		return nil
+	}
+	if c.mayClaimForZone(claim, class) {
+		return c.claimForZone(ctx, claim)
+	}
+	if !c.provisionsClaim(claim) {
 		return nil
 	}
 	if _, err := c.volumes.Get(PVName(claim)); err == nil {
+		if provisioning {
+			return c.releaseClaim(ctx, claim, false)
+		}
 		return nil // provisioned; the PV controller binds it
 	}
-	return c.provision(ctx, key, claim, class)
+	return c.provision(ctx, claim, class)
 }
 
 // syncBound resizes a bound claim of ours when its request outgrew its PV.
@@ -227,58 +269,49 @@ func (c *Controller) syncBound(ctx context.Context, claim *corev1.PersistentVolu
 	return c.expand(ctx, claim, pv)
 }
 
-// abandon finishes a creation that ended in a transient error after its
-// claim went away: create-or-find the volume by name, then delete it.
-func (c *Controller) abandon(ctx context.Context, key string) error {
-	c.inFlightMu.Lock()
-	entry, ok := c.inFlight[key]
-	c.inFlightMu.Unlock()
-	if !ok {
-		return nil
+// provisionsClaim says whether this node makes the claim's volume, from the
+// claim alone (its class may be gone by the time a deleted claim is
+// finished): a delayed-binding claim belongs to the node the scheduler
+// selected, an immediate zone claim to whoever holds the Lease of the zone
+// that claimed it (AnnProvisioningZone), so a zone survives its node.
+func (c *Controller) provisionsClaim(claim *corev1.PersistentVolumeClaim) bool {
+	if node, ok := claim.Annotations[AnnSelectedNode]; ok {
+		return node == c.nodeName
 	}
-	req := entry.req
-	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	resp, err := c.csi.CreateVolume(callCtx, req)
-	if err != nil && classify(err) == retryInBackground {
-		return fmt.Errorf("finish abandoned volume %s: %w", req.GetName(), err)
+	if zone, ok := claim.Annotations[AnnProvisioningZone]; ok {
+		return zone == c.zoneName() && c.zone.Holds()
 	}
-	if err == nil {
-		if _, err := c.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
-			return fmt.Errorf("delete abandoned volume %s: %w", resp.GetVolume().GetVolumeId(), err)
-		}
-		klog.InfoS("Deleted the volume of a claim deleted during provisioning", "claim", key, "volume", resp.GetVolume().GetVolumeId())
-	}
-	if err := c.protectSource(ctx, entry.claim, false); err != nil {
-		return err
-	}
-	c.setInFlight(key, nil, nil)
-	return nil
+	return false
 }
 
-func (c *Controller) setInFlight(key string, req *csi.CreateVolumeRequest, claim *corev1.PersistentVolumeClaim) {
-	c.inFlightMu.Lock()
-	defer c.inFlightMu.Unlock()
-	if req == nil {
-		delete(c.inFlight, key)
-	} else {
-		c.inFlight[key] = inFlightCreate{req: req, claim: claim.DeepCopy()}
-	}
-}
-
-// ownsClaim: a delayed-binding claim belongs to the node the scheduler
-// selected; an immediate-binding zone claim to the owner of a zone the class
-// allows. Immediate node-scope claims have no owner: nothing can pick their
-// node (the webhook defaults such classes to WaitForFirstConsumer).
-func (c *Controller) ownsClaim(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
+// mayClaimForZone: an immediate zone claim nobody took yet, whose class
+// allows this zone, while this node holds the zone's Lease. Immediate
+// node-scope claims have no owner: nothing can pick their node (the webhook
+// defaults such classes to WaitForFirstConsumer).
+func (c *Controller) mayClaimForZone(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
 	if class.VolumeBindingMode != nil && *class.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
-		return claim.Annotations[AnnSelectedNode] == c.nodeName
+		return false
+	}
+	if _, ok := claim.Annotations[AnnSelectedNode]; ok {
+		return false
+	}
+	if _, ok := claim.Annotations[AnnProvisioningZone]; ok {
+		return false
 	}
 	params, err := DriverParameters(class)
-	if err != nil || params["scope"] != string(topology.ScopeZone) || !c.zone.Holds() {
+	if err != nil || params["scope"] != string(topology.ScopeZone) || !c.zone.Holds() || c.zoneName() == "" {
 		return false
 	}
 	return AllowedOnNode(class, c.zoneLabels())
+}
+
+// zoneName names this node's zone as AnnProvisioningZone records it.
+func (c *Controller) zoneName() string {
+	zone := c.nodeSegment[topology.ZoneKey]
+	if zone == "" {
+		return ""
+	}
+	return c.nodeSegment[topology.RegionKey] + "/" + zone
 }
 
 // zoneLabels are the labels every node of this node's zone shares.
@@ -308,253 +341,21 @@ func (c *Controller) responsibleFor(pv *corev1.PersistentVolume) bool {
 	return c.zone.Holds()
 }
 
-func (c *Controller) provision(ctx context.Context, key string, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
-	req, err := c.createRequest(claim, class)
-	if errors.Is(err, errUnreachableSource) {
-		c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
-			"node %s cannot provision this claim, asking the scheduler to pick another node: %v", c.nodeName, err)
-		return c.dropSelectedNode(ctx, claim)
-	}
-	if err != nil {
-		c.recorder.Event(claim, corev1.EventTypeWarning, "ProvisioningFailed", err.Error())
-		return err
-	}
-	if err := c.protectSource(ctx, claim, true); err != nil {
-		return err
-	}
-	c.recorder.Eventf(claim, corev1.EventTypeNormal, "Provisioning", "External provisioner is provisioning volume for claim %s/%s on node %s", claim.Namespace, claim.Name, c.nodeName)
-	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
-	resp, err := c.csi.CreateVolume(callCtx, req)
-	cancel()
-	if err != nil {
-		c.metrics.provisions.WithLabelValues(status.Code(err).String()).Inc()
-		switch classify(err) {
-		case retryInBackground:
-			c.setInFlight(key, req, claim)
-		case reschedule:
-			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
-				"node %s cannot provision this claim, asking the scheduler to pick another node: %s", c.nodeName, status.Convert(err).Message())
-			if err := c.protectSource(ctx, claim, false); err != nil {
-				return err
-			}
-			return c.dropSelectedNode(ctx, claim)
-		case final:
-			c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed", "failed to provision volume: %s", status.Convert(err).Message())
-		}
-		return fmt.Errorf("create volume for %s/%s: %w", claim.Namespace, claim.Name, err)
-	}
-	c.setInFlight(key, nil, nil)
-	c.metrics.provisions.WithLabelValues("OK").Inc()
-	c.capacityMayHaveChanged()
-	pv := BuildPV(claim, class, c.driverName, resp.GetVolume())
-	if _, err := c.client.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create PV %s: %w", pv.Name, err)
-	}
-	if err := c.protectSource(ctx, claim, false); err != nil {
-		return err
-	}
-	c.recorder.Eventf(claim, corev1.EventTypeNormal, "ProvisioningSucceeded", "Successfully provisioned volume %s on node %s", pv.Name, c.nodeName)
-	klog.InfoS("Provisioned", "pvc", klog.KObj(claim), "pv", pv.Name, "volume", resp.GetVolume().GetVolumeId())
-	return nil
-}
-
-// createRequest builds the CreateVolume call for a claim.
-func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) (*csi.CreateVolumeRequest, error) {
-	params, err := DriverParameters(class)
-	if err != nil {
-		return nil, err
-	}
-	caps, err := VolumeCapabilities(claim, class)
-	if err != nil {
-		return nil, err
-	}
-	var requirement *csi.TopologyRequirement
-	if claim.Annotations[AnnSelectedNode] == c.nodeName {
-		node, err := c.nodes.Get(c.nodeName)
-		if err != nil {
-			return nil, fmt.Errorf("read selected node %s: %w", c.nodeName, err)
-		}
-		if requirement, err = TopologyRequirement(c.nodeSegment, node.Labels, class); err != nil {
-			return nil, err
-		}
-	} else if requirement, err = TopologyRequirement(topology.Segment(c.zoneLabels()), c.zoneLabels(), class); err != nil {
-		return nil, err
-	}
-	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
-	req := &csi.CreateVolumeRequest{
-		Name:                      PVName(claim),
-		CapacityRange:             &csi.CapacityRange{RequiredBytes: request.Value()},
-		VolumeCapabilities:        caps,
-		Parameters:                params,
-		AccessibilityRequirements: requirement,
-	}
-	source, err := c.contentSource(claim)
-	if err != nil {
-		return nil, err
-	}
-	req.VolumeContentSource = source
-	return req, nil
-}
-
-// contentSource resolves a claim's dataSource with upstream's checks.
-func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim) (*csi.VolumeContentSource, error) {
-	ref, ok := claimsource.Of(claim)
-	if !ok {
-		return nil, nil
-	}
-	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
-	switch {
-	case ref.IsSnapshot():
-		snap, err := c.snapshots.VolumeSnapshots(claim.Namespace).Get(ref.Name)
-		if err != nil {
-			return nil, fmt.Errorf("dataSource VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
-		}
-		if snap.Status == nil || snap.Status.BoundVolumeSnapshotContentName == nil {
-			return nil, fmt.Errorf("VolumeSnapshot %s/%s is not bound to a content yet", claim.Namespace, ref.Name)
-		}
-		if snap.Status.ReadyToUse == nil || !*snap.Status.ReadyToUse {
-			return nil, fmt.Errorf("VolumeSnapshot %s/%s is not ready to use yet", claim.Namespace, ref.Name)
-		}
-		content, err := c.contents.Get(*snap.Status.BoundVolumeSnapshotContentName)
-		if err != nil {
-			return nil, fmt.Errorf("VolumeSnapshotContent %s: %w", *snap.Status.BoundVolumeSnapshotContentName, err)
-		}
-		if content.Spec.Driver != c.driverName {
-			return nil, fmt.Errorf("VolumeSnapshot %s/%s belongs to driver %s, not %s", claim.Namespace, ref.Name, content.Spec.Driver, c.driverName)
-		}
-		if content.Status == nil || content.Status.SnapshotHandle == nil {
-			return nil, fmt.Errorf("VolumeSnapshotContent %s has no snapshot handle yet", content.Name)
-		}
-		if err := c.checkSnapshotReachable(content.Annotations[topology.AnnAccessibleTopology]); err != nil {
-			return nil, fmt.Errorf("VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
-		}
-		if snap.Status.RestoreSize != nil && request.Cmp(*snap.Status.RestoreSize) < 0 {
-			return nil, fmt.Errorf("requested %s is smaller than VolumeSnapshot %s/%s's restoreSize %s", request.String(), claim.Namespace, ref.Name, snap.Status.RestoreSize.String())
-		}
-		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *content.Status.SnapshotHandle}}}, nil
-	case ref.IsClaim():
-		source, err := c.claims.PersistentVolumeClaims(claim.Namespace).Get(ref.Name)
-		if err != nil {
-			return nil, fmt.Errorf("dataSource PersistentVolumeClaim %s/%s: %w", claim.Namespace, ref.Name, err)
-		}
-		if source.Spec.VolumeName == "" {
-			return nil, fmt.Errorf("source claim %s/%s is not bound yet", claim.Namespace, ref.Name)
-		}
-		pv, err := c.volumes.Get(source.Spec.VolumeName)
-		if err != nil {
-			return nil, fmt.Errorf("source PV %s: %w", source.Spec.VolumeName, err)
-		}
-		if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName {
-			return nil, fmt.Errorf("source claim %s/%s is not a %s volume", claim.Namespace, ref.Name, c.driverName)
-		}
-		sourceSize := source.Spec.Resources.Requests[corev1.ResourceStorage]
-		if request.Cmp(sourceSize) < 0 {
-			return nil, fmt.Errorf("requested %s is smaller than source claim %s/%s's %s", request.String(), claim.Namespace, ref.Name, sourceSize.String())
-		}
-		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: pv.Spec.CSI.VolumeHandle}}}, nil
-	}
-	return nil, fmt.Errorf("dataSource kind %s is not supported (use a VolumeSnapshot or a PersistentVolumeClaim)", ref.Kind)
-}
-
-// errUnreachableSource: the claim's source cannot be read from this node, so
-// the scheduler must pick another (before any CSI call is wasted on it).
-var errUnreachableSource = errors.New("not reachable from this node")
-
-// checkSnapshotReachable narrows a restore to where its snapshot can be
-// read, from the content's toposnap.io/accessible-topology annotation
-// (absent: no constraint known).
-func (c *Controller) checkSnapshotReachable(annotation string) error {
-	if annotation == "" {
-		return nil
-	}
-	segments, err := topology.DecodeSegments(annotation)
-	if err != nil || len(segments) == 0 {
-		return nil
-	}
-	labels := map[string]string{}
-	if node, err := c.nodes.Get(c.nodeName); err == nil {
-		for k, v := range node.Labels {
-			labels[k] = v
-		}
-	}
-	for k, v := range c.nodeSegment {
-		labels[k] = v
-	}
-	if topology.ReachableFrom(labels, segments) {
-		return nil
-	}
-	return fmt.Errorf("its snapshot can be restored only in %v, which node %s is not in: %w", segments, c.nodeName, errUnreachableSource)
-}
-
-// dropSelectedNode removes the scheduler's choice so it picks again.
-func (c *Controller) dropSelectedNode(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
-	patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:null}}}`, AnnSelectedNode))
-	_, err := c.client.CoreV1().PersistentVolumeClaims(claim.Namespace).Patch(ctx, claim.Name, types.MergePatchType, patch, metav1.PatchOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("remove %s from %s/%s: %w", AnnSelectedNode, claim.Namespace, claim.Name, err)
-	}
-	return nil
-}
-
-// syncVolume deletes the backend volume of a released Delete-policy PV this
-// node can reach, then lets the PV go.
-func (c *Controller) syncVolume(ctx context.Context, key string) error {
-	pv, err := c.volumes.Get(key)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName || pv.Annotations[AnnProvisionedBy] != c.driverName {
-		return nil
-	}
-	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
-		return nil
-	}
-	released := pv.Status.Phase == corev1.VolumeReleased || pv.Status.Phase == corev1.VolumeFailed || pv.DeletionTimestamp != nil
-	if !released || !c.responsibleFor(pv) {
-		return nil
-	}
-	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
-	_, err = c.csi.DeleteVolume(callCtx, &csi.DeleteVolumeRequest{VolumeId: pv.Spec.CSI.VolumeHandle})
-	cancel()
-	if err != nil {
-		if status.Code(err) != codes.Aborted {
-			c.recorder.Eventf(pv, corev1.EventTypeWarning, "VolumeFailedDelete", "delete volume %s: %s", pv.Spec.CSI.VolumeHandle, status.Convert(err).Message())
-		}
-		return fmt.Errorf("delete volume of PV %s: %w", pv.Name, err)
-	}
-	if slices.Contains(pv.Finalizers, FinalizerVolume) {
-		updated := pv.DeepCopy()
-		updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerVolume })
-		if _, err := c.client.CoreV1().PersistentVolumes().Update(ctx, updated, metav1.UpdateOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("remove finalizer from PV %s: %w", pv.Name, err)
-		}
-	}
-	if pv.DeletionTimestamp == nil {
-		err := c.client.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete PV %s: %w", pv.Name, err)
-		}
-	}
-	c.capacityMayHaveChanged()
-	klog.InfoS("Deleted volume", "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
-	return nil
-}
-
 // reaches reports whether this node satisfies the PV's nodeAffinity.
 func (c *Controller) reaches(pv *corev1.PersistentVolume) bool {
+	return volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) == nil
+}
+
+// nodeLabels are this node's labels with the driver's segment on top.
+func (c *Controller) nodeLabels() map[string]string {
 	labels := map[string]string{}
-	for k, v := range c.nodeSegment {
-		labels[k] = v
-	}
 	if node, err := c.nodes.Get(c.nodeName); err == nil {
 		for k, v := range node.Labels {
 			labels[k] = v
 		}
 	}
-	return volumehelpers.CheckNodeAffinity(pv, labels) == nil
+	for k, v := range c.nodeSegment {
+		labels[k] = v
+	}
+	return labels
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/toposnap/toposnap/internal/claimsource"
@@ -20,15 +22,95 @@ const (
 	FinalizerCloneSource      = "provisioner.storage.kubernetes.io/cloning-protection"
 )
 
-// protectSource adds (or, with add false, removes) the protection finalizer
-// on the claim's snapshot or source claim, so the source cannot disappear
-// while the copy runs.
-func (c *Controller) protectSource(ctx context.Context, claim *corev1.PersistentVolumeClaim, add bool) error {
+// protectSource adds the protection finalizer to the claim's snapshot or
+// source claim before a copy starts. It is removed by syncSource, from the
+// API's state alone, once no pending claim reads from the source: so a
+// final error, a deleted claim or a restart of this process leaves none
+// behind.
+func (c *Controller) protectSource(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
 	source, ok := claimsource.Of(claim)
+	if !ok || !(source.IsSnapshot() || source.IsClaim()) {
+		return nil
+	}
+	err := c.editSourceFinalizer(ctx, source, true)
+	if err != nil {
+		return fmt.Errorf("protect %s: %w", source, err)
+	}
+	return nil
+}
+
+// sourceKey names a source in the source queue: kind/namespace/name.
+func sourceKey(source claimsource.Source) string {
+	return source.Kind + "/" + source.Namespace + "/" + source.Name
+}
+
+// parseSourceKey is sourceKey's inverse.
+func parseSourceKey(key string) (claimsource.Source, bool) {
+	parts := strings.SplitN(key, "/", 3)
+	if len(parts) != 3 {
+		return claimsource.Source{}, false
+	}
+	source := claimsource.Source{Kind: parts[0], Namespace: parts[1], Name: parts[2]}
+	if source.Kind == claimsource.KindSnapshot {
+		source.APIGroup = claimsource.SnapshotGroup
+	}
+	return source, source.IsSnapshot() || source.IsClaim()
+}
+
+// readsFrom reports whether claim is a pending restore or clone of source:
+// unbound, and either alive or still being finished after its deletion.
+func readsFrom(claim *corev1.PersistentVolumeClaim, source claimsource.Source) bool {
+	ref, ok := claimsource.Of(claim)
+	if !ok || ref.Kind != source.Kind || ref.Namespace != source.Namespace || ref.Name != source.Name {
+		return false
+	}
+	if claim.Spec.VolumeName != "" {
+		return false
+	}
+	return claim.DeletionTimestamp == nil || slices.Contains(claim.Finalizers, FinalizerProvisioning)
+}
+
+// syncSource removes a source's protection finalizer once no claim reads
+// from it any more (upstream's rule: a pending claim with this dataSource).
+func (c *Controller) syncSource(ctx context.Context, key string) error {
+	source, ok := parseSourceKey(key)
 	if !ok {
 		return nil
 	}
-	kind, name := source.Kind, source.Name
+	claims, err := c.claims.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	for _, claim := range claims {
+		if readsFrom(claim, source) {
+			return nil
+		}
+	}
+	if !c.sourceProtected(source) {
+		return nil // nothing to remove: no write
+	}
+	if err := c.editSourceFinalizer(ctx, source, false); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("unprotect %s: %w", source, err)
+	}
+	return nil
+}
+
+// sourceProtected reads the cache: does the source carry its finalizer?
+func (c *Controller) sourceProtected(source claimsource.Source) bool {
+	switch {
+	case source.IsSnapshot():
+		snap, err := c.snapshots.VolumeSnapshots(source.Namespace).Get(source.Name)
+		return err == nil && slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource)
+	case source.IsClaim():
+		claim, err := c.claims.PersistentVolumeClaims(source.Namespace).Get(source.Name)
+		return err == nil && slices.Contains(claim.Finalizers, FinalizerCloneSource)
+	}
+	return false
+}
+
+// editSourceFinalizer adds or removes the source's protection finalizer on
+// the live object, retrying on conflicts.
+func (c *Controller) editSourceFinalizer(ctx context.Context, source claimsource.Source, add bool) error {
 	edit := func(finalizers []string, finalizer string) ([]string, bool) {
 		has := slices.Contains(finalizers, finalizer)
 		switch {
@@ -39,11 +121,11 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 		}
 		return finalizers, false
 	}
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		switch {
 		case source.IsSnapshot():
-			api := c.snapClient.SnapshotV1().VolumeSnapshots(claim.Namespace)
-			snap, err := api.Get(ctx, name, metav1.GetOptions{})
+			api := c.snapClient.SnapshotV1().VolumeSnapshots(source.Namespace)
+			snap, err := api.Get(ctx, source.Name, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -55,23 +137,19 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 			_, err = api.Update(ctx, snap, metav1.UpdateOptions{})
 			return err
 		case source.IsClaim():
-			api := c.client.CoreV1().PersistentVolumeClaims(claim.Namespace)
-			source, err := api.Get(ctx, name, metav1.GetOptions{})
+			api := c.client.CoreV1().PersistentVolumeClaims(source.Namespace)
+			claim, err := api.Get(ctx, source.Name, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
-			finalizers, changed := edit(source.Finalizers, FinalizerCloneSource)
+			finalizers, changed := edit(claim.Finalizers, FinalizerCloneSource)
 			if !changed {
 				return nil
 			}
-			source.Finalizers = finalizers
-			_, err = api.Update(ctx, source, metav1.UpdateOptions{})
+			claim.Finalizers = finalizers
+			_, err = api.Update(ctx, claim, metav1.UpdateOptions{})
 			return err
 		}
 		return nil
 	})
-	if err != nil && (add || !apierrors.IsNotFound(err)) {
-		return fmt.Errorf("protect %s %s/%s: %w", kind, claim.Namespace, name, err)
-	}
-	return nil
 }

@@ -25,6 +25,15 @@ const (
 	AnnBetaStorageProvider = "volume.beta.kubernetes.io/storage-provisioner"
 	// FinalizerVolume keeps a Delete-policy PV until its backend volume is gone.
 	FinalizerVolume = "external-provisioner.volume.kubernetes.io/finalizer"
+	// FinalizerProvisioning keeps a claim from the moment its volume may
+	// exist until its PV does, so a claim deleted in between (even across
+	// a crash) gets its volume deleted, not leaked. toposnap's own: upstream
+	// keeps this state in memory only.
+	FinalizerProvisioning = "toposnap.io/provisioning-protection"
+	// AnnProvisioningZone on an immediate zone claim names the zone
+	// ("region/zone") whose Lease holder provisions it: one zone, not one
+	// volume per zone.
+	AnnProvisioningZone = "toposnap.io/provisioning-zone"
 	// prefixReserved marks class parameters meant for the provisioner, not the driver.
 	prefixReserved = "csi.storage.k8s.io/"
 )

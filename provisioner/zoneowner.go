@@ -3,8 +3,6 @@ package provisioner
 import (
 	"crypto/sha256"
 	"encoding/hex"
-
-	"github.com/toposnap/toposnap/internal/kube"
 )
 
 // ZoneLeaseName is the coordination.k8s.io Lease whose holder owns a zone's
@@ -15,5 +13,6 @@ func ZoneLeaseName(region, zone string) string {
 	return "toposnap-zone-" + hex.EncodeToString(sum[:8])
 }
 
-// zoneOwner campaigns for the zone's Lease and says whether this node holds it.
-type zoneOwner = kube.Holder
+// leaseHolder says whether this node holds its zone's Lease (kube.Holder
+// campaigns for it; tests hold it by decree).
+type leaseHolder interface{ Holds() bool }

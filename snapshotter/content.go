@@ -20,7 +20,9 @@ const (
 	FinalizerContentBound = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"
 	// FinalizerSnapshotBound keeps a VolumeSnapshot until its content is handled.
 	FinalizerSnapshotBound = "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"
-	prefixReserved         = "csi.storage.k8s.io/"
+	// FinalizerSnapshotAsSource keeps a VolumeSnapshot while a restore reads it.
+	FinalizerSnapshotAsSource = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
+	prefixReserved            = "csi.storage.k8s.io/"
 )
 
 // ContentName is the name of the content of a dynamically cut snapshot.
@@ -112,4 +114,26 @@ func TopologyAnnotation(snapshot *csi.Snapshot) (string, error) {
 func SnapshotError(message string) *snapv1.VolumeSnapshotError {
 	now := metav1.Now()
 	return &snapv1.VolumeSnapshotError{Time: &now, Message: ptr.To(message)}
+}
+
+// SegmentsOfAffinity reads a PV's nodeAffinity as topology segments, one
+// per selector term, from its single-valued In expressions: where a volume
+// (and so a snapshot cut from it) is reachable.
+func SegmentsOfAffinity(pv *corev1.PersistentVolume) []topology.Segment {
+	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
+		return nil
+	}
+	var segments []topology.Segment
+	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
+		segment := topology.Segment{}
+		for _, expr := range term.MatchExpressions {
+			if expr.Operator == corev1.NodeSelectorOpIn && len(expr.Values) == 1 {
+				segment[expr.Key] = expr.Values[0]
+			}
+		}
+		if len(segment) > 0 {
+			segments = append(segments, segment)
+		}
+	}
+	return segments
 }

@@ -167,6 +167,49 @@ func (c *Controller) nodeLabels() map[string]string {
 	return labels
 }
 
+// ownsContent says whether this node acts on a content: where its snapshot
+// lives (the accessible-topology annotation, stamped before the first cut),
+// else where its source volume is, else whether this node's driver holds
+// its handle. The source PV may be long gone when a content is deleted, so
+// the annotation, not the PV, is what decides once it is there.
+func (c *Controller) ownsContent(ctx context.Context, content *snapv1.VolumeSnapshotContent) bool {
+	if annotation := content.Annotations[topology.AnnAccessibleTopology]; annotation != "" {
+		if segments, err := topology.DecodeSegments(annotation); err == nil && len(segments) > 0 {
+			return topology.ReachableFrom(c.nodeLabels(), segments)
+		}
+	}
+	if content.Spec.Source.VolumeHandle != nil {
+		if pv, ok := c.reachesHandle(*content.Spec.Source.VolumeHandle); pv != nil {
+			return ok
+		}
+	}
+	if handle := contentHandle(content); handle != "" {
+		return c.reachesSnapshot(ctx, handle)
+	}
+	return false
+}
+
+// neverCut: a dynamic content without a handle or location whose source PV
+// is gone was never sent to a driver (the location is stamped before the
+// first cut), so any node may let it go once it is deleted. The release is
+// an update at the content's resourceVersion: if the owner stamped it
+// meanwhile, the release fails and the owner's view wins.
+func (c *Controller) neverCut(content *snapv1.VolumeSnapshotContent) bool {
+	if content.Spec.Source.VolumeHandle == nil || contentHandle(content) != "" || content.Annotations[topology.AnnAccessibleTopology] != "" {
+		return false
+	}
+	pv, _ := c.reachesHandle(*content.Spec.Source.VolumeHandle)
+	return pv == nil
+}
+
+// contentHandle is the backend snapshot a content names, if known yet.
+func contentHandle(content *snapv1.VolumeSnapshotContent) string {
+	if content.Status != nil && content.Status.SnapshotHandle != nil {
+		return *content.Status.SnapshotHandle
+	}
+	return ptr.Deref(content.Spec.Source.SnapshotHandle, "")
+}
+
 // syncContent is the sidecar half: cut, poll and delete backend snapshots.
 func (c *Controller) syncContent(ctx context.Context, name string) error {
 	content, err := c.contents.Get(name)
@@ -179,32 +222,26 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	if content.Spec.Driver != c.cfg.DriverName {
 		return nil
 	}
-	handle := ""
-	if content.Spec.Source.VolumeHandle != nil {
-		if _, ok := c.reachesHandle(*content.Spec.Source.VolumeHandle); !ok {
-			return nil // another node's snapshotter owns it
-		}
-	} else if content.Spec.Source.SnapshotHandle != nil {
-		handle = *content.Spec.Source.SnapshotHandle
+	if content.DeletionTimestamp != nil && c.neverCut(content) {
+		return c.releaseContent(ctx, content, "")
 	}
-	if content.Status != nil && content.Status.SnapshotHandle != nil {
-		handle = *content.Status.SnapshotHandle
+	if !c.ownsContent(ctx, content) {
+		return nil // another node's snapshotter owns it
 	}
+	handle := contentHandle(content)
 	if content.DeletionTimestamp != nil {
 		return c.deleteContent(ctx, content, handle)
 	}
 	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
 		return nil
 	}
-	if content.Spec.Source.VolumeHandle == nil && !c.reachesSnapshot(ctx, handle) {
-		return nil // a pre-provisioned snapshot in another node's pool
-	}
-	if !slices.Contains(content.Finalizers, FinalizerContentBound) {
-		// Pre-provisioned contents come without it; it guards the backend snapshot.
-		updated := content.DeepCopy()
-		updated.Finalizers = append(updated.Finalizers, FinalizerContentBound)
-		if content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("add finalizer to content %s: %w", name, err)
+	unstamped := content.Spec.Source.VolumeHandle != nil && content.Annotations[topology.AnnAccessibleTopology] == ""
+	if !slices.Contains(content.Finalizers, FinalizerContentBound) || unstamped {
+		// Pre-provisioned contents come without the finalizer; it guards the
+		// backend snapshot. The location is stamped before the first cut, so
+		// whoever deletes the content later knows which node holds it.
+		if content, err = c.stampContent(ctx, content); err != nil {
+			return err
 		}
 	}
 	var snapshot *csi.Snapshot
@@ -236,6 +273,35 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	return nil
 }
 
+// stampContent adds the bound-protection finalizer and, for a dynamic
+// content, where its snapshot will live (its source volume's segments),
+// in one update at the content's resourceVersion.
+func (c *Controller) stampContent(ctx context.Context, content *snapv1.VolumeSnapshotContent) (*snapv1.VolumeSnapshotContent, error) {
+	updated := content.DeepCopy()
+	if !slices.Contains(updated.Finalizers, FinalizerContentBound) {
+		updated.Finalizers = append(updated.Finalizers, FinalizerContentBound)
+	}
+	if content.Spec.Source.VolumeHandle != nil && updated.Annotations[topology.AnnAccessibleTopology] == "" {
+		pv, _ := c.reachesHandle(*content.Spec.Source.VolumeHandle)
+		if pv == nil {
+			return nil, fmt.Errorf("content %s: source volume %s has no PV", content.Name, *content.Spec.Source.VolumeHandle)
+		}
+		annotation, err := topology.EncodeSegments(SegmentsOfAffinity(pv))
+		if err != nil {
+			return nil, err
+		}
+		if updated.Annotations == nil {
+			updated.Annotations = map[string]string{}
+		}
+		updated.Annotations[topology.AnnAccessibleTopology] = annotation
+	}
+	stamped, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("stamp content %s: %w", content.Name, err)
+	}
+	return stamped, nil
+}
+
 // reachesSnapshot reports whether this node's driver holds a snapshot: it
 // answers NOT_FOUND for one in another node's pool.
 func (c *Controller) reachesSnapshot(ctx context.Context, handle string) bool {
@@ -251,7 +317,8 @@ func (c *Controller) recordSnapshot(ctx context.Context, content *snapv1.VolumeS
 	if err != nil {
 		return err
 	}
-	if content.Annotations[topology.AnnAccessibleTopology] != annotation {
+	// An answer without a location keeps the stamped one.
+	if len(snapshot.GetAccessibleTopology()) > 0 && content.Annotations[topology.AnnAccessibleTopology] != annotation {
 		updated := content.DeepCopy()
 		if updated.Annotations == nil {
 			updated.Annotations = map[string]string{}
@@ -297,12 +364,16 @@ func (c *Controller) deleteContent(ctx context.Context, content *snapv1.VolumeSn
 	if content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
 		if handle == "" && content.Spec.Source.VolumeHandle != nil {
 			// Deleted before the first answer came back: cut-or-find by name,
-			// so the handle is known and nothing is left behind.
+			// so the handle is known and nothing is left behind. NOT_FOUND:
+			// neither the source nor a snapshot of that name is here.
 			callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 			resp, err := c.cfg.CSI.CreateSnapshot(callCtx, &csi.CreateSnapshotRequest{Name: SnapshotName(content), SourceVolumeId: *content.Spec.Source.VolumeHandle})
 			cancel()
-			if err == nil {
+			switch {
+			case err == nil:
 				handle = resp.GetSnapshot().GetSnapshotId()
+			case status.Code(err) != codes.NotFound:
+				return fmt.Errorf("find snapshot of deleted content %s: %w", content.Name, err)
 			}
 		}
 		if handle != "" {
@@ -314,6 +385,15 @@ func (c *Controller) deleteContent(ctx context.Context, content *snapv1.VolumeSn
 				return fmt.Errorf("delete snapshot %s: %w", handle, err)
 			}
 		}
+	}
+	return c.releaseContent(ctx, content, handle)
+}
+
+// releaseContent removes the content's bound-protection finalizer, at the
+// resourceVersion the decision was made on.
+func (c *Controller) releaseContent(ctx context.Context, content *snapv1.VolumeSnapshotContent, handle string) error {
+	if !slices.Contains(content.Finalizers, FinalizerContentBound) {
+		return nil
 	}
 	updated := content.DeepCopy()
 	updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerContentBound })
@@ -350,23 +430,18 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 		return err
 	}
 	if snap.DeletionTimestamp != nil {
-		if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
-			return nil
-		}
-		// The source claim may be gone already: the content says who handles it.
-		if content, err := c.contents.Get(ContentName(snap)); err == nil && content.Spec.Source.VolumeHandle != nil {
-			if _, ok := c.reachesHandle(*content.Spec.Source.VolumeHandle); !ok {
-				return nil
-			}
-		}
-		return c.deleteSnapshot(ctx, snap)
+		return c.syncDeletedSnapshot(ctx, snap)
 	}
 	source := snap.Spec.Source.PersistentVolumeClaimName
 	if source == nil {
-		return c.mirrorStatus(ctx, snap, ptr.Deref(snap.Spec.Source.VolumeSnapshotContentName, ""))
+		return c.bindPreProvisioned(ctx, snap, ptr.Deref(snap.Spec.Source.VolumeSnapshotContentName, ""))
 	}
 	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(*source)
 	if err != nil {
+		if content, err := c.contents.Get(ContentName(snap)); err == nil {
+			// Cut already: the source may go, the snapshot stays.
+			return c.mirrorStatus(ctx, snap, content)
+		}
 		return c.snapshotFailed(ctx, snap, fmt.Sprintf("source PersistentVolumeClaim %s/%s not found", namespace, *source))
 	}
 	if claim.Spec.VolumeName == "" {
@@ -379,25 +454,123 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 	if volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) != nil {
 		return nil // the snapshotter of a node that reaches it handles it
 	}
-	if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
-		updated := snap.DeepCopy()
-		updated.Finalizers = append(updated.Finalizers, FinalizerSnapshotBound)
-		if snap, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(namespace).Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("add finalizer to %s: %w", key, err)
-		}
+	if snap, err = c.addSnapshotFinalizer(ctx, snap); err != nil {
+		return err
 	}
-	if _, err := c.contents.Get(ContentName(snap)); apierrors.IsNotFound(err) {
+	content, err := c.contents.Get(ContentName(snap))
+	if apierrors.IsNotFound(err) {
 		class, err := c.classFor(snap)
 		if err != nil {
 			return c.snapshotFailed(ctx, snap, err.Error())
 		}
-		content := BuildContent(snap, class, pv.Spec.CSI.VolumeHandle)
+		content = BuildContent(snap, class, pv.Spec.CSI.VolumeHandle)
 		if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Create(ctx, content, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create content for %s: %w", key, err)
 		}
 		c.cfg.Recorder.Eventf(snap, corev1.EventTypeNormal, "SnapshotCreated", "Created VolumeSnapshotContent %s for PVC %s", content.Name, *source)
+		return nil // the content's events bring the snapshot back
+	} else if err != nil {
+		return err
 	}
-	return c.mirrorStatus(ctx, snap, ContentName(snap))
+	return c.mirrorStatus(ctx, snap, content)
+}
+
+// syncDeletedSnapshot deletes a deleted snapshot's content (policy Delete)
+// and then lets the snapshot go, but not while a restore still reads from
+// it (upstream's volumesnapshot-as-source-protection, which the
+// provisioner removes once no pending claim uses the snapshot).
+func (c *Controller) syncDeletedSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot) error {
+	if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
+		return nil
+	}
+	if slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) {
+		return kube.ErrRequeue
+	}
+	content, err := c.contents.Get(boundContentName(snap))
+	switch {
+	case apierrors.IsNotFound(err):
+		content = nil
+	case err != nil:
+		return err
+	case !boundTo(content, snap):
+		content = nil // not this snapshot's: never delete another's content
+	case !c.ownsContent(ctx, content) && !c.neverCut(content):
+		return nil // the node holding the snapshot handles it
+	}
+	return c.deleteSnapshot(ctx, snap, content)
+}
+
+// boundContentName is the content a snapshot uses: the one it is bound to,
+// the pre-provisioned one it names, or the one cut for it.
+func boundContentName(snap *snapv1.VolumeSnapshot) string {
+	if snap.Status != nil && snap.Status.BoundVolumeSnapshotContentName != nil {
+		return *snap.Status.BoundVolumeSnapshotContentName
+	}
+	if name := ptr.Deref(snap.Spec.Source.VolumeSnapshotContentName, ""); name != "" {
+		return name
+	}
+	return ContentName(snap)
+}
+
+// boundTo reports whether a content's volumeSnapshotRef names this very
+// snapshot (namespace, name and uid).
+func boundTo(content *snapv1.VolumeSnapshotContent, snap *snapv1.VolumeSnapshot) bool {
+	ref := content.Spec.VolumeSnapshotRef
+	return ref.Namespace == snap.Namespace && ref.Name == snap.Name && ref.UID == snap.UID
+}
+
+// bindPreProvisioned binds a snapshot to the content it names, as upstream
+// does: only a content whose volumeSnapshotRef names this snapshot's
+// namespace and name (a content is cluster-wide; a snapshot is one tenant's)
+// and whose uid is empty (then it is filled in) or this snapshot's.
+func (c *Controller) bindPreProvisioned(ctx context.Context, snap *snapv1.VolumeSnapshot, contentName string) error {
+	if contentName == "" {
+		return nil
+	}
+	content, err := c.contents.Get(contentName)
+	if apierrors.IsNotFound(err) {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s not found", contentName))
+	}
+	if err != nil {
+		return err
+	}
+	if content.Spec.Driver != c.cfg.DriverName || !c.ownsContent(ctx, content) {
+		return nil // another driver's, or another node's
+	}
+	ref := content.Spec.VolumeSnapshotRef
+	if ref.Namespace != snap.Namespace || ref.Name != snap.Name || (ref.UID != "" && ref.UID != snap.UID) {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is for VolumeSnapshot %s/%s (uid %q), not for this one: set its spec.volumeSnapshotRef to name this snapshot",
+			contentName, ref.Namespace, ref.Name, ref.UID))
+	}
+	if content.Spec.Source.SnapshotHandle == nil {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is a dynamic snapshot's content, not a pre-provisioned one", contentName))
+	}
+	if ref.UID == "" {
+		updated := content.DeepCopy()
+		updated.Spec.VolumeSnapshotRef.UID = snap.UID
+		if content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("bind content %s to %s/%s: %w", contentName, snap.Namespace, snap.Name, err)
+		}
+	}
+	if snap, err = c.addSnapshotFinalizer(ctx, snap); err != nil {
+		return err
+	}
+	return c.mirrorStatus(ctx, snap, content)
+}
+
+// addSnapshotFinalizer makes sure the snapshot cannot go before its content
+// is handled.
+func (c *Controller) addSnapshotFinalizer(ctx context.Context, snap *snapv1.VolumeSnapshot) (*snapv1.VolumeSnapshot, error) {
+	if slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
+		return snap, nil
+	}
+	updated := snap.DeepCopy()
+	updated.Finalizers = append(updated.Finalizers, FinalizerSnapshotBound)
+	updated, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(snap.Namespace).Update(ctx, updated, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("add finalizer to %s/%s: %w", snap.Namespace, snap.Name, err)
+	}
+	return updated, nil
 }
 
 func (c *Controller) classFor(snap *snapv1.VolumeSnapshot) (*snapv1.VolumeSnapshotClass, error) {
@@ -419,15 +592,11 @@ func (c *Controller) classFor(snap *snapv1.VolumeSnapshot) (*snapv1.VolumeSnapsh
 }
 
 // mirrorStatus copies the bound content's status onto the snapshot.
-func (c *Controller) mirrorStatus(ctx context.Context, snap *snapv1.VolumeSnapshot, contentName string) error {
-	if contentName == "" {
-		return nil
+func (c *Controller) mirrorStatus(ctx context.Context, snap *snapv1.VolumeSnapshot, content *snapv1.VolumeSnapshotContent) error {
+	if !boundTo(content, snap) {
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is bound to another VolumeSnapshot", content.Name))
 	}
-	content, err := c.contents.Get(contentName)
-	if err != nil {
-		return nil // the content event will bring us back
-	}
-	want := &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: ptr.To(contentName)}
+	want := &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: ptr.To(content.Name)}
 	if s := content.Status; s != nil {
 		want.ReadyToUse = s.ReadyToUse
 		want.Error = s.Error
@@ -440,7 +609,7 @@ func (c *Controller) mirrorStatus(ctx context.Context, snap *snapv1.VolumeSnapsh
 		}
 	}
 	if snap.Status != nil && ptr.Deref(snap.Status.ReadyToUse, false) == ptr.Deref(want.ReadyToUse, false) &&
-		ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "") == contentName && (snap.Status.Error == nil) == (want.Error == nil) {
+		ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "") == content.Name && (snap.Status.Error == nil) == (want.Error == nil) {
 		return nil
 	}
 	updated := snap.DeepCopy()
@@ -472,21 +641,17 @@ func (c *Controller) snapshotFailed(ctx context.Context, snap *snapv1.VolumeSnap
 
 // deleteSnapshot deletes the content (its finalizer makes the content half
 // delete the backend snapshot for policy Delete), waits for it to go, then
-// releases the snapshot.
-func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot) error {
-	name := ContentName(snap)
-	content, err := c.contents.Get(name)
-	if err == nil {
-		if content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
-			if content.DeletionTimestamp == nil {
-				if err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-					return fmt.Errorf("delete content %s: %w", name, err)
-				}
+// releases the snapshot. content nil: none of this snapshot's exists.
+func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot, content *snapv1.VolumeSnapshotContent) error {
+	if content != nil && content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
+		if content.DeletionTimestamp == nil {
+			err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, content.Name, metav1.DeleteOptions{
+				Preconditions: &metav1.Preconditions{UID: &content.UID}})
+			if err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("delete content %s: %w", content.Name, err)
 			}
-			return kube.ErrRequeue
 		}
-	} else if !apierrors.IsNotFound(err) {
-		return err
+		return kube.ErrRequeue
 	}
 	updated := snap.DeepCopy()
 	updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == FinalizerSnapshotBound })
