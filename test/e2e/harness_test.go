@@ -8,8 +8,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/toposnap/toposnap/test/cluster"
 	"github.com/toposnap/toposnap/test/harness"
@@ -23,14 +26,19 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		os.Exit(1)
 	}
-	opts := cluster.Options{SchedulerConfig: harness.SchedulerConfig(extenderPort)}
+	// The seed's cluster plus a worker in a second zone with its own zone
+	// pool, for the multi-zone cases. It is tainted so that the seed's
+	// single-zone tests never land there; the cases that want it tolerate it.
+	nodes := cluster.TwoZoneNodes(corev1.Taint{Key: secondZoneTaint, Effect: corev1.TaintEffectNoSchedule})
+	opts := cluster.Options{SchedulerConfig: harness.SchedulerConfig(extenderPort), Nodes: nodes}
 	os.Exit(cluster.TestMainWithCluster(m, opts, func(c *cluster.Cluster) {
 		if c == nil {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		env, err = harness.Start(ctx, c, harness.Options{ExtenderPort: extenderPort})
+		env, err = harness.Start(ctx, c, harness.Options{ExtenderPort: extenderPort,
+			Workers: append(slices.Clone(harness.Workers), cluster.SecondZoneWorker)})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e set-up: %v\n", err)
 			c.Stop()

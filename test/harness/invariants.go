@@ -41,8 +41,9 @@ const DriverName = "csi.toposnap.io"
 //     a live claim, a claim used by a running pod, a snapshot being restored
 //     by a claim not bound yet, a content whose snapshot still exists.
 //   - No VolumeSnapshot bound to a content whose volumeSnapshotRef names
-//     another snapshot, and no claim bound to a PV whose claimRef names
-//     another claim.
+//     another snapshot, or to a content that no longer exists (unless the
+//     snapshot is being deleted), and no claim bound to a PV whose claimRef
+//     names another claim.
 //   - Data: a volume written through Env.WriteData holds what was written,
 //     and a claim restored from a snapshot the Ledger saw cut holds its
 //     source's data at cut time.
@@ -523,7 +524,11 @@ func checkBindings(w *World, idx worldIndex, r *Report) {
 		}
 		content := idx.contents[*snapshot.Status.BoundVolumeSnapshotContentName]
 		if content == nil {
-			continue // deleted content: the snapshot reports it
+			if snapshot.DeletionTimestamp == nil {
+				r.Violations = append(r.Violations, fmt.Sprintf("VolumeSnapshot %s/%s is bound to VolumeSnapshotContent %s, which does not exist",
+					snapshot.Namespace, snapshot.Name, *snapshot.Status.BoundVolumeSnapshotContentName))
+			}
+			continue
 		}
 		ref := content.Spec.VolumeSnapshotRef
 		if ref.Namespace != snapshot.Namespace || ref.Name != snapshot.Name || (ref.UID != "" && ref.UID != snapshot.UID) {
