@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm
+.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm
 
 all: build
 
@@ -21,7 +21,8 @@ cluster-bins: ## Build (once, cached in ~/.cache/toposnap) etcd, kube-* and kwok
 
 test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the local control plane.
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 45m ./...
+	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v '/test/chaos$$')
+	$(MAKE) chaos SEED=1 CHAOS_PROFILE=short   # one short chaos seed, alone: its faults and timing are its own
 	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd test/intree && $(GO) vet ./... && $(GO) test -count=1 ./...   # differential test against the in-tree VolumeBinding plugin
 	$(MAKE) fuzz FUZZTIME=300x   # a count, not a duration: go1.26's -fuzztime deadline can fail a clean run (golang/go#75804)
@@ -38,6 +39,11 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
 	cd test/intree && $(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./...   # the in-tree plugin on the same workload
+
+SEED ?= 1
+CHAOS_PROFILE ?= full
+chaos: cluster-bins ## Seeded chaos campaign for one seed (SEED=n; CHAOS_PROFILE=full or short); report in bin/chaos/ (docs/chaos.md).
+	$(GO) test -count=1 -v -timeout 60m ./test/chaos/ -args -chaos.seed=$(SEED) -chaos.profile=$(CHAOS_PROFILE)
 
 # Fuzz targets as package:target; their committed seeds run in every go test.
 FUZZ_TARGETS := ./extender/:FuzzServer ./extender/:FuzzParseArgs ./webhook/:FuzzMutateStorageClass ./webhook/:FuzzValidateClaim \
