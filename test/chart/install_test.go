@@ -9,6 +9,7 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -31,8 +32,10 @@ type webhookPKI struct {
 
 // TestInstallUpgradeKeepsTheWebhookCA installs the chart for real (no
 // --wait: no kubelet runs its pods), upgrades it with a changed value and
-// checks that the webhook's CA, serving pair and caBundles are byte for
-// byte the same, then uninstalls it and checks that its objects are gone.
+// checks that the webhook's CA, serving pair and caBundles, and the
+// extender's CA and serving pair (the CA the notes told the scheduler to
+// trust), are byte for byte the same, then uninstalls it and checks that
+// its objects are gone.
 func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 	needCluster(t)
 	ctx := ctxFor(t, 5*time.Minute)
@@ -47,10 +50,19 @@ func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 	if err != nil {
 		t.Fatalf("install: %v\n%s", err, out)
 	}
-	// NOTES.txt tells how to add the extender to an existing scheduler.
-	if snippet := "extenders:\n      - urlPrefix: http://" + installRelease + "-extender." + installNamespace + ".svc:8099"; !strings.Contains(string(out), snippet) {
-		t.Errorf("helm install's notes lack the extender snippet %q:\n%s", snippet, out)
+	// NOTES.txt tells how to add the extender to an existing scheduler,
+	// over https, trusting the CA in the extender's Secret.
+	extenderHost := installRelease + "-extender." + installNamespace + ".svc"
+	extenderTLS := readExtenderTLS(t, ctx)
+	for _, snippet := range []string{
+		"extenders:\n      - urlPrefix: https://" + extenderHost + ":8099",
+		"tlsConfig:\n          serverName: " + extenderHost + "\n          caData: " + b64(extenderTLS.Data["ca.crt"]) + "\n",
+	} {
+		if !strings.Contains(string(out), snippet) {
+			t.Errorf("helm install's notes lack the extender snippet %q:\n%s", snippet, out)
+		}
 	}
+	verifyServing(t, extenderTLS.Data["ca.crt"], extenderTLS.Data["tls.crt"], extenderHost)
 	t.Logf("helm install printed:\n%s", out)
 	installed := readWebhookPKI(t, ctx)
 	if len(installed.bundles) != 4 {
@@ -103,6 +115,11 @@ func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 			t.Errorf("webhook %s: caBundle changed on upgrade", hook)
 		}
 	}
+	for key, data := range readExtenderTLS(t, ctx).Data {
+		if !bytes.Equal(data, extenderTLS.Data[key]) {
+			t.Errorf("the extender Secret's %s changed on upgrade (schedulers trust the old CA)", key)
+		}
+	}
 	t.Logf("CA (%d bytes), serving pair and %d caBundles identical after upgrade", len(installed.ca), len(upgraded.bundles))
 
 	if out, err := runHelm(ctx, "uninstall", installRelease, "--namespace", installNamespace); err != nil {
@@ -114,6 +131,18 @@ func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 	}{
 		{"webhook Secret", func() error {
 			_, err := client.CoreV1().Secrets(installNamespace).Get(ctx, installRelease+"-webhook-tls", metav1.GetOptions{})
+			return err
+		}},
+		{"extender Secret", func() error {
+			_, err := client.CoreV1().Secrets(installNamespace).Get(ctx, installRelease+"-extender-tls", metav1.GetOptions{})
+			return err
+		}},
+		{"node ValidatingAdmissionPolicy", func() error {
+			_, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, installRelease+"-node-volumes", metav1.GetOptions{})
+			return err
+		}},
+		{"node ValidatingAdmissionPolicyBinding", func() error {
+			_, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Get(ctx, installRelease+"-node-volumes", metav1.GetOptions{})
 			return err
 		}},
 		{"MutatingWebhookConfiguration", func() error {
@@ -153,6 +182,21 @@ func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 			t.Errorf("%s still there after uninstall: %v", object.what, err)
 		}
 	}
+}
+
+// readExtenderTLS reads the extender's chart-made TLS Secret of the install.
+func readExtenderTLS(t *testing.T, ctx context.Context) *corev1.Secret {
+	t.Helper()
+	secret, err := testCluster.Client.CoreV1().Secrets(installNamespace).Get(ctx, installRelease+"-extender-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"ca.crt", "tls.crt", "tls.key"} {
+		if len(secret.Data[key]) == 0 {
+			t.Fatalf("Secret %s lacks %s", secret.Name, key)
+		}
+	}
+	return secret
 }
 
 // readWebhookPKI reads the webhook Secret and configurations of the install.

@@ -3,6 +3,7 @@ package chart
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -37,14 +38,20 @@ const (
 // TestComponentsRunWithTheChartsRBAC installs the chart, then runs every
 // component as a local process with the arguments the chart gives its
 // container (paths and ports moved to the test's) and the identity of the
-// chart's ServiceAccount for it (the admin kubeconfig impersonating it), and
-// waits until each has done what needs its permissions: the extender and
-// the webhook serve only once their informers have synced; the
-// provisioner holds its zone's Lease and publishes CSIStorageCapacity; the
-// snapshotter's informers sync; toposnap-scheduler (the cluster's
-// kube-scheduler binary with the chart's configuration) wins its
-// leader-election Lease. Nothing may log "forbidden". This also proves the
-// chart passes no flag the binaries do not have.
+// chart's ServiceAccount for it (the admin kubeconfig impersonating it; the
+// node processes' with the node name a pod's bound token carries, which the
+// chart's admission policies check), and waits until each has done what
+// needs its permissions: the extender and the webhook serve only once their
+// informers have synced, and the extender answers its readiness probe (the
+// chart's path and scheme) with the chart's certificate for its Service;
+// the provisioner holds its zone's Lease and publishes CSIStorageCapacity;
+// the snapshotter's informers sync; toposnap-scheduler (the cluster's
+// kube-scheduler binary with the chart's configuration, the extender's
+// address swapped for the local one and serverName keeping the certificate
+// check on the Service's name) wins its leader-election Lease and places a
+// pod, which it can only do through the extender over TLS. Nothing may log
+// "forbidden". This also proves the chart passes no flag the binaries do
+// not have.
 func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 	needCluster(t)
 	ctx := ctxFor(t, 5*time.Minute)
@@ -74,32 +81,33 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 	var procs []*process
 	for _, container := range []string{"driver", "provisioner", "snapshotter"} {
 		spec := containerNamed(t, daemonSet.Spec.Template.Spec.Containers, container)
-		procs = append(procs, startComponent(t, dir, built.dir, spec, nodeSA, nodeEnv, nodeRewrite))
+		procs = append(procs, startComponent(t, dir, built.dir, spec, nodeSA, nodeIdentity(rbacNode), nodeEnv, nodeRewrite))
 	}
 
 	var extender, webhookDeployment appsv1.Deployment
 	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-extender", &extender)
 	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-webhook", &webhookDeployment)
-	extenderProc := startComponent(t, dir, built.dir, extender.Spec.Template.Spec.Containers[0], extender.Spec.Template.Spec.ServiceAccountName, nil, nil)
-	secret, err := client.CoreV1().Secrets(rbacNamespace).Get(ctx, rbacRelease+"-toposnap-webhook-tls", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsDir := filepath.Join(dir, "tls")
-	for _, key := range []string{"tls.crt", "tls.key"} {
-		writeFile(t, filepath.Join(tlsDir, key), secret.Data[key])
-	}
+	extenderTLS, extenderCA := writeTLSFiles(t, ctx, dir, "extender")
+	extenderContainer := extender.Spec.Template.Spec.Containers[0]
+	extenderProc := startComponent(t, dir, built.dir, extenderContainer, extender.Spec.Template.Spec.ServiceAccountName, nil,
+		nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", extenderTLS+"/") })
+	webhookTLS, _ := writeTLSFiles(t, ctx, dir, "webhook")
 	webhookProc := startComponent(t, dir, built.dir, webhookDeployment.Spec.Template.Spec.Containers[0], webhookDeployment.Spec.Template.Spec.ServiceAccountName,
-		nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", tlsDir+"/") })
-	scheduler := startScheduler(t, ctx, dir)
+		nil, nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", webhookTLS+"/") })
+	extenderHost := rbacRelease + "-toposnap-extender." + rbacNamespace + ".svc"
+	scheduler := startScheduler(t, ctx, dir, extenderProc.listen, extenderHost)
 	procs = append(procs, extenderProc, webhookProc, scheduler)
+	placed := createPod(t, ctx, "placed-through-the-extender", "toposnap-scheduler")
+	readiness := extenderContainer.ReadinessProbe.HTTPGet
 
 	zoneLease := provisioner.ZoneLeaseName(cluster.SeedRegion, cluster.SeedZone)
 	checks := []struct {
 		what  string
 		check func() bool
 	}{
-		{"extender serving (informers synced)", func() bool { return healthy("http://" + extenderProc.listen + "/healthz") }},
+		{"extender ready over the chart's TLS (probe " + string(readiness.Scheme) + " " + readiness.Path + ")", func() bool {
+			return verifiedOK(strings.ToLower(string(readiness.Scheme))+"://"+extenderProc.listen+readiness.Path, extenderCA, extenderHost)
+		}},
 		{"webhook serving (informers synced)", func() bool { return healthy("https://" + webhookProc.listen + "/healthz") }},
 		{"provisioner holding zone Lease " + zoneLease, func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, zoneLease, metav1.GetOptions{})
@@ -113,6 +121,10 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 		{"toposnap-scheduler holding its Lease", func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, "toposnap-scheduler", metav1.GetOptions{})
 			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != ""
+		}},
+		{"toposnap-scheduler placing a pod through the extender over TLS", func() bool {
+			pod, err := client.CoreV1().Pods(rbacNamespace).Get(ctx, placed, metav1.GetOptions{})
+			return err == nil && pod.Spec.NodeName != ""
 		}},
 	}
 	for _, c := range checks {
@@ -173,11 +185,11 @@ func (p *process) logTail() string {
 // startComponent runs a container's command from binDir with its args,
 // env references expanded, rewrite applied, listen/metrics addresses moved
 // to free loopback ports, and --in-cluster replaced by a kubeconfig acting
-// as the ServiceAccount.
-func startComponent(t *testing.T, dir, binDir string, container corev1.Container, serviceAccount string,
+// as the ServiceAccount (with extra, the token's user extra, if any).
+func startComponent(t *testing.T, dir, binDir string, container corev1.Container, serviceAccount string, extra map[string][]string,
 	env map[string]string, rewrite func(string) string) *process {
 	t.Helper()
-	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, serviceAccount)
+	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, serviceAccount, extra)
 	p := &process{name: container.Name}
 	args := []string{"--kubeconfig=" + kubeconfig}
 	for _, arg := range container.Args {
@@ -199,12 +211,15 @@ func startComponent(t *testing.T, dir, binDir string, container corev1.Container
 }
 
 // startScheduler runs the cluster's kube-scheduler with the chart's
-// configuration, acting as the chart's scheduler ServiceAccount.
-func startScheduler(t *testing.T, ctx context.Context, dir string) *process {
+// configuration, acting as the chart's scheduler ServiceAccount. The
+// extender is reached at extenderAddress, its certificate still checked
+// for extenderHost (the Service's name), as NOTES.txt advises for a
+// scheduler that uses the ClusterIP.
+func startScheduler(t *testing.T, ctx context.Context, dir, extenderAddress, extenderHost string) *process {
 	t.Helper()
 	var configMap corev1.ConfigMap
 	getInto(t, ctx, "configmap", rbacNamespace, rbacRelease+"-toposnap-scheduler", &configMap)
-	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, rbacRelease+"-toposnap-scheduler")
+	kubeconfig := impersonatingKubeconfig(t, dir, rbacNamespace, rbacRelease+"-toposnap-scheduler", nil)
 	var config map[string]any
 	if err := yaml.Unmarshal([]byte(configMap.Data["config.yaml"]), &config); err != nil {
 		t.Fatal(err)
@@ -212,6 +227,21 @@ func startScheduler(t *testing.T, ctx context.Context, dir string) *process {
 	// In a pod, kube-scheduler reads the in-cluster credentials; here the
 	// file must name them.
 	config["clientConnection"] = map[string]any{"kubeconfig": kubeconfig}
+	extenders, _ := config["extenders"].([]any)
+	if len(extenders) != 1 {
+		t.Fatalf("scheduler config has %d extenders, want 1", len(extenders))
+	}
+	extender := extenders[0].(map[string]any)
+	wantPrefix := "https://" + extenderHost + ":"
+	if prefix, _ := extender["urlPrefix"].(string); !strings.HasPrefix(prefix, wantPrefix) {
+		t.Fatalf("extender urlPrefix %q, want %s...", prefix, wantPrefix)
+	}
+	extender["urlPrefix"] = "https://" + extenderAddress
+	tlsConfig, ok := extender["tlsConfig"].(map[string]any)
+	if !ok {
+		t.Fatal("the chart's scheduler configuration has no extender tlsConfig")
+	}
+	tlsConfig["serverName"] = extenderHost
 	data, err := yaml.Marshal(config)
 	if err != nil {
 		t.Fatal(err)
@@ -254,9 +284,49 @@ func start(t *testing.T, dir string, p *process, binary string, args []string) *
 	return p
 }
 
+// nodeIdentity is the user extra of a token bound to a pod on node: the
+// node's name, as the API server adds it to the token of every pod the
+// kubelet runs (ServiceAccountTokenPodNodeInfo).
+func nodeIdentity(node string) map[string][]string {
+	return map[string][]string{"authentication.kubernetes.io/node-name": {node}}
+}
+
+// writeTLSFiles writes tls.crt and tls.key of the component's chart-made
+// Secret to a directory of their own and returns it with the Secret's CA.
+func writeTLSFiles(t *testing.T, ctx context.Context, dir, component string) (string, []byte) {
+	t.Helper()
+	secret, err := testCluster.Client.CoreV1().Secrets(rbacNamespace).Get(ctx, rbacRelease+"-toposnap-"+component+"-tls", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := filepath.Join(dir, component+"-tls")
+	for _, key := range []string{"tls.crt", "tls.key"} {
+		writeFile(t, filepath.Join(tlsDir, key), secret.Data[key])
+	}
+	return tlsDir, secret.Data["ca.crt"]
+}
+
+// createPod creates a pod that only a scheduler can act on (no kubelet
+// runs it) and returns its name.
+func createPod(t *testing.T, ctx context.Context, name, schedulerName string) string {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rbacNamespace},
+		Spec: corev1.PodSpec{
+			SchedulerName: schedulerName,
+			Containers:    []corev1.Container{{Name: "pause", Image: "registry.k8s.io/pause:3.10"}},
+		},
+	}
+	if _, err := testCluster.Client.CoreV1().Pods(rbacNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
 // impersonatingKubeconfig writes the admin kubeconfig acting as the
-// ServiceAccount, so that the API server applies that account's RBAC.
-func impersonatingKubeconfig(t *testing.T, dir, namespace, serviceAccount string) string {
+// ServiceAccount (with extra as its user extra), so that the API server
+// applies that account's RBAC and admission policies.
+func impersonatingKubeconfig(t *testing.T, dir, namespace, serviceAccount string, extra map[string][]string) string {
 	t.Helper()
 	path := filepath.Join(dir, "kubeconfig-"+serviceAccount)
 	if _, err := os.Stat(path); err == nil {
@@ -269,6 +339,7 @@ func impersonatingKubeconfig(t *testing.T, dir, namespace, serviceAccount string
 	for _, auth := range config.AuthInfos {
 		auth.Impersonate = "system:serviceaccount:" + namespace + ":" + serviceAccount
 		auth.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
+		auth.ImpersonateUserExtra = extra
 	}
 	if err := clientcmd.WriteToFile(*config, path); err != nil {
 		t.Fatal(err)
@@ -305,6 +376,22 @@ func healthy(url string) bool {
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a liveness probe, as the kubelet's
 	}}
+	return answersOK(client, url)
+}
+
+// verifiedOK reports whether url answers 200 over a connection whose
+// certificate caPEM signs for serverName (plain http needs neither).
+func verifiedOK(url string, caPEM []byte, serverName string) bool {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12},
+	}}
+	return answersOK(client, url)
+}
+
+// answersOK reports whether a GET of url through client answers 200.
+func answersOK(client *http.Client, url string) bool {
 	resp, err := client.Get(url)
 	if err != nil {
 		return false

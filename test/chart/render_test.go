@@ -43,9 +43,10 @@ type valueSet struct {
 // commonKinds are what every set renders unless it says otherwise.
 var commonKinds = map[string]int{
 	"CSIDriver": 1, "ServiceAccount": 3, "ClusterRole": 5, "ClusterRoleBinding": 5, "Role": 2, "RoleBinding": 2,
-	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 1,
+	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 2,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
+	"ValidatingAdmissionPolicy": 5, "ValidatingAdmissionPolicyBinding": 5,
 }
 
 // with returns commonKinds changed by delta (0 removes a kind).
@@ -61,6 +62,13 @@ func with(delta map[string]int) map[string]int {
 	return kinds
 }
 
+// merge returns a copy of a with b's entries added or replaced.
+func merge(a, b map[string]int) map[string]int {
+	merged := maps.Clone(a)
+	maps.Copy(merged, b)
+	return merged
+}
+
 // schedulerKinds are the second scheduler's objects added to commonKinds.
 var schedulerKinds = map[string]int{
 	"ServiceAccount": 4, "ConfigMap": 1, "ClusterRoleBinding": 7, "Role": 3, "RoleBinding": 4,
@@ -74,7 +82,7 @@ func valueSets() []valueSet {
 			name:        "cert-manager",
 			args:        []string{"--set", "webhook.certManager.enabled=true"},
 			apiVersions: []string{"cert-manager.io/v1"},
-			kinds:       with(map[string]int{"Secret": 0, "Issuer": 2, "Certificate": 2}),
+			kinds:       with(map[string]int{"Secret": 1, "Issuer": 2, "Certificate": 2}),
 		},
 		{name: "second scheduler", args: []string{"--set", "scheduler.enabled=true"}, kinds: with(schedulerKinds)},
 		{
@@ -88,6 +96,22 @@ func valueSets() []valueSet {
 			kinds: with(map[string]int{"StorageClass": 3, "VolumeSnapshotClass": 2}),
 		},
 		{name: "two replicas with PDBs", args: []string{"-f", "test/chart/testdata/replicas.yaml"}, kinds: with(schedulerKinds)},
+		{
+			name:        "cert-manager for webhook and extender, second scheduler",
+			args:        []string{"--set", "webhook.certManager.enabled=true", "--set", "extender.tls.certManager.enabled=true", "--set", "scheduler.enabled=true"},
+			apiVersions: []string{"cert-manager.io/v1"},
+			kinds:       with(merge(schedulerKinds, map[string]int{"Secret": 0, "Issuer": 3, "Certificate": 4})),
+		},
+		{
+			name:  "plain HTTP extender, no node admission policies",
+			args:  []string{"--set", "extender.tls.enabled=false", "--set", "node.admissionPolicy.enabled=false"},
+			kinds: with(map[string]int{"Secret": 1, "ValidatingAdmissionPolicy": 0, "ValidatingAdmissionPolicyBinding": 0}),
+		},
+		{
+			name:  "extender NetworkPolicy with the second scheduler and peers",
+			args:  []string{"-f", "test/chart/testdata/networkpolicy.yaml"},
+			kinds: with(merge(schedulerKinds, map[string]int{"NetworkPolicy": 1})),
+		},
 	}
 }
 
@@ -243,6 +267,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"storage class scope outside the enum", "storageClasses[0].scope=region"},
 		{"capacity not a quantity", "node.pool.capacity=lots"},
 		{"relative host path", "node.pool.hostPath=var/lib/toposnap"},
+		{"extender TLS switch not a boolean", "extender.tls.enabled=maybe"},
+		{"validation action outside the enum", "node.admissionPolicy.validationActions={Block}"},
+		{"network policy peer with an unknown field", "extender.networkPolicy.schedulerPeers[0].cidr=10.0.0.10/32"},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
 			_, err := runHelm(ctxFor(t, time.Minute), "template", releaseName, chartDir, "--set", bad.set)

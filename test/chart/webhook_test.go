@@ -138,52 +138,111 @@ func verifyServing(t *testing.T, caPEM, certPEM []byte, dnsName string) {
 }
 
 // TestCertManagerObjectsAreConsistent checks client-side what the API
-// server cannot here (no cert-manager CRDs): a self-signed Issuer signs a
-// CA Certificate, whose Issuer signs the serving Certificate in the Secret
-// the webhook mounts, for the Service's names; the webhook configurations
-// ask cert-manager to inject that CA and carry no bundle of their own.
+// server cannot here (no cert-manager CRDs): for the webhook and the
+// extender, the one self-signed Issuer signs a CA Certificate of the
+// component's own, whose Issuer signs the serving Certificate in the Secret
+// the component mounts, for its Service's names. The webhook
+// configurations ask cert-manager to inject the webhook's CA and carry no
+// bundle of their own; toposnap-scheduler reads the extender's CA from the
+// serving Secret (ca.crt only) through tlsConfig.caFile.
 func TestCertManagerObjectsAreConsistent(t *testing.T) {
-	objects := render(t, ctxFor(t, time.Minute), valueSets()[1])
+	objects := render(t, ctxFor(t, time.Minute), valueSets()[6])
 	prefix := releaseName + "-toposnap-"
 	selfSigned := find(t, objects, "Issuer", prefix+"selfsigned")
 	if _, ok, _ := unstructured.NestedMap(selfSigned.Object, "spec", "selfSigned"); !ok {
-		t.Error("the first Issuer is not self-signed")
+		t.Error("the root Issuer is not self-signed")
 	}
-	ca := find(t, objects, "Certificate", prefix+"webhook-ca")
-	if isCA, _, _ := unstructured.NestedBool(ca.Object, "spec", "isCA"); !isCA {
-		t.Error("the CA Certificate is not isCA")
-	}
-	if issuer, _, _ := unstructured.NestedString(ca.Object, "spec", "issuerRef", "name"); issuer != selfSigned.GetName() {
-		t.Errorf("the CA Certificate is issued by %q, want the self-signed Issuer", issuer)
-	}
-	caSecret, _, _ := unstructured.NestedString(ca.Object, "spec", "secretName")
-	caIssuer := find(t, objects, "Issuer", prefix+"webhook-ca")
-	if secret, _, _ := unstructured.NestedString(caIssuer.Object, "spec", "ca", "secretName"); secret != caSecret {
-		t.Errorf("the CA Issuer signs with Secret %q, want the CA Certificate's %q", secret, caSecret)
-	}
-	serving := find(t, objects, "Certificate", prefix+"webhook-tls")
-	if issuer, _, _ := unstructured.NestedString(serving.Object, "spec", "issuerRef", "name"); issuer != caIssuer.GetName() {
-		t.Errorf("the serving Certificate is issued by %q, want the CA Issuer", issuer)
-	}
-	dnsNames, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames")
-	if service := prefix + "webhook." + dryRunNamespace + ".svc"; !slices.Contains(dnsNames, service) {
-		t.Errorf("serving Certificate dnsNames %v lack %s", dnsNames, service)
-	}
-	servingSecret, _, _ := unstructured.NestedString(serving.Object, "spec", "secretName")
-	var deployment appsv1.Deployment
-	convert(t, find(t, objects, "Deployment", prefix+"webhook"), &deployment)
-	if mounted := deployment.Spec.Template.Spec.Volumes[0].Secret.SecretName; mounted != servingSecret {
-		t.Errorf("the webhook mounts Secret %q, cert-manager writes %q", mounted, servingSecret)
+	servingSecrets := map[string]string{}
+	for _, component := range []string{"webhook", "extender"} {
+		ca := find(t, objects, "Certificate", prefix+component+"-ca")
+		if isCA, _, _ := unstructured.NestedBool(ca.Object, "spec", "isCA"); !isCA {
+			t.Errorf("%s: the CA Certificate is not isCA", component)
+		}
+		if issuer, _, _ := unstructured.NestedString(ca.Object, "spec", "issuerRef", "name"); issuer != selfSigned.GetName() {
+			t.Errorf("%s: the CA Certificate is issued by %q, want the self-signed Issuer", component, issuer)
+		}
+		caSecret, _, _ := unstructured.NestedString(ca.Object, "spec", "secretName")
+		caIssuer := find(t, objects, "Issuer", prefix+component+"-ca")
+		if secret, _, _ := unstructured.NestedString(caIssuer.Object, "spec", "ca", "secretName"); secret != caSecret {
+			t.Errorf("%s: the CA Issuer signs with Secret %q, want the CA Certificate's %q", component, secret, caSecret)
+		}
+		serving := find(t, objects, "Certificate", prefix+component+"-tls")
+		if issuer, _, _ := unstructured.NestedString(serving.Object, "spec", "issuerRef", "name"); issuer != caIssuer.GetName() {
+			t.Errorf("%s: the serving Certificate is issued by %q, want its own CA Issuer", component, issuer)
+		}
+		dnsNames, _, _ := unstructured.NestedStringSlice(serving.Object, "spec", "dnsNames")
+		if service := prefix + component + "." + dryRunNamespace + ".svc"; !slices.Contains(dnsNames, service) {
+			t.Errorf("%s: serving Certificate dnsNames %v lack %s", component, dnsNames, service)
+		}
+		servingSecret, _, _ := unstructured.NestedString(serving.Object, "spec", "secretName")
+		servingSecrets[component] = servingSecret
+		var deployment appsv1.Deployment
+		convert(t, find(t, objects, "Deployment", prefix+component), &deployment)
+		if mounted := secretVolume(deployment.Spec.Template.Spec, "tls"); mounted != servingSecret {
+			t.Errorf("%s mounts Secret %q as tls, cert-manager writes %q", component, mounted, servingSecret)
+		}
 	}
 	for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"} {
 		config := find(t, objects, kind, prefix+"webhook")
-		if got, want := config.GetAnnotations()["cert-manager.io/inject-ca-from"], dryRunNamespace+"/"+serving.GetName(); got != want {
+		if got, want := config.GetAnnotations()["cert-manager.io/inject-ca-from"], dryRunNamespace+"/"+prefix+"webhook-tls"; got != want {
 			t.Errorf("%s inject-ca-from = %q, want %q", kind, got, want)
 		}
 		if strings.Contains(toYAML(t, config.Object), "caBundle") {
 			t.Errorf("%s carries a caBundle; cert-manager's cainjector owns it", kind)
 		}
 	}
+
+	config := schedulerConfig(t, objects)
+	tlsConfig := config.Extenders[0].TLSConfig
+	if tlsConfig == nil || tlsConfig.CAFile == "" || len(tlsConfig.CAData) != 0 {
+		t.Fatalf("scheduler tlsConfig %+v, want caFile only (the CA is cert-manager's)", tlsConfig)
+	}
+	var scheduler appsv1.Deployment
+	convert(t, find(t, objects, "Deployment", prefix+"scheduler"), &scheduler)
+	pod := scheduler.Spec.Template.Spec
+	var mountPath string
+	for _, m := range pod.Containers[0].VolumeMounts {
+		if m.Name == "extender-ca" {
+			mountPath = m.MountPath
+		}
+	}
+	if got := secretVolume(pod, "extender-ca"); got != servingSecrets["extender"] {
+		t.Errorf("scheduler mounts Secret %q as extender-ca, want the extender's serving Secret %q", got, servingSecrets["extender"])
+	}
+	if want := mountPath + "/ca.crt"; mountPath == "" || tlsConfig.CAFile != want {
+		t.Errorf("scheduler reads the CA from %q, mounts extender-ca at %q", tlsConfig.CAFile, mountPath)
+	}
+	for _, v := range pod.Volumes {
+		if v.Name == "extender-ca" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "ca.crt") {
+			t.Errorf("scheduler's extender-ca volume projects %+v, want ca.crt only (never the key)", v.Secret.Items)
+		}
+	}
+}
+
+// secretVolume is the Secret behind a pod's volume, "" without one.
+func secretVolume(pod corev1.PodSpec, name string) string {
+	for _, v := range pod.Volumes {
+		if v.Name == name && v.Secret != nil {
+			return v.Secret.SecretName
+		}
+	}
+	return ""
+}
+
+// schedulerConfig decodes toposnap-scheduler's configuration strictly (an
+// unknown field fails).
+func schedulerConfig(t *testing.T, objects []*unstructured.Unstructured) schedulerv1.KubeSchedulerConfiguration {
+	t.Helper()
+	var configMap corev1.ConfigMap
+	convert(t, find(t, objects, "ConfigMap", releaseName+"-toposnap-scheduler"), &configMap)
+	var config schedulerv1.KubeSchedulerConfiguration
+	if err := yaml.UnmarshalStrict([]byte(configMap.Data["config.yaml"]), &config); err != nil {
+		t.Fatalf("scheduler config: %v\n%s", err, configMap.Data["config.yaml"])
+	}
+	if len(config.Extenders) != 1 {
+		t.Fatalf("scheduler config has %d extenders, want 1", len(config.Extenders))
+	}
+	return config
 }
 
 // TestSchedulerConfiguration decodes toposnap-scheduler's configuration
@@ -192,22 +251,22 @@ func TestCertManagerObjectsAreConsistent(t *testing.T) {
 func TestSchedulerConfiguration(t *testing.T) {
 	objects := render(t, ctxFor(t, time.Minute), valueSets()[2])
 	name := releaseName + "-toposnap-scheduler"
-	var configMap corev1.ConfigMap
-	convert(t, find(t, objects, "ConfigMap", name), &configMap)
-	var config schedulerv1.KubeSchedulerConfiguration
-	if err := yaml.UnmarshalStrict([]byte(configMap.Data["config.yaml"]), &config); err != nil {
-		t.Fatalf("scheduler config: %v\n%s", err, configMap.Data["config.yaml"])
-	}
+	config := schedulerConfig(t, objects)
 	if config.APIVersion != "kubescheduler.config.k8s.io/v1" || config.Kind != "KubeSchedulerConfiguration" {
 		t.Errorf("scheduler config is %s %s", config.APIVersion, config.Kind)
 	}
 	if len(config.Profiles) != 1 || ptr.Deref(config.Profiles[0].SchedulerName, "") != "toposnap-scheduler" {
 		t.Errorf("profiles %+v, want one named toposnap-scheduler", config.Profiles)
 	}
+	var extenderTLS corev1.Secret
+	convert(t, find(t, objects, "Secret", releaseName+"-toposnap-extender-tls"), &extenderTLS)
 	want := schedulerv1.Extender{
-		URLPrefix:  "http://" + releaseName + "-toposnap-extender." + dryRunNamespace + ".svc:8099",
+		URLPrefix:  "https://" + releaseName + "-toposnap-extender." + dryRunNamespace + ".svc:8099",
 		FilterVerb: "filter", PrioritizeVerb: "prioritize", Weight: 5, NodeCacheCapable: true, Ignorable: false,
 		HTTPTimeout: metav1.Duration{Duration: 5 * time.Second},
+		// The extender's own CA, inline; no enableHTTPS (which would skip
+		// verification without a CA).
+		TLSConfig: &schedulerv1.ExtenderTLSConfig{CAData: extenderTLS.Data["ca.crt"]},
 	}
 	if len(config.Extenders) != 1 || !equality.Semantic.DeepEqual(config.Extenders[0], want) {
 		t.Errorf("extenders %+v, want [%+v]", config.Extenders, want)

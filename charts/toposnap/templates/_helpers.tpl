@@ -88,9 +88,27 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* Services' DNS names. */}}
+{{/* Services' names. */}}
+{{- define "toposnap.extenderService" -}}
+{{- include "toposnap.componentName" (dict "root" . "component" "extender") -}}
+{{- end -}}
+
+{{- define "toposnap.extenderTLSSecret" -}}
+{{- include "toposnap.componentName" (dict "root" . "component" "extender-tls") -}}
+{{- end -}}
+
+{{/* Non-empty when the extender serves HTTPS (extender.tls.enabled). */}}
+{{- define "toposnap.extenderTLS" -}}
+{{- if and .Values.extender.enabled .Values.extender.tls.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The extender's Service DNS name, which its serving certificate names. */}}
+{{- define "toposnap.extenderHost" -}}
+{{- printf "%s.%s.svc" (include "toposnap.extenderService" .) .Release.Namespace -}}
+{{- end -}}
+
 {{- define "toposnap.extenderURL" -}}
-{{- printf "http://%s.%s.svc:%d" (include "toposnap.componentName" (dict "root" . "component" "extender")) .Release.Namespace (int .Values.extender.port) -}}
+{{- printf "%s://%s:%d" (ternary "https" "http" (eq (include "toposnap.extenderTLS" .) "true")) (include "toposnap.extenderHost" .) (int .Values.extender.port) -}}
 {{- end -}}
 
 {{- define "toposnap.webhookService" -}}
@@ -102,32 +120,145 @@ seccompProfile:
 {{- end -}}
 
 {{/*
-The webhook's CA and serving pair when the chart makes them (no
+A CA and a serving pair for a Service when the chart makes them (no
 cert-manager): read back from the existing Secret so upgrades keep them
 byte for byte, generated only when the Secret is missing or incomplete.
-Computed once per render (kept in the root context) so the Secret and both
-webhook configurations agree. Returns YAML with caCert, cert, key.
+Computed once per render (kept in the root context under .key) so the
+Secret and everything that trusts the CA agree. The CA's key is never
+kept: nothing signs with it after this render. Call with (dict "root" $
+"service" name "secret" name "days" n "key" cacheKey); returns YAML with
+caCert, cert, key.
 */}}
-{{- define "toposnap.webhookCerts" -}}
-{{- if not (hasKey . "toposnapWebhookCerts") -}}
-{{- $secretName := include "toposnap.webhookTLSSecret" . -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace $secretName -}}
+{{- define "toposnap.servingCerts" -}}
+{{- $root := .root -}}
+{{- if not (hasKey $root .key) -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace .secret -}}
 {{- $data := dict -}}
 {{- if $existing -}}{{- $data = default (dict) $existing.data -}}{{- end -}}
 {{- $certs := dict -}}
 {{- if and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key") -}}
 {{- $certs = dict "caCert" (index $data "ca.crt" | b64dec) "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) -}}
 {{- else -}}
-{{- $service := include "toposnap.webhookService" . -}}
-{{- $days := int .Values.webhook.certValidityDays -}}
+{{- $service := .service -}}
+{{- $namespace := $root.Release.Namespace -}}
+{{- $days := int .days -}}
 {{- $ca := genCA (printf "%s-ca" $service) $days -}}
-{{- $dnsNames := list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) (printf "%s.%s.svc.cluster.local" $service .Release.Namespace) -}}
-{{- $serving := genSignedCert (printf "%s.%s.svc" $service .Release.Namespace) nil $dnsNames $days $ca -}}
+{{- $dnsNames := list $service (printf "%s.%s" $service $namespace) (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.cluster.local" $service $namespace) -}}
+{{- $serving := genSignedCert (printf "%s.%s.svc" $service $namespace) nil $dnsNames $days $ca -}}
 {{- $certs = dict "caCert" $ca.Cert "cert" $serving.Cert "key" $serving.Key -}}
 {{- end -}}
-{{- $_ := set . "toposnapWebhookCerts" $certs -}}
+{{- $_ := set $root .key $certs -}}
 {{- end -}}
-{{- toYaml (get . "toposnapWebhookCerts") -}}
+{{- toYaml (get $root .key) -}}
+{{- end -}}
+
+{{/* The webhook's chart-made CA and serving pair (see toposnap.servingCerts). */}}
+{{- define "toposnap.webhookCerts" -}}
+{{- include "toposnap.servingCerts" (dict "root" . "service" (include "toposnap.webhookService" .) "secret" (include "toposnap.webhookTLSSecret" .) "days" .Values.webhook.certValidityDays "key" "toposnapWebhookCerts") -}}
+{{- end -}}
+
+{{/*
+The extender's chart-made CA and serving pair: a CA of its own, not the
+webhook's (the webhook's CA key is not kept, the webhook may be disabled,
+and a CA trusted by kube-scheduler for the extender should vouch for
+nothing else).
+*/}}
+{{- define "toposnap.extenderCerts" -}}
+{{- include "toposnap.servingCerts" (dict "root" . "service" (include "toposnap.extenderService" .) "secret" (include "toposnap.extenderTLSSecret" .) "days" .Values.extender.tls.certValidityDays "key" "toposnapExtenderCerts") -}}
+{{- end -}}
+
+{{/*
+Where toposnap-scheduler reads the extender's CA with cert-manager (the
+CA is not known when rendering): ca.crt of the serving Secret, which
+cert-manager's CA Issuer fills. Beside the configuration's mount, not
+under it: a mount point cannot be made inside a configMap volume.
+*/}}
+{{- define "toposnap.extenderCADir" -}}/etc/kubernetes/toposnap-extender-ca{{- end -}}
+
+{{/*
+The tlsConfig of the scheduler's extender entry: the chart-made CA inline
+(caData, so a new CA changes the configuration and rolls the scheduler),
+or the CA file cert-manager keeps in the mounted Secret.
+*/}}
+{{- define "toposnap.extenderTLSConfig" -}}
+{{- if .Values.extender.tls.certManager.enabled -}}
+caFile: {{ include "toposnap.extenderCADir" . }}/ca.crt
+{{- else -}}
+caData: {{ (include "toposnap.extenderCerts" . | fromYaml).caCert | b64enc }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+cert-manager objects for a Service's serving certificate: a CA Certificate
+signed by the chart's self-signed Issuer, an Issuer of that CA, and the
+serving Certificate in the Secret the component mounts. Call with (dict
+"root" $ "component" name "service" name "secret" name "labels" labels
+"certManager" values).
+*/}}
+{{- define "toposnap.certManagerChain" -}}
+{{- $root := .root -}}
+{{- $namespace := $root.Release.Namespace -}}
+{{- $ca := include "toposnap.componentName" (dict "root" $root "component" (printf "%s-ca" .component)) -}}
+{{- $service := .service -}}
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ $ca }}
+  namespace: {{ $namespace }}
+  labels:
+    {{- .labels | nindent 4 }}
+spec:
+  isCA: true
+  commonName: {{ $ca }}
+  secretName: {{ $ca }}
+  duration: {{ .certManager.caDuration }}
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+  issuerRef:
+    group: cert-manager.io
+    kind: Issuer
+    name: {{ include "toposnap.componentName" (dict "root" $root "component" "selfsigned") }}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata:
+  name: {{ $ca }}
+  namespace: {{ $namespace }}
+  labels:
+    {{- .labels | nindent 4 }}
+spec:
+  ca:
+    secretName: {{ $ca }}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ .secret }}
+  namespace: {{ $namespace }}
+  labels:
+    {{- .labels | nindent 4 }}
+spec:
+  secretName: {{ .secret }}
+  duration: {{ .certManager.duration }}
+  renewBefore: {{ .certManager.renewBefore }}
+  commonName: {{ printf "%s.%s.svc" $service $namespace }}
+  dnsNames:
+    - {{ $service }}
+    - {{ printf "%s.%s" $service $namespace }}
+    - {{ printf "%s.%s.svc" $service $namespace }}
+    - {{ printf "%s.%s.svc.cluster.local" $service $namespace }}
+  usages:
+    - server auth
+    - digital signature
+    - key encipherment
+  privateKey:
+    algorithm: ECDSA
+    size: 256
+  issuerRef:
+    group: cert-manager.io
+    kind: Issuer
+    name: {{ $ca }}
 {{- end -}}
 
 {{/* The caBundle (base64) of the webhook configurations, or nothing with cert-manager. */}}
@@ -157,6 +288,12 @@ extenders:
     nodeCacheCapable: true
     ignorable: {{ .Values.scheduler.extenderIgnorable }}
     httpTimeout: {{ .Values.extender.httpTimeout }}
+    {{- if include "toposnap.extenderTLS" . }}
+    # https in urlPrefix is what makes the scheduler use TLS; enableHTTPS
+    # is left unset: without a CA it would turn verification off.
+    tlsConfig:
+      {{- include "toposnap.extenderTLSConfig" . | nindent 6 }}
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -165,4 +302,17 @@ scheduler (webhook --scheduler-name and the pod-scheduler.toposnap.io hook).
 */}}
 {{- define "toposnap.routePods" -}}
 {{- if and .Values.scheduler.enabled .Values.webhook.routePodsToScheduler -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The first validation of every node admission policy: the node pod's
+requests carry the name of the node the pod runs on (a bound token's user
+extra authentication.kubernetes.io/node-name, present since 1.30). A token
+minted for the ServiceAccount outside a pod (kubectl create token) has
+none and may write nothing, so it cannot get around the per-node rules.
+*/}}
+{{- define "toposnap.nodeBoundToken" -}}
+- expression: "variables.nodeName != ''"
+  reason: Forbidden
+  message: "requests of the toposnap node ServiceAccount must use a token bound to a pod on a node (user extra authentication.kubernetes.io/node-name)"
 {{- end -}}
