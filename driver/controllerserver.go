@@ -110,10 +110,15 @@ func csiVolume(vol store.Volume, source *csi.VolumeContentSource) *csi.Volume {
 				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: vol.SourceVolumeID}}}
 		}
 	}
+	context := map[string]string{"scope": string(vol.Scope)}
+	if vol.State != store.StateReady {
+		// Only ListVolumes shows such volumes; CSI has no field for it.
+		context[StateContextKey] = string(vol.State)
+	}
 	return &csi.Volume{
 		VolumeId:           vol.ID,
 		CapacityBytes:      vol.CapacityBytes,
-		VolumeContext:      map[string]string{"scope": string(vol.Scope)},
+		VolumeContext:      context,
 		ContentSource:      source,
 		AccessibleTopology: csiTopology(vol.Segment),
 	}
@@ -143,7 +148,7 @@ func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int
 		if !snap.Ready() {
 			return nil, 0, status.Errorf(codes.FailedPrecondition, "source snapshot %q is not ready yet; retry once it is", id)
 		}
-		return &store.Source{SnapshotID: id, Dir: pool.SnapshotDir(id)}, snap.SizeBytes, nil
+		return &store.Source{Pool: pool, SnapshotID: id}, snap.SizeBytes, nil
 	case src.GetVolume() != nil:
 		id := src.GetVolume().GetVolumeId()
 		pool, err := d.locate(id, store.KindVolume)
@@ -161,7 +166,7 @@ func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int
 		if vol.State != store.StateReady {
 			return nil, 0, status.Errorf(codes.FailedPrecondition, "source volume %q is still being created", id)
 		}
-		return &store.Source{VolumeID: id, Dir: pool.VolumeDir(id)}, vol.CapacityBytes, nil
+		return &store.Source{Pool: pool, VolumeID: id}, vol.CapacityBytes, nil
 	}
 	return nil, 0, status.Error(codes.InvalidArgument, "volume content source must name a snapshot or a volume")
 }
@@ -209,8 +214,16 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	}}, nil
 }
 
-// ListVolumes pages through the node pool's, then the zone pool's volumes.
-// The token is the index of the next entry.
+// StateContextKey marks, in ListVolumes, a volume that is not ready: its
+// value is "creating" (capacity reserved, data being put in place or
+// interrupted by a crash; a repeated CreateVolume of its name completes it)
+// or "deleting". Such volumes are listed so that nothing holding capacity is
+// invisible: an orphan check sees them, and DeleteVolume removes them.
+const StateContextKey = "toposnap.io/state"
+
+// ListVolumes pages through the node pool's, then the zone pool's volumes,
+// in every state (see StateContextKey). The token is the index of the next
+// entry.
 func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	var all []store.Volume
 	for _, pool := range []*store.Pool{d.nodePool, d.zonePool} {
@@ -221,11 +234,7 @@ func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "list volumes: %v", err)
 		}
-		for _, vol := range volumes {
-			if vol.State == store.StateReady {
-				all = append(all, vol)
-			}
-		}
+		all = append(all, volumes...)
 	}
 	start, end, next, err := page(len(all), req.GetStartingToken(), req.GetMaxEntries())
 	if err != nil {

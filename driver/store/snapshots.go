@@ -19,11 +19,13 @@ import (
 // object lock for its whole life, so no other goroutine or process can touch
 // the snapshot until it ends.
 type snapshotJob struct {
+	snap   Snapshot // as first written; answers repeated calls meanwhile
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 	copied atomic.Int64
-	total  int64
-	err    error // set before done closes
+	total  atomic.Int64 // measured by the job itself, 0 until then
+	err    error        // set before done closes
 }
 
 // Progress is how far a snapshot's copy has got.
@@ -64,7 +66,7 @@ func (p *Pool) SnapshotProgress(id string) (Progress, bool) {
 	if !ok {
 		return Progress{}, false
 	}
-	return Progress{CopiedBytes: job.copied.Load(), TotalBytes: job.total}, true
+	return Progress{CopiedBytes: job.copied.Load(), TotalBytes: job.total.Load()}, true
 }
 
 // CreateSnapshot cuts a snapshot of the volume sourceID (a volume of this
@@ -72,63 +74,112 @@ func (p *Pool) SnapshotProgress(id string) (Progress, bool) {
 // one in StateCreating whose copy runs in the background; call again (or
 // WaitSnapshot) to see it finish. A copy that failed or was interrupted by a
 // crash is restarted from scratch.
+//
+// jobsMu is held only to look up and register the job: measuring and
+// copying the source (O(data)) happen in the job, so a large volume never
+// stalls the snapshots of the rest of the pool.
 func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 	id := p.SnapshotID(name)
 	existing, err := p.LookupSnapshot(id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Snapshot{}, err
 	}
-	if err == nil && existing.SourceVolumeID != source.ID {
+	if err == nil && existing.State == StateDeleting {
+		existing = Snapshot{} // its name is free again; the create redoes it
+	}
+	if existing.ID != "" && existing.SourceVolumeID != source.ID {
 		return Snapshot{}, fmt.Errorf("snapshot %q was cut from volume %s, not %s: %w",
 			name, existing.SourceVolumeID, source.ID, ErrExists)
 	}
-	if err == nil && existing.Ready() {
+	if existing.Ready() {
 		return existing, nil
-	}
-
-	p.jobsMu.Lock()
-	defer p.jobsMu.Unlock()
-	if _, running := p.jobs[id]; running {
-		return existing, nil
-	}
-	lock, err := p.tryLock(id)
-	if errors.Is(err, ErrInFlight) && existing.ID != "" {
-		return existing, nil // another process is copying it
-	}
-	if err != nil {
-		return Snapshot{}, err
-	}
-	// Re-read under the lock: a job may have finished since the first look.
-	if again, err := p.LookupSnapshot(id); err == nil && again.Ready() {
-		lock.unlock()
-		return again, nil
 	}
 
 	snap := Snapshot{
 		ID: id, Name: name, SourceVolumeID: source.ID, SizeBytes: source.CapacityBytes,
 		Segment: p.cfg.Segment, State: StateCreating, CreatedAt: time.Now().UTC(),
 	}
-	if err := p.writeMeta(id, snap); err != nil {
-		lock.unlock()
+	job, lock, err := p.registerJob(snap)
+	if err != nil {
 		return Snapshot{}, err
 	}
-	total, err := fscopy.Size(p.VolumeDir(source.ID))
-	if err != nil {
+	if lock == nil {
+		return job.snap, nil // a job here or another process is at it
+	}
+	// From here the job is registered and the lock held: nothing below runs
+	// under jobsMu.
+	fail := func(err error) (Snapshot, error) {
 		lock.unlock()
-		return Snapshot{}, fmt.Errorf("measure source volume %s: %w", source.ID, err)
+		p.endJob(job, err)
+		return Snapshot{}, err
+	}
+	// Re-read under the lock: a job may have finished since the first look.
+	if again, err := p.LookupSnapshot(id); err == nil && again.Ready() {
+		lock.unlock()
+		p.endJob(job, nil)
+		return again, nil
+	}
+	// Hold the source volume for the whole copy, so it cannot be deleted under it.
+	sourceRef := &Source{Pool: p, VolumeID: source.ID}
+	lease, err := sourceRef.lease()
+	if err != nil {
+		return fail(err)
+	}
+	if err := p.writeMeta(id, snap); err != nil {
+		lease.unlock()
+		return fail(err)
+	}
+	go p.runSnapshot(lock, lease, job, snap, sourceRef.dir())
+	return snap, nil
+}
+
+// registerJob claims the snapshot for a new job: under jobsMu it checks for
+// a job of this process and takes the object lock without waiting (O(1)).
+// With a nil lock it returns a snapshot to answer with: the running job's,
+// or the metadata another process is completing.
+func (p *Pool) registerJob(snap Snapshot) (*snapshotJob, *objectLock, error) {
+	p.jobsMu.Lock()
+	defer p.jobsMu.Unlock()
+	if job, running := p.jobs[snap.ID]; running {
+		return job, nil, nil
+	}
+	lock, err := p.tryLock(snap.ID)
+	if errors.Is(err, ErrInFlight) {
+		if existing, lookErr := p.LookupSnapshot(snap.ID); lookErr == nil {
+			return &snapshotJob{snap: existing}, nil, nil
+		}
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	job := &snapshotJob{cancel: cancel, done: make(chan struct{}), total: total}
-	p.jobs[id] = job
-	go p.runSnapshot(ctx, lock, job, snap, p.VolumeDir(source.ID))
-	return snap, nil
+	job := &snapshotJob{ctx: ctx, cancel: cancel, done: make(chan struct{}), snap: snap}
+	p.jobs[snap.ID] = job
+	return job, lock, nil
+}
+
+// endJob removes a job and announces its end.
+func (p *Pool) endJob(job *snapshotJob, err error) {
+	p.jobsMu.Lock()
+	delete(p.jobs, job.snap.ID)
+	job.err = err
+	p.jobsMu.Unlock()
+	job.cancel()
+	close(job.done)
 }
 
 // runSnapshot copies the source into tmp, makes it durable, renames it into
 // snapshots/ and only then marks the metadata ready.
-func (p *Pool) runSnapshot(ctx context.Context, lock *objectLock, job *snapshotJob, snap Snapshot, sourceDir string) {
+func (p *Pool) runSnapshot(lock, lease *objectLock, job *snapshotJob, snap Snapshot, sourceDir string) {
+	ctx := job.ctx
 	start := time.Now()
-	err := p.copySnapshot(ctx, job, snap, sourceDir)
+	total, err := p.measure(sourceDir)
+	if err != nil {
+		err = fmt.Errorf("measure source volume %s: %w", snap.SourceVolumeID, err)
+	} else {
+		job.total.Store(total)
+		err = p.copySnapshot(ctx, job, snap, sourceDir)
+	}
 	if err != nil {
 		_ = os.RemoveAll(p.tempPath(snap.ID))
 		if ctx.Err() == nil {
@@ -141,12 +192,9 @@ func (p *Pool) runSnapshot(ctx context.Context, lock *objectLock, job *snapshotJ
 			"bytes", job.copied.Load(), "duration", time.Since(start))
 	}
 	// Unlock before announcing the end, so whoever waited can act on the snapshot at once.
+	lease.unlock()
 	lock.unlock()
-	p.jobsMu.Lock()
-	delete(p.jobs, snap.ID)
-	job.err = err
-	p.jobsMu.Unlock()
-	close(job.done)
+	p.endJob(job, err)
 }
 
 func (p *Pool) copySnapshot(ctx context.Context, job *snapshotJob, snap Snapshot, sourceDir string) error {
@@ -193,8 +241,11 @@ func (p *Pool) WaitSnapshot(ctx context.Context, id string) (Snapshot, error) {
 	return p.LookupSnapshot(id)
 }
 
-// DeleteSnapshot cancels a running copy, then removes the snapshot's files
-// and metadata. Deleting a snapshot that does not exist succeeds.
+// DeleteSnapshot cancels a running copy, then removes the snapshot: marked
+// deleting first (a crash never leaves a ready snapshot with half its
+// files), then its files and metadata. Deleting a snapshot that does not
+// exist succeeds; one that a restore is being copied from is not deleted
+// (ErrInFlight).
 func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 	p.jobsMu.Lock()
 	job, running := p.jobs[id]
@@ -212,6 +263,22 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 		return err
 	}
 	defer lock.unlock()
+	lease, err := p.deleteLease(id)
+	if err != nil {
+		return err
+	}
+	defer lease.unlock()
+	snap, err := p.LookupSnapshot(id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return err
+	case snap.State != StateDeleting:
+		snap.State = StateDeleting
+		if err := p.writeMeta(id, snap); err != nil {
+			return err
+		}
+	}
 	for _, dir := range []string{p.tempPath(id), p.SnapshotDir(id)} {
 		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("remove %s: %w", dir, err)

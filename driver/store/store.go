@@ -15,6 +15,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,9 +26,10 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/atomicfile"
+	"github.com/toposnap/toposnap/internal/fscopy"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -43,8 +45,14 @@ var (
 type State string
 
 const (
+	// StateCreating: capacity is reserved and the data is being put in
+	// place (or was, when a crash interrupted it). A repeated CreateVolume
+	// or CreateSnapshot of the same name finishes it; Delete removes it.
 	StateCreating State = "creating"
 	StateReady    State = "ready"
+	// StateDeleting: a delete has begun and its files may be partly gone.
+	// The delete is finished by a repeated call or when the pool is opened.
+	StateDeleting State = "deleting"
 )
 
 // Volume is a volume's metadata.
@@ -99,8 +107,12 @@ type Pool struct {
 	ownerHash string
 	poolMu    sync.Mutex // serialises this process's pool-lock holders
 
+	// jobsMu guards jobs only: it is never held across I/O on data.
 	jobsMu sync.Mutex
 	jobs   map[string]*snapshotJob
+	// measure sums a tree's file sizes for progress reports (a walk of
+	// the whole tree; tests replace it to make it slow).
+	measure func(dir string) (int64, error)
 }
 
 // Open prepares a pool directory and removes work left by crashed operations.
@@ -116,11 +128,90 @@ func Open(cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("create pool directory: %w", err)
 		}
 	}
-	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), jobs: map[string]*snapshotJob{}}
-	if err := p.cleanTemp(); err != nil {
+	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), jobs: map[string]*snapshotJob{}, measure: fscopy.Size}
+	if err := p.recover(); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// recover finishes or undoes what crashed operations left: temporary work
+// and metadata temporaries nobody holds a lock for are removed, and deletes
+// that had begun are completed (the caller asked for them; the files may be
+// half gone). Volumes left in StateCreating stay: they hold their capacity
+// and are listed, and the CO's retry of CreateVolume completes them, as
+// external-provisioner retries a create whose outcome it did not learn.
+func (p *Pool) recover() error {
+	if err := p.cleanTemp(); err != nil {
+		return err
+	}
+	if err := p.cleanMetaTemps(); err != nil {
+		return err
+	}
+	for _, kind := range []Kind{KindVolume, KindSnapshot} {
+		ids, err := p.metaIDs(kind)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			state, err := p.metaState(id)
+			if err != nil || state != StateDeleting {
+				continue
+			}
+			klog.InfoS("Finishing an interrupted delete", "pool", p.cfg.Dir, "id", id)
+			if kind == KindVolume {
+				err = p.DeleteVolume(id)
+			} else {
+				err = p.DeleteSnapshot(context.Background(), id)
+			}
+			if err != nil && !errors.Is(err, ErrInFlight) {
+				return fmt.Errorf("finish deleting %s: %w", id, err)
+			}
+		}
+	}
+	return nil
+}
+
+// metaState reads just the state of an object's metadata.
+func (p *Pool) metaState(id string) (State, error) {
+	meta, err := readMeta[struct {
+		State State `json:"state"`
+	}](p.metaPath(id))
+	return meta.State, err
+}
+
+// cleanMetaTemps removes the temporaries of metadata writes that crashed
+// before their rename (".<id>.json.tmp-*"). Every metadata write happens
+// under the object's lock, so a temporary whose lock is free is dead.
+func (p *Pool) cleanMetaTemps() error {
+	dir := filepath.Join(p.cfg.Dir, "meta")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read metadata directory: %w", err)
+	}
+	for _, entry := range entries {
+		rest, ok := strings.CutPrefix(entry.Name(), ".")
+		if !ok {
+			continue
+		}
+		id, _, ok := strings.Cut(rest, ".json.tmp-")
+		if !ok {
+			continue
+		}
+		if _, err := ParseID(id); err != nil {
+			continue
+		}
+		lock, err := p.tryLock(id)
+		if err != nil {
+			continue // being written right now
+		}
+		err = os.Remove(filepath.Join(dir, entry.Name()))
+		lock.unlock()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove stale metadata temporary %s: %w", entry.Name(), err)
+		}
+	}
+	return nil
 }
 
 // Config returns the pool's configuration.
@@ -149,45 +240,6 @@ func (p *Pool) metaPath(id string) string { return filepath.Join(p.cfg.Dir, "met
 
 func (p *Pool) tempPath(id string) string {
 	return filepath.Join(p.cfg.Dir, "tmp", id+"."+p.cfg.Holder)
-}
-
-// objectLock is an exclusive flock on one object ID. flock conflicts between
-// open file descriptions, so it excludes other goroutines of this process as
-// well as other processes, and the kernel drops it when a process dies.
-type objectLock struct{ file *os.File }
-
-// tryLock takes the object's lock or fails with ErrInFlight.
-func (p *Pool) tryLock(id string) (*objectLock, error) {
-	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", id), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open lock for %s: %w", id, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", id, ErrInFlight)
-		}
-		return nil, fmt.Errorf("lock %s: %w", id, err)
-	}
-	return &objectLock{file: f}, nil
-}
-
-func (l *objectLock) unlock() { l.file.Close() }
-
-// withPoolLock runs fn holding the pool-wide lock that guards capacity
-// accounting against concurrent creators in this and other processes.
-func (p *Pool) withPoolLock(fn func() error) error {
-	p.poolMu.Lock()
-	defer p.poolMu.Unlock()
-	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", ".pool"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return fmt.Errorf("open pool lock: %w", err)
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("lock pool: %w", err)
-	}
-	return fn()
 }
 
 // cleanTemp removes temporary work nobody holds a lock for: leftovers of

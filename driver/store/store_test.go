@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/toposnap/toposnap/internal/topology"
 )
@@ -106,5 +107,175 @@ func TestExpand(t *testing.T) {
 	got, err := p.ExpandVolume(vol.ID, 100)
 	if err != nil || got.CapacityBytes != 100 {
 		t.Fatalf("expand to the pool's size: %+v, %v", got, err)
+	}
+}
+
+// A slow size walk of one volume must not stall snapshots of other volumes
+// in the pool: CreateSnapshot registers its job under the pool's jobs lock
+// and measures the source in the job.
+func TestSlowMeasureDoesNotStallThePool(t *testing.T) {
+	p := openPool(t, t.TempDir(), "node1", 100)
+	ctx := context.Background()
+	big, err := p.CreateVolume(ctx, VolumeRequest{Name: "big", CapacityBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, err := p.CreateVolume(ctx, VolumeRequest{Name: "small", CapacityBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	p.measure = func(dir string) (int64, error) {
+		if dir == p.VolumeDir(big.ID) {
+			close(entered)
+			<-release // a walk of a huge tree
+		}
+		return 0, nil
+	}
+	bigDone := make(chan error, 1)
+	go func() { _, err := p.CreateSnapshot("big-snap", big); bigDone <- err }()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the big snapshot never started measuring")
+	}
+
+	// While the big volume is being measured, everything else in the pool
+	// answers promptly.
+	within := func(what string, fn func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- fn() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s is stalled behind the big volume's size walk", what)
+		}
+	}
+	within("CreateSnapshot of the big volume", func() error { return <-bigDone })
+	within("snapshot of another volume", func() error {
+		snap, err := p.CreateSnapshot("small-snap", small)
+		if err != nil {
+			return err
+		}
+		_, err = p.WaitSnapshot(ctx, snap.ID)
+		return err
+	})
+	within("progress of the big snapshot", func() error {
+		p.SnapshotProgress(p.SnapshotID("big-snap"))
+		return nil
+	})
+	within("delete of the other snapshot", func() error { return p.DeleteSnapshot(ctx, p.SnapshotID("small-snap")) })
+}
+
+// A volume left "creating" by a crash holds its capacity, is listed (so
+// orphan checks see it), and frees its capacity when deleted.
+func TestCreatingVolumeIsListedAndCounted(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, "node1", 100)
+	id := p.VolumeID("v")
+	if err := p.writeMeta(id, Volume{ID: id, Name: "v", CapacityBytes: 70, State: StateCreating}); err != nil {
+		t.Fatal(err)
+	}
+	reopened := openPool(t, dir, "node1", 100)
+	listed, err := reopened.ListVolumes()
+	if err != nil || len(listed) != 1 || listed[0].ID != id {
+		t.Fatalf("ListVolumes after a crashed create = %+v, %v; want the creating volume", listed, err)
+	}
+	if avail, _ := reopened.Available(); avail != 30 {
+		t.Fatalf("available = %d, want 30 (the crashed create still holds its 70)", avail)
+	}
+	if err := reopened.DeleteVolume(id); err != nil {
+		t.Fatal(err)
+	}
+	if avail, _ := reopened.Available(); avail != 100 {
+		t.Fatalf("available after deleting the crashed create = %d, want 100", avail)
+	}
+}
+
+// A delete interrupted after it began (files partly gone) is finished when
+// the pool is opened: no volume is ever "ready" with half its files.
+func TestInterruptedDeleteIsFinishedOnOpen(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, "node1", 100)
+	vol, err := p.CreateVolume(context.Background(), VolumeRequest{Name: "v", CapacityBytes: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What DeleteVolume leaves when killed while removing files.
+	vol.State = StateDeleting
+	if err := p.writeMeta(vol.ID, vol); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.VolumeDir(vol.ID), "left"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reopened := openPool(t, dir, "node1", 100)
+	if _, err := reopened.LookupVolume(vol.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("volume after reopening: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(reopened.VolumeDir(vol.ID)); !os.IsNotExist(err) {
+		t.Fatalf("files of the deleted volume survived: %v", err)
+	}
+	if avail, _ := reopened.Available(); avail != 100 {
+		t.Fatalf("available = %d, want 100", avail)
+	}
+}
+
+// Stale temporaries of metadata writes are removed on open; live metadata stays.
+func TestMetadataTemporariesAreCleaned(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, "node1", 100)
+	vol, err := p.CreateVolume(context.Background(), VolumeRequest{Name: "v", CapacityBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, "meta", "."+vol.ID+".json.tmp-123")
+	if err := os.WriteFile(stale, []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reopened := openPool(t, dir, "node1", 100)
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale metadata temporary survived: %v", err)
+	}
+	if _, err := reopened.LookupVolume(vol.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A volume cannot be deleted while a copy reads from it, and a copy cannot
+// start from a volume being deleted.
+func TestSourceLease(t *testing.T) {
+	p := openPool(t, t.TempDir(), "node1", 100)
+	vol, err := p.CreateVolume(context.Background(), VolumeRequest{Name: "v", CapacityBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &Source{Pool: p, VolumeID: vol.ID}
+	lease, err := src.lease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DeleteVolume(vol.ID); !errors.Is(err, ErrInFlight) {
+		t.Fatalf("delete while a copy reads the volume: %v, want ErrInFlight", err)
+	}
+	lease.unlock()
+	deleting, err := p.deleteLease(vol.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.lease(); !errors.Is(err, ErrInFlight) {
+		t.Fatalf("lease on a volume being deleted: %v, want ErrInFlight", err)
+	}
+	deleting.unlock()
+	if err := p.DeleteVolume(vol.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.lease(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lease on a deleted volume: %v, want ErrNotFound", err)
 	}
 }

@@ -13,12 +13,46 @@ import (
 	"github.com/toposnap/toposnap/internal/fscopy"
 )
 
-// Source is the data a new volume starts with: a snapshot or a volume,
-// already resolved to a directory by the caller (it may be in another pool).
+// Source is the data a new volume starts with: a ready snapshot or volume
+// of Pool (this pool or another one the same process opened).
 type Source struct {
+	Pool       *Pool
 	SnapshotID string
 	VolumeID   string
-	Dir        string
+}
+
+// id is the source object's ID.
+func (s *Source) id() string {
+	if s.SnapshotID != "" {
+		return s.SnapshotID
+	}
+	return s.VolumeID
+}
+
+// dir is where the source's files are.
+func (s *Source) dir() string {
+	if s.SnapshotID != "" {
+		return s.Pool.SnapshotDir(s.SnapshotID)
+	}
+	return s.Pool.VolumeDir(s.VolumeID)
+}
+
+// lease takes the source's read lease and checks, under it, that the
+// source is still ready: it cannot be deleted until the lease is released.
+func (s *Source) lease() (*objectLock, error) {
+	lease, err := s.Pool.readLease(s.id())
+	if err != nil {
+		return nil, err
+	}
+	state, err := s.Pool.metaState(s.id())
+	if err == nil && state != StateReady {
+		err = fmt.Errorf("source %s is %s: %w", s.id(), state, ErrNotFound)
+	}
+	if err != nil {
+		lease.unlock()
+		return nil, err
+	}
+	return lease, nil
 }
 
 // VolumeRequest asks for a volume.
@@ -34,7 +68,8 @@ func (p *Pool) LookupVolume(id string) (Volume, error) {
 	return readMeta[Volume](p.metaPath(id))
 }
 
-// ListVolumes returns the pool's volumes sorted by ID.
+// ListVolumes returns the pool's volumes sorted by ID, in every state:
+// each one holds capacity until it is gone.
 func (p *Pool) ListVolumes() ([]Volume, error) {
 	ids, err := p.metaIDs(KindVolume)
 	if err != nil {
@@ -54,7 +89,8 @@ func (p *Pool) ListVolumes() ([]Volume, error) {
 	return volumes, nil
 }
 
-// Allocated sums the capacity of the pool's volumes, excluding one ID.
+// allocatedExcept sums the capacity of the pool's volumes in any state
+// (creating and deleting ones hold theirs too), excluding one ID.
 func (p *Pool) allocatedExcept(except string) (int64, error) {
 	volumes, err := p.ListVolumes()
 	if err != nil {
@@ -79,7 +115,9 @@ func (p *Pool) Available() (int64, error) {
 }
 
 // CreateVolume creates a volume, or returns the one an earlier identical
-// request created. A crashed earlier attempt is redone from the start.
+// request created. A crashed earlier attempt (StateCreating) is redone from
+// the start; so is one whose delete was interrupted (StateDeleting), since
+// the name is free again once the caller deleted it.
 func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, error) {
 	id := p.VolumeID(req.Name)
 	lock, err := p.tryLock(id)
@@ -108,8 +146,14 @@ func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, err
 		Parameters: req.Parameters, Segment: p.cfg.Segment, State: StateCreating,
 		CreatedAt: time.Now().UTC(),
 	}
+	var lease *objectLock
 	if req.Source != nil {
 		vol.SourceSnapshotID, vol.SourceVolumeID = req.Source.SnapshotID, req.Source.VolumeID
+		// Hold the source for the whole copy, so it cannot be deleted under it.
+		if lease, err = req.Source.lease(); err != nil {
+			return Volume{}, err
+		}
+		defer lease.unlock()
 	}
 	// Reserve the capacity first, under the pool lock, so concurrent creators
 	// (other processes on a zone pool too) cannot both take the last bytes.
@@ -152,7 +196,7 @@ func (p *Pool) fillVolume(ctx context.Context, id string, source *Source) error 
 		if err := os.Chmod(tmp, 0o777); err != nil {
 			return fmt.Errorf("chmod volume directory: %w", err)
 		}
-	} else if _, err := fscopy.Tree(ctx, source.Dir, tmp, fscopy.Options{}); err != nil {
+	} else if _, err := fscopy.Tree(ctx, source.dir(), tmp, fscopy.Options{}); err != nil {
 		_ = os.RemoveAll(tmp)
 		return fmt.Errorf("copy source into volume: %w", err)
 	}
@@ -180,14 +224,33 @@ func sameVolume(existing Volume, req VolumeRequest) error {
 	return nil
 }
 
-// DeleteVolume removes a volume's files, then its metadata. Deleting a
-// volume that does not exist succeeds.
+// DeleteVolume removes a volume: it is marked deleting (durably, so a crash
+// never leaves a "ready" volume with half its files), its files go, then its
+// metadata. Deleting a volume that does not exist succeeds. A volume that a
+// snapshot or clone is being copied from is not deleted (ErrInFlight).
 func (p *Pool) DeleteVolume(id string) error {
 	lock, err := p.tryLock(id)
 	if err != nil {
 		return err
 	}
 	defer lock.unlock()
+	lease, err := p.deleteLease(id)
+	if err != nil {
+		return err
+	}
+	defer lease.unlock()
+	vol, err := p.LookupVolume(id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		// No metadata: at most files of a crashed create; remove them.
+	case err != nil:
+		return err
+	case vol.State != StateDeleting:
+		vol.State = StateDeleting
+		if err := p.writeMeta(id, vol); err != nil {
+			return err
+		}
+	}
 	if err := p.removeVolumeFiles(id); err != nil {
 		return err
 	}
@@ -216,6 +279,9 @@ func (p *Pool) ExpandVolume(id string, capacity int64) (Volume, error) {
 		vol, err = p.LookupVolume(id)
 		if err != nil {
 			return err
+		}
+		if vol.State != StateReady {
+			return fmt.Errorf("volume %s is %s: %w", id, vol.State, ErrNotFound)
 		}
 		if capacity <= vol.CapacityBytes {
 			return nil
