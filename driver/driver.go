@@ -52,6 +52,9 @@ type Options struct {
 	MetricsAddress string
 	// Version is reported by GetPluginInfo.
 	Version string
+
+	// Pacing of the Node reads at start-up (tests shorten it).
+	nodeRetryInitial, nodeRetryMax time.Duration
 }
 
 // Driver implements the three CSI services.
@@ -70,6 +73,10 @@ type Driver struct {
 
 // New opens the pools for a known location. Run calls it; tests may too.
 func New(opts Options, location topology.Location) (*Driver, error) {
+	return newDriver(opts, location, newMetrics())
+}
+
+func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, error) {
 	if opts.NodeID == "" {
 		return nil, errors.New("node id is required")
 	}
@@ -79,7 +86,7 @@ func New(opts Options, location topology.Location) (*Driver, error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
-	d := &Driver{opts: opts, location: location, mounter: mount.New(""), metrics: newMetrics()}
+	d := &Driver{opts: opts, location: location, mounter: mount.New(""), metrics: m}
 	var err error
 	d.nodePool, err = store.Open(store.Config{
 		Scope: topology.ScopeNode, Dir: opts.DataDir, Owner: location.Node,
@@ -116,12 +123,26 @@ func (d *Driver) Close() {
 }
 
 // Run serves the driver until ctx is cancelled, then stops gracefully.
+//
+// The CSI socket is opened only once this node's topology is known (see
+// resolveLocation): until then node-driver-registrar finds no socket and
+// waits, so the kubelet never registers a topology the driver guessed.
+// Meanwhile /healthz passes (waiting is not a fault) and /readyz fails,
+// saying what the driver waits for.
 func Run(ctx context.Context, opts Options) error {
-	location, err := resolveLocation(ctx, opts)
-	if err != nil {
+	m := newMetrics()
+	state := &startup{}
+	if err := kube.ServeProbes(ctx, opts.MetricsAddress, m.registry, kube.Probes{Healthy: state.healthy, Ready: state.ready}); err != nil {
 		return err
 	}
-	d, err := New(opts, location)
+	location, err := resolveLocation(ctx, opts, state.setWaiting)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting
+		}
+		return err
+	}
+	d, err := newDriver(opts, location, m)
 	if err != nil {
 		return err
 	}
@@ -134,9 +155,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	server := d.NewGRPCServer()
-	if err := kube.ServeMetrics(ctx, opts.MetricsAddress, d.metrics.registry, d.poolsHealthy); err != nil {
-		return err
-	}
+	state.setDriver(d)
 	errs := make(chan error, 1)
 	go func() { errs <- server.Serve(listener) }()
 	select {
