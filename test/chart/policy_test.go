@@ -206,7 +206,7 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 func checkPoliciesTypeCheck(t *testing.T, ctx context.Context) {
 	t.Helper()
 	api := testCluster.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies()
-	for _, suffix := range []string{"volumes", "claims", "snapshots", "capacities", "leases"} {
+	for _, suffix := range []string{"volumes", "claims", "contents", "snapshots", "capacities", "leases"} {
 		name := policyRelease + "-toposnap-node-" + suffix
 		err := cluster.Poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 			policy, err := api.Get(ctx, name, metav1.GetOptions{})
@@ -309,6 +309,7 @@ func createPolicyWorld(t *testing.T, ctx context.Context) policyWorld {
 		deletePV("policy-node1"),
 		patchClaim("ours", `{"metadata":{"labels":{"example.com/x":"y"}}}`),
 		deleteContent("policy-foreign"),
+		updateSnapshot(func(s *snapv1.VolumeSnapshot) { s.Finalizers = append(s.Finalizers, "example.com/hold") }),
 		createCapacity(map[string]string{nodeKey: "node1"}, policyDriver),
 		createLease("toposnap-scheduler", "node2"),
 	}

@@ -46,7 +46,7 @@ var commonKinds = map[string]int{
 	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 2,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
-	"ValidatingAdmissionPolicy": 5, "ValidatingAdmissionPolicyBinding": 5,
+	"ValidatingAdmissionPolicy": 6, "ValidatingAdmissionPolicyBinding": 6,
 }
 
 // with returns commonKinds changed by delta (0 removes a kind).

@@ -124,33 +124,67 @@ func TestExtenderPlainHTTPWhenTLSIsOff(t *testing.T) {
 	}
 }
 
-// TestNotesPrintTheHTTPSSnippet: the install notes give an existing
-// scheduler the https URL and a tlsConfig whose caData is the CA of the
-// extender's Secret in the same release, and serverName for a ClusterIP.
-func TestNotesPrintTheHTTPSSnippet(t *testing.T) {
-	out, err := runHelm(ctxFor(t, time.Minute), "install", releaseName, chartDir, "--dry-run=client", "--namespace", dryRunNamespace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	manifest, notes, ok := strings.Cut(string(out), "\nNOTES:\n")
-	if !ok {
-		t.Fatalf("helm install --dry-run printed no notes:\n%s", out)
-	}
-	_, manifest, _ = strings.Cut(manifest, "\nMANIFEST:\n")
-	objects, err := parseObjects([]byte(manifest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var secret corev1.Secret
-	convert(t, find(t, objects, "Secret", releaseName+"-toposnap-extender-tls"), &secret)
+// TestNotesPrintTheSchedulerSnippet: the install notes give an existing
+// scheduler the extender's URL and, with TLS, a tlsConfig with serverName
+// (for a ClusterIP in urlPrefix) and the CA: inline, the CA of the
+// extender's Secret in the same release, or with cert-manager, how to read
+// it. (helm install --dry-run still asks the cluster for its version, so
+// this needs one; TestInstallUpgradeKeepsTheWebhookCA checks a real
+// install's notes too.)
+func TestNotesPrintTheSchedulerSnippet(t *testing.T) {
+	needCluster(t)
 	host := releaseName + "-toposnap-extender." + dryRunNamespace + ".svc"
-	for _, want := range []string{
-		"extenders:\n      - urlPrefix: https://" + host + ":8099\n",
-		"        tlsConfig:\n          serverName: " + host + "\n          caData: " + b64(secret.Data["ca.crt"]) + "\n",
+	for _, tc := range []struct {
+		name string
+		args []string
+		want func(objects []*unstructured.Unstructured) []string
+		not  []string
+	}{
+		{"chart-made CA", nil, func(objects []*unstructured.Unstructured) []string {
+			var secret corev1.Secret
+			convert(t, find(t, objects, "Secret", releaseName+"-toposnap-extender-tls"), &secret)
+			return []string{
+				"extenders:\n      - urlPrefix: https://" + host + ":8099\n",
+				"        tlsConfig:\n          serverName: " + host + "\n          caData: " + b64(secret.Data["ca.crt"]) + "\n",
+			}
+		}, nil},
+		{"cert-manager", []string{"--set", "extender.tls.certManager.enabled=true"}, func([]*unstructured.Unstructured) []string {
+			return []string{
+				"extenders:\n      - urlPrefix: https://" + host + ":8099\n",
+				"        tlsConfig:\n          serverName: " + host + "\n",
+				"kubectl -n " + dryRunNamespace + " get secret " + releaseName + "-toposnap-extender-tls -o jsonpath='{.data.ca\\.crt}'",
+			}
+		}, nil},
+		{"plain HTTP", []string{"--set", "extender.tls.enabled=false"}, func([]*unstructured.Unstructured) []string {
+			return []string{"extenders:\n      - urlPrefix: http://" + host + ":8099\n"}
+		}, []string{"tlsConfig"}},
 	} {
-		if !strings.Contains(notes, want) {
-			t.Errorf("notes lack %q:\n%s", want, notes)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"install", releaseName, chartDir, "--dry-run=client", "--namespace", dryRunNamespace}, tc.args...)
+			out, err := runHelm(ctxFor(t, time.Minute), args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			manifest, notes, ok := strings.Cut(string(out), "\nNOTES:\n")
+			if !ok {
+				t.Fatalf("helm install --dry-run printed no notes:\n%s", out)
+			}
+			_, manifest, _ = strings.Cut(manifest, "\nMANIFEST:\n")
+			objects, err := parseObjects([]byte(manifest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tc.want(objects) {
+				if !strings.Contains(notes, want) {
+					t.Errorf("notes lack %q:\n%s", want, notes)
+				}
+			}
+			for _, unwanted := range tc.not {
+				if strings.Contains(notes, unwanted) {
+					t.Errorf("notes mention %q:\n%s", unwanted, notes)
+				}
+			}
+		})
 	}
 }
 
@@ -255,8 +289,8 @@ func TestNodeAdmissionPoliciesBindToTheNodeServiceAccount(t *testing.T) {
 				}
 				return
 			}
-			if len(policies) != 5 || len(bindings) != len(policies) {
-				t.Fatalf("rendered %d policies and %d bindings, want 5 of each", len(policies), len(bindings))
+			if len(policies) != 6 || len(bindings) != len(policies) {
+				t.Fatalf("rendered %d policies and %d bindings, want 6 of each", len(policies), len(bindings))
 			}
 			bound := map[string]bool{}
 			for _, binding := range bindings {
