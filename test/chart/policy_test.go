@@ -136,16 +136,23 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 
 		// PersistentVolumeClaims.
 		{"drop selected-node from a claim of csi.toposnap.io", node1, patchClaim("ours", `{"metadata":{"annotations":{"volume.kubernetes.io/selected-node":null}}}`), ""},
-		{"drop selected-node from another provisioner's claim", node1, patchClaim("foreign", `{"metadata":{"annotations":{"volume.kubernetes.io/selected-node":null}}}`), "only from claims that csi.toposnap.io provisions"},
-		{"point a claim at another node", node1, patchClaim("ours", `{"metadata":{"annotations":{"volume.kubernetes.io/selected-node":"node2"}}}`), "may only remove the annotation"},
-		{"add an annotation to a claim", node1, patchClaim("ours", `{"metadata":{"annotations":{"example.com/x":"y"}}}`), "may only remove the annotation"},
+		{"drop selected-node from another provisioner's claim", node1, patchClaim("foreign", `{"metadata":{"annotations":{"volume.kubernetes.io/selected-node":null}}}`), "only on claims that csi.toposnap.io provisions"},
+		{"point a claim at another node", node1, patchClaim("ours", `{"metadata":{"annotations":{"volume.kubernetes.io/selected-node":"node2"}}}`), "may only remove volume.kubernetes.io/selected-node"},
+		{"add an annotation to a claim", node1, patchClaim("ours", `{"metadata":{"annotations":{"example.com/x":"y"}}}`), "only the placement annotations"},
+		{"claim an Immediate claim for a zone", node1, patchClaim("ours", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-b"}}}`), ""},
+		{"give up a zone's claim", node1, patchClaim("zoned", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":null}}}`), ""},
+		{"move a claim to another zone", node1, patchClaim("zoned", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-c"}}}`), "never change it"},
+		{"claim another provisioner's claim for a zone", node1, patchClaim("foreign", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-b"}}}`), "only on claims that csi.toposnap.io provisions"},
+		{"hold a claim being provisioned", node1, updateClaim("foreign", func(claim *corev1.PersistentVolumeClaim) {
+			claim.Finalizers = append(claim.Finalizers, "toposnap.io/provisioning-protection")
+		}), ""},
 		{"label a claim", node1, patchClaim("ours", `{"metadata":{"labels":{"example.com/x":"y"}}}`), "spec or labels"},
 		{"add the clone-source finalizer to any claim", node1, updateClaim("foreign", func(claim *corev1.PersistentVolumeClaim) {
 			claim.Finalizers = append(claim.Finalizers, "provisioner.storage.kubernetes.io/cloning-protection")
 		}), ""},
 		{"remove another finalizer from a claim", node1, updateClaim("ours", func(claim *corev1.PersistentVolumeClaim) {
 			claim.Finalizers = slices.DeleteFunc(claim.Finalizers, func(f string) bool { return f == "example.com/keep" })
-		}), "only the finalizer provisioner.storage.kubernetes.io/cloning-protection"},
+		}), "only the finalizers provisioner.storage.kubernetes.io/cloning-protection and toposnap.io/provisioning-protection"},
 
 		// Leases.
 		{"take a zone Lease for its own node", node1, createLease("toposnap-zone-policy", "node1"), ""},
@@ -246,9 +253,12 @@ func createPolicyWorld(t *testing.T, ctx context.Context) policyWorld {
 		policyPV("policy-zone", policyDriver, map[string]string{zoneKey: cluster.SeedZone}),
 		policyPV("policy-foreign", foreignDriver, map[string]string{nodeKey: "node1"}),
 	}
+	zoned := policyClaim("zoned", policyDriver)
+	zoned.Annotations["toposnap.io/provisioning-zone"] = cluster.SeedRegion + "/" + cluster.SeedZone
 	claims := []*corev1.PersistentVolumeClaim{
 		policyClaim("ours", policyDriver),
 		policyClaim("foreign", foreignDriver),
+		zoned,
 	}
 	// A Bound PV: pre-bound both ways, the PV controller completes it.
 	bound := policyClaim("bound", policyDriver)
