@@ -28,6 +28,10 @@ type Report struct {
 	Profile string
 	// Faults are the faults injected, in order.
 	Faults []string
+	// Exits are toposnap processes that exited on their own during the
+	// campaign (the node controllers exit when they lose their driver, as
+	// upstream sidecars do) and were restarted as the kubelet would.
+	Exits []string
 	// FaultCounts and Operations count faults by kind and issued operations
 	// by kind.
 	FaultCounts map[FaultKind]int
@@ -61,6 +65,10 @@ func (r *Report) String() string {
 	b.WriteString(r.Summary() + "\n\nfaults:\n")
 	for _, f := range r.Faults {
 		b.WriteString("  " + f + "\n")
+	}
+	b.WriteString("\nprocesses that exited on their own (restarted):\n")
+	for _, x := range r.Exits {
+		b.WriteString("  " + x + "\n")
 	}
 	b.WriteString("\nviolations:\n")
 	if len(r.Violations) == 0 {
@@ -163,6 +171,11 @@ func Run(ctx context.Context, env *harness.Env, seed uint64, p Profile) (*Report
 	invariantStart := time.Now()
 	report.Violations = append(report.Violations, checker.Settle(ctx, p.InvariantBound).Violations...)
 	report.Invariants = time.Since(invariantStart)
+	for _, exit := range env.Exits() {
+		if !exit.At.Before(windowStart) {
+			report.Exits = append(report.Exits, exit.String())
+		}
+	}
 	return report, nil
 }
 

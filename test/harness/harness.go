@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -20,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -53,6 +51,9 @@ type Env struct {
 	bin     string
 	workers []string // names of Nodes, in start order
 	extra   []*Node  // control-plane processes (extender, webhook)
+
+	exitsMu sync.Mutex
+	exits   []Exit // components that exited on their own (process.go)
 }
 
 // Node is one worker's processes and its driver's CSI clients.
@@ -65,11 +66,10 @@ type Node struct {
 	NodeClient csi.NodeClient
 	Controller csi.ControllerClient
 	env        *Env
-	mu         sync.Mutex // guards commands, logs, args
-	commands   map[string]*exec.Cmd
-	logs       map[string]*os.File
-	args       map[string][]string
-	metrics    map[string]string // component -> its --metrics-address
+	mu         sync.Mutex          // guards procs, args
+	procs      map[string]*process // running (or crashed, awaiting restart) components
+	args       map[string][]string // component -> binary and flags, to start it again
+	metrics    map[string]string   // component -> its --metrics-address
 }
 
 // SchedulerConfig is the KubeSchedulerConfiguration registering the
@@ -247,7 +247,7 @@ func (e *Env) controlPlaneNode() *Node {
 	for _, n := range e.extra {
 		return n
 	}
-	n := &Node{Name: "control-plane", env: e, commands: map[string]*exec.Cmd{}, logs: map[string]*os.File{}, args: map[string][]string{}}
+	n := &Node{Name: "control-plane", env: e, procs: map[string]*process{}, args: map[string][]string{}}
 	e.extra = append(e.extra, n)
 	return n
 }
@@ -256,7 +256,7 @@ func (e *Env) controlPlaneNode() *Node {
 func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node, error) {
 	nodeDir := filepath.Join(e.Dir, name)
 	socket := filepath.Join(nodeDir, "csi.sock")
-	n := &Node{Name: name, Zone: zone, Socket: socket, env: e, commands: map[string]*exec.Cmd{}, logs: map[string]*os.File{},
+	n := &Node{Name: name, Zone: zone, Socket: socket, env: e, procs: map[string]*process{},
 		args: map[string][]string{}, metrics: map[string]string{}}
 	for _, component := range []string{"driver", "provisioner", "snapshotter"} {
 		port, err := FreePort()
@@ -296,72 +296,6 @@ func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node
 // LogPath is where a component of a node logs.
 func (e *Env) LogPath(node, component string) string {
 	return filepath.Join(e.Dir, node, component+".log")
-}
-
-func (n *Node) start(component, binary string, args ...string) error {
-	if err := os.MkdirAll(filepath.Join(n.env.Dir, n.Name), 0o750); err != nil {
-		return err
-	}
-	logFile, err := os.OpenFile(n.env.LogPath(n.Name, component), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(filepath.Join(n.env.bin, binary), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("start %s on %s: %w", component, n.Name, err)
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.args[component] = append([]string{binary}, args...)
-	n.commands[component] = cmd
-	n.logs[component] = logFile
-	return nil
-}
-
-// Components names the processes run on this node (for a worker: driver,
-// provisioner, snapshotter; for the control plane: extender, webhook).
-func (n *Node) Components() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	names := slices.Collect(maps.Keys(n.args))
-	slices.Sort(names)
-	return names
-}
-
-// Kill SIGKILLs a component, as a crash would, and reaps it. Killing a
-// component that is not running does nothing.
-func (n *Node) Kill(component string) {
-	n.mu.Lock()
-	cmd, ok := n.commands[component]
-	logFile := n.logs[component]
-	delete(n.commands, component)
-	delete(n.logs, component)
-	n.mu.Unlock()
-	if !ok {
-		return
-	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	logFile.Close()
-}
-
-// Restart starts a killed component again with the same flags; a component
-// that is still running is left alone.
-func (n *Node) Restart(component string) error {
-	n.mu.Lock()
-	_, running := n.commands[component]
-	args, known := n.args[component]
-	n.mu.Unlock()
-	if running {
-		return nil
-	}
-	if !known {
-		return fmt.Errorf("restart %s on %s: never started", component, n.Name)
-	}
-	return n.start(component, args[0], args[1:]...)
 }
 
 // Metric sums the samples a component of the node serves on /metrics whose
