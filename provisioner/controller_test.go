@@ -63,7 +63,7 @@ func TestReclaim(t *testing.T) {
 			handle := server.AddVolume(PVName(claim), map[string]string{topology.NodeKey: "node1"})
 			w := newWorld(t, nodeObject("node1", "b"), provisionedPV(claim, handle, "node1", tc.phase, tc.policy))
 			if tc.deleted {
-				if err := w.kube.CoreV1().PersistentVolumes().Delete(context.Background(), PVName(claim), metav1.DeleteOptions{}); err != nil {
+				if err := w.Kube.CoreV1().PersistentVolumes().Delete(context.Background(), PVName(claim), metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
-	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -18,9 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 
@@ -32,50 +29,19 @@ import (
 
 const driver = "csi.toposnap.io"
 
-// world is one cluster's API (fake clientsets with the API server's
-// semantics) seen by one or more node provisioners, each with its own
-// fake CSI driver.
+// world is one cluster's API seen by one or more node provisioners, each
+// with its own fake CSI driver.
 type world struct {
-	t     *testing.T
-	kube  *fake.Clientset
-	snaps *snapfake.Clientset
+	*fakeapi.World
+	t *testing.T
 }
 
 func newWorld(t *testing.T, objects ...runtime.Object) *world {
 	t.Helper()
-	w := &world{t: t, kube: fake.NewClientset(), snaps: snapfake.NewSimpleClientset()}
-	fakeapi.Install(w.kube)
-	fakeapi.Install(w.snaps)
-	for _, obj := range objects {
-		w.create(obj)
-	}
-	return w
+	return &world{World: fakeapi.NewWorld(t, objects...), t: t}
 }
 
-func (w *world) create(obj runtime.Object) {
-	w.t.Helper()
-	ctx := context.Background()
-	var err error
-	switch o := obj.(type) {
-	case *corev1.PersistentVolumeClaim:
-		_, err = w.kube.CoreV1().PersistentVolumeClaims(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-	case *corev1.PersistentVolume:
-		_, err = w.kube.CoreV1().PersistentVolumes().Create(ctx, o, metav1.CreateOptions{})
-	case *corev1.Node:
-		_, err = w.kube.CoreV1().Nodes().Create(ctx, o, metav1.CreateOptions{})
-	case *storagev1.StorageClass:
-		_, err = w.kube.StorageV1().StorageClasses().Create(ctx, o, metav1.CreateOptions{})
-	case *snapv1.VolumeSnapshot:
-		_, err = w.snaps.SnapshotV1().VolumeSnapshots(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-	case *snapv1.VolumeSnapshotContent:
-		_, err = w.snaps.SnapshotV1().VolumeSnapshotContents().Create(ctx, o, metav1.CreateOptions{})
-	default:
-		w.t.Fatalf("world cannot create %T", obj)
-	}
-	if err != nil {
-		w.t.Fatal(err)
-	}
-}
+func (w *world) create(obj runtime.Object) { w.t.Helper(); w.Create(obj) }
 
 // node is one node's provisioner (a fresh one is a restarted process) and
 // its driver.
@@ -92,12 +58,12 @@ func (h *node) Holds() bool { return h.holds }
 
 // startNode starts a provisioner for name in region/zone with driver server.
 func (w *world) startNode(name, zone string, server *fakecsi.Server, client csi.ControllerClient, holdsLease bool) *node {
-	kubeInformers := informers.NewSharedInformerFactory(w.kube, 0)
-	snapInformers := snapshotinformers.NewSharedInformerFactory(w.snaps, 0)
+	kubeInformers := informers.NewSharedInformerFactory(w.Kube, 0)
+	snapInformers := snapshotinformers.NewSharedInformerFactory(w.Snaps, 0)
 	segment := topology.Segment{topology.NodeKey: name, topology.ZoneKey: zone, topology.RegionKey: "r"}
 	ctrl := NewController(Config{
 		DriverName: driver, NodeName: name, NodeSegment: segment, Timeout: time.Second,
-		Client: w.kube, Snapshots: w.snaps, CSI: client, Recorder: record.NewFakeRecorder(100),
+		Client: w.Kube, Snapshots: w.Snaps, CSI: client, Recorder: record.NewFakeRecorder(100),
 		CapacityNamespace: "toposnap",
 	}, kubeInformers, snapInformers)
 	n := &node{w: w, ctrl: ctrl, csi: server, kubeStores: kubeInformers, snapStores: snapInformers, holds: holdsLease}
@@ -107,41 +73,7 @@ func (w *world) startNode(name, zone string, server *fakecsi.Server, client csi.
 }
 
 // refresh fills the node's caches with what the API holds now.
-func (n *node) refresh() {
-	t, ctx := n.w.t, context.Background()
-	t.Helper()
-	replace := func(store cache.Store, items []any, err error) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := store.Replace(items, ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	claims, err := n.w.kube.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{})
-	replace(n.kubeStores.Core().V1().PersistentVolumeClaims().Informer().GetStore(), objects(claims.Items), err)
-	pvs, err := n.w.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-	replace(n.kubeStores.Core().V1().PersistentVolumes().Informer().GetStore(), objects(pvs.Items), err)
-	nodes, err := n.w.kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	replace(n.kubeStores.Core().V1().Nodes().Informer().GetStore(), objects(nodes.Items), err)
-	classes, err := n.w.kube.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
-	replace(n.kubeStores.Storage().V1().StorageClasses().Informer().GetStore(), objects(classes.Items), err)
-	snaps, err := n.w.snaps.SnapshotV1().VolumeSnapshots("").List(ctx, metav1.ListOptions{})
-	replace(n.snapStores.Snapshot().V1().VolumeSnapshots().Informer().GetStore(), objects(snaps.Items), err)
-	contents, err := n.w.snaps.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
-	replace(n.snapStores.Snapshot().V1().VolumeSnapshotContents().Informer().GetStore(), objects(contents.Items), err)
-}
-
-func objects[T any, P interface {
-	*T
-	runtime.Object
-}](items []T) []any {
-	out := make([]any, 0, len(items))
-	for i := range items {
-		out = append(out, P(&items[i]))
-	}
-	return out
-}
+func (n *node) refresh() { n.w.t.Helper(); n.w.Fill(n.kubeStores, n.snapStores) }
 
 // syncClaim refreshes the caches and syncs one claim, returning its error.
 func (n *node) syncClaim(namespace, name string) error {
@@ -218,7 +150,7 @@ func readySnapshot(namespace, name, handle string, node string) (*snapv1.VolumeS
 
 func (w *world) claim(namespace, name string) *corev1.PersistentVolumeClaim {
 	w.t.Helper()
-	claim, err := w.kube.CoreV1().PersistentVolumeClaims(namespace).Get(context.Background(), name, metav1.GetOptions{})
+	claim, err := w.Kube.CoreV1().PersistentVolumeClaims(namespace).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		return nil
 	}
@@ -227,7 +159,7 @@ func (w *world) claim(namespace, name string) *corev1.PersistentVolumeClaim {
 
 func (w *world) pvs() []corev1.PersistentVolume {
 	w.t.Helper()
-	list, err := w.kube.CoreV1().PersistentVolumes().List(context.Background(), metav1.ListOptions{})
+	list, err := w.Kube.CoreV1().PersistentVolumes().List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -236,7 +168,7 @@ func (w *world) pvs() []corev1.PersistentVolume {
 
 func (w *world) snapshotFinalizers(namespace, name string) []string {
 	w.t.Helper()
-	snap, err := w.snaps.SnapshotV1().VolumeSnapshots(namespace).Get(context.Background(), name, metav1.GetOptions{})
+	snap, err := w.Snaps.SnapshotV1().VolumeSnapshots(namespace).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -246,7 +178,7 @@ func (w *world) snapshotFinalizers(namespace, name string) []string {
 // deleteClaim is `kubectl delete pvc`.
 func (w *world) deleteClaim(namespace, name string) {
 	w.t.Helper()
-	if err := w.kube.CoreV1().PersistentVolumeClaims(namespace).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+	if err := w.Kube.CoreV1().PersistentVolumeClaims(namespace).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 		w.t.Fatal(err)
 	}
 }
@@ -266,7 +198,7 @@ func bind(t *testing.T, w *world, namespace, name string) {
 	t.Helper()
 	claim := w.claim(namespace, name)
 	claim.Spec.VolumeName = PVName(claim)
-	if _, err := w.kube.CoreV1().PersistentVolumeClaims(namespace).Update(context.Background(), claim, metav1.UpdateOptions{}); err != nil {
+	if _, err := w.Kube.CoreV1().PersistentVolumeClaims(namespace).Update(context.Background(), claim, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -274,7 +206,7 @@ func bind(t *testing.T, w *world, namespace, name string) {
 // failPVCreateOnce makes the next PV create fail, as an API hiccup would.
 func failPVCreateOnce(w *world) {
 	failed := false
-	w.kube.PrependReactor("create", "persistentvolumes", func(k8stesting.Action) (bool, runtime.Object, error) {
+	w.Kube.PrependReactor("create", "persistentvolumes", func(k8stesting.Action) (bool, runtime.Object, error) {
 		if failed {
 			return false, nil, nil
 		}
