@@ -95,6 +95,39 @@ func removeLeaks(t *testing.T, ctx context.Context) {
 	}
 }
 
+// adversarialNamespace is createNamespace for a case that may leave its
+// objects half deleted when it fails: at the end of the test its pods,
+// claims and snapshots are deleted and their PVs awaited, so that what
+// this case broke is not reported again by the tests that follow.
+func adversarialNamespace(t *testing.T) string {
+	t.Helper()
+	ns := createNamespace(t)
+	t.Cleanup(func() {
+		ctx := ctxFor(t, 3*time.Minute)
+		client := env.Cluster.Client
+		_ = client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{})
+		_ = client.CoreV1().PersistentVolumeClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		_ = env.Snaps.SnapshotV1().VolumeSnapshots(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		err := poll(ctx, 500*time.Millisecond, 2*time.Minute, func() (bool, error) {
+			pvs, err := client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, pv := range pvs.Items {
+				if pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.Namespace == ns {
+					return false, nil
+				}
+			}
+			snaps, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).List(ctx, metav1.ListOptions{})
+			return err == nil && len(snaps.Items) == 0, nil
+		})
+		if err != nil {
+			t.Logf("cleanup of namespace %s incomplete: %v", ns, err)
+		}
+	})
+	return ns
+}
+
 // createImmediateClass is createClass with Immediate binding.
 func createImmediateClass(t *testing.T, name, scope string, allowedZones ...string) {
 	t.Helper()

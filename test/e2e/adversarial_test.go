@@ -38,7 +38,7 @@ import (
 // deleted, the PV and its backend volume go.
 func TestDeleteBoundPVAndClaimInEveryOrder(t *testing.T) {
 	needEnv(t)
-	ns := createNamespace(t)
+	ns := adversarialNamespace(t)
 	createClass(t, "e2e-node", "node")
 	createClass(t, "e2e-zone", "zone", cluster.SeedZone)
 	orders := [][]string{
@@ -106,7 +106,7 @@ func deleteInOrder(t *testing.T, ns, name, class string, order []string, seed ui
 // happened to its source, and takes its content and backend snapshot along.
 func TestDeleteSourcesAroundSnapshots(t *testing.T) {
 	needEnv(t)
-	ns := createNamespace(t)
+	ns := adversarialNamespace(t)
 	createClass(t, "e2e-node", "node")
 	createClass(t, "e2e-zone", "zone", cluster.SeedZone)
 	ensureSnapshotClass(t)
@@ -314,7 +314,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 	if len(env.Zones()) < 2 {
 		t.Fatalf("the e2e environment has workers in zones %v; this test needs two", env.Zones())
 	}
-	ns := createNamespace(t)
+	ns := adversarialNamespace(t)
 	seedZoneNodes := env.Zones()[cluster.SeedZone]
 	secondZoneNodes := env.Zones()[cluster.SecondZone]
 	createImmediateClass(t, "e2e-zone-immediate", "zone")
@@ -512,7 +512,7 @@ func sameSet(a, b []string) bool {
 func TestCrossNamespaceSnapshotReferences(t *testing.T) {
 	needEnv(t)
 	ctx := ctxFor(t, 8*time.Minute)
-	nsA, nsB := createNamespace(t), createNamespace(t)
+	nsA, nsB := adversarialNamespace(t), adversarialNamespace(t)
 	createClass(t, "e2e-node", "node")
 	ensureSnapshotClass(t)
 
@@ -543,6 +543,11 @@ func TestCrossNamespaceSnapshotReferences(t *testing.T) {
 	if _, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Create(ctx, content, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // after a failure, do not leave the import to later tests
+		ctx := ctxFor(t, time.Minute)
+		_ = env.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(ctx, importName, metav1.DeleteOptions{})
+		_, _ = env.Nodes[node].Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: imported.GetSnapshot().GetSnapshotId()})
+	})
 
 	// B reaches for both contents, and restores from what it reached.
 	createSnapshot(t, nsB, "steal", "", contentA)
@@ -624,7 +629,7 @@ func TestCrossNamespaceSnapshotReferences(t *testing.T) {
 // snapshot's source protection goes too, so the snapshot can be deleted.
 func TestClaimDeletedWhileProvisioning(t *testing.T) {
 	needEnv(t)
-	ns := createNamespace(t)
+	ns := adversarialNamespace(t)
 	createClass(t, "e2e-node", "node")
 	createClass(t, "e2e-zone", "zone", cluster.SeedZone)
 	// A zone source: zone pools copy restores file by file, which takes a
