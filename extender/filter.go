@@ -130,8 +130,21 @@ func decideAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod,
 		answer.err = "request has no pod"
 		return answer
 	}
+	if loading, _ := state.readiness(); loading != "" {
+		// An error, not a node verdict: the scheduler tries the pod again
+		// soon, rather than marking it unschedulable for what the extender
+		// does not know yet.
+		answer.err, answer.verdicts = "toposnap extender is starting: "+loading, verdicts[:0]
+		return answer
+	}
 	answer.verdicts = slices.Grow(verdicts[:0], len(nodes.names))[:len(nodes.names)]
 	claims, problem := resolveClaims(state, index, pod)
+	for i := range claims {
+		if waiting := claims[i].source.waiting; waiting != "" {
+			answer.err, answer.verdicts = waiting, answer.verdicts[:0]
+			return answer
+		}
+	}
 	if problem != "" {
 		answer.texts = []string{problem}
 		for i := range answer.verdicts {
@@ -369,6 +382,9 @@ type sourceCheck struct {
 	segments   []topology.Segment                  // a snapshot's accessible topology
 	affinity   *nodeaffinity.LazyErrorNodeSelector // a clone source's PV affinity
 	problem    string
+	// waiting, when set, is why the source cannot be placed yet: the
+	// request is answered with it as an error, to be tried again.
+	waiting string
 }
 
 func (s *sourceCheck) reachable(probe *corev1.Node) bool {
@@ -396,7 +412,10 @@ func resolveSource(state State, pc *podClaim, places int) sourceCheck {
 	switch {
 	case source.IsSnapshot():
 		if !state.SnapshotsServed() {
-			return everywhere // no snapshot API seen: where snapshots live is unknown
+			if _, unknown := state.readiness(); unknown != "" {
+				return sourceCheck{waiting: fmt.Sprintf("pvc %s restores VolumeSnapshot %s and the toposnap extender does not know yet where snapshots live (%s); try again", pc.key, name, unknown)}
+			}
+			return everywhere // the API server serves no snapshot API: where snapshots live is unknown
 		}
 		snap, ok := state.Snapshot(source.Namespace, source.Name)
 		if !ok {

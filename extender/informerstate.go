@@ -17,6 +17,8 @@ import (
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/kube"
 )
 
 const indexByPending = "toposnap.io/pending-node"
@@ -32,23 +34,41 @@ type informerState struct {
 	capacities storagelisters.CSIStorageCapacityLister
 	classes    storagelisters.StorageClassLister
 	claimIndex cache.Indexer
-	snapshots  snapshotlisters.VolumeSnapshotLister // nil without the snapshot CRDs
-	contents   snapshotlisters.VolumeSnapshotContentLister
-	synced     []cache.InformerSynced
+	// snapshots follows the snapshot API: its listers while it is served
+	// and cached, and why not otherwise.
+	snapshots *kube.SnapshotCaches[snapshotListers]
+	synced    []cache.InformerSynced
+	// loaded is set once the caches above synced and the index was built
+	// from them: until then no request can be decided.
+	loaded atomic.Bool
 	// changed is signalled when volumesChanged or nodesChanged was set.
 	changed        chan struct{}
 	volumesChanged atomic.Bool // PVs or capacities changed since the last rebuild
 	nodesChanged   atomic.Bool
 }
 
-// newInformerState registers informers and indexes; snapInformers may be nil
-// when the cluster has no snapshot CRDs.
-func newInformerState(kube informers.SharedInformerFactory, snap snapshotinformers.SharedInformerFactory) (*informerState, error) {
-	pvInformer := kube.Core().V1().PersistentVolumes().Informer()
-	claimInformer := kube.Core().V1().PersistentVolumeClaims().Informer()
-	capInformer := kube.Storage().V1().CSIStorageCapacities().Informer()
-	nodeInformer := kube.Core().V1().Nodes().Informer()
-	s := &informerState{volumeIndex: &volumeIndex{}, changed: make(chan struct{}, 1)}
+// snapshotListers are the snapshot API's caches a decision reads.
+type snapshotListers struct {
+	snapshots snapshotlisters.VolumeSnapshotLister
+	contents  snapshotlisters.VolumeSnapshotContentLister
+}
+
+// registerSnapshotInformers creates, on a new factory, the snapshot
+// informers the extender reads.
+func registerSnapshotInformers(factory snapshotinformers.SharedInformerFactory) (snapshotListers, []cache.SharedIndexInformer) {
+	snapshots, contents := factory.Snapshot().V1().VolumeSnapshots(), factory.Snapshot().V1().VolumeSnapshotContents()
+	return snapshotListers{snapshots: snapshots.Lister(), contents: contents.Lister()},
+		[]cache.SharedIndexInformer{snapshots.Informer(), contents.Informer()}
+}
+
+// newInformerState registers informers and indexes on factory, and reads
+// snapshots from snapshots' caches while the snapshot API is served.
+func newInformerState(factory informers.SharedInformerFactory, snapshots *kube.SnapshotCaches[snapshotListers]) (*informerState, error) {
+	pvInformer := factory.Core().V1().PersistentVolumes().Informer()
+	claimInformer := factory.Core().V1().PersistentVolumeClaims().Informer()
+	capInformer := factory.Storage().V1().CSIStorageCapacities().Informer()
+	nodeInformer := factory.Core().V1().Nodes().Informer()
+	s := &informerState{volumeIndex: &volumeIndex{}, changed: make(chan struct{}, 1), snapshots: snapshots}
 	s.volumesChanged.Store(true)
 	s.nodesChanged.Store(true)
 	for _, watched := range []struct {
@@ -73,19 +93,32 @@ func newInformerState(kube informers.SharedInformerFactory, snap snapshotinforme
 	}}); err != nil {
 		return nil, fmt.Errorf("index claims: %w", err)
 	}
-	classInformer := kube.Storage().V1().StorageClasses().Informer()
-	s.nodes, s.claims = kube.Core().V1().Nodes().Lister(), kube.Core().V1().PersistentVolumeClaims().Lister()
-	s.volumes, s.classes = kube.Core().V1().PersistentVolumes().Lister(), kube.Storage().V1().StorageClasses().Lister()
-	s.capacities, s.claimIndex = kube.Storage().V1().CSIStorageCapacities().Lister(), claimInformer.GetIndexer()
+	classInformer := factory.Storage().V1().StorageClasses().Informer()
+	s.nodes, s.claims = factory.Core().V1().Nodes().Lister(), factory.Core().V1().PersistentVolumeClaims().Lister()
+	s.volumes, s.classes = factory.Core().V1().PersistentVolumes().Lister(), factory.Storage().V1().StorageClasses().Lister()
+	s.capacities, s.claimIndex = factory.Storage().V1().CSIStorageCapacities().Lister(), claimInformer.GetIndexer()
 	s.synced = []cache.InformerSynced{pvInformer.HasSynced, claimInformer.HasSynced, capInformer.HasSynced,
 		nodeInformer.HasSynced, classInformer.HasSynced}
-	if snap != nil {
-		s.snapshots = snap.Snapshot().V1().VolumeSnapshots().Lister()
-		s.contents = snap.Snapshot().V1().VolumeSnapshotContents().Lister()
-		s.synced = append(s.synced, snap.Snapshot().V1().VolumeSnapshots().Informer().HasSynced,
-			snap.Snapshot().V1().VolumeSnapshotContents().Informer().HasSynced)
-	}
 	return s, nil
+}
+
+// Load waits until the caches synced, builds the index from them and
+// marks the state loaded; false if ctx ended first.
+func (s *informerState) Load(ctx context.Context) bool {
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return false
+	}
+	s.rebuildNow()
+	s.loaded.Store(true)
+	klog.InfoS("Cluster state loaded: answering requests")
+	return true
+}
+
+func (s *informerState) readiness() (core, snapshots string) {
+	if !s.loaded.Load() {
+		core = "waiting for the caches of nodes, claims, PVs, StorageClasses and CSIStorageCapacities to fill (is the API server reachable?)"
+	}
+	return core, s.snapshots.Waiting()
 }
 
 func (s *informerState) markChanged(flag *atomic.Bool) {
@@ -172,20 +205,25 @@ func (s *informerState) Class(name string) (*storagev1.StorageClass, bool) {
 }
 
 func (s *informerState) Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool) {
-	if s.snapshots == nil {
+	listers, ok := s.snapshots.Current()
+	if !ok {
 		return nil, false
 	}
-	snap, err := s.snapshots.VolumeSnapshots(namespace).Get(name)
+	snap, err := listers.snapshots.VolumeSnapshots(namespace).Get(name)
 	return snap, err == nil
 }
 
-func (s *informerState) SnapshotsServed() bool { return s.snapshots != nil }
+func (s *informerState) SnapshotsServed() bool {
+	_, ok := s.snapshots.Current()
+	return ok
+}
 
 func (s *informerState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
-	if s.contents == nil {
+	listers, ok := s.snapshots.Current()
+	if !ok {
 		return nil, false
 	}
-	content, err := s.contents.Get(name)
+	content, err := listers.contents.Get(name)
 	return content, err == nil
 }
 

@@ -1,7 +1,9 @@
 package extender
 
 import (
+	"fmt"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -54,6 +56,9 @@ func prioritizeAt(state State, index *indexSnapshot, driver string, pod *corev1.
 	if pod == nil {
 		return answer
 	}
+	if loading, _ := state.readiness(); loading != "" {
+		return answer // nothing known yet: scores 0, the choice left to other scorers
+	}
 	claims, problem := resolveClaims(state, index, pod)
 	if problem != "" || len(claims) == 0 {
 		return answer
@@ -66,16 +71,25 @@ func prioritizeAt(state State, index *indexSnapshot, driver string, pod *corev1.
 	// busy with something else delays nothing: the others take its share.
 	n := len(nodes.nodes)
 	if n < parallelFrom || runtime.GOMAXPROCS(0) < 2 {
-		answer.maxFree = scoreNodes(driver, claims, nodes.nodes, answer.parts)
+		answer.maxFree = scoreChunk(driver, claims, nodes.nodes, answer.parts)
 		return answer
 	}
 	chunks := (n + chunkSize - 1) / chunkSize
 	maxFree := make([]int64, min(runtime.GOMAXPROCS(0), chunks))
 	var next atomic.Int64
+	var failed atomic.Pointer[workerPanic]
 	work := func(w int) {
+		// A panic on a worker's goroutine would end the process: it is
+		// kept, and raised again on the request's goroutine once every
+		// worker is done with the request's buffers.
+		defer func() {
+			if r := recover(); r != nil {
+				failed.CompareAndSwap(nil, &workerPanic{value: r, stack: debug.Stack()})
+			}
+		}()
 		for c := int(next.Add(1) - 1); c < chunks; c = int(next.Add(1) - 1) {
 			lo, hi := c*chunkSize, min((c+1)*chunkSize, n)
-			maxFree[w] = max(maxFree[w], scoreNodes(driver, claims, nodes.nodes[lo:hi], answer.parts[lo:hi]))
+			maxFree[w] = max(maxFree[w], scoreChunk(driver, claims, nodes.nodes[lo:hi], answer.parts[lo:hi]))
 		}
 	}
 	var wg sync.WaitGroup
@@ -84,9 +98,25 @@ func prioritizeAt(state State, index *indexSnapshot, driver string, pod *corev1.
 	}
 	work(0)
 	wg.Wait()
+	if p := failed.Load(); p != nil {
+		panic(p)
+	}
 	answer.maxFree = slices.Max(maxFree)
 	return answer
 }
+
+// workerPanic is a panic recovered on a prioritize worker, with the
+// worker's stack, raised again on the request's goroutine.
+type workerPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *workerPanic) Error() string { return fmt.Sprintf("prioritize worker panicked: %v", p.value) }
+
+// scoreChunk scores a chunk of nodes: scoreNodes, replaced by tests that
+// need a worker to panic.
+var scoreChunk = scoreNodes
 
 // Requests of parallelFrom nodes or more are scored in chunks of chunkSize
 // on every core.

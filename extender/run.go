@@ -2,14 +2,13 @@ package extender
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"time"
 
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
-	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/informers"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/certs"
 	"github.com/toposnap/toposnap/internal/kube"
 )
 
@@ -40,10 +40,23 @@ type Options struct {
 // ExplainerLease is the Lease replicas campaign for with --leader-elect.
 const ExplainerLease = "toposnap-extender-explainer"
 
-// Run serves the extender until ctx ends.
+// Run serves the extender until ctx ends. It serves at once, whether or
+// not the API server answers: /healthz says the process is alive, /readyz
+// and the verbs' answers say what it still waits for (its caches, the
+// snapshot API), and it picks the snapshot API up whenever it appears.
 func Run(ctx context.Context, opts Options) error {
 	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
 		return errNoTLS
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var certificates *certs.Serving
+	if opts.TLSCertFile != "" {
+		var err error
+		if certificates, err = certs.NewServing(opts.TLSCertFile, opts.TLSKeyFile); err != nil {
+			return err
+		}
+		go certificates.Run(ctx)
 	}
 	config, err := kube.RestConfig(opts.Kubeconfig)
 	if err != nil {
@@ -53,49 +66,49 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("create API client: %w", err)
 	}
-	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields))
-	var snapInformers snapshotinformers.SharedInformerFactory
-	if _, err := client.Discovery().ServerResourcesForGroupVersion("snapshot.storage.k8s.io/v1"); err == nil {
-		snapClient, err := snapshotclient.NewForConfig(config)
-		if err != nil {
-			return fmt.Errorf("create snapshot API client: %w", err)
-		}
-		snapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(snapClient, opts.Resync, snapshotinformers.WithTransform(kube.StripManagedFields))
-	} else {
-		klog.InfoS("Snapshot API not installed; restores are not placed by snapshot location", "err", err)
+	snapClient, err := snapshotclient.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create snapshot API client: %w", err)
 	}
-	state, err := newInformerState(kubeInformers, snapInformers)
+	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields))
+	snapshotAPI := kube.NewSnapshotAPIWatch(client.Discovery())
+	snapshots := kube.NewSnapshotCaches(snapshotAPI, snapClient, opts.Resync, registerSnapshotInformers)
+	state, err := newInformerState(kubeInformers, snapshots)
 	if err != nil {
 		return err
 	}
+	listener, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
+	}
+	go snapshotAPI.Run(ctx)
+	go snapshots.Run(ctx)
 	kubeInformers.Start(ctx.Done())
 	defer kubeInformers.Shutdown()
-	if snapInformers != nil {
-		snapInformers.Start(ctx.Done())
-		defer snapInformers.Shutdown()
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), state.synced...) {
-		return errors.New("informer caches did not sync")
-	}
-	state.rebuildNow()
-	go state.Maintain(ctx)
+	go func() {
+		if state.Load(ctx) {
+			state.Maintain(ctx)
+		}
+	}()
 	if opts.ExplainPending {
 		stopExplaining, err := startExplainer(ctx, client, state, opts)
 		if err != nil {
+			listener.Close()
 			return err
 		}
 		defer stopExplaining()
 	}
 
 	server := NewServer(func() State { return state }, opts.DriverName)
-	httpServer := &http.Server{Addr: opts.Listen, Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	httpServer := &http.Server{Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: klog.NewStandardLogger("INFO")}
 	errs := make(chan error, 1)
 	go func() {
-		klog.InfoS("Extender serving", "address", opts.Listen, "tls", opts.TLSCertFile != "", "driver", opts.DriverName)
-		if opts.TLSCertFile != "" {
-			errs <- httpServer.ListenAndServeTLS(opts.TLSCertFile, opts.TLSKeyFile)
+		klog.InfoS("Extender serving", "address", listener.Addr().String(), "tls", certificates != nil, "driver", opts.DriverName)
+		if certificates != nil {
+			httpServer.TLSConfig = certificates.TLSConfig()
+			errs <- httpServer.ServeTLS(listener, "", "")
 		} else {
-			errs <- httpServer.ListenAndServe()
+			errs <- httpServer.Serve(listener)
 		}
 	}()
 	select {
@@ -103,13 +116,14 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("serve %s: %w", opts.Listen, err)
 	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelShutdown()
 	return httpServer.Shutdown(shutdownCtx)
 }
 
-// startExplainer watches pods not yet bound to a node and explains the
-// unschedulable ones whose volumes fit nowhere.
+// startExplainer watches pods not yet bound to a node and, once they and
+// state are loaded, explains the unschedulable ones whose volumes fit
+// nowhere.
 func startExplainer(ctx context.Context, client kubernetes.Interface, state *informerState, opts Options) (func(), error) {
 	pending := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" }))
@@ -137,11 +151,11 @@ func startExplainer(ctx context.Context, client kubernetes.Interface, state *inf
 		return nil, fmt.Errorf("watch pending pods: %w", err)
 	}
 	pending.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced) {
-		stopEvents()
-		pending.Shutdown()
-		return nil, errors.New("pending pods cache did not sync")
-	}
-	go e.run(ctx)
+	go func() {
+		// Nothing is explained from caches still filling.
+		if cache.WaitForCacheSync(ctx.Done(), podInformer.HasSynced, state.loaded.Load) {
+			e.run(ctx)
+		}
+	}()
 	return func() { pending.Shutdown(); stopEvents() }, nil
 }

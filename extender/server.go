@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 )
 
 // MaxBodyBytes bounds a request: a pod plus 5,000 node names fits easily.
@@ -27,6 +30,7 @@ type Server struct {
 	registry *prometheus.Registry
 	latency  *prometheus.HistogramVec
 	outcomes *prometheus.CounterVec
+	panics   *prometheus.CounterVec
 }
 
 // NewServer serves decisions over state() for the driver's volumes.
@@ -40,21 +44,63 @@ func NewServer(state func() State, driver string) *Server {
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "toposnap_extender_node_decisions_total", Help: "Filter decisions per node, by outcome and what the reason is about.",
 		}, []string{"outcome", "reason"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "toposnap_extender_panics_total", Help: "Requests answered with an error because deciding them panicked, by verb.",
+		}, []string{"verb"}),
 	}
-	s.registry.MustRegister(s.latency, s.outcomes, collectors.NewGoCollector(),
+	s.registry.MustRegister(s.latency, s.outcomes, s.panics, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }
 
-// Handler builds the echo routes.
+// Handler builds the echo routes. /healthz says the process serves
+// (liveness); /readyz also that it knows the cluster well enough to answer
+// every pod (readiness): 503 with the reason while its caches fill or
+// while it does not know yet whether and where snapshots live.
 func (s *Server) Handler() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.POST("/filter", s.filter)
-	e.POST("/prioritize", s.prioritize)
+	e.POST("/filter", s.filter, s.recoverPanics)
+	e.POST("/prioritize", s.prioritize, s.recoverPanics)
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok") })
+	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
 	return e
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	core, snapshots := s.state().readiness()
+	switch {
+	case core != "":
+		return c.String(http.StatusServiceUnavailable, core+"\n")
+	case snapshots != "":
+		return c.String(http.StatusServiceUnavailable, "restores wait: "+snapshots+"\n")
+	}
+	return c.String(http.StatusOK, "ok")
+}
+
+// recoverPanics turns a panic while deciding a request, on its goroutine
+// or raised there from a worker's, into an error answer for that request,
+// counted and logged with the stack: one bad request must not take the
+// extender, and every pod's scheduling with it, down.
+func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			r := recover()
+			if r == nil {
+				return
+			}
+			verb := strings.TrimPrefix(c.Path(), "/")
+			stack := debug.Stack()
+			if p, ok := r.(*workerPanic); ok {
+				r, stack = p.value, p.stack
+			}
+			s.panics.WithLabelValues(verb).Inc()
+			klog.ErrorS(nil, "Deciding a request panicked", "verb", verb, "panic", r, "stack", string(stack))
+			err = echo.NewHTTPError(http.StatusInternalServerError, fmt.Sprintf("toposnap extender internal error in %s: %v", verb, r))
+		}()
+		return next(c)
+	}
 }
 
 // request is one request's buffers, pooled: at 5,000 nodes a request is

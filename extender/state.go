@@ -25,14 +25,20 @@ type State interface {
 	Volume(name string) (*corev1.PersistentVolume, bool)
 	Class(name string) (*storagev1.StorageClass, bool)
 	Snapshot(namespace, name string) (*snapv1.VolumeSnapshot, bool)
-	// SnapshotsServed is false when the snapshot API was not found: then
-	// nothing is known about where snapshots live.
+	// SnapshotsServed is true while the snapshot API is served and its
+	// caches are filled; when false, readiness says whether its state is
+	// not known yet (restores wait) or it is absent (nothing is known about
+	// where snapshots live: restores are not restricted).
 	SnapshotsServed() bool
 	Content(name string) (*snapv1.VolumeSnapshotContent, bool)
 	// PendingOnNode lists claims the scheduler promised to node (annotation
 	// volume.kubernetes.io/selected-node) that are not bound yet. Read live,
 	// not from the snapshot: a burst of pods must see each other's claims.
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
+	// readiness says what the state still waits for: core, while not
+	// empty, is why nothing can be decided yet (its caches are filling);
+	// snapshots, why it is not known yet where snapshots live.
+	readiness() (core, snapshots string)
 }
 
 // MemState is a State held in maps: for tests and benchmarks. Call Index
@@ -45,6 +51,10 @@ type MemState struct {
 	Snapshots map[string]*snapv1.VolumeSnapshot // "namespace/name"
 	Contents  map[string]*snapv1.VolumeSnapshotContent
 	Capacity  []*storagev1.CSIStorageCapacity
+	// NoSnapshotAPI plays a cluster without the snapshot CRDs.
+	NoSnapshotAPI bool
+	// Loading and SnapshotsUnknown, when set, are what readiness says.
+	Loading, SnapshotsUnknown string
 	*volumeIndex
 	byPending map[string][]*corev1.PersistentVolumeClaim
 }
@@ -82,7 +92,10 @@ func (m *MemState) Snapshot(ns, name string) (*snapv1.VolumeSnapshot, bool) {
 	s, ok := m.Snapshots[ns+"/"+name]
 	return s, ok
 }
-func (m *MemState) SnapshotsServed() bool { return true }
+func (m *MemState) SnapshotsServed() bool { return !m.NoSnapshotAPI && m.SnapshotsUnknown == "" }
+func (m *MemState) readiness() (core, snapshots string) {
+	return m.Loading, m.SnapshotsUnknown
+}
 func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 	c, ok := m.Contents[name]
 	return c, ok

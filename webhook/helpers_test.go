@@ -60,13 +60,16 @@ func newState(t testing.TB, objects ...runtime.Object) State {
 			t.Fatal(err)
 		}
 	}
-	return NewState(Listers{
-		StorageClasses:  storagelisters.NewStorageClassLister(classes),
-		Nodes:           corelisters.NewNodeLister(nodes),
-		Claims:          corelisters.NewPersistentVolumeClaimLister(claims),
+	snapshotListers := SnapshotListers{
 		Snapshots:       snaplisters.NewVolumeSnapshotLister(snapshots),
 		Contents:        snaplisters.NewVolumeSnapshotContentLister(contents),
 		SnapshotClasses: snaplisters.NewVolumeSnapshotClassLister(snapshotClasses),
+	}
+	return NewState(Listers{
+		StorageClasses: storagelisters.NewStorageClassLister(classes),
+		Nodes:          corelisters.NewNodeLister(nodes),
+		Claims:         corelisters.NewPersistentVolumeClaimLister(claims),
+		Snapshots:      func() (SnapshotListers, bool) { return snapshotListers, true },
 	}, nil, nil)
 }
 
@@ -92,6 +95,7 @@ func (brokenState) VolumeSnapshotContent(context.Context, string) (*snapv1.Volum
 func (brokenState) VolumeSnapshotClasses() ([]*snapv1.VolumeSnapshotClass, error) {
 	return nil, errBroken
 }
+func (brokenState) Ready() error { return nil }
 
 // node is a node in zone, labelled with the GA keys and its hostname.
 func node(name, zone string) *corev1.Node {

@@ -2,8 +2,8 @@ package webhook
 
 import (
 	"context"
-	"fmt"
-	"time"
+	"errors"
+	"sync/atomic"
 
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
@@ -12,61 +12,61 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/kube"
 )
-
-// cacheSyncTimeout bounds the wait for the first full list of every
-// watched kind: a webhook that cannot list (missing RBAC, snapshot CRDs
-// not installed) should say so rather than hang.
-const cacheSyncTimeout = 2 * time.Minute
 
 // annLastApplied is kubectl's copy of the applied object, never read here.
 const annLastApplied = "kubectl.kubernetes.io/last-applied-configuration"
 
 // startInformers watches what the decisions read (StorageClasses, Nodes,
-// PVCs, VolumeSnapshots, VolumeSnapshotContents, VolumeSnapshotClasses),
-// waits until every cache is filled, and returns a State over them. The
-// informers stop when ctx ends; stop waits for them.
-func startInformers(ctx context.Context, client kubernetes.Interface, snapshots snapshotclient.Interface) (_ State, stop func(), err error) {
+// PVCs, and, while the snapshot API is served, VolumeSnapshots,
+// VolumeSnapshotContents and VolumeSnapshotClasses) and returns a State
+// over them at once: it is Ready once the core caches are filled, which
+// waits for the API server as long as it takes, and reads snapshots from
+// the API server while their caches are not there. The informers stop
+// when ctx ends; stop waits for them.
+func startInformers(ctx context.Context, client kubernetes.Interface, snapshots snapshotclient.Interface) (_ State, stop func()) {
 	kubeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(leanTransform))
-	snapFactory := snapshotinformers.NewSharedInformerFactoryWithOptions(snapshots, 0, snapshotinformers.WithTransform(leanTransform))
+	classes, nodes, claims := kubeFactory.Storage().V1().StorageClasses(), kubeFactory.Core().V1().Nodes(), kubeFactory.Core().V1().PersistentVolumeClaims()
+	synced := []cache.InformerSynced{classes.Informer().HasSynced, nodes.Informer().HasSynced, claims.Informer().HasSynced}
+	snapshotAPI := kube.NewSnapshotAPIWatch(client.Discovery())
+	snapshotCaches := kube.NewSnapshotCaches(snapshotAPI, snapshots, 0, registerSnapshotInformers, snapshotinformers.WithTransform(leanTransform))
+	var loaded atomic.Bool
 	listers := Listers{
-		StorageClasses:  kubeFactory.Storage().V1().StorageClasses().Lister(),
-		Nodes:           kubeFactory.Core().V1().Nodes().Lister(),
-		Claims:          kubeFactory.Core().V1().PersistentVolumeClaims().Lister(),
-		Snapshots:       snapFactory.Snapshot().V1().VolumeSnapshots().Lister(),
-		Contents:        snapFactory.Snapshot().V1().VolumeSnapshotContents().Lister(),
-		SnapshotClasses: snapFactory.Snapshot().V1().VolumeSnapshotClasses().Lister(),
+		StorageClasses: classes.Lister(), Nodes: nodes.Lister(), Claims: claims.Lister(),
+		Snapshots: snapshotCaches.Current,
+		Loaded: func() error {
+			if loaded.Load() {
+				return nil
+			}
+			return errors.New("the webhook is starting: its caches of StorageClasses, nodes and claims are filling (is the API server reachable?)")
+		},
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	go snapshotAPI.Run(ctx)
+	go snapshotCaches.Run(ctx)
 	kubeFactory.Start(ctx.Done())
-	snapFactory.Start(ctx.Done())
-	stop = func() {
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), synced...) {
+			loaded.Store(true)
+			klog.InfoS("Informer caches filled")
+		}
+	}()
+	return NewState(listers, client, snapshots), func() {
+		cancel()
 		kubeFactory.Shutdown()
-		snapFactory.Shutdown()
 	}
-	syncCtx, cancel := context.WithTimeout(ctx, cacheSyncTimeout)
-	defer cancel()
-	var unsynced []string
-	for kind, synced := range kubeFactory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			unsynced = append(unsynced, kind.String())
-		}
-	}
-	for kind, synced := range snapFactory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			unsynced = append(unsynced, kind.String())
-		}
-	}
-	if len(unsynced) > 0 {
-		stop()
-		if ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("stopped while filling informer caches: %w", context.Cause(ctx))
-		}
-		return nil, nil, fmt.Errorf("informer caches of %v not filled within %s: check the API server, RBAC (list/watch) and that the snapshot CRDs are installed: %w",
-			unsynced, cacheSyncTimeout, context.Cause(syncCtx))
-	}
-	return NewState(listers, client, snapshots), stop, nil
+}
+
+// registerSnapshotInformers creates, on a new factory, the snapshot
+// informers the decisions read.
+func registerSnapshotInformers(factory snapshotinformers.SharedInformerFactory) (SnapshotListers, []cache.SharedIndexInformer) {
+	v1 := factory.Snapshot().V1()
+	return SnapshotListers{Snapshots: v1.VolumeSnapshots().Lister(), Contents: v1.VolumeSnapshotContents().Lister(), SnapshotClasses: v1.VolumeSnapshotClasses().Lister()},
+		[]cache.SharedIndexInformer{v1.VolumeSnapshots().Informer(), v1.VolumeSnapshotContents().Informer(), v1.VolumeSnapshotClasses().Informer()}
 }
 
 // leanTransform keeps cached objects small: no managed fields, no kubectl

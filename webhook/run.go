@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/certs"
 	"github.com/toposnap/toposnap/internal/kube"
 )
 
@@ -42,8 +43,10 @@ type Options struct {
 }
 
 // Run serves the webhook until ctx ends, then shuts down gracefully. It
-// loads the serving pair, fills the informer caches, and only then listens,
-// so no request is decided on an empty cache.
+// loads the serving pair (and follows its rotations), and serves at once:
+// until the informer caches are filled, /readyz answers 503 and admission
+// requests are refused with a message saying so, however long the API
+// server takes to answer.
 func Run(ctx context.Context, opts Options) error {
 	if opts.TLSCertFile == "" || opts.TLSKeyFile == "" {
 		return errors.New("--tls-cert-file and --tls-key-file are required: the API server calls webhooks over HTTPS only")
@@ -51,7 +54,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}
-	certificates, err := newCertReloader(opts.TLSCertFile, opts.TLSKeyFile)
+	certificates, err := certs.NewServing(opts.TLSCertFile, opts.TLSKeyFile)
 	if err != nil {
 		return err
 	}
@@ -67,20 +70,19 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("create snapshot API client: %w", err)
 	}
-	klog.InfoS("Filling informer caches")
-	state, stopInformers, err := startInformers(ctx, client, snapshots)
-	if err != nil {
-		return err
-	}
-	defer stopInformers()
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	listener, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
 	}
+	certCtx, stopCertificates := context.WithCancel(ctx)
+	defer stopCertificates()
+	go certificates.Run(certCtx)
+	state, stopInformers := startInformers(ctx, client, snapshots)
+	defer stopInformers()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(),
 		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass, PathMutatePod},
 		"schedulerName", opts.SchedulerName)
-	return serve(ctx, listener, NewServer(state, registry, opts.SchedulerName), serverTLSConfig(certificates), opts.ShutdownGrace)
+	return serve(ctx, listener, NewServer(state, registry, opts.SchedulerName), certificates.TLSConfig(), opts.ShutdownGrace)
 }

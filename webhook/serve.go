@@ -43,8 +43,3 @@ func serve(ctx context.Context, listener net.Listener, handler http.Handler, tls
 	}
 	return nil
 }
-
-// serverTLSConfig serves the reloader's certificate with TLS 1.2 or newer.
-func serverTLSConfig(certificates *certReloader) *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certificates.GetCertificate}
-}

@@ -8,13 +8,16 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/toposnap/toposnap/internal/certs"
+	"github.com/toposnap/toposnap/internal/certs/certstest"
 )
 
 // startServing serves handler over TLS with the pair in files on a free
 // loopback port until the returned cancel; done reports serve's result.
-func startServing(t *testing.T, files pairFiles, handler http.Handler) (address string, cancel context.CancelFunc, done <-chan error) {
+func startServing(t *testing.T, files certstest.Files, handler http.Handler) (address string, cancel context.CancelFunc, done <-chan error) {
 	t.Helper()
-	reloader, err := newCertReloader(files.cert, files.key)
+	certificates, err := certs.NewServing(files.Cert, files.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,10 +26,13 @@ func startServing(t *testing.T, files pairFiles, handler http.Handler) (address 
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	certCtx, stopCertificates := context.WithCancel(context.Background())
+	t.Cleanup(stopCertificates)
+	go certificates.Run(certCtx)
 	result, finished := make(chan error, 1), make(chan struct{})
 	go func() {
 		defer close(finished)
-		result <- serve(ctx, listener, handler, serverTLSConfig(reloader), 5*time.Second)
+		result <- serve(ctx, listener, handler, certificates.TLSConfig(), 5*time.Second)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -37,10 +43,10 @@ func startServing(t *testing.T, files pairFiles, handler http.Handler) (address 
 
 // clientTrusting is an HTTPS client that trusts the pairs and opens a new
 // connection per request, so each request sees the certificate served now.
-func clientTrusting(pairs ...keyPair) *http.Client {
+func clientTrusting(pairs ...certstest.Pair) *http.Client {
 	roots := x509.NewCertPool()
 	for _, pair := range pairs {
-		roots.AppendCertsFromPEM(pair.certPEM)
+		roots.AppendCertsFromPEM(pair.CertPEM)
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, DisableKeepAlives: true,
@@ -48,10 +54,9 @@ func clientTrusting(pairs ...keyPair) *http.Client {
 }
 
 func TestServeReloadsCertificateForNewConnections(t *testing.T) {
-	first, second := newKeyPair(t, "first"), newKeyPair(t, "second")
-	files := newPairFiles(t)
-	files.writeInPlace(t, first)
-	address, _, _ := startServing(t, files, NewServer(newState(t), nil, ""))
+	first, second := certstest.NewPair(t, "first"), certstest.NewPair(t, "second")
+	volume := certstest.NewSecretVolume(t, first)
+	address, _, _ := startServing(t, volume.Files, NewServer(newState(t), nil, ""))
 	client := clientTrusting(first, second)
 	servedName := func() string {
 		response, err := client.Get("https://" + address + PathHealthz)
@@ -67,16 +72,21 @@ func TestServeReloadsCertificateForNewConnections(t *testing.T) {
 	if got := servedName(); got != "first" {
 		t.Fatalf("serves %s, want first", got)
 	}
-	files.swap(t, second)
-	if got := servedName(); got != "second" {
-		t.Fatalf("after rotation serves %s, want second", got)
+	volume.Update(t, second)
+	// The files are watched: the new pair is served within moments.
+	deadline := time.Now().Add(20 * time.Second)
+	for got := servedName(); got != "second"; got = servedName() {
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after the rotation serves %s, want second", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
 func TestServeShutsDownGracefully(t *testing.T) {
-	pair := newKeyPair(t, "serving")
-	files := newPairFiles(t)
-	files.writeInPlace(t, pair)
+	pair := certstest.NewPair(t, "serving")
+	files := certstest.NewFiles(t)
+	files.WriteInPlace(t, pair)
 	entered, release := make(chan struct{}), make(chan struct{})
 	slow := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		close(entered)

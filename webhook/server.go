@@ -21,6 +21,7 @@ const (
 	PathValidateSnapshotClass       = "/validate/volumesnapshotclass"
 	PathMutatePod                   = "/mutate/pod"
 	PathHealthz                     = "/healthz"
+	PathReadyz                      = "/readyz"
 	PathMetrics                     = "/metrics"
 	maxBodyBytes              int64 = 1 << 20
 )
@@ -44,6 +45,12 @@ func NewServer(state State, registry *prometheus.Registry, schedulerName string)
 	e.POST(PathValidateSnapshotClass, review(decideSnapshotClass(state)), m.instrument)
 	e.POST(PathMutatePod, review(decidePod(state, schedulerName)), m.instrument)
 	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET(PathReadyz, func(c echo.Context) error {
+		if err := state.Ready(); err != nil {
+			return c.String(http.StatusServiceUnavailable, err.Error()+"\n")
+		}
+		return c.String(http.StatusOK, "ok\n")
+	})
 	e.GET(PathMetrics, echo.WrapHandler(promhttp.HandlerFor(registry, promhttp.HandlerOpts{})))
 	return e
 }

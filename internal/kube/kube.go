@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -97,11 +99,27 @@ func ConnectDriver(ctx context.Context, address string) (*Driver, error) {
 	return &Driver{Conn: conn, Name: name, Segment: topology.Segment(info.GetAccessibleTopology().GetSegments())}, nil
 }
 
-// ServeMetrics serves /metrics (registry plus Go and process collectors) and
-// /healthz on address until ctx ends. An empty address serves nothing.
-// /healthz answers 503 with the reason while healthy (if not nil) fails, so
-// a liveness probe restarts a process whose driver is gone.
+// ServeMetrics serves /metrics (registry plus Go and process collectors),
+// /healthz and /readyz on address until ctx ends. An empty address serves
+// nothing. /healthz answers 503 with the reason while healthy (if not nil)
+// fails, so a liveness probe restarts a process whose driver is gone.
+// /readyz answers the same as /healthz.
 func ServeMetrics(ctx context.Context, address string, registry *prometheus.Registry, healthy func(context.Context) error) error {
+	return ServeProbes(ctx, address, registry, Probes{Healthy: healthy})
+}
+
+// Probes are what /healthz and /readyz check; a nil func passes.
+type Probes struct {
+	// Healthy fails when the process should be restarted (liveness).
+	Healthy func(context.Context) error
+	// Ready fails while the process cannot do its work yet: waiting for
+	// the API server, its caches or an API it needs (readiness). /readyz
+	// checks Healthy too.
+	Ready func(context.Context) error
+}
+
+// ServeProbes is ServeMetrics with a readiness check of its own.
+func ServeProbes(ctx context.Context, address string, registry *prometheus.Registry, probes Probes) error {
 	if address == "" {
 		return nil
 	}
@@ -112,17 +130,8 @@ func ServeMetrics(ctx context.Context, address string, registry *prometheus.Regi
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if healthy != nil {
-			probeCtx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-			defer cancel()
-			if err := healthy(probeCtx); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		_, _ = w.Write([]byte("ok"))
-	})
+	mux.Handle("/healthz", probeHandler(probes.Healthy))
+	mux.Handle("/readyz", probeHandler(probes.Healthy, probes.Ready))
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -136,6 +145,24 @@ func ServeMetrics(ctx context.Context, address string, registry *prometheus.Regi
 		}
 	}()
 	return nil
+}
+
+// probeHandler answers "ok", or 503 with the first failing check's error.
+func probeHandler(checks ...func(context.Context) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		probeCtx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		for _, check := range checks {
+			if check == nil {
+				continue
+			}
+			if err := check(probeCtx); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
 }
 
 // ErrRequeue asks a worker to look at a key again after RequeueAfter,
@@ -179,15 +206,22 @@ func Work(ctx context.Context, queue workqueue.TypedRateLimitingInterface[string
 // Env is what a node-deployed controller needs: API clients, lean informer
 // factories, an event recorder and the node's CSI driver.
 type Env struct {
-	Client        kubernetes.Interface
-	Snapshots     snapshotclient.Interface
+	Client    kubernetes.Interface
+	Snapshots snapshotclient.Interface
+	// KubeInformers and SnapInformers are the factories the controller
+	// registers its informers on before Start. SnapInformers' lists and
+	// watches follow SnapshotAPI (see GatedSnapshots), so its informers
+	// sync, empty, while the snapshot CRDs are not installed.
 	KubeInformers informers.SharedInformerFactory
 	SnapInformers snapshotinformers.SharedInformerFactory
-	Recorder      record.EventRecorder
-	Driver        *Driver
+	// SnapshotAPI follows whether the snapshot API is served.
+	SnapshotAPI *APIWatch
+	Recorder    record.EventRecorder
+	Driver      *Driver
 	// Registry is served on --metrics-address; components add their series.
 	Registry *prometheus.Registry
 	stop     []func()
+	synced   atomic.Bool // every informer started by Start has synced
 }
 
 // EnvOptions are the flags every node-deployed controller shares.
@@ -196,8 +230,10 @@ type EnvOptions struct {
 	Resync                                                      time.Duration
 }
 
-// NewEnv connects to the API server and the CSI driver and serves metrics.
-// Close releases it.
+// NewEnv connects to the API server and the CSI driver and serves metrics
+// and probes: /healthz probes the driver, /readyz also waits for the
+// informer caches (see Start). Nothing here needs the API server to
+// answer: informers retry until it does. Close releases it.
 func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 	if opts.NodeName == "" {
 		return nil, errors.New("--node-name is required")
@@ -231,20 +267,52 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 		}
 		return nil
 	}
-	if err := ServeMetrics(ctx, opts.MetricsAddress, env.Registry, probe); err != nil {
+	if err := ServeProbes(ctx, opts.MetricsAddress, env.Registry, Probes{Healthy: probe, Ready: env.ready}); err != nil {
 		env.Close()
 		return nil, err
 	}
+	env.SnapshotAPI = NewSnapshotAPIWatch(env.Client.Discovery())
 	env.KubeInformers = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync, informers.WithTransform(StripManagedFields))
-	env.SnapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(env.Snapshots, opts.Resync, snapshotinformers.WithTransform(StripManagedFields))
+	env.SnapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(GatedSnapshots(env.Snapshots, env.SnapshotAPI),
+		opts.Resync, snapshotinformers.WithTransform(StripManagedFields))
 	return env, nil
 }
 
-// Start starts the informer factories; Close shuts them down.
+// Start follows the snapshot API and starts the informer factories; Close
+// shuts them down. Register informers before Start: readiness waits for
+// those.
 func (e *Env) Start(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	go e.SnapshotAPI.Run(ctx)
 	e.KubeInformers.Start(ctx.Done())
 	e.SnapInformers.Start(ctx.Done())
-	e.stop = append(e.stop, e.KubeInformers.Shutdown, e.SnapInformers.Shutdown)
+	e.stop = append(e.stop, e.KubeInformers.Shutdown, e.SnapInformers.Shutdown, cancel)
+	go func() {
+		for _, factory := range []interface {
+			WaitForCacheSync(<-chan struct{}) map[reflect.Type]bool
+		}{e.KubeInformers, e.SnapInformers} {
+			for _, synced := range factory.WaitForCacheSync(ctx.Done()) {
+				if !synced {
+					return
+				}
+			}
+		}
+		e.synced.Store(true)
+		klog.InfoS("Informer caches filled")
+	}()
+}
+
+// ready is /readyz's check: the informer caches are filled.
+func (e *Env) ready(context.Context) error {
+	if e.synced.Load() {
+		return nil
+	}
+	if e.SnapshotAPI != nil {
+		if presence, reason, _ := e.SnapshotAPI.State(); presence == PresenceUnknown {
+			return fmt.Errorf("waiting for the informer caches; snapshot API: %s", reason)
+		}
+	}
+	return errors.New("waiting for the informer caches to fill (is the API server reachable?)")
 }
 
 // Close releases everything NewEnv and Start set up, last first.
