@@ -118,7 +118,12 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"create another driver's PV", node1, createPV(policyPV("policy-new", foreignDriver, map[string]string{nodeKey: "node1"})), "may write only PVs of csi.toposnap.io"},
 		{"create PV reachable from every node", node1, createPV(policyPV("policy-new", policyDriver, nil)), "confined to a node or a zone"},
 		{"create PV not pre-bound to a claim", node1, createPV(withoutClaimRef(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"}))), "pre-bound to its claim"},
-		{"remove own finalizer from own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) { pv.Finalizers = nil }), ""},
+		{"remove own finalizer from own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) {
+			pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(f string) bool { return f == volumeFinalizer })
+		}), ""},
+		{"remove pv-protection from own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) {
+			pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(f string) bool { return f == "kubernetes.io/pv-protection" })
+		}), "only the finalizer"},
 		{"grow own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) {
 			pv.Spec.Capacity[corev1.ResourceStorage] = resource.MustParse("2Gi")
 		}), ""},
