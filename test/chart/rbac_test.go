@@ -41,9 +41,9 @@ const (
 // chart's ServiceAccount for it (the admin kubeconfig impersonating it; the
 // node processes' with the node name a pod's bound token carries, which the
 // chart's admission policies check), and waits until each has done what
-// needs its permissions: the extender and the webhook serve only once their
-// informers have synced, and the extender answers its readiness probe (the
-// chart's path and scheme) with the chart's certificate for its Service;
+// needs its permissions: the extender and the webhook answer their
+// readiness probes (the chart's path and scheme: ready once their informers
+// have synced) with the chart's certificate for their Service;
 // the provisioner holds its zone's Lease and publishes CSIStorageCapacity;
 // the snapshotter's informers sync; toposnap-scheduler (the cluster's
 // kube-scheduler binary with the chart's configuration, the extender's
@@ -91,14 +91,17 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 	extenderContainer := extender.Spec.Template.Spec.Containers[0]
 	extenderProc := startComponent(t, dir, built.dir, extenderContainer, extender.Spec.Template.Spec.ServiceAccountName, nil,
 		nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", extenderTLS+"/") })
-	webhookTLS, _ := writeTLSFiles(t, ctx, dir, "webhook")
-	webhookProc := startComponent(t, dir, built.dir, webhookDeployment.Spec.Template.Spec.Containers[0], webhookDeployment.Spec.Template.Spec.ServiceAccountName,
+	webhookTLS, webhookCA := writeTLSFiles(t, ctx, dir, "webhook")
+	webhookContainer := webhookDeployment.Spec.Template.Spec.Containers[0]
+	webhookProc := startComponent(t, dir, built.dir, webhookContainer, webhookDeployment.Spec.Template.Spec.ServiceAccountName,
 		nil, nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", webhookTLS+"/") })
 	extenderHost := rbacRelease + "-toposnap-extender." + rbacNamespace + ".svc"
 	scheduler := startScheduler(t, ctx, dir, extenderProc.listen, extenderHost)
 	procs = append(procs, extenderProc, webhookProc, scheduler)
 	placed := createPod(t, ctx, "placed-through-the-extender", "toposnap-scheduler")
 	readiness := extenderContainer.ReadinessProbe.HTTPGet
+	webhookReadiness := webhookContainer.ReadinessProbe.HTTPGet
+	webhookHost := rbacRelease + "-toposnap-webhook." + rbacNamespace + ".svc"
 
 	zoneLease := provisioner.ZoneLeaseName(cluster.SeedRegion, cluster.SeedZone)
 	checks := []struct {
@@ -108,7 +111,9 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 		{"extender ready over the chart's TLS (probe " + string(readiness.Scheme) + " " + readiness.Path + ")", func() bool {
 			return verifiedOK(strings.ToLower(string(readiness.Scheme))+"://"+extenderProc.listen+readiness.Path, extenderCA, extenderHost)
 		}},
-		{"webhook serving (informers synced)", func() bool { return healthy("https://" + webhookProc.listen + "/healthz") }},
+		{"webhook ready over the chart's TLS (probe " + string(webhookReadiness.Scheme) + " " + webhookReadiness.Path + ")", func() bool {
+			return verifiedOK(strings.ToLower(string(webhookReadiness.Scheme))+"://"+webhookProc.listen+webhookReadiness.Path, webhookCA, webhookHost)
+		}},
 		{"provisioner holding zone Lease " + zoneLease, func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, zoneLease, metav1.GetOptions{})
 			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == rbacNode
@@ -368,15 +373,6 @@ func containerNamed(t *testing.T, containers []corev1.Container, name string) co
 	}
 	t.Fatalf("no container %s", name)
 	return corev1.Container{}
-}
-
-// healthy reports whether url answers 200 (any certificate: the webhook's
-// is for its Service name, not 127.0.0.1).
-func healthy(url string) bool {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a liveness probe, as the kubelet's
-	}}
-	return answersOK(client, url)
 }
 
 // verifiedOK reports whether url answers 200 over a connection whose

@@ -40,8 +40,7 @@ func extenderContainer(t *testing.T, objects []*unstructured.Unstructured) (core
 
 // TestExtenderServesHTTPSWithItsOwnCA: by default the extender serves
 // HTTPS with a chart-made pair for its Service's name, signed by a CA of
-// its own (not the webhook's), mounted where its flags point; its probes
-// speak HTTPS (readiness on /readyz, liveness on /healthz); the Service
+// its own (not the webhook's), mounted where its flags point; the Service
 // names the port https; and toposnap-scheduler trusts exactly that CA.
 func TestExtenderServesHTTPSWithItsOwnCA(t *testing.T) {
 	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "second scheduler"))
@@ -65,9 +64,6 @@ func TestExtenderServesHTTPSWithItsOwnCA(t *testing.T) {
 	if !slices.ContainsFunc(container.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "tls" && m.MountPath == "/tls" && m.ReadOnly }) {
 		t.Errorf("extender does not mount tls read-only at /tls: %+v", container.VolumeMounts)
 	}
-	checkProbe(t, "readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTPS, "https")
-	checkProbe(t, "liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTPS, "https")
-
 	var service corev1.Service
 	convert(t, find(t, objects, "Service", releaseName+"-toposnap-extender"), &service)
 	if port := service.Spec.Ports[0]; port.Name != "https" || port.TargetPort != intstr.FromString("https") {
@@ -81,6 +77,20 @@ func TestExtenderServesHTTPSWithItsOwnCA(t *testing.T) {
 	}
 	if extender.EnableHTTPS || (extender.TLSConfig != nil && extender.TLSConfig.Insecure) {
 		t.Error("scheduler's extender entry turns certificate verification off")
+	}
+}
+
+// TestExtenderAndWebhookProbes: both servers are probed alike, over
+// their scheme: liveness on /healthz (the process serves), readiness on
+// /readyz (503 until it can decide: caches filled, snapshot API known).
+func TestExtenderAndWebhookProbes(t *testing.T) {
+	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "defaults"))
+	for _, component := range []string{"extender", "webhook"} {
+		var deployment appsv1.Deployment
+		convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-"+component), &deployment)
+		container := deployment.Spec.Template.Spec.Containers[0]
+		checkProbe(t, component+" readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTPS, "https")
+		checkProbe(t, component+" liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTPS, "https")
 	}
 }
 
