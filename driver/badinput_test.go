@@ -62,7 +62,13 @@ func TestBadInput(t *testing.T) {
 		})), codes.OutOfRange, "below the required"},
 		{"negative size", create(tweak(func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = -1 })), codes.InvalidArgument, "negative"},
 		{"missing capabilities", create(tweak(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil })), codes.InvalidArgument, "capabilities are required"},
-		{"block access", create(tweak(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{blockCap} })), codes.InvalidArgument, "block"},
+		{"block and mount access at once", create(tweak(func(r *csi.CreateVolumeRequest) {
+			r.VolumeCapabilities = []*csi.VolumeCapability{blockCap, mountCap()}
+		})), codes.InvalidArgument, "mix block and mount"},
+		{"stage a mount volume as block", func(ctx context.Context) error {
+			_, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: existing, StagingTargetPath: t.TempDir(), VolumeCapability: blockCap})
+			return err
+		}, codes.InvalidArgument, "mount volume"},
 		{"multi-node access on node scope", create(tweak(func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{multiNode} })), codes.InvalidArgument, "scope=zone"},
 		{"unknown scope", create(tweak(func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"scope": "rack"} })), codes.InvalidArgument, "scope"},
 		{"same name, other size", create(tweak(func(r *csi.CreateVolumeRequest) { r.Name, r.CapacityRange.RequiredBytes = "existing", 2<<20 })), codes.AlreadyExists, "existing"},

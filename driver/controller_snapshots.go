@@ -55,7 +55,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		}
 	}
 	if !snap.Ready() {
-		if progress, ok := pool.SnapshotProgress(snap.ID); ok {
+		if progress, ok := pool.Progress(snap.ID); ok {
 			klog.InfoS("Snapshot copy in progress", "snapshot", snap.ID, "name", snap.Name,
 				"copiedBytes", progress.CopiedBytes, "totalBytes", progress.TotalBytes)
 		}

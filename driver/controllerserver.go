@@ -68,7 +68,8 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCapabilities(req.GetVolumeCapabilities(), scope); err != nil {
+	block, err := checkCapabilities(req.GetVolumeCapabilities(), scope)
+	if err != nil {
 		return nil, err
 	}
 	pool := d.poolFor(scope)
@@ -82,16 +83,24 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 				scope, d.location.Node, d.location.VolumeSegment(scope), requisite)
 		}
 	}
-	source, minimum, err := d.resolveSource(req.GetVolumeContentSource())
+	source, minimum, sourceBlock, err := d.resolveSource(req.GetVolumeContentSource())
 	if err != nil {
 		return nil, err
 	}
-	size, err := volumeSize(req.GetCapacityRange(), minimum, pool.Config().Capacity)
+	if source != nil && sourceBlock != block {
+		return nil, status.Errorf(codes.InvalidArgument, "the source is a %s volume's data; it cannot fill a %s volume",
+			accessType(sourceBlock), accessType(block))
+	}
+	total, err := pool.TotalCapacity()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "pool capacity: %v", err)
+	}
+	size, err := volumeSize(req.GetCapacityRange(), minimum, total)
 	if err != nil {
 		return nil, err
 	}
 	vol, err := pool.CreateVolume(ctx, store.VolumeRequest{
-		Name: req.GetName(), CapacityBytes: size, Parameters: req.GetParameters(), Source: source,
+		Name: req.GetName(), CapacityBytes: size, Parameters: req.GetParameters(), Source: source, Block: block,
 	})
 	if err != nil {
 		return nil, storeStatus(err, "create volume %q", req.GetName())
@@ -124,56 +133,57 @@ func csiVolume(vol store.Volume, source *csi.VolumeContentSource) *csi.Volume {
 	}
 }
 
-// resolveSource finds a restore's snapshot or a clone's volume. A source in
-// a pool this node cannot reach is RESOURCE_EXHAUSTED (never NOT_FOUND: it
-// exists, just not here), so the CO picks a node that can reach it.
-func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int64, error) {
+// resolveSource finds a restore's snapshot or a clone's volume, its size
+// and whether it holds a block volume. A source in a pool this node cannot
+// reach is RESOURCE_EXHAUSTED (never NOT_FOUND: it exists, just not here),
+// so the CO picks a node that can reach it.
+func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int64, bool, error) {
 	switch {
 	case src == nil:
-		return nil, 0, nil
+		return nil, 0, false, nil
 	case src.GetSnapshot() != nil:
 		id := src.GetSnapshot().GetSnapshotId()
 		pool, err := d.locate(id, store.KindSnapshot)
 		if errors.Is(err, errElsewhere) {
-			return nil, 0, status.Errorf(codes.ResourceExhausted,
+			return nil, 0, false, status.Errorf(codes.ResourceExhausted,
 				"snapshot %q is in another node's or zone's pool and cannot be restored on node %s", id, d.location.Node)
 		}
 		if err != nil {
-			return nil, 0, status.Errorf(codes.NotFound, "source snapshot %q not found", id)
+			return nil, 0, false, status.Errorf(codes.NotFound, "source snapshot %q not found", id)
 		}
 		snap, err := pool.LookupSnapshot(id)
 		if err != nil {
-			return nil, 0, storeStatus(err, "source snapshot %q", id)
+			return nil, 0, false, storeStatus(err, "source snapshot %q", id)
 		}
 		if !snap.Ready() {
-			return nil, 0, status.Errorf(codes.FailedPrecondition, "source snapshot %q is not ready yet; retry once it is", id)
+			return nil, 0, false, status.Errorf(codes.FailedPrecondition, "source snapshot %q is not ready yet; retry once it is", id)
 		}
-		return &store.Source{Pool: pool, SnapshotID: id}, snap.SizeBytes, nil
+		return &store.Source{Pool: pool, SnapshotID: id}, snap.SizeBytes, snap.Block, nil
 	case src.GetVolume() != nil:
 		id := src.GetVolume().GetVolumeId()
 		pool, err := d.locate(id, store.KindVolume)
 		if errors.Is(err, errElsewhere) {
-			return nil, 0, status.Errorf(codes.ResourceExhausted,
+			return nil, 0, false, status.Errorf(codes.ResourceExhausted,
 				"source volume %q is in another node's or zone's pool and cannot be cloned on node %s", id, d.location.Node)
 		}
 		if err != nil {
-			return nil, 0, status.Errorf(codes.NotFound, "source volume %q not found", id)
+			return nil, 0, false, status.Errorf(codes.NotFound, "source volume %q not found", id)
 		}
 		vol, err := pool.LookupVolume(id)
 		if err != nil {
-			return nil, 0, storeStatus(err, "source volume %q", id)
+			return nil, 0, false, storeStatus(err, "source volume %q", id)
 		}
 		if vol.State != store.StateReady {
-			return nil, 0, status.Errorf(codes.FailedPrecondition, "source volume %q is still being created", id)
+			return nil, 0, false, status.Errorf(codes.FailedPrecondition, "source volume %q is still being created", id)
 		}
-		return &store.Source{Pool: pool, VolumeID: id}, vol.CapacityBytes, nil
+		return &store.Source{Pool: pool, VolumeID: id}, vol.CapacityBytes, vol.Block, nil
 	}
-	return nil, 0, status.Error(codes.InvalidArgument, "volume content source must name a snapshot or a volume")
+	return nil, 0, false, status.Error(codes.InvalidArgument, "volume content source must name a snapshot or a volume")
 }
 
 // DeleteVolume removes a volume. Unknown IDs succeed (already gone); IDs of
 // another node's pool fail, so the caller never forgets a volume it leaked.
-func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	id := req.GetVolumeId()
 	if id == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -186,7 +196,7 @@ func (d *Driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	if err != nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if err := pool.DeleteVolume(id); err != nil {
+	if err := pool.DeleteVolume(ctx, id); err != nil {
 		return nil, storeStatus(err, "delete volume %q", id)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
@@ -204,7 +214,7 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCapabilities(req.GetVolumeCapabilities(), vol.Scope); err != nil {
+	if err := checkVolumeCapabilities(req.GetVolumeCapabilities(), vol); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
@@ -274,7 +284,7 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 		return nil, err
 	}
 	if len(req.GetVolumeCapabilities()) > 0 {
-		if err := checkCapabilities(req.GetVolumeCapabilities(), scope); err != nil {
+		if _, err := checkCapabilities(req.GetVolumeCapabilities(), scope); err != nil {
 			return &csi.GetCapacityResponse{}, nil
 		}
 	}
@@ -332,7 +342,11 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	if req.GetCapacityRange().GetRequiredBytes() == 0 && req.GetCapacityRange().GetLimitBytes() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "capacity range must name required or limit bytes")
 	}
-	size, err := volumeSize(req.GetCapacityRange(), 0, pool.Config().Capacity)
+	total, err := pool.TotalCapacity()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "pool capacity: %v", err)
+	}
+	size, err := volumeSize(req.GetCapacityRange(), 0, total)
 	if err != nil {
 		return nil, err
 	}
@@ -344,5 +358,6 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	if err != nil {
 		return nil, storeStatus(err, "expand volume %q to %d bytes", req.GetVolumeId(), size)
 	}
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: vol.CapacityBytes, NodeExpansionRequired: false}, nil
+	// A block volume's loop device must be told its image grew (on the node).
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: vol.CapacityBytes, NodeExpansionRequired: vol.Block}, nil
 }

@@ -36,9 +36,14 @@ type Options struct {
 	// DataDir holds the node pool; ZoneDataDir, when set, the zone's shared pool.
 	DataDir     string
 	ZoneDataDir string
-	// Capacity of each pool in bytes; ZoneCapacity overrides it for the zone pool.
+	// Capacity of each pool in bytes; ZoneCapacity overrides it for the zone
+	// pool. A pool never promises more than its filesystem holds either.
 	Capacity     int64
 	ZoneCapacity int64
+	// Backend and ZoneBackend choose each pool's backend: store.BackendAuto
+	// (btrfs where the pool is on btrfs, else dir; the default),
+	// store.BackendBtrfs or store.BackendDir.
+	Backend, ZoneBackend string
 	// Kubeconfig, when set, is used to read this node's zone and region labels.
 	// InCluster does the same with the pod's service account.
 	Kubeconfig string
@@ -91,6 +96,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 	d.nodePool, err = store.Open(store.Config{
 		Scope: topology.ScopeNode, Dir: opts.DataDir, Owner: location.Node,
 		Capacity: opts.Capacity, Segment: location.VolumeSegment(topology.ScopeNode), Holder: opts.NodeID,
+		BackendKind: opts.Backend,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open node pool: %w", err)
@@ -106,6 +112,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 		d.zonePool, err = store.Open(store.Config{
 			Scope: topology.ScopeZone, Dir: opts.ZoneDataDir, Owner: location.Region + "/" + location.Zone,
 			Capacity: capacity, Segment: location.VolumeSegment(topology.ScopeZone), Holder: opts.NodeID,
+			BackendKind: opts.ZoneBackend,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open zone pool: %w", err)
@@ -147,8 +154,13 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer d.Close()
+	zoneBackend := ""
+	if d.zonePool != nil {
+		zoneBackend = d.zonePool.BackendName()
+	}
 	klog.InfoS("Driver starting", "driver", Name, "node", location.Node, "zone", location.Zone,
-		"region", location.Region, "endpoint", opts.Endpoint, "zonePool", opts.ZoneDataDir != "")
+		"region", location.Region, "endpoint", opts.Endpoint, "nodeBackend", d.nodePool.BackendName(),
+		"zonePool", opts.ZoneDataDir != "", "zoneBackend", zoneBackend)
 
 	listener, err := listenUnix(opts.Endpoint)
 	if err != nil {

@@ -6,16 +6,18 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
+
+	"github.com/toposnap/toposnap/driver/loop"
 )
 
-// NodeStageVolume bind-mounts the volume's directory at the staging path.
+// NodeStageVolume bind-mounts a mount volume's directory at the staging
+// path, or attaches a block volume's image to a loop device.
 func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -30,8 +32,14 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}, vol.Scope); err != nil {
+	if err := checkVolumeCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}, vol); err != nil {
 		return nil, err
+	}
+	if vol.Block {
+		if _, err := attachImage(imagePath(pool, vol)); err != nil {
+			return nil, err
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := d.bindMount(pool.VolumeDir(vol.ID), req.GetStagingTargetPath(), false); err != nil {
 		return nil, err
@@ -39,13 +47,19 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// NodeUnstageVolume unmounts the staging path and removes it.
+// NodeUnstageVolume unmounts the staging path and removes it, and detaches
+// a block volume's loop device.
 func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
 	}
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	}
+	if pool, vol, err := d.lookupVolume(req.GetVolumeId()); err == nil && vol.Block {
+		if err := detachImage(imagePath(pool, vol)); err != nil {
+			return nil, err
+		}
 	}
 	if err := d.unmountAndRemove(req.GetStagingTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount staging path %s: %v", req.GetStagingTargetPath(), err)
@@ -66,12 +80,18 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	case req.GetVolumeCapability() == nil:
 		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
 	}
-	_, vol, err := d.lookupVolume(req.GetVolumeId())
+	pool, vol, err := d.lookupVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}, vol.Scope); err != nil {
+	if err := checkVolumeCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}, vol); err != nil {
 		return nil, err
+	}
+	if vol.Block {
+		if err := d.publishBlock(imagePath(pool, vol), req.GetTargetPath(), req.GetReadonly()); err != nil {
+			return nil, err
+		}
+		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	staged, err := d.mounter.IsMountPoint(req.GetStagingTargetPath())
 	if err != nil || !staged {
@@ -91,8 +111,16 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if req.GetTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "target path is required")
 	}
+	// A read-only block publish has a loop device of its own, found by what
+	// is mounted at the target before it is unmounted.
+	readOnlyDevice := readOnlyLoopAt(req.GetTargetPath())
 	if err := d.unmountAndRemove(req.GetTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount target path %s: %v", req.GetTargetPath(), err)
+	}
+	if readOnlyDevice != "" {
+		if err := loop.Detach(readOnlyDevice); err != nil {
+			return nil, status.Errorf(codes.Internal, "detach read-only device %s: %v", readOnlyDevice, err)
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -148,8 +176,10 @@ func (d *Driver) unmountAndRemove(target string) error {
 	return nil
 }
 
-// NodeGetVolumeStats reports a volume's bytes and inodes in use against its
-// capacity; the walk counts what is really stored (holes excluded).
+// NodeGetVolumeStats reports a volume's bytes in use against its capacity
+// (btrfs: what is charged against its limit, read from its qgroup;
+// directories: a walk counting what is really stored, holes excluded) and
+// the filesystem's inodes. A block volume reports its size only.
 func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -157,16 +187,23 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	_, vol, err := d.lookupVolume(req.GetVolumeId())
+	pool, vol, err := d.lookupVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	if _, err := os.Stat(req.GetVolumePath()); err != nil {
 		return nil, status.Errorf(codes.NotFound, "volume path %s: %v", req.GetVolumePath(), err)
 	}
-	usedBytes, usedInodes, err := usage(req.GetVolumePath())
+	if vol.Block {
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+			{Unit: csi.VolumeUsage_BYTES, Total: vol.CapacityBytes},
+		}}, nil
+	}
+	// Measured in the pool, not at the path the caller gave: the pool's
+	// copy is the volume, and the walk never follows the tenant's links.
+	usedBytes, err := pool.VolumeUsage(vol.ID)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "measure %s: %v", req.GetVolumePath(), err)
+		return nil, status.Errorf(codes.Internal, "measure volume %s: %v", vol.ID, err)
 	}
 	var fsStat unix.Statfs_t
 	if err := unix.Statfs(req.GetVolumePath(), &fsStat); err != nil {
@@ -174,31 +211,13 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	}
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
 		{Unit: csi.VolumeUsage_BYTES, Total: vol.CapacityBytes, Used: usedBytes, Available: max(vol.CapacityBytes-usedBytes, 0)},
-		{Unit: csi.VolumeUsage_INODES, Total: int64(fsStat.Files), Used: usedInodes, Available: int64(fsStat.Ffree)},
+		{Unit: csi.VolumeUsage_INODES, Total: int64(fsStat.Files), Used: int64(fsStat.Files - fsStat.Ffree), Available: int64(fsStat.Ffree)},
 	}}, nil
 }
 
-// usage sums allocated bytes and counts inodes under root.
-func usage(root string) (bytes, inodes int64, err error) {
-	err = filepath.WalkDir(root, func(path string, entry fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil // removed while walking
-			}
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(path, &st); err != nil {
-			return fmt.Errorf("stat %s: %w", path, err)
-		}
-		bytes += st.Blocks * 512
-		inodes++
-		return nil
-	})
-	return bytes, inodes, err
-}
-
-// NodeExpandVolume has nothing to resize: a directory grows with its pool.
+// NodeExpandVolume tells a block volume's loop device that its image grew;
+// a mount volume has nothing to resize (its limit was raised by the
+// controller).
 func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -206,9 +225,20 @@ func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRe
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	_, vol, err := d.lookupVolume(req.GetVolumeId())
+	pool, vol, err := d.lookupVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, err
+	}
+	if vol.Block {
+		device, err := loop.Find(imagePath(pool, vol), false)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "find the loop device of volume %s: %v", vol.ID, err)
+		}
+		if device != "" {
+			if err := loop.Resize(device); err != nil {
+				return nil, status.Errorf(codes.Internal, "resize %s: %v", device, err)
+			}
+		}
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: max(vol.CapacityBytes, req.GetCapacityRange().GetRequiredBytes())}, nil
 }

@@ -65,32 +65,55 @@ func volumeSize(capacity *csi.CapacityRange, minimum, poolCapacity int64) (int64
 	return size, nil
 }
 
-// checkCapabilities accepts mount volumes in any access mode a directory can
-// serve in the given scope: a node-scope volume is on one node only.
-func checkCapabilities(caps []*csi.VolumeCapability, scope topology.Scope) error {
+// checkCapabilities accepts mount and block volumes in any access mode
+// their scope can serve (a node-scope volume is on one node only), all of
+// one access type, and reports whether that type is block.
+func checkCapabilities(caps []*csi.VolumeCapability, scope topology.Scope) (bool, error) {
 	if len(caps) == 0 {
-		return status.Error(codes.InvalidArgument, "volume capabilities are required")
+		return false, status.Error(codes.InvalidArgument, "volume capabilities are required")
 	}
+	block := caps[0].GetBlock() != nil
 	for _, c := range caps {
-		if c.GetBlock() != nil {
-			return status.Error(codes.InvalidArgument, "block access is not supported; use a mount (filesystem) volume")
-		}
-		if c.GetMount() == nil {
-			return status.Error(codes.InvalidArgument, "volume capability must set an access type (mount)")
+		switch {
+		case c.GetBlock() == nil && c.GetMount() == nil:
+			return false, status.Error(codes.InvalidArgument, "volume capability must set an access type (mount or block)")
+		case (c.GetBlock() != nil) != block:
+			return false, status.Error(codes.InvalidArgument, "volume capabilities mix block and mount access; a volume is one or the other")
 		}
 		mode := c.GetAccessMode().GetMode()
 		switch mode {
 		case csi.VolumeCapability_AccessMode_UNKNOWN:
-			return status.Error(codes.InvalidArgument, "volume capability must set an access mode")
+			return false, status.Error(codes.InvalidArgument, "volume capability must set an access mode")
 		case csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY,
 			csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER,
 			csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER:
 			if scope == topology.ScopeNode {
-				return status.Errorf(codes.InvalidArgument, "access mode %s needs several nodes; node-scope volumes live on one node (use scope=zone)", mode)
+				return false, status.Errorf(codes.InvalidArgument, "access mode %s needs several nodes; node-scope volumes live on one node (use scope=zone)", mode)
 			}
 		}
 	}
+	return block, nil
+}
+
+// checkVolumeCapabilities checks capabilities against an existing volume:
+// servable in its scope and of its access type.
+func checkVolumeCapabilities(caps []*csi.VolumeCapability, vol store.Volume) error {
+	block, err := checkCapabilities(caps, vol.Scope)
+	if err != nil {
+		return err
+	}
+	if block != vol.Block {
+		return status.Errorf(codes.InvalidArgument, "volume %s is a %s volume; the capability asks for %s access",
+			vol.ID, accessType(vol.Block), accessType(block))
+	}
 	return nil
+}
+
+func accessType(block bool) string {
+	if block {
+		return "block"
+	}
+	return "mount"
 }
 
 // scopeOf reads the scope parameter.
@@ -120,7 +143,8 @@ func storeStatus(err error, format string, args ...any) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, store.ErrInFlight):
+	case errors.Is(err, store.ErrInFlight), errors.Is(err, store.ErrFilling):
+		// Both are in progress, not failed: the CO repeats the call.
 		return status.Errorf(codes.Aborted, "%s: %v", msg, err)
 	case errors.Is(err, store.ErrExists):
 		return status.Errorf(codes.AlreadyExists, "%s: %v", msg, err)

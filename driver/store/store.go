@@ -1,17 +1,20 @@
-// Package store keeps toposnap's volumes and snapshots as directories in a
-// pool on disk: a node pool (one node's disk) or a zone pool (a directory
-// every node of the zone mounts). It owns the on-disk layout, crash-safe
-// metadata, capacity accounting and the locks that make concurrent and
-// repeated operations safe across goroutines and processes. It knows nothing
-// of gRPC; the driver translates.
+// Package store keeps toposnap's volumes and snapshots in a pool on disk: a
+// node pool (one node's disk) or a zone pool (a directory every node of the
+// zone mounts). It owns the on-disk layout, crash-safe metadata, capacity
+// accounting, background copies and the locks that make concurrent and
+// repeated operations safe across goroutines and processes. The physical
+// work is a Backend's (btrfs subvolumes and snapshots, or directories and
+// copies); the store never knows which. It knows nothing of gRPC; the
+// driver translates.
 //
 // Layout of a pool directory:
 //
 //	meta/<id>.json       metadata, replaced atomically
-//	volumes/<id>/        a volume's files
-//	snapshots/<id>/      a snapshot's files, present only once complete
+//	volumes/<id>/        a volume (a directory or subvolume; a block
+//	                     volume holds its image file, disk.img)
+//	snapshots/<id>/      a snapshot, present only once complete
 //	tmp/<id>.<holder>    work in progress, removed on failure or restart
-//	locks/<id>, locks/.pool  flock files
+//	locks/<id>, locks/<id>.src, locks/.pool  flock files
 package store
 
 import (
@@ -29,7 +32,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/atomicfile"
-	"github.com/toposnap/toposnap/internal/fscopy"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -39,6 +41,8 @@ var (
 	ErrExists   = errors.New("already exists with different attributes")
 	ErrInFlight = errors.New("an operation on this object is already in progress")
 	ErrNoSpace  = errors.New("not enough free capacity in the pool")
+	// ErrFilling: a restore or clone is still being filled in the background.
+	ErrFilling = errors.New("the volume is still being filled")
 )
 
 // State of an object.
@@ -68,6 +72,8 @@ type Volume struct {
 	Segment          topology.Segment `json:"segment"`
 	State            State            `json:"state"`
 	CreatedAt        time.Time        `json:"createdAt"`
+	// Block volumes are an image file (ImageName) in the volume directory.
+	Block bool `json:"block,omitempty"`
 }
 
 // Snapshot is a snapshot's metadata.
@@ -81,6 +87,8 @@ type Snapshot struct {
 	CreatedAt      time.Time        `json:"createdAt"`
 	// Failure of the last background copy, if any; cleared on retry.
 	Failure string `json:"failure,omitempty"`
+	// Block is set for snapshots of block volumes.
+	Block bool `json:"block,omitempty"`
 }
 
 // Ready reports whether the snapshot is complete and durable.
@@ -98,6 +106,11 @@ type Config struct {
 	Segment topology.Segment
 	// Holder is this process's node id, used to name temporary work.
 	Holder string
+	// BackendKind chooses the backend: BackendAuto (btrfs where the pool is
+	// on btrfs, else dir), BackendBtrfs or BackendDir.
+	BackendKind string
+	// Backend, when set, is used as it is (tests).
+	Backend Backend
 }
 
 // Pool is one pool directory. Safe for concurrent use, also by several
@@ -105,14 +118,12 @@ type Config struct {
 type Pool struct {
 	cfg       Config
 	ownerHash string
+	backend   Backend
 	poolMu    sync.Mutex // serialises this process's pool-lock holders
 
-	// jobsMu guards jobs only: it is never held across I/O on data.
+	// jobsMu guards jobs only: it is never held across I/O.
 	jobsMu sync.Mutex
-	jobs   map[string]*snapshotJob
-	// measure sums a tree's file sizes for progress reports (a walk of
-	// the whole tree; tests replace it to make it slow).
-	measure func(dir string) (int64, error)
+	jobs   map[string]*job
 }
 
 // Open prepares a pool directory and removes work left by crashed operations.
@@ -128,12 +139,19 @@ func Open(cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("create pool directory: %w", err)
 		}
 	}
-	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), jobs: map[string]*snapshotJob{}, measure: fscopy.Size}
+	backend, err := openBackend(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", cfg.Dir, err)
+	}
+	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), backend: backend, jobs: map[string]*job{}}
 	if err := p.recover(); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
+
+// BackendName names the pool's backend ("btrfs" or "dir").
+func (p *Pool) BackendName() string { return p.backend.Name() }
 
 // recover finishes or undoes what crashed operations left: temporary work
 // and metadata temporaries nobody holds a lock for are removed, and deletes
@@ -160,7 +178,7 @@ func (p *Pool) recover() error {
 			}
 			klog.InfoS("Finishing an interrupted delete", "pool", p.cfg.Dir, "id", id)
 			if kind == KindVolume {
-				err = p.DeleteVolume(id)
+				err = p.DeleteVolume(context.Background(), id)
 			} else {
 				err = p.DeleteSnapshot(context.Background(), id)
 			}
@@ -258,7 +276,7 @@ func (p *Pool) cleanTemp() error {
 		if err != nil {
 			continue // in progress elsewhere
 		}
-		err = os.RemoveAll(filepath.Join(p.cfg.Dir, "tmp", entry.Name()))
+		err = p.backend.Delete(filepath.Join(p.cfg.Dir, "tmp", entry.Name()))
 		lock.unlock()
 		if err != nil {
 			return fmt.Errorf("remove stale temporary %s: %w", entry.Name(), err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/toposnap/toposnap/driver/store/dirfs"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -110,11 +111,38 @@ func TestExpand(t *testing.T) {
 	}
 }
 
-// A slow size walk of one volume must not stall snapshots of other volumes
-// in the pool: CreateSnapshot registers its job under the pool's jobs lock
-// and measures the source in the job.
-func TestSlowMeasureDoesNotStallThePool(t *testing.T) {
-	p := openPool(t, t.TempDir(), "node1", 100)
+// slowBackend is the dir backend whose snapshots of one volume block until
+// released: a huge volume's walk or copy.
+type slowBackend struct {
+	dirfs.Backend
+	slowSource       string
+	entered, release chan struct{}
+}
+
+func (b *slowBackend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+	if source == b.slowSource {
+		close(b.entered)
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return b.Backend.Snapshot(ctx, source, path, progress)
+}
+
+// A slow snapshot (a size walk and copy of a huge volume) must not stall
+// the rest of the pool: CreateSnapshot registers its job under the jobs
+// mutex and measures and copies in the job.
+func TestSlowSnapshotDoesNotStallThePool(t *testing.T) {
+	slow := &slowBackend{entered: make(chan struct{}), release: make(chan struct{})}
+	dir := t.TempDir()
+	p, err := Open(Config{Scope: topology.ScopeZone, Dir: dir, Owner: "r/b", Capacity: 100,
+		Segment: topology.Segment{topology.ZoneKey: "b"}, Holder: "node1", Backend: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
 	ctx := context.Background()
 	big, err := p.CreateVolume(ctx, VolumeRequest{Name: "big", CapacityBytes: 10})
 	if err != nil {
@@ -124,24 +152,12 @@ func TestSlowMeasureDoesNotStallThePool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	defer close(release)
-	p.measure = func(dir string) (int64, error) {
-		if dir == p.VolumeDir(big.ID) {
-			close(entered)
-			<-release // a walk of a huge tree
-		}
-		return 0, nil
-	}
+	slow.slowSource = p.VolumeDir(big.ID)
+	defer close(slow.release)
 	bigDone := make(chan error, 1)
 	go func() { _, err := p.CreateSnapshot("big-snap", big); bigDone <- err }()
-	select {
-	case <-entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the big snapshot never started measuring")
-	}
 
-	// While the big volume is being measured, everything else in the pool
+	// While the big volume is being walked, everything else in the pool
 	// answers promptly.
 	within := func(what string, fn func() error) {
 		t.Helper()
@@ -153,10 +169,15 @@ func TestSlowMeasureDoesNotStallThePool(t *testing.T) {
 				t.Fatalf("%s: %v", what, err)
 			}
 		case <-time.After(5 * time.Second):
-			t.Fatalf("%s is stalled behind the big volume's size walk", what)
+			t.Fatalf("%s is stalled behind the big volume's walk", what)
 		}
 	}
 	within("CreateSnapshot of the big volume", func() error { return <-bigDone })
+	select {
+	case <-slow.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the big snapshot never started")
+	}
 	within("snapshot of another volume", func() error {
 		snap, err := p.CreateSnapshot("small-snap", small)
 		if err != nil {
@@ -165,8 +186,17 @@ func TestSlowMeasureDoesNotStallThePool(t *testing.T) {
 		_, err = p.WaitSnapshot(ctx, snap.ID)
 		return err
 	})
+	within("repeated CreateSnapshot of the big volume", func() error {
+		snap, err := p.CreateSnapshot("big-snap", big)
+		if err == nil && snap.Ready() {
+			err = errors.New("reported ready while its copy is blocked")
+		}
+		return err
+	})
 	within("progress of the big snapshot", func() error {
-		p.SnapshotProgress(p.SnapshotID("big-snap"))
+		if _, ok := p.Progress(p.SnapshotID("big-snap")); !ok {
+			return errors.New("no progress for a running job")
+		}
 		return nil
 	})
 	within("delete of the other snapshot", func() error { return p.DeleteSnapshot(ctx, p.SnapshotID("small-snap")) })
@@ -189,7 +219,7 @@ func TestCreatingVolumeIsListedAndCounted(t *testing.T) {
 	if avail, _ := reopened.Available(); avail != 30 {
 		t.Fatalf("available = %d, want 30 (the crashed create still holds its 70)", avail)
 	}
-	if err := reopened.DeleteVolume(id); err != nil {
+	if err := reopened.DeleteVolume(context.Background(), id); err != nil {
 		t.Fatal(err)
 	}
 	if avail, _ := reopened.Available(); avail != 100 {
@@ -260,7 +290,7 @@ func TestSourceLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.DeleteVolume(vol.ID); !errors.Is(err, ErrInFlight) {
+	if err := p.DeleteVolume(context.Background(), vol.ID); !errors.Is(err, ErrInFlight) {
 		t.Fatalf("delete while a copy reads the volume: %v, want ErrInFlight", err)
 	}
 	lease.unlock()
@@ -272,7 +302,7 @@ func TestSourceLease(t *testing.T) {
 		t.Fatalf("lease on a volume being deleted: %v, want ErrInFlight", err)
 	}
 	deleting.unlock()
-	if err := p.DeleteVolume(vol.ID); err != nil {
+	if err := p.DeleteVolume(context.Background(), vol.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := src.lease(); !errors.Is(err, ErrNotFound) {

@@ -9,9 +9,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/toposnap/toposnap/internal/atomicfile"
-	"github.com/toposnap/toposnap/internal/fscopy"
 )
+
+// ImageName is a block volume's image file, inside its volume directory.
+const ImageName = "disk.img"
 
 // Source is the data a new volume starts with: a ready snapshot or volume
 // of Pool (this pool or another one the same process opened).
@@ -61,6 +65,8 @@ type VolumeRequest struct {
 	CapacityBytes int64
 	Parameters    map[string]string
 	Source        *Source
+	// Block asks for a raw block volume: an image file of CapacityBytes.
+	Block bool
 }
 
 // LookupVolume returns a volume's metadata or ErrNotFound.
@@ -89,42 +95,30 @@ func (p *Pool) ListVolumes() ([]Volume, error) {
 	return volumes, nil
 }
 
-// allocatedExcept sums the capacity of the pool's volumes in any state
-// (creating and deleting ones hold theirs too), excluding one ID.
-func (p *Pool) allocatedExcept(except string) (int64, error) {
-	volumes, err := p.ListVolumes()
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for _, vol := range volumes {
-		if vol.ID != except {
-			total += vol.CapacityBytes
-		}
-	}
-	return total, nil
-}
-
-// Available is the capacity not yet promised to a volume.
-func (p *Pool) Available() (int64, error) {
-	allocated, err := p.allocatedExcept("")
-	if err != nil {
-		return 0, err
-	}
-	return max(p.cfg.Capacity-allocated, 0), nil
-}
-
 // CreateVolume creates a volume, or returns the one an earlier identical
-// request created. A crashed earlier attempt (StateCreating) is redone from
-// the start; so is one whose delete was interrupted (StateDeleting), since
-// the name is free again once the caller deleted it.
+// request created. An empty volume is made at once. A restore or clone is
+// filled in the background: CreateVolume waits for the fill until ctx
+// ends (returning a little before its deadline) and then fails with
+// ErrFilling; a repeated call finds the fill in progress and waits again,
+// so no deadline bounds how large a volume can be restored. A crashed
+// earlier attempt (StateCreating without a fill running) is redone from the
+// start; so is one whose delete was interrupted (StateDeleting), since the
+// name is free again once the caller deleted it.
 func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, error) {
 	id := p.VolumeID(req.Name)
+	if j := p.runningJob(id); j != nil {
+		return p.awaitFill(ctx, j, req)
+	}
 	lock, err := p.tryLock(id)
 	if err != nil {
 		return Volume{}, err
 	}
-	defer lock.unlock()
+	locked := true
+	defer func() {
+		if locked {
+			lock.unlock()
+		}
+	}()
 
 	existing, err := p.LookupVolume(id)
 	switch {
@@ -144,7 +138,7 @@ func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, err
 	vol := Volume{
 		ID: id, Name: req.Name, Scope: p.cfg.Scope, CapacityBytes: req.CapacityBytes,
 		Parameters: req.Parameters, Segment: p.cfg.Segment, State: StateCreating,
-		CreatedAt: time.Now().UTC(),
+		CreatedAt: time.Now().UTC(), Block: req.Block,
 	}
 	var lease *objectLock
 	if req.Source != nil {
@@ -153,58 +147,154 @@ func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, err
 		if lease, err = req.Source.lease(); err != nil {
 			return Volume{}, err
 		}
-		defer lease.unlock()
 	}
 	// Reserve the capacity first, under the pool lock, so concurrent creators
 	// (other processes on a zone pool too) cannot both take the last bytes.
 	err = p.withPoolLock(func() error {
-		allocated, err := p.allocatedExcept(id)
-		if err != nil {
+		if err := p.fits(id, req.CapacityBytes, 0); err != nil {
 			return err
-		}
-		if allocated+req.CapacityBytes > p.cfg.Capacity {
-			return fmt.Errorf("%w: requested %d bytes, %d of %d free", ErrNoSpace,
-				req.CapacityBytes, max(p.cfg.Capacity-allocated, 0), p.cfg.Capacity)
 		}
 		return p.writeMeta(id, vol)
 	})
 	if err != nil {
+		lease.unlock()
 		return Volume{}, err
 	}
 
-	if err := p.fillVolume(ctx, id, req.Source); err != nil {
-		_ = p.removeVolumeFiles(id)
-		_ = p.removeMeta(id)
+	if req.Source == nil {
+		if err := p.makeVolume(id, vol); err != nil {
+			_ = p.removeVolumeFiles(id)
+			_ = p.removeMeta(id)
+			return Volume{}, err
+		}
+		vol.State = StateReady
+		if err := p.writeMeta(id, vol); err != nil {
+			return Volume{}, err
+		}
+		return vol, nil
+	}
+	// The fill owns the lock and the lease from here.
+	locked = false
+	j := p.startJob(id, vol)
+	go p.runFill(j, lock, lease, vol, req.Source)
+	return p.awaitFill(ctx, j, req)
+}
+
+// awaitFill waits for a fill and answers for the volume.
+func (p *Pool) awaitFill(ctx context.Context, j *job, req VolumeRequest) (Volume, error) {
+	if vol, ok := j.answer.(Volume); ok {
+		if err := sameVolume(vol, req); err != nil {
+			return Volume{}, err
+		}
+	}
+	done, err := awaitJob(ctx, j)
+	if !done {
+		return Volume{}, fmt.Errorf("volume %q: %w: %d of %d bytes copied; repeat the call to wait for it",
+			req.Name, ErrFilling, j.copied.Load(), j.total.Load())
+	}
+	if err != nil {
 		return Volume{}, err
 	}
-	vol.State = StateReady
-	if err := p.writeMeta(id, vol); err != nil {
+	vol, err := p.LookupVolume(j.id)
+	if err != nil {
 		return Volume{}, err
+	}
+	if vol.State != StateReady {
+		return Volume{}, fmt.Errorf("volume %q is %s: %w", req.Name, vol.State, ErrFilling)
 	}
 	return vol, nil
 }
 
-// fillVolume builds the volume's directory in tmp (empty, or a copy of the
-// source) and renames it into place, so volumes/<id> is always complete.
-func (p *Pool) fillVolume(ctx context.Context, id string, source *Source) error {
+// makeVolume builds an empty volume in tmp and renames it into place, so
+// volumes/<id> is always complete.
+func (p *Pool) makeVolume(id string, vol Volume) error {
 	tmp := p.tempPath(id)
-	if source == nil {
-		if err := os.Mkdir(tmp, 0o777); err != nil {
-			return fmt.Errorf("create volume directory: %w", err)
-		}
-		// Mkdir applies the umask; volumes are world-writable like a fresh filesystem's root.
-		if err := os.Chmod(tmp, 0o777); err != nil {
-			return fmt.Errorf("chmod volume directory: %w", err)
-		}
-	} else if _, err := fscopy.Tree(ctx, source.dir(), tmp, fscopy.Options{}); err != nil {
-		_ = os.RemoveAll(tmp)
-		return fmt.Errorf("copy source into volume: %w", err)
+	limit := vol.CapacityBytes
+	if vol.Block {
+		limit = 0 // the image's size bounds a block volume (see sizeImage)
 	}
-	if err := os.Rename(tmp, p.VolumeDir(id)); err != nil {
-		_ = os.RemoveAll(tmp)
-		return fmt.Errorf("move volume into place: %w", err)
+	if err := p.backend.Create(tmp, limit); err != nil {
+		return fmt.Errorf("create volume: %w", err)
 	}
-	return atomicfile.SyncDir(filepath.Join(p.cfg.Dir, "volumes"))
+	if vol.Block {
+		if err := sizeImage(filepath.Join(tmp, ImageName), vol.CapacityBytes); err != nil {
+			return err
+		}
+	}
+	return p.moveIntoPlace(tmp, p.VolumeDir(id))
+}
+
+// sizeImage creates or grows a block volume's sparse image file. Block
+// volumes get no filesystem limit: copy-on-write after a snapshot may take
+// more blocks than the image's size, and a limit would turn that into I/O
+// errors on the device.
+func sizeImage(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("open block image: %w", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat block image: %w", err)
+	}
+	if info.Size() < size {
+		if err := f.Truncate(size); err != nil {
+			return fmt.Errorf("size block image to %d bytes: %w", size, err)
+		}
+	}
+	return f.Sync()
+}
+
+func (p *Pool) moveIntoPlace(tmp, final string) error {
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("move %s into place: %w", final, err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(final))
+}
+
+// runFill copies the source into the volume in the background. On failure
+// the volume is removed (its capacity freed) so that a repeated create
+// starts over; when cancelled (shutdown, delete) it stays "creating".
+func (p *Pool) runFill(j *job, lock, lease *objectLock, vol Volume, src *Source) {
+	start := time.Now()
+	err := p.fill(j, vol, src)
+	switch {
+	case err == nil:
+		klog.InfoS("Volume filled", "volume", vol.ID, "name", vol.Name, "source", src.id(),
+			"bytes", j.copied.Load(), "duration", time.Since(start))
+	case j.ctx.Err() != nil:
+		_ = p.backend.Delete(p.tempPath(vol.ID))
+		klog.InfoS("Volume fill interrupted", "volume", vol.ID, "name", vol.Name, "err", err)
+	default:
+		klog.ErrorS(err, "Volume fill failed", "volume", vol.ID, "name", vol.Name, "source", src.id())
+		_ = p.removeVolumeFiles(vol.ID)
+		_ = p.removeMeta(vol.ID)
+	}
+	lease.unlock()
+	lock.unlock()
+	p.endJob(j, err)
+}
+
+func (p *Pool) fill(j *job, vol Volume, src *Source) error {
+	tmp := p.tempPath(vol.ID)
+	limit := vol.CapacityBytes
+	if vol.Block {
+		limit = 0
+	}
+	if err := p.backend.Clone(j.ctx, src.dir(), tmp, limit, j.progress); err != nil {
+		return fmt.Errorf("fill volume from %s: %w", src.id(), err)
+	}
+	if vol.Block {
+		if err := sizeImage(filepath.Join(tmp, ImageName), vol.CapacityBytes); err != nil {
+			return err
+		}
+	}
+	if err := p.moveIntoPlace(tmp, p.VolumeDir(vol.ID)); err != nil {
+		return err
+	}
+	vol.State = StateReady
+	return p.writeMeta(vol.ID, vol)
 }
 
 func sameVolume(existing Volume, req VolumeRequest) error {
@@ -218,17 +308,23 @@ func sameVolume(existing Volume, req VolumeRequest) error {
 			req.Name, existing.CapacityBytes, req.CapacityBytes, ErrExists)
 	case existing.SourceSnapshotID != sourceSnapshot || existing.SourceVolumeID != sourceVolume:
 		return fmt.Errorf("volume %q was created from another source: %w", req.Name, ErrExists)
+	case existing.Block != req.Block:
+		return fmt.Errorf("volume %q was created with another access type (block=%v): %w", req.Name, existing.Block, ErrExists)
 	case !maps.Equal(existing.Parameters, req.Parameters) && (len(existing.Parameters) > 0 || len(req.Parameters) > 0):
 		return fmt.Errorf("volume %q was created with other parameters: %w", req.Name, ErrExists)
 	}
 	return nil
 }
 
-// DeleteVolume removes a volume: it is marked deleting (durably, so a crash
-// never leaves a "ready" volume with half its files), its files go, then its
-// metadata. Deleting a volume that does not exist succeeds. A volume that a
-// snapshot or clone is being copied from is not deleted (ErrInFlight).
-func (p *Pool) DeleteVolume(id string) error {
+// DeleteVolume removes a volume: a fill running here is cancelled, the
+// volume is marked deleting (durably, so a crash never leaves a "ready"
+// volume with half its files), its files go, then its metadata. Deleting a
+// volume that does not exist succeeds. A volume that a snapshot or clone
+// is being copied from is not deleted (ErrInFlight).
+func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
+	if err := p.stopJob(ctx, id); err != nil {
+		return fmt.Errorf("stop the fill of %s: %w", id, err)
+	}
 	lock, err := p.tryLock(id)
 	if err != nil {
 		return err
@@ -259,43 +355,72 @@ func (p *Pool) DeleteVolume(id string) error {
 
 func (p *Pool) removeVolumeFiles(id string) error {
 	for _, dir := range []string{p.tempPath(id), p.VolumeDir(id)} {
-		if err := os.RemoveAll(dir); err != nil {
+		if err := p.backend.Delete(dir); err != nil {
 			return fmt.Errorf("remove %s: %w", dir, err)
 		}
 	}
 	return nil
 }
 
-// ExpandVolume grows a volume's capacity if the pool has room. Shrinking is
-// a no-op (CSI: the volume already satisfies the request).
+// ExpandVolume grows a volume's capacity if the pool has room, and its
+// limit (or a block volume's image). Shrinking is a no-op (CSI: the volume
+// already satisfies the request).
 func (p *Pool) ExpandVolume(id string, capacity int64) (Volume, error) {
 	lock, err := p.tryLock(id)
 	if err != nil {
 		return Volume{}, err
 	}
 	defer lock.unlock()
-	var vol Volume
+	vol, err := p.LookupVolume(id)
+	if err != nil {
+		return Volume{}, err
+	}
+	if vol.State != StateReady {
+		return Volume{}, fmt.Errorf("volume %s is %s: %w", id, vol.State, ErrNotFound)
+	}
+	if capacity <= vol.CapacityBytes {
+		// Already promised; apply it again in case a crash came between the
+		// promise and the limit (cheap and idempotent).
+		return vol, p.applySize(vol)
+	}
+	var used int64
+	if p.backend.Enforced() {
+		if used, err = p.backend.Usage(p.VolumeDir(id)); err != nil {
+			return Volume{}, fmt.Errorf("usage of volume %s: %w", id, err)
+		}
+	}
 	err = p.withPoolLock(func() error {
-		vol, err = p.LookupVolume(id)
-		if err != nil {
-			return err
-		}
-		if vol.State != StateReady {
-			return fmt.Errorf("volume %s is %s: %w", id, vol.State, ErrNotFound)
-		}
-		if capacity <= vol.CapacityBytes {
-			return nil
-		}
-		allocated, err := p.allocatedExcept(id)
-		if err != nil {
-			return err
-		}
-		if allocated+capacity > p.cfg.Capacity {
-			return fmt.Errorf("%w: expanding to %d bytes needs %d more, %d free", ErrNoSpace,
-				capacity, capacity-vol.CapacityBytes, max(p.cfg.Capacity-allocated-vol.CapacityBytes, 0))
+		if err := p.fits(id, capacity, used); err != nil {
+			return fmt.Errorf("expanding volume %s from %d to %d bytes: %w", id, vol.CapacityBytes, capacity, err)
 		}
 		vol.CapacityBytes = capacity
 		return p.writeMeta(id, vol)
 	})
-	return vol, err
+	if err != nil {
+		return Volume{}, err
+	}
+	// The promise is recorded first: a crash here leaves a volume whose
+	// limit is smaller than its size, which the repeated expand fixes.
+	return vol, p.applySize(vol)
+}
+
+// applySize gives the volume its recorded size: its limit, or a block
+// volume's image size.
+func (p *Pool) applySize(vol Volume) error {
+	var err error
+	if vol.Block {
+		err = sizeImage(filepath.Join(p.VolumeDir(vol.ID), ImageName), vol.CapacityBytes)
+	} else {
+		err = p.backend.Expand(p.VolumeDir(vol.ID), vol.CapacityBytes)
+	}
+	if err != nil {
+		return fmt.Errorf("expand volume %s: %w", vol.ID, err)
+	}
+	return nil
+}
+
+// VolumeUsage is the bytes a ready volume holds, by its backend's measure
+// (a walk for directory pools).
+func (p *Pool) VolumeUsage(id string) (int64, error) {
+	return p.backend.Usage(p.VolumeDir(id))
 }

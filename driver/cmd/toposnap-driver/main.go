@@ -28,6 +28,8 @@ func main() {
 	flag.StringVar(&opts.ZoneDataDir, "zone-data-dir", "", "directory of the zone's shared pool (empty: no zone pool)")
 	flag.Var(quantityFlag{&capacity}, "capacity", "capacity of each pool, e.g. 100Gi")
 	flag.Var(quantityFlag{&zoneCapacity}, "zone-capacity", "capacity of the zone pool (default: --capacity)")
+	flag.StringVar(&opts.Backend, "backend", "auto", "node pool backend: auto (btrfs where the pool is on btrfs, else dir), btrfs or dir")
+	flag.StringVar(&opts.ZoneBackend, "zone-backend", "auto", "zone pool backend: auto, btrfs or dir")
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig to read this node's zone and region labels")
 	flag.BoolVar(&opts.InCluster, "in-cluster", false, "read this node's labels with the pod's service account")
 	flag.StringVar(&opts.Zone, "zone", "", "this node's zone when its labels cannot be read")

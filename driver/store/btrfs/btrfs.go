@@ -1,0 +1,449 @@
+// Package btrfs is the driver's backend for pools on btrfs, all through
+// ioctls (no cgo, no btrfs-progs): a volume is a subvolume whose size is a
+// quota-group limit, a snapshot is a read-only snapshot of it (one instant of
+// the whole volume, in constant time), a restore or clone is a writable
+// snapshot of the snapshot or volume with a limit of its own.
+//
+// Quotas. The backend enables simple quotas (squota, Linux 6.7+) on a
+// filesystem whose quotas are off. Each volume V gets a level-1 qgroup 1/V
+// holding its subvolume's qgroup 0/V and the limit. Simple quotas make every
+// subvolume a pod creates inside V join V's parent qgroups on creation, so
+// nested subvolumes count against V's limit from their first byte: a pod
+// cannot escape its size that way. Simple quotas charge each extent to the
+// subvolume that wrote it, for as long as the extent exists:
+//
+//   - a snapshot's blocks count against its volume's limit (ZFS "quota", not
+//     "refquota"): data a volume overwrote or deleted while a snapshot still
+//     holds it stays charged to the volume until the snapshot is deleted;
+//   - a restore or clone starts with nothing charged (its data is charged to
+//     the volume that wrote it) and is limited in what it writes itself.
+//
+// On a filesystem whose quotas an administrator already enabled in full
+// (traditional) mode, the limit goes on the volume's own qgroup 0/V instead
+// (referenced bytes: "refquota" semantics) and subvolumes nested by a pod are
+// not counted; the driver logs this at start.
+package btrfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/fscopy"
+)
+
+// ErrNotBtrfs means the pool is on another filesystem.
+var ErrNotBtrfs = errors.New("not a btrfs filesystem")
+
+// Backend serves one pool directory on btrfs.
+type Backend struct {
+	// root is the pool directory, held open for filesystem-wide ioctls.
+	root *os.File
+	// simple is true when the filesystem uses simple quotas.
+	simple bool
+}
+
+// IsBtrfs reports whether dir is on btrfs.
+func IsBtrfs(dir string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return st.Type == unix.BTRFS_SUPER_MAGIC, nil
+}
+
+// Open prepares the pool directory dir, enabling quotas on its filesystem
+// when they are off.
+func Open(dir string) (*Backend, error) {
+	ok, err := IsBtrfs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%s: %w", dir, ErrNotBtrfs)
+	}
+	root, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pool %s: %w", dir, err)
+	}
+	status, err := readQuotaStatus(root)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("read quota status of %s: %w", dir, err)
+	}
+	if !status.enabled {
+		// Simple quotas first (they count nested subvolumes); full ones on
+		// kernels older than 6.7.
+		if err := quotaCtl(root, quotaCtlEnableSimpleQuota); err != nil {
+			klog.InfoS("Simple quotas unavailable, enabling full quotas", "pool", dir, "err", err)
+			if err := quotaCtl(root, quotaCtlEnable); err != nil {
+				root.Close()
+				return nil, fmt.Errorf("enable quotas on %s: %w", dir, err)
+			}
+		}
+		if status, err = readQuotaStatus(root); err != nil {
+			root.Close()
+			return nil, fmt.Errorf("read quota status of %s: %w", dir, err)
+		}
+	}
+	b := &Backend{root: root, simple: status.simple}
+	if b.simple {
+		klog.InfoS("btrfs pool with simple quotas: nested subvolumes count against their volume", "pool", dir)
+	} else {
+		klog.InfoS("btrfs pool with full quotas: subvolumes a pod nests in its volume are NOT counted against its size", "pool", dir)
+	}
+	return b, nil
+}
+
+// Name is "btrfs".
+func (b *Backend) Name() string { return "btrfs" }
+
+// Enforced: sizes are enforced and Usage is cheap.
+func (b *Backend) Enforced() bool { return true }
+
+// SimpleQuotas reports whether the filesystem uses simple quotas.
+func (b *Backend) SimpleQuotas() bool { return b.simple }
+
+// Close releases the pool directory.
+func (b *Backend) Close() error { return b.root.Close() }
+
+// Create makes path an empty subvolume limited to limit bytes (0: no limit).
+func (b *Backend) Create(path string, limit int64) error {
+	parent, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("open %s: %w", filepath.Dir(path), err)
+	}
+	defer parent.Close()
+	if err := createSubvolume(parent, filepath.Base(path)); err != nil {
+		return err
+	}
+	// A fresh filesystem's root is world-writable; the subvolume's is not.
+	if err := os.Chmod(path, 0o777); err != nil {
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return b.setLimit(path, limit)
+}
+
+// Snapshot makes path a snapshot of the volume at source: one instant of
+// the whole subvolume. It is writable until Seal, because a read-only
+// subvolume cannot be moved to another directory (its ".." would change).
+func (b *Backend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+	done, err := b.trySnapshot(source, path, false)
+	if done || err != nil {
+		return err
+	}
+	// Not a subvolume of this filesystem (a volume from before the pool was
+	// btrfs): copy it.
+	return copyTree(ctx, source, path, false, progress)
+}
+
+// Seal makes the snapshot at path, now in its final place, read-only, and
+// commits that.
+func (b *Backend) Seal(path string) error {
+	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", path, err)
+	}
+	defer f.Close()
+	if root, err := isSubvolumeRoot(f); err != nil || !root {
+		return err // a copied directory: read-only by convention only
+	}
+	if err := setReadOnly(f); err != nil {
+		return err
+	}
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("commit %s: %w", path, err)
+	}
+	return nil
+}
+
+// Clone makes path a writable volume of limit bytes holding source's data:
+// a writable snapshot when source is a subvolume of this filesystem, else a
+// new subvolume filled by copying.
+func (b *Backend) Clone(ctx context.Context, source, path string, limit int64, progress func(copied, total int64)) error {
+	done, err := b.trySnapshot(source, path, false)
+	if err != nil {
+		return err
+	}
+	if done {
+		return b.setLimit(path, limit)
+	}
+	if err := b.Create(path, limit); err != nil {
+		return err
+	}
+	return copyTree(ctx, source, path, true, progress)
+}
+
+// trySnapshot snapshots source into path when source is the root of a
+// subvolume of this filesystem, and reports whether it did. The check
+// matters: the kernel snapshots the subvolume holding whatever directory it
+// is given, so a plain directory would silently yield its whole subvolume.
+func (b *Backend) trySnapshot(source, path string, readOnly bool) (bool, error) {
+	src, err := os.OpenFile(source, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return false, fmt.Errorf("open snapshot source %s: %w", source, err)
+	}
+	defer src.Close()
+	var fsStat unix.Statfs_t
+	var st unix.Stat_t
+	if err := unix.Fstatfs(int(src.Fd()), &fsStat); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", source, err)
+	}
+	if err := unix.Fstat(int(src.Fd()), &st); err != nil {
+		return false, fmt.Errorf("stat %s: %w", source, err)
+	}
+	if fsStat.Type != unix.BTRFS_SUPER_MAGIC || st.Ino != firstFreeObjectID {
+		return false, nil
+	}
+	parent, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", filepath.Dir(path), err)
+	}
+	defer parent.Close()
+	err = snapshot(src, parent, filepath.Base(path), readOnly)
+	if errors.Is(err, unix.EXDEV) {
+		return false, nil // another btrfs filesystem
+	}
+	return err == nil, err
+}
+
+// copyTree copies source into path by file descriptor (see fscopy).
+func copyTree(ctx context.Context, source, path string, intoExisting bool, progress func(copied, total int64)) error {
+	total, err := fscopy.Size(source)
+	if err != nil {
+		return fmt.Errorf("measure %s: %w", source, err)
+	}
+	_, err = fscopy.Tree(ctx, source, path, fscopy.Options{
+		IntoExisting: intoExisting,
+		Progress: func(copied int64) {
+			if progress != nil {
+				progress(copied, total)
+			}
+		},
+	})
+	return err
+}
+
+// Expand sets the volume's limit to limit bytes (0: no limit).
+func (b *Backend) Expand(path string, limit int64) error { return b.setLimit(path, limit) }
+
+// setLimit puts the volume's limit on its level-1 qgroup (simple quotas:
+// created here, with the volume's own qgroup as its member) or on the
+// volume's qgroup itself (full quotas).
+func (b *Backend) setLimit(path string, limit int64) error {
+	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volume %s: %w", path, err)
+	}
+	defer f.Close()
+	if root, err := isSubvolumeRoot(f); err != nil || !root {
+		// A directory made before the pool was btrfs: nothing to limit.
+		return err
+	}
+	id, err := subvolumeID(f)
+	if err != nil {
+		return err
+	}
+	target := qgroupID(0, id)
+	if b.simple {
+		target = qgroupID(1, id)
+		if err := createQgroup(b.root, target); err != nil && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+		if err := assignQgroup(b.root, qgroupID(0, id), target, true); err != nil && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+	}
+	return limitQgroup(b.root, target, uint64(max(limit, 0)))
+}
+
+// Usage is the bytes charged against the volume's limit, as of the last
+// transaction commit (at most the filesystem's commit interval old).
+func (b *Backend) Usage(path string) (int64, error) {
+	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open volume %s: %w", path, err)
+	}
+	defer f.Close()
+	if root, err := isSubvolumeRoot(f); err != nil {
+		return 0, err
+	} else if !root {
+		bytes, _, err := fscopy.Usage(path) // a directory made before the pool was btrfs
+		return bytes, err
+	}
+	id, err := subvolumeID(f)
+	if err != nil {
+		return 0, err
+	}
+	group := qgroupID(0, id)
+	if b.simple {
+		group = qgroupID(1, id)
+	}
+	used, _, err := qgroupReferenced(b.root, group)
+	if err != nil {
+		return 0, fmt.Errorf("read usage of %s: %w", path, err)
+	}
+	return int64(used), nil
+}
+
+// Delete removes the volume or snapshot at path with every subvolume nested
+// in it, deepest first, and its level-1 qgroup. A path that is not a
+// subvolume (partial work) is removed as a directory tree.
+func (b *Backend) Delete(path string) error {
+	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+		return os.Remove(path)
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(int(f.Fd()), &st)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Ino != firstFreeObjectID {
+		f.Close()
+		if err := os.RemoveAll(path); err != nil {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
+		return nil
+	}
+	id, err := subvolumeID(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := b.deleteSubvolumeTree(id, 0); err != nil {
+		return fmt.Errorf("delete %s: %w", path, err)
+	}
+	if b.simple {
+		b.removeVolumeQgroup(id)
+	}
+	return nil
+}
+
+// maxNesting bounds the recursion through a tenant's nested subvolumes.
+const maxNesting = 256
+
+// deleteSubvolumeTree deletes the subvolume id after the subvolumes nested
+// in it. Children are listed again when the parent turns out not to be
+// empty (a subvolume created meanwhile).
+func (b *Backend) deleteSubvolumeTree(id uint64, depth int) error {
+	if depth > maxNesting {
+		return fmt.Errorf("subvolumes nested more than %d deep under %d", maxNesting, id)
+	}
+	for attempt := 0; ; attempt++ {
+		children, err := childSubvolumes(b.root, id)
+		if err != nil {
+			return err
+		}
+		for _, child := range children {
+			if err := b.deleteSubvolumeTree(child, depth+1); err != nil {
+				return err
+			}
+			if b.simple {
+				b.removeVolumeQgroup(child) // a nested subvolume's own, if it had one
+			}
+		}
+		err = destroySubvolume(b.root, id)
+		if errors.Is(err, unix.ENOTEMPTY) && attempt < 5 {
+			continue
+		}
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return err
+	}
+}
+
+// removeVolumeQgroup drops the level-1 qgroup 1/id after its members. The
+// deleted subvolumes' own qgroups stay with the kernel until the blocks
+// charged to them are freed (simple quotas keep a charge while a snapshot
+// holds the blocks). Failures are logged: a leftover qgroup holds no data.
+func (b *Backend) removeVolumeQgroup(id uint64) {
+	group := qgroupID(1, id)
+	children, err := qgroupChildren(b.root, group)
+	if err != nil {
+		klog.V(2).InfoS("Cannot list qgroup members", "qgroup", qgroupName(group), "err", err)
+		return
+	}
+	for _, child := range children {
+		if err := assignQgroup(b.root, child, group, false); err != nil && !errors.Is(err, unix.ENOENT) {
+			klog.V(2).InfoS("Cannot detach qgroup", "qgroup", qgroupName(child), "err", err)
+		}
+	}
+	if err := removeQgroup(b.root, group); err != nil && !errors.Is(err, unix.ENOENT) {
+		klog.InfoS("Leaving an empty qgroup behind", "qgroup", qgroupName(group), "err", err)
+	}
+}
+
+// isSubvolumeRoot reports whether f is a subvolume's root directory.
+func isSubvolumeRoot(f *os.File) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false, fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	return st.Ino == firstFreeObjectID, nil
+}
+
+// WaitCleaned waits until the cleaner has dropped the subvolume id (its
+// root item gone), or ctx ends. Tests use it to show nothing is left.
+func (b *Backend) WaitCleaned(ctx context.Context, id uint64) error {
+	for {
+		exists, err := subvolumeExists(b.root, id)
+		if err != nil || !exists {
+			return err
+		}
+		_ = unix.Syncfs(int(b.root.Fd())) // commits, which wakes the cleaner
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("subvolume %d still exists: %w", id, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// SubvolumeID returns the id of the subvolume holding path.
+func SubvolumeID(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return subvolumeID(f)
+}
+
+// CreateSubvolume creates a plain subvolume at path, as a pod can inside its
+// volume (tests use it to nest subvolumes).
+func CreateSubvolume(path string) error {
+	parent, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	return createSubvolume(parent, filepath.Base(path))
+}
+
+// SubvolumeExists reports whether the subvolume id is still in the root
+// tree (deleted ones stay until the cleaner drops them).
+func (b *Backend) SubvolumeExists(id uint64) (bool, error) { return subvolumeExists(b.root, id) }
+
+// Children lists the subvolumes nested directly in subvolume id.
+func (b *Backend) Children(id uint64) ([]uint64, error) { return childSubvolumes(b.root, id) }
+
+// QgroupExists reports whether the level-1 qgroup of volume id exists.
+func (b *Backend) QgroupExists(id uint64) (bool, error) {
+	items, err := treeSearch(b.root, quotaTreeID, 0, 0, qgroupInfoKey, qgroupInfoKey, qgroupID(1, id), qgroupID(1, id))
+	return len(items) > 0, err
+}

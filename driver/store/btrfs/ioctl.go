@@ -1,0 +1,407 @@
+package btrfs
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The btrfs ioctl ABI (include/uapi/linux/btrfs.h, btrfs_tree.h), which
+// golang.org/x/sys does not carry. Structures are declared with the kernel's
+// layout and sizes checked in ioctl_test.go.
+
+const ioctlMagic = 0x94
+
+func iow(nr, size uintptr) uintptr  { return 1<<30 | size<<16 | ioctlMagic<<8 | nr }
+func ior(nr, size uintptr) uintptr  { return 2<<30 | size<<16 | ioctlMagic<<8 | nr }
+func iowr(nr, size uintptr) uintptr { return 3<<30 | size<<16 | ioctlMagic<<8 | nr }
+
+// firstFreeObjectID is the inode number of every subvolume's root directory.
+const firstFreeObjectID = 256
+
+// Tree IDs and item types searched with TREE_SEARCH.
+const (
+	rootTreeID  = 1
+	quotaTreeID = 8
+
+	rootItemKey       = 132
+	rootRefKey        = 156
+	qgroupStatusKey   = 240
+	qgroupInfoKey     = 242
+	qgroupRelationKey = 246
+)
+
+// Subvolume flags (btrfs_ioctl_vol_args_v2.flags).
+const (
+	subvolReadOnly = 1 << 1
+	subvolSpecByID = 1 << 4
+)
+
+// Quota control commands and status flags.
+const (
+	quotaCtlEnable            = 1
+	quotaCtlEnableSimpleQuota = 4
+
+	qgroupStatusFlagOn         = 1 << 0
+	qgroupStatusFlagSimpleMode = 1 << 3
+
+	qgroupLimitMaxRfer = 1 << 0
+)
+
+// qgroupLevelShift places a qgroup's level above its 48-bit id.
+const qgroupLevelShift = 48
+
+const subvolNameMax = 4039
+
+// volArgsV2 is struct btrfs_ioctl_vol_args_v2 (4096 bytes).
+type volArgsV2 struct {
+	fd      int64
+	transid uint64
+	flags   uint64
+	unused  [4]uint64 // size and qgroup_inherit, unused here
+	name    [subvolNameMax + 1]byte
+}
+
+// inoLookupArgs is struct btrfs_ioctl_ino_lookup_args (4096 bytes).
+type inoLookupArgs struct {
+	treeID   uint64
+	objectID uint64
+	name     [4080]byte
+}
+
+// searchKey is struct btrfs_ioctl_search_key (104 bytes).
+type searchKey struct {
+	treeID           uint64
+	minObjectID      uint64
+	maxObjectID      uint64
+	minOffset        uint64
+	maxOffset        uint64
+	minTransID       uint64
+	maxTransID       uint64
+	minType          uint32
+	maxType          uint32
+	nrItems          uint32
+	unused           uint32
+	unused1, unused2 uint64
+	unused3, unused4 uint64
+}
+
+// searchArgs is struct btrfs_ioctl_search_args (4096 bytes).
+type searchArgs struct {
+	key searchKey
+	buf [4096 - 104]byte
+}
+
+type quotaCtlArgs struct {
+	cmd    uint64
+	status uint64
+}
+
+type qgroupAssignArgs struct {
+	assign uint64
+	src    uint64
+	dst    uint64
+}
+
+type qgroupCreateArgs struct {
+	create   uint64
+	qgroupID uint64
+}
+
+type qgroupLimit struct {
+	flags   uint64
+	maxRfer uint64
+	maxExcl uint64
+	rsvRfer uint64
+	rsvExcl uint64
+}
+
+type qgroupLimitArgs struct {
+	qgroupID uint64
+	limit    qgroupLimit
+}
+
+var (
+	iocSnapCreateV2   = iow(23, unsafe.Sizeof(volArgsV2{}))
+	iocSubvolCreateV2 = iow(24, unsafe.Sizeof(volArgsV2{}))
+	iocSnapDestroyV2  = iow(63, unsafe.Sizeof(volArgsV2{}))
+	iocInoLookup      = iowr(18, unsafe.Sizeof(inoLookupArgs{}))
+	iocTreeSearch     = iowr(17, unsafe.Sizeof(searchArgs{}))
+	iocQuotaCtl       = iowr(40, unsafe.Sizeof(quotaCtlArgs{}))
+	iocQgroupAssign   = iow(41, unsafe.Sizeof(qgroupAssignArgs{}))
+	iocQgroupCreate   = iow(42, unsafe.Sizeof(qgroupCreateArgs{}))
+	// QGROUP_LIMIT is declared _IOR in the kernel, although it writes.
+	iocQgroupLimit    = ior(43, unsafe.Sizeof(qgroupLimitArgs{}))
+	iocSubvolGetFlags = ior(25, 8)
+	iocSubvolSetFlags = iow(26, 8)
+)
+
+func ioctl(fd uintptr, request uintptr, arg unsafe.Pointer) error {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, request, uintptr(arg))
+		switch errno {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return errno
+	}
+}
+
+func setName(dst []byte, name string) error {
+	if len(name) == 0 || len(name) >= len(dst) {
+		return fmt.Errorf("subvolume name %q: length must be 1..%d", name, len(dst)-1)
+	}
+	copy(dst, name)
+	return nil
+}
+
+// createSubvolume creates an empty subvolume name in the directory dir.
+func createSubvolume(dir *os.File, name string) error {
+	var args volArgsV2
+	if err := setName(args.name[:], name); err != nil {
+		return err
+	}
+	if err := ioctl(dir.Fd(), iocSubvolCreateV2, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("create subvolume %s: %w", name, err)
+	}
+	return nil
+}
+
+// snapshot creates name in dir as a snapshot of the subvolume source (whose
+// root directory source must be), read-only or writable. The kernel flushes
+// the source's dirty data first and commits the snapshot before returning:
+// it is one instant of the whole subvolume, durable.
+func snapshot(source, dir *os.File, name string, readOnly bool) error {
+	args := volArgsV2{fd: int64(source.Fd())}
+	if readOnly {
+		args.flags = subvolReadOnly
+	}
+	if err := setName(args.name[:], name); err != nil {
+		return err
+	}
+	if err := ioctl(dir.Fd(), iocSnapCreateV2, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("snapshot into %s: %w", name, err)
+	}
+	return nil
+}
+
+// setReadOnly makes the subvolume whose root directory f is read-only.
+func setReadOnly(f *os.File) error {
+	var flags uint64
+	if err := ioctl(f.Fd(), iocSubvolGetFlags, unsafe.Pointer(&flags)); err != nil {
+		return fmt.Errorf("read subvolume flags of %s: %w", f.Name(), err)
+	}
+	flags |= subvolReadOnly
+	if err := ioctl(f.Fd(), iocSubvolSetFlags, unsafe.Pointer(&flags)); err != nil {
+		return fmt.Errorf("make %s read-only: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// destroySubvolume deletes the subvolume with the given id (it must hold
+// no nested subvolume); fsFile is any file on the same filesystem.
+func destroySubvolume(fsFile *os.File, id uint64) error {
+	args := volArgsV2{flags: subvolSpecByID}
+	binary.NativeEndian.PutUint64(args.name[:8], id) // the union's subvolid
+	if err := ioctl(fsFile.Fd(), iocSnapDestroyV2, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("delete subvolume %d: %w", id, err)
+	}
+	return nil
+}
+
+// subvolumeID returns the id of the subvolume f is in.
+func subvolumeID(f *os.File) (uint64, error) {
+	args := inoLookupArgs{objectID: firstFreeObjectID}
+	if err := ioctl(f.Fd(), iocInoLookup, unsafe.Pointer(&args)); err != nil {
+		return 0, fmt.Errorf("look up subvolume of %s: %w", f.Name(), err)
+	}
+	return args.treeID, nil
+}
+
+// searchItem is one item returned by TREE_SEARCH.
+type searchItem struct {
+	objectID, offset uint64
+	itemType         uint32
+	data             []byte
+}
+
+// treeSearch returns the items of tree with objectid in [minObj,maxObj],
+// type in [minType,maxType] and offset in [minOff,maxOff], in key order.
+func treeSearch(f *os.File, tree, minObj, maxObj uint64, minType, maxType uint32, minOff, maxOff uint64) ([]searchItem, error) {
+	var items []searchItem
+	var args searchArgs
+	args.key = searchKey{
+		treeID: tree, minObjectID: minObj, maxObjectID: maxObj, minOffset: minOff, maxOffset: maxOff,
+		maxTransID: ^uint64(0), minType: minType, maxType: maxType,
+	}
+	for {
+		args.key.nrItems = 4096
+		if err := ioctl(f.Fd(), iocTreeSearch, unsafe.Pointer(&args)); err != nil {
+			return nil, fmt.Errorf("search tree %d: %w", tree, err)
+		}
+		n := args.key.nrItems
+		if n == 0 {
+			return items, nil
+		}
+		pos := 0
+		var last searchItem
+		for range n {
+			// struct btrfs_ioctl_search_header: transid, objectid, offset (u64), type, len (u32).
+			header := args.buf[pos : pos+32]
+			item := searchItem{
+				objectID: binary.NativeEndian.Uint64(header[8:]),
+				offset:   binary.NativeEndian.Uint64(header[16:]),
+				itemType: binary.NativeEndian.Uint32(header[24:]),
+			}
+			length := int(binary.NativeEndian.Uint32(header[28:]))
+			pos += 32
+			item.data = append([]byte(nil), args.buf[pos:pos+length]...)
+			pos += length
+			if item.itemType >= minType && item.itemType <= maxType {
+				items = append(items, item)
+			}
+			last = item
+		}
+		// Continue after the last key returned (objectid, type, offset order).
+		switch {
+		case last.offset < ^uint64(0):
+			args.key.minObjectID, args.key.minType, args.key.minOffset = last.objectID, last.itemType, last.offset+1
+		case last.itemType < 255:
+			args.key.minObjectID, args.key.minType, args.key.minOffset = last.objectID, last.itemType+1, 0
+		case last.objectID < ^uint64(0):
+			args.key.minObjectID, args.key.minType, args.key.minOffset = last.objectID+1, 0, 0
+		default:
+			return items, nil
+		}
+		if args.key.minObjectID > maxObj {
+			return items, nil
+		}
+	}
+}
+
+// childSubvolumes lists the ids of the subvolumes whose root directory is
+// linked inside the subvolume parent.
+func childSubvolumes(f *os.File, parent uint64) ([]uint64, error) {
+	items, err := treeSearch(f, rootTreeID, parent, parent, rootRefKey, rootRefKey, 0, ^uint64(0))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, 0, len(items))
+	for _, item := range items {
+		ids = append(ids, item.offset)
+	}
+	return ids, nil
+}
+
+// subvolumeExists reports whether the root tree still holds the subvolume
+// (also while a deleted one waits for the cleaner).
+func subvolumeExists(f *os.File, id uint64) (bool, error) {
+	items, err := treeSearch(f, rootTreeID, id, id, rootItemKey, rootItemKey, 0, ^uint64(0))
+	return len(items) > 0, err
+}
+
+// quotaStatus is what the quota tree's status item says.
+type quotaStatus struct {
+	enabled, simple bool
+}
+
+func readQuotaStatus(f *os.File) (quotaStatus, error) {
+	items, err := treeSearch(f, quotaTreeID, 0, 0, qgroupStatusKey, qgroupStatusKey, 0, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return quotaStatus{}, nil // no quota tree: quotas were never enabled
+	}
+	if err != nil {
+		return quotaStatus{}, err
+	}
+	if len(items) == 0 || len(items[0].data) < 24 {
+		return quotaStatus{}, nil
+	}
+	flags := binary.LittleEndian.Uint64(items[0].data[16:])
+	return quotaStatus{enabled: flags&qgroupStatusFlagOn != 0, simple: flags&qgroupStatusFlagSimpleMode != 0}, nil
+}
+
+func quotaCtl(f *os.File, cmd uint64) error {
+	args := quotaCtlArgs{cmd: cmd}
+	return ioctl(f.Fd(), iocQuotaCtl, unsafe.Pointer(&args))
+}
+
+func qgroupID(level, id uint64) uint64 { return level<<qgroupLevelShift | id }
+
+func createQgroup(f *os.File, id uint64) error {
+	args := qgroupCreateArgs{create: 1, qgroupID: id}
+	if err := ioctl(f.Fd(), iocQgroupCreate, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("create qgroup %s: %w", qgroupName(id), err)
+	}
+	return nil
+}
+
+func removeQgroup(f *os.File, id uint64) error {
+	args := qgroupCreateArgs{create: 0, qgroupID: id}
+	if err := ioctl(f.Fd(), iocQgroupCreate, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("remove qgroup %s: %w", qgroupName(id), err)
+	}
+	return nil
+}
+
+func assignQgroup(f *os.File, child, parent uint64, assign bool) error {
+	args := qgroupAssignArgs{src: child, dst: parent}
+	if assign {
+		args.assign = 1
+	}
+	if err := ioctl(f.Fd(), iocQgroupAssign, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("assign qgroup %s to %s (%v): %w", qgroupName(child), qgroupName(parent), assign, err)
+	}
+	return nil
+}
+
+// limitQgroup sets the qgroup's referenced-bytes limit; 0 removes it.
+func limitQgroup(f *os.File, id uint64, maxReferenced uint64) error {
+	args := qgroupLimitArgs{qgroupID: id, limit: qgroupLimit{flags: qgroupLimitMaxRfer, maxRfer: maxReferenced}}
+	if maxReferenced == 0 {
+		args.limit.maxRfer = ^uint64(0) // the kernel's "no limit"
+	}
+	if err := ioctl(f.Fd(), iocQgroupLimit, unsafe.Pointer(&args)); err != nil {
+		return fmt.Errorf("limit qgroup %s to %d bytes: %w", qgroupName(id), maxReferenced, err)
+	}
+	return nil
+}
+
+// qgroupReferenced reads the referenced bytes of a qgroup as last
+// committed (the quota tree is written at transaction commit).
+func qgroupReferenced(f *os.File, id uint64) (uint64, bool, error) {
+	items, err := treeSearch(f, quotaTreeID, 0, 0, qgroupInfoKey, qgroupInfoKey, id, id)
+	if err != nil {
+		return 0, false, err
+	}
+	if len(items) == 0 || len(items[0].data) < 16 {
+		return 0, false, nil
+	}
+	// struct btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr (le64).
+	return binary.LittleEndian.Uint64(items[0].data[8:]), true, nil
+}
+
+// qgroupChildren lists the qgroups that are members of parent.
+func qgroupChildren(f *os.File, parent uint64) ([]uint64, error) {
+	items, err := treeSearch(f, quotaTreeID, parent, parent, qgroupRelationKey, qgroupRelationKey, 0, ^uint64(0))
+	if err != nil {
+		return nil, err
+	}
+	var children []uint64
+	for _, item := range items {
+		// Relations are stored both ways; (parent, REL, child) has child < parent.
+		if item.offset < parent {
+			children = append(children, item.offset)
+		}
+	}
+	return children, nil
+}
+
+func qgroupName(id uint64) string {
+	return fmt.Sprintf("%d/%d", id>>qgroupLevelShift, id&(1<<qgroupLevelShift-1))
+}

@@ -1,0 +1,85 @@
+// Package dirfs is the driver's backend for pools on any filesystem (and
+// for zone pools, which are shared): a volume is a plain directory, and
+// snapshots, restores and clones are copies walked by file descriptor
+// (internal/fscopy), so the tenant who owns a volume cannot make the
+// driver read or write outside it, or block on a FIFO. Sizes are accounted
+// by the pool, not enforced: a pod can write past its volume's size.
+package dirfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/toposnap/toposnap/internal/fscopy"
+)
+
+// Backend serves directory pools. It holds no state.
+type Backend struct{}
+
+// Name is "dir".
+func (Backend) Name() string { return "dir" }
+
+// Enforced: no, sizes are only accounted, and Usage walks the tree.
+func (Backend) Enforced() bool { return false }
+
+// Create makes path an empty, world-writable directory, like a fresh
+// filesystem's root; the limit is not enforced.
+func (Backend) Create(path string, _ int64) error {
+	if err := os.Mkdir(path, 0o777); err != nil {
+		return fmt.Errorf("create volume directory: %w", err)
+	}
+	// Mkdir applies the umask.
+	if err := os.Chmod(path, 0o777); err != nil {
+		return fmt.Errorf("chmod volume directory: %w", err)
+	}
+	return nil
+}
+
+// Snapshot copies the volume at source to path.
+func (Backend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+	return copyTree(ctx, source, path, progress)
+}
+
+// Seal has nothing to do: a copied snapshot is read-only by convention
+// (nothing publishes it).
+func (Backend) Seal(string) error { return nil }
+
+// Clone copies the snapshot or volume at source to path.
+func (Backend) Clone(ctx context.Context, source, path string, _ int64, progress func(copied, total int64)) error {
+	return copyTree(ctx, source, path, progress)
+}
+
+func copyTree(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+	total, err := fscopy.Size(source)
+	if err != nil {
+		return fmt.Errorf("measure %s: %w", source, err)
+	}
+	if progress != nil {
+		progress(0, total)
+	}
+	_, err = fscopy.Tree(ctx, source, path, fscopy.Options{Progress: func(copied int64) {
+		if progress != nil {
+			progress(copied, total)
+		}
+	}})
+	return err
+}
+
+// Expand has nothing to do: the directory grows with its pool.
+func (Backend) Expand(string, int64) error { return nil }
+
+// Delete removes the tree at path. os.RemoveAll descends with openat and
+// O_NOFOLLOW, so a symlink swapped in is removed, never followed.
+func (Backend) Delete(path string) error {
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// Usage walks the tree and sums the bytes allocated to it.
+func (Backend) Usage(path string) (int64, error) {
+	bytes, _, err := fscopy.Usage(path)
+	return bytes, err
+}
