@@ -87,6 +87,9 @@ func Run(ctx context.Context, opts Options) error {
 	defer kubeInformers.Shutdown()
 	go func() {
 		if state.Load(ctx) {
+			// The API server answers now: ask about snapshots at once
+			// rather than at the next step of the error backoff.
+			snapshotAPI.Recheck()
 			state.Maintain(ctx)
 		}
 	}()

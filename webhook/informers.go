@@ -53,6 +53,7 @@ func startInformers(ctx context.Context, client kubernetes.Interface, snapshots 
 		if cache.WaitForCacheSync(ctx.Done(), synced...) {
 			loaded.Store(true)
 			klog.InfoS("Informer caches filled")
+			snapshotAPI.Recheck() // the API server answers now: no need to wait for the next retry
 		}
 	}()
 	return NewState(listers, client, snapshots), func() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -316,4 +317,45 @@ func TestGatedWatchOfAnAbsentAPI(t *testing.T) {
 	if _, err := client.SnapshotV1().VolumeSnapshots("default").Get(ctx, "hidden", metav1.GetOptions{}); err != nil {
 		t.Fatalf("gets are not gated: %v", err)
 	}
+}
+
+func TestSnapshotCachesAreOfferedOnlyWhileTheAPIIsServed(t *testing.T) {
+	client := snapshotfake.NewSimpleClientset(snapshot("kept"))
+	disc := &fakeDiscovery{}
+	disc.set(nil, errRefused)
+	w := fastWatch(t, disc)
+	caches := NewSnapshotCaches(w, client, 0, func(factory snapshotinformers.SharedInformerFactory) (snapshotlisters.VolumeSnapshotLister, []cache.SharedIndexInformer) {
+		informer := factory.Snapshot().V1().VolumeSnapshots()
+		return informer.Lister(), []cache.SharedIndexInformer{informer.Informer()}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); caches.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	offered := func() bool {
+		lister, ok := caches.Current()
+		if !ok {
+			return false
+		}
+		list, _ := lister.List(labels.Everything())
+		return len(list) == 1
+	}
+
+	eventually(t, "the API server is asked", func() bool { return caches.Waiting() != "not asked yet" })
+	if offered() || !strings.Contains(caches.Waiting(), "connection refused") {
+		t.Fatalf("unknown API: offered %v, waiting %q; want nothing offered and the error as the reason", offered(), caches.Waiting())
+	}
+	disc.set(nil, nil)
+	eventually(t, "an absent API is known", func() bool { return presenceOf(w) == PresenceAbsent })
+	if offered() || caches.Waiting() != "" {
+		t.Fatalf("absent API: offered %v, waiting %q; want nothing offered and nothing waited for", offered(), caches.Waiting())
+	}
+	disc.set(SnapshotResources, nil)
+	eventually(t, "the caches are offered once the API appears", offered)
+	if caches.Waiting() != "" {
+		t.Fatalf("served API with filled caches still waits for %q", caches.Waiting())
+	}
+	disc.set(nil, nil)
+	w.Recheck() // as a list answering NotFound would
+	eventually(t, "the caches are dropped once the API goes", func() bool { return !offered() && caches.Waiting() == "" })
 }

@@ -85,8 +85,8 @@ func (c *SnapshotCaches[L]) Run(ctx context.Context) {
 
 // serve runs one factory's informers until the API's presence changes or
 // ctx ends, offering their listers while they are filled.
-func (c *SnapshotCaches[L]) serve(ctx context.Context, changed <-chan struct{}) {
-	ctx, cancel := context.WithCancel(ctx)
+func (c *SnapshotCaches[L]) serve(parent context.Context, changed <-chan struct{}) {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	go func() {
 		select {
@@ -119,5 +119,7 @@ func (c *SnapshotCaches[L]) serve(ctx context.Context, changed <-chan struct{}) 
 	klog.InfoS("Snapshot caches filled: snapshots are known", "api", c.api.GroupVersion())
 	<-ctx.Done()
 	c.current.Store(nil)
-	klog.InfoS("Snapshot caches dropped", "api", c.api.GroupVersion())
+	if parent.Err() == nil {
+		klog.InfoS("Snapshot caches dropped", "api", c.api.GroupVersion())
+	}
 }
