@@ -50,6 +50,9 @@ func assertInvariants(t *testing.T) {
 	t.Helper()
 	ctx := ctxFor(t, settleBound+2*time.Minute)
 	report := invariants().Settle(ctx, settleBound)
+	if report.Waited > 5*time.Second {
+		t.Logf("the cluster took %v to settle; last waiting for:\n%s", report.Waited.Round(time.Second), strings.Join(report.WaitedFor, "\n"))
+	}
 	for _, violation := range report.Violations {
 		t.Errorf("invariant violated: %s", violation)
 	}

@@ -664,10 +664,12 @@ func TestClaimDeletedWhileProvisioning(t *testing.T) {
 				claim := waitSelectedNode(t, ns, name)
 				timer := time.NewTimer(delay) // the moment of the deletion, not synchronisation
 				<-timer.C
+				pvName := provisioner.PVName(claim)
+				_, pvErr := env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctxFor(t, time.Minute), pvName, metav1.GetOptions{})
+				t.Logf("deleting claim %s/%s %v after its node was selected; its PV existed then: %v", ns, name, delay, pvErr == nil)
 				deleteClaim(t, ns, name)
 				deletePod(t, ns, name+"-pod")
 				waitGone(t, "claim "+ns+"/"+name, getClaim(ns, name), 90*time.Second)
-				pvName := provisioner.PVName(claim)
 				waitGone(t, "PV "+pvName, getPV(pvName), 90*time.Second)
 				ctx := ctxFor(t, time.Minute)
 				if err := poll(ctx, 500*time.Millisecond, 45*time.Second, func() (bool, error) {

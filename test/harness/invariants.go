@@ -73,6 +73,10 @@ type Report struct {
 	// backend object within Grace, a PV being reclaimed, a deleted object
 	// within Linger). Settle waits for them to resolve.
 	Pending []string
+	// Waited is how long Settle waited, and WaitedFor what was pending at
+	// the last observation before the end: why the wait took that long.
+	Waited    time.Duration
+	WaitedFor []string
 }
 
 // Clean reports whether nothing is wrong and nothing is still resolving.
@@ -145,8 +149,10 @@ func (c *Checker) Check(ctx context.Context) (Report, error) {
 // Violations may resolve before the bound (a PV created late after an API
 // outage), so Settle keeps looking until the report is clean or time is up.
 func (c *Checker) Settle(ctx context.Context, bound time.Duration) Report {
-	deadline := time.Now().Add(bound)
+	begin := time.Now()
+	deadline := begin.Add(bound)
 	var last Report
+	var waitedFor []string
 	var lastWorld *World
 	var lastErr error
 	for {
@@ -158,10 +164,12 @@ func (c *Checker) Settle(ctx context.Context, bound time.Duration) Report {
 				data, err := c.checkData(ctx, world)
 				if err == nil {
 					last.Violations = data
+					last.Waited, last.WaitedFor = time.Since(begin), waitedFor
 					return last
 				}
 				lastErr = err
 			}
+			waitedFor = append(last.Violations, last.Pending...)
 		} else {
 			lastErr = err
 		}
@@ -173,7 +181,7 @@ func (c *Checker) Settle(ctx context.Context, bound time.Duration) Report {
 		case <-time.After(time.Second):
 		}
 	}
-	final := Report{Violations: last.Violations}
+	final := Report{Violations: last.Violations, Waited: time.Since(begin), WaitedFor: waitedFor}
 	for _, pending := range last.Pending {
 		final.Violations = append(final.Violations, fmt.Sprintf("still pending after %v: %s", bound, pending))
 	}
