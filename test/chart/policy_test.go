@@ -321,7 +321,7 @@ func createPolicyWorld(t *testing.T, ctx context.Context) policyWorld {
 	// binding: wait for a denial from each before judging anything.
 	node2 := nodeServiceAccount(t, nodeIdentity("node2"))
 	sentinels := []func(ctx context.Context, c clients) error{
-		deletePV("policy-node1"),
+		deletePV("policy-foreign"),
 		patchClaim("ours", `{"metadata":{"labels":{"example.com/x":"y"}}}`),
 		deleteContent("policy-foreign"),
 		updateSnapshot(func(s *snapv1.VolumeSnapshot) { s.Finalizers = append(s.Finalizers, "example.com/hold") }),

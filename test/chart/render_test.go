@@ -97,13 +97,13 @@ func valueSets() []valueSet {
 		},
 		{name: "two replicas with PDBs", args: []string{"-f", "test/chart/testdata/replicas.yaml"}, kinds: with(schedulerKinds)},
 		{
-			name:        "cert-manager for webhook and extender, second scheduler",
+			name:        "cert-manager for webhook and extender with the second scheduler",
 			args:        []string{"--set", "webhook.certManager.enabled=true", "--set", "extender.tls.certManager.enabled=true", "--set", "scheduler.enabled=true"},
 			apiVersions: []string{"cert-manager.io/v1"},
 			kinds:       with(merge(schedulerKinds, map[string]int{"Secret": 0, "Issuer": 3, "Certificate": 4})),
 		},
 		{
-			name:  "plain HTTP extender, no node admission policies",
+			name:  "plain HTTP extender and no node admission policies",
 			args:  []string{"--set", "extender.tls.enabled=false", "--set", "node.admissionPolicy.enabled=false"},
 			kinds: with(map[string]int{"Secret": 1, "ValidatingAdmissionPolicy": 0, "ValidatingAdmissionPolicyBinding": 0}),
 		},
