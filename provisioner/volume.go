@@ -92,10 +92,14 @@ func describeAllowed(class *storagev1.StorageClass) string {
 
 // VolumeCapabilities maps a claim's access modes and volume mode to CSI.
 func VolumeCapabilities(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) ([]*csi.VolumeCapability, error) {
-	if claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == corev1.PersistentVolumeBlock {
-		return nil, fmt.Errorf("volumeMode Block is not supported; use Filesystem")
+	accessType := func() *csi.VolumeCapability {
+		return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{MountFlags: class.MountOptions}}}
 	}
-	mount := &csi.VolumeCapability_MountVolume{MountFlags: class.MountOptions}
+	if isBlock(claim) {
+		accessType = func() *csi.VolumeCapability {
+			return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
+		}
+	}
 	var caps []*csi.VolumeCapability
 	for _, mode := range claim.Spec.AccessModes {
 		var csiMode csi.VolumeCapability_AccessMode_Mode
@@ -111,15 +115,19 @@ func VolumeCapabilities(claim *corev1.PersistentVolumeClaim, class *storagev1.St
 		default:
 			return nil, fmt.Errorf("access mode %q is not supported", mode)
 		}
-		caps = append(caps, &csi.VolumeCapability{
-			AccessType: &csi.VolumeCapability_Mount{Mount: mount},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csiMode},
-		})
+		capability := accessType()
+		capability.AccessMode = &csi.VolumeCapability_AccessMode{Mode: csiMode}
+		caps = append(caps, capability)
 	}
 	if len(caps) == 0 {
 		return nil, fmt.Errorf("claim has no access modes")
 	}
 	return caps, nil
+}
+
+// isBlock reports whether the claim asks for a raw block volume.
+func isBlock(claim *corev1.PersistentVolumeClaim) bool {
+	return claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == corev1.PersistentVolumeBlock
 }
 
 // NodeAffinity turns CSI accessible topologies into a PV's nodeAffinity:
@@ -156,6 +164,9 @@ func BuildPV(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass,
 		reclaim = *class.ReclaimPolicy
 	}
 	volumeMode := corev1.PersistentVolumeFilesystem
+	if isBlock(claim) {
+		volumeMode = corev1.PersistentVolumeBlock
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        PVName(claim),

@@ -118,3 +118,38 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestVolumeModes: a Block claim asks the driver for a block volume and
+// gets a Block PV; a Filesystem (or unset) claim a mount volume.
+func TestVolumeModes(t *testing.T) {
+	tests := []struct {
+		name      string
+		mode      *corev1.PersistentVolumeMode
+		wantBlock bool
+	}{
+		{"unset is a filesystem", nil, false},
+		{"filesystem", ptrTo(corev1.PersistentVolumeFilesystem), false},
+		{"block", ptrTo(corev1.PersistentVolumeBlock), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			claim := &corev1.PersistentVolumeClaim{Spec: corev1.PersistentVolumeClaimSpec{VolumeMode: tt.mode,
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce, corev1.ReadWriteOncePod}}}
+			caps, err := VolumeCapabilities(claim, classWith(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, capability := range caps {
+				if (capability.GetBlock() != nil) != tt.wantBlock || (capability.GetMount() != nil) == tt.wantBlock {
+					t.Fatalf("capability %v, want block=%v", capability, tt.wantBlock)
+				}
+			}
+			pv := BuildPV(claim, classWith(nil), "csi.toposnap.io", &csi.Volume{VolumeId: "v"})
+			if got := *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock; got != tt.wantBlock {
+				t.Fatalf("PV volumeMode %s, want block=%v", *pv.Spec.VolumeMode, tt.wantBlock)
+			}
+		})
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
