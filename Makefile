@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm
+.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm node-bins node-setup node-test conformance
 
 all: build
 
@@ -21,7 +21,7 @@ cluster-bins: ## Build (once, cached in ~/.cache/toposnap) etcd, kube-* and kwok
 
 test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the local control plane.
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v '/test/chaos$$')
+	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/test/chaos$$' -e '/test/node$$' -e '/test/storage-e2e$$')   # real-node packages: node-test, conformance
 	$(MAKE) chaos SEED=1 CHAOS_PROFILE=short   # one short chaos seed, alone: its faults and timing are its own
 	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd test/intree && $(GO) vet ./... && $(GO) test -count=1 ./...   # differential test against the in-tree VolumeBinding plugin
@@ -76,6 +76,23 @@ cluster-up: cluster-bins ## Start the local control plane in the background; pri
 
 cluster-down: ## Stop the local control plane started by cluster-up.
 	$(GO) run ./test/cluster/cmd/toposnap-cluster down --dir $(CLUSTER_DIR)
+
+node-bins: ## Build (once, cached in ~/.cache/toposnap) kubelet, agnhost and e2e.test for the real node.
+	./hack/build-node-bins.sh
+
+node-setup: ## Install containerd, runc, the CNI plugins and busybox-static (Debian packages) when missing.
+	./hack/node-setup.sh
+
+NODE_TEST_TIMEOUT ?= 40m
+node-test: cluster-bins node-bins node-setup helm ## A real node (containerd + kubelet) with toposnap installed by helm; the focused storage e2e subset (docs/conformance.md).
+	$(GO) test -count=1 -v -timeout $(NODE_TEST_TIMEOUT) ./test/node/
+	$(GO) test -count=1 -v -timeout $(NODE_TEST_TIMEOUT) ./test/storage-e2e/
+
+CONFORMANCE_FOCUS ?= External.Storage \[Driver: csi.toposnap.io\]
+CONFORMANCE_SKIP ?= \[Disruptive\]
+conformance: cluster-bins node-bins node-setup helm ## Kubernetes' external storage e2e suite (every External.Storage spec) against toposnap on a real node; ends with ginkgo's counts.
+	$(GO) test -count=1 -v -timeout 4h -run TestExternalStorage ./test/storage-e2e/ \
+		-args -storage-e2e.focus='$(CONFORMANCE_FOCUS)' -storage-e2e.skip='$(CONFORMANCE_SKIP)' -storage-e2e.report-dir=$(CURDIR)/bin/conformance
 
 clean:
 	rm -rf $(BIN)
