@@ -169,7 +169,7 @@ func (c *Checker) Settle(ctx context.Context, bound time.Duration) Report {
 				}
 				lastErr = err
 			}
-			waitedFor = append(last.Violations, last.Pending...)
+			waitedFor = append(slices.Clone(last.Violations), last.Pending...)
 		} else {
 			lastErr = err
 		}
@@ -181,7 +181,7 @@ func (c *Checker) Settle(ctx context.Context, bound time.Duration) Report {
 		case <-time.After(time.Second):
 		}
 	}
-	final := Report{Violations: last.Violations, Waited: time.Since(begin), WaitedFor: waitedFor}
+	final := Report{Violations: slices.Clone(last.Violations), Waited: time.Since(begin), WaitedFor: waitedFor}
 	for _, pending := range last.Pending {
 		final.Violations = append(final.Violations, fmt.Sprintf("still pending after %v: %s", bound, pending))
 	}
