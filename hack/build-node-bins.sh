@@ -20,6 +20,11 @@ agnhost_version="2.66.1"
 bindir="$cache/bin/node-kube-${kube_version}_agnhost-${agnhost_version}"
 moddir="$root/hack/tools/kube-node"
 mkdir -p "$bindir"
+# One build at a time per cache: a second caller (a test package, make
+# conformance) waits for the first instead of compiling the same binary
+# into the same temporary file.
+exec 9>"$bindir/.lock"
+flock 9
 
 kube_ldflags="-X k8s.io/component-base/version.gitVersion=${kube_version}"
 kube_ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
