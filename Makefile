@@ -36,7 +36,8 @@ lint: ## gofmt, go vet and golangci-lint (pinned, run through the module proxy).
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION) run ./...
 
 bench: ## Benchmarks, with the baselines they are compared against in the same run.
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/   # dir backend's copier vs cp -a, on this disk
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 60m ./driver/store/   # btrfs snapshot+restore, 1 GiB and 10 GiB, vs cp -a (root: loop-backed btrfs)
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
 	cd test/intree && $(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./...   # the in-tree plugin on the same workload
 

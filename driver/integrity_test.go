@@ -12,7 +12,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/toposnap/toposnap/driver/store"
 	"github.com/toposnap/toposnap/internal/fscopy/treetest"
+	"github.com/toposnap/toposnap/internal/testpool"
 )
 
 // publish plays the kubelet's volume part: stage, then publish, on h's node.
@@ -42,46 +44,61 @@ func publish(t *testing.T, h *harness, volumeID string, readOnly bool) string {
 
 // TestDataIntegrity writes a tree with every kind of entry through a
 // published volume, then snapshots, restores and clones it: each copy, read
-// through its own published volume, matches byte for byte and in metadata.
+// through its own published volume, matches byte for byte and in metadata,
+// on directory pools (copies) and btrfs pools (subvolume snapshots).
 func TestDataIntegrity(t *testing.T) {
-	for _, scope := range []string{"node", "zone"} {
-		t.Run(scope, func(t *testing.T) {
-			h := startDriver(t, "node1", "cn-hangzhou-b", "cn-hangzhou", t.TempDir())
-			source := mustCreate(t, h, volumeRequest("source", scope, 256<<20, nil, nil))
-			mounted := publish(t, h, source, false)
-			if err := treetest.Tricky(mounted); err != nil {
-				t.Fatal(err)
-			}
-			want, err := treetest.Describe(mounted)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snapshot := mustSnapshot(t, h, "snap", source)
+	for _, backend := range []string{store.BackendDir, store.BackendBtrfs} {
+		for _, scope := range []string{"node", "zone"} {
+			t.Run(backend+"/"+scope, func(t *testing.T) { testDataIntegrity(t, backend, scope) })
+		}
+	}
+}
 
-			restoreReq := volumeRequest("restored", scope, 256<<20, nil, nil)
-			restoreReq.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapshot}}}
-			cloneReq := volumeRequest("cloned", scope, 512<<20, nil, nil)
-			cloneReq.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: source}}}
-			for _, req := range []*csi.CreateVolumeRequest{restoreReq, cloneReq} {
-				copyPath := publish(t, h, mustCreate(t, h, req), true)
-				got, err := treetest.Describe(copyPath)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, d := range treetest.Diff(want, got, false) {
-					t.Errorf("%s: %s", req.GetName(), d)
-				}
-			}
+func testDataIntegrity(t *testing.T, backend, scope string) {
+	zoneDir := t.TempDir()
+	var nodeDir string
+	if backend == store.BackendBtrfs {
+		nodeDir, zoneDir = testpool.ForTest(t, 2<<30), testpool.ForTest(t, 2<<30)
+	}
+	h := startDriver(t, "node1", "cn-hangzhou-b", "cn-hangzhou", zoneDir, func(o *Options) {
+		o.Backend, o.ZoneBackend = backend, backend
+		if nodeDir != "" {
+			o.DataDir = filepath.Join(nodeDir, "pool")
+		}
+	})
+	source := mustCreate(t, h, volumeRequest("source", scope, 256<<20, nil, nil))
+	mounted := publish(t, h, source, false)
+	if err := treetest.Tricky(mounted); err != nil {
+		t.Fatal(err)
+	}
+	want, err := treetest.Describe(mounted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := mustSnapshot(t, h, "snap", source)
 
-			// A restore smaller than the snapshot is refused.
-			small := volumeRequest("too-small", scope, 128<<20, nil, nil)
-			small.VolumeContentSource = restoreReq.VolumeContentSource
-			if _, err := h.controller.CreateVolume(ctxT(t), small); status.Code(err) != codes.OutOfRange {
-				t.Errorf("restore into a volume smaller than the snapshot: %v, want OutOfRange", err)
-			}
-		})
+	restoreReq := volumeRequest("restored", scope, 256<<20, nil, nil)
+	restoreReq.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapshot}}}
+	cloneReq := volumeRequest("cloned", scope, 512<<20, nil, nil)
+	cloneReq.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: source}}}
+	for _, req := range []*csi.CreateVolumeRequest{restoreReq, cloneReq} {
+		copyPath := publish(t, h, mustCreate(t, h, req), true)
+		got, err := treetest.Describe(copyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range treetest.Diff(want, got, false) {
+			t.Errorf("%s: %s", req.GetName(), d)
+		}
+	}
+
+	// A restore smaller than the snapshot is refused.
+	small := volumeRequest("too-small", scope, 128<<20, nil, nil)
+	small.VolumeContentSource = restoreReq.VolumeContentSource
+	if _, err := h.controller.CreateVolume(ctxT(t), small); status.Code(err) != codes.OutOfRange {
+		t.Errorf("restore into a volume smaller than the snapshot: %v, want OutOfRange", err)
 	}
 }
 

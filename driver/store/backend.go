@@ -15,6 +15,11 @@ import (
 // metadata, locks, capacity, background jobs) stays in Pool, and every path
 // a Backend gets is one the pool chose, inside the pool. A tree *under* a
 // path is the tenant's and must be treated as hostile.
+//
+// Create, Snapshot and Clone leave the finished object at final, durable,
+// and never anything partial there: where the backend cannot make it in
+// one atomic step it works at tmp (which the pool clears after a crash) and
+// renames.
 type Backend interface {
 	// Name is the backend's name ("btrfs", "dir"), for logs and metrics.
 	Name() string
@@ -22,15 +27,13 @@ type Backend interface {
 	// and Usage is cheap (no walk): then capacity counts what volumes may
 	// still write.
 	Enforced() bool
-	// Create makes path an empty volume limited to limit bytes (0: none).
-	Create(path string, limit int64) error
-	// Snapshot makes path an image of the volume at source; Seal makes it
-	// read-only once the pool moved it into its final place.
-	Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error
-	Seal(path string) error
-	// Clone makes path a writable volume of limit bytes (0: none) holding
-	// the data at source, a snapshot or a volume, possibly of another pool.
-	Clone(ctx context.Context, source, path string, limit int64, progress func(copied, total int64)) error
+	// Create makes an empty volume limited to limit bytes (0: none).
+	Create(tmp, final string, limit int64) error
+	// Snapshot makes a read-only image of the volume at source.
+	Snapshot(ctx context.Context, source, tmp, final string, progress func(copied, total int64)) error
+	// Clone makes a writable volume of limit bytes (0: none) holding the
+	// data at source, a snapshot or a volume, possibly of another pool.
+	Clone(ctx context.Context, source, tmp, final string, limit int64, progress func(copied, total int64)) error
 	// Expand sets the volume's limit to limit bytes (0: none).
 	Expand(path string, limit int64) error
 	// Delete removes the volume, snapshot or partial work at path, with

@@ -96,8 +96,8 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 	return snap, nil
 }
 
-// runSnapshot cuts the snapshot into tmp, renames it into snapshots/ and
-// only then marks the metadata ready.
+// runSnapshot has the backend leave the snapshot, complete, in snapshots/
+// and only then marks the metadata ready.
 func (p *Pool) runSnapshot(j *job, lock, lease *objectLock, snap Snapshot, sourceDir string) {
 	start := time.Now()
 	err := p.cutSnapshot(j, snap, sourceDir)
@@ -127,16 +127,10 @@ func (p *Pool) cutSnapshot(j *job, snap Snapshot, sourceDir string) error {
 	if err := p.backend.Delete(final); err != nil {
 		return fmt.Errorf("clear incomplete snapshot %s: %w", final, err)
 	}
-	// Durable before the rename: btrfs commits the snapshot, the copier
-	// ends with syncfs.
-	if err := p.backend.Snapshot(j.ctx, sourceDir, tmp, j.progress); err != nil {
+	// Durable once in place: btrfs commits the snapshot, the copier ends
+	// with syncfs before its rename.
+	if err := p.backend.Snapshot(j.ctx, sourceDir, tmp, final, j.progress); err != nil {
 		return fmt.Errorf("snapshot volume %s: %w", snap.SourceVolumeID, err)
-	}
-	if err := p.moveIntoPlace(tmp, final); err != nil {
-		return err
-	}
-	if err := p.backend.Seal(final); err != nil {
-		return fmt.Errorf("seal snapshot %s: %w", snap.ID, err)
 	}
 	snap.State, snap.Failure = StateReady, ""
 	return p.writeMeta(snap.ID, snap)

@@ -9,11 +9,12 @@
 //
 // Layout of a pool directory:
 //
-//	meta/<id>.json       metadata, replaced atomically
+//	meta/<id>.json       metadata, replaced atomically; an object is
+//	                     trusted only once its state is "ready"
 //	volumes/<id>/        a volume (a directory or subvolume; a block
 //	                     volume holds its image file, disk.img)
-//	snapshots/<id>/      a snapshot, present only once complete
-//	tmp/<id>.<holder>    work in progress, removed on failure or restart
+//	snapshots/<id>/      a snapshot
+//	tmp/<id>.<holder>    copies in progress, removed on failure or restart
 //	locks/<id>, locks/<id>.src, locks/.pool  flock files
 package store
 

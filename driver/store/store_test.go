@@ -119,7 +119,7 @@ type slowBackend struct {
 	entered, release chan struct{}
 }
 
-func (b *slowBackend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+func (b *slowBackend) Snapshot(ctx context.Context, source, tmp, final string, progress func(copied, total int64)) error {
 	if source == b.slowSource {
 		close(b.entered)
 		select {
@@ -128,7 +128,7 @@ func (b *slowBackend) Snapshot(ctx context.Context, source, path string, progres
 			return ctx.Err()
 		}
 	}
-	return b.Backend.Snapshot(ctx, source, path, progress)
+	return b.Backend.Snapshot(ctx, source, tmp, final, progress)
 }
 
 // A slow snapshot (a size walk and copy of a huge volume) must not stall

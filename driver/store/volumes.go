@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
-
-	"github.com/toposnap/toposnap/internal/atomicfile"
 )
 
 // ImageName is a block volume's image file, inside its volume directory.
@@ -205,23 +203,19 @@ func (p *Pool) awaitFill(ctx context.Context, j *job, req VolumeRequest) (Volume
 	return vol, nil
 }
 
-// makeVolume builds an empty volume in tmp and renames it into place, so
-// volumes/<id> is always complete.
+// makeVolume makes an empty volume (with its image, for a block volume).
 func (p *Pool) makeVolume(id string, vol Volume) error {
-	tmp := p.tempPath(id)
 	limit := vol.CapacityBytes
 	if vol.Block {
 		limit = 0 // the image's size bounds a block volume (see sizeImage)
 	}
-	if err := p.backend.Create(tmp, limit); err != nil {
+	if err := p.backend.Create(p.tempPath(id), p.VolumeDir(id), limit); err != nil {
 		return fmt.Errorf("create volume: %w", err)
 	}
 	if vol.Block {
-		if err := sizeImage(filepath.Join(tmp, ImageName), vol.CapacityBytes); err != nil {
-			return err
-		}
+		return sizeImage(filepath.Join(p.VolumeDir(id), ImageName), vol.CapacityBytes)
 	}
-	return p.moveIntoPlace(tmp, p.VolumeDir(id))
+	return nil
 }
 
 // sizeImage creates or grows a block volume's sparse image file. Block
@@ -244,13 +238,6 @@ func sizeImage(path string, size int64) error {
 		}
 	}
 	return f.Sync()
-}
-
-func (p *Pool) moveIntoPlace(tmp, final string) error {
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("move %s into place: %w", final, err)
-	}
-	return atomicfile.SyncDir(filepath.Dir(final))
 }
 
 // runFill copies the source into the volume in the background. On failure
@@ -277,21 +264,17 @@ func (p *Pool) runFill(j *job, lock, lease *objectLock, vol Volume, src *Source)
 }
 
 func (p *Pool) fill(j *job, vol Volume, src *Source) error {
-	tmp := p.tempPath(vol.ID)
 	limit := vol.CapacityBytes
 	if vol.Block {
 		limit = 0
 	}
-	if err := p.backend.Clone(j.ctx, src.dir(), tmp, limit, j.progress); err != nil {
+	if err := p.backend.Clone(j.ctx, src.dir(), p.tempPath(vol.ID), p.VolumeDir(vol.ID), limit, j.progress); err != nil {
 		return fmt.Errorf("fill volume from %s: %w", src.id(), err)
 	}
 	if vol.Block {
-		if err := sizeImage(filepath.Join(tmp, ImageName), vol.CapacityBytes); err != nil {
+		if err := sizeImage(filepath.Join(p.VolumeDir(vol.ID), ImageName), vol.CapacityBytes); err != nil {
 			return err
 		}
-	}
-	if err := p.moveIntoPlace(tmp, p.VolumeDir(vol.ID)); err != nil {
-		return err
 	}
 	vol.State = StateReady
 	return p.writeMeta(vol.ID, vol)

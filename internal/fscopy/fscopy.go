@@ -163,7 +163,7 @@ func walkDir(fd, depth int, visit func(dirfd int, name string, st *unix.Stat_t))
 				return err
 			}
 		}
-		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
+		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) || gone(err) {
 			return nil
 		}
 		if err != nil {
@@ -316,6 +316,10 @@ func (c *copier) copyDir(srcFd, dstFd int, rel string, depth int, dirStat *unix.
 			}
 		}
 		if errors.Is(err, io.EOF) || (err == nil && len(names) == 0) {
+			break
+		}
+		if gone(err) {
+			c.changed.Add(1) // removed while being read: what was listed is copied
 			break
 		}
 		if err != nil {

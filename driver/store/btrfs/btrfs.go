@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/atomicfile"
 	"github.com/toposnap/toposnap/internal/fscopy"
 )
 
@@ -113,71 +114,53 @@ func (b *Backend) SimpleQuotas() bool { return b.simple }
 // Close releases the pool directory.
 func (b *Backend) Close() error { return b.root.Close() }
 
-// Create makes path an empty subvolume limited to limit bytes (0: no limit).
-func (b *Backend) Create(path string, limit int64) error {
-	parent, err := os.Open(filepath.Dir(path))
+// Create makes final an empty subvolume limited to limit bytes (0: no
+// limit). Creation is one step; a crash before the limit is set leaves a
+// volume the pool still calls "creating", and redoes.
+func (b *Backend) Create(_, final string, limit int64) error {
+	parent, err := os.Open(filepath.Dir(final))
 	if err != nil {
-		return fmt.Errorf("open %s: %w", filepath.Dir(path), err)
+		return fmt.Errorf("open %s: %w", filepath.Dir(final), err)
 	}
 	defer parent.Close()
-	if err := createSubvolume(parent, filepath.Base(path)); err != nil {
+	if err := createSubvolume(parent, filepath.Base(final)); err != nil {
 		return err
 	}
 	// A fresh filesystem's root is world-writable; the subvolume's is not.
-	if err := os.Chmod(path, 0o777); err != nil {
-		return fmt.Errorf("chmod %s: %w", path, err)
+	if err := os.Chmod(final, 0o777); err != nil {
+		return fmt.Errorf("chmod %s: %w", final, err)
 	}
-	return b.setLimit(path, limit)
+	return b.setLimit(final, limit)
 }
 
-// Snapshot makes path a snapshot of the volume at source: one instant of
-// the whole subvolume. It is writable until Seal, because a read-only
-// subvolume cannot be moved to another directory (its ".." would change).
-func (b *Backend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
-	done, err := b.trySnapshot(source, path, false)
+// Snapshot makes final a read-only snapshot of the volume at source: one
+// instant of the whole subvolume, made and committed by one ioctl, so it is
+// created in place (a read-only subvolume could not be moved anyway: its
+// ".." would change). A source that is not a subvolume of this filesystem
+// (a directory from before the pool was btrfs) is copied instead.
+func (b *Backend) Snapshot(ctx context.Context, source, tmp, final string, progress func(copied, total int64)) error {
+	done, err := b.trySnapshot(source, final, true)
 	if done || err != nil {
 		return err
 	}
-	// Not a subvolume of this filesystem (a volume from before the pool was
-	// btrfs): copy it.
-	return copyTree(ctx, source, path, false, progress)
+	return copyTree(ctx, source, tmp, final, false, progress)
 }
 
-// Seal makes the snapshot at path, now in its final place, read-only, and
-// commits that.
-func (b *Backend) Seal(path string) error {
-	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open snapshot %s: %w", path, err)
-	}
-	defer f.Close()
-	if root, err := isSubvolumeRoot(f); err != nil || !root {
-		return err // a copied directory: read-only by convention only
-	}
-	if err := setReadOnly(f); err != nil {
-		return err
-	}
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("commit %s: %w", path, err)
-	}
-	return nil
-}
-
-// Clone makes path a writable volume of limit bytes holding source's data:
-// a writable snapshot when source is a subvolume of this filesystem, else a
-// new subvolume filled by copying.
-func (b *Backend) Clone(ctx context.Context, source, path string, limit int64, progress func(copied, total int64)) error {
-	done, err := b.trySnapshot(source, path, false)
+// Clone makes final a writable volume of limit bytes holding source's
+// data: a writable snapshot when source is a subvolume of this filesystem,
+// else a new subvolume filled by copying at tmp, then moved.
+func (b *Backend) Clone(ctx context.Context, source, tmp, final string, limit int64, progress func(copied, total int64)) error {
+	done, err := b.trySnapshot(source, final, false)
 	if err != nil {
 		return err
 	}
 	if done {
-		return b.setLimit(path, limit)
+		return b.setLimit(final, limit)
 	}
-	if err := b.Create(path, limit); err != nil {
+	if err := b.Create("", tmp, limit); err != nil {
 		return err
 	}
-	return copyTree(ctx, source, path, true, progress)
+	return copyTree(ctx, source, tmp, final, true, progress)
 }
 
 // trySnapshot snapshots source into path when source is the root of a
@@ -213,13 +196,14 @@ func (b *Backend) trySnapshot(source, path string, readOnly bool) (bool, error) 
 	return err == nil, err
 }
 
-// copyTree copies source into path by file descriptor (see fscopy).
-func copyTree(ctx context.Context, source, path string, intoExisting bool, progress func(copied, total int64)) error {
+// copyTree copies source into tmp by file descriptor (see fscopy) and
+// renames it to final.
+func copyTree(ctx context.Context, source, tmp, final string, intoExisting bool, progress func(copied, total int64)) error {
 	total, err := fscopy.Size(source)
 	if err != nil {
 		return fmt.Errorf("measure %s: %w", source, err)
 	}
-	_, err = fscopy.Tree(ctx, source, path, fscopy.Options{
+	_, err = fscopy.Tree(ctx, source, tmp, fscopy.Options{
 		IntoExisting: intoExisting,
 		Progress: func(copied int64) {
 			if progress != nil {
@@ -227,7 +211,13 @@ func copyTree(ctx context.Context, source, path string, intoExisting bool, progr
 			}
 		},
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("move %s into place: %w", final, err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(final))
 }
 
 // Expand sets the volume's limit to limit bytes (0: no limit).

@@ -85,10 +85,10 @@ func isQuotaError(err error) bool {
 func TestLimitStopsWrites(t *testing.T) {
 	b, dir := openTestBackend(t)
 	small, neighbour := filepath.Join(dir, "small"), filepath.Join(dir, "neighbour")
-	if err := b.Create(small, 64<<20); err != nil {
+	if err := b.Create("", small, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Create(neighbour, 64<<20); err != nil {
+	if err := b.Create("", neighbour, 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	written, err := fill(filepath.Join(small, "big"), 256<<20)
@@ -118,7 +118,7 @@ func TestLimitStopsWrites(t *testing.T) {
 func TestNestedSubvolumeCountsAgainstTheLimit(t *testing.T) {
 	b, dir := openTestBackend(t)
 	vol := filepath.Join(dir, "vol")
-	if err := b.Create(vol, 64<<20); err != nil {
+	if err := b.Create("", vol, 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	nested := filepath.Join(vol, "nested")
@@ -144,16 +144,13 @@ func TestSnapshotAndClone(t *testing.T) {
 	b, dir := openTestBackend(t)
 	ctx := context.Background()
 	vol, snap, clone := filepath.Join(dir, "vol"), filepath.Join(dir, "snap"), filepath.Join(dir, "clone")
-	if err := b.Create(vol, 128<<20); err != nil {
+	if err := b.Create("", vol, 128<<20); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(vol, "f"), []byte("before"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Snapshot(ctx, vol, snap, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Seal(snap); err != nil {
+	if err := b.Snapshot(ctx, vol, filepath.Join(dir, "tmp-snap"), snap, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(vol, "f"), []byte("after"), 0o644); err != nil {
@@ -165,7 +162,7 @@ func TestSnapshotAndClone(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(snap, "g"), nil, 0o644); !errors.Is(err, unix.EROFS) {
 		t.Fatalf("writing into a snapshot: %v, want EROFS", err)
 	}
-	if err := b.Clone(ctx, snap, clone, 32<<20, nil); err != nil {
+	if err := b.Clone(ctx, snap, filepath.Join(dir, "tmp-clone"), clone, 32<<20, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(filepath.Join(clone, "f")); string(got) != "before" {
@@ -182,7 +179,7 @@ func TestSnapshotAndClone(t *testing.T) {
 func TestDeleteNestedLeavesNothing(t *testing.T) {
 	b, dir := openTestBackend(t)
 	vol := filepath.Join(dir, "vol")
-	if err := b.Create(vol, 256<<20); err != nil {
+	if err := b.Create("", vol, 256<<20); err != nil {
 		t.Fatal(err)
 	}
 	volID, err := SubvolumeID(vol)
@@ -207,7 +204,7 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 		parent = nested
 	}
 	// A read-only snapshot of a nested subvolume, inside the volume.
-	if err := b.Snapshot(context.Background(), filepath.Join(vol, "level0"), filepath.Join(vol, "level0", "frozen"), nil); err != nil {
+	if err := b.Snapshot(context.Background(), filepath.Join(vol, "level0"), filepath.Join(dir, "tmp-frozen"), filepath.Join(vol, "level0", "frozen"), nil); err != nil {
 		t.Fatal(err)
 	}
 	frozen, err := SubvolumeID(filepath.Join(vol, "level0", "frozen"))

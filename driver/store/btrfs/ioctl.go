@@ -135,9 +135,7 @@ var (
 	iocQgroupAssign   = iow(41, unsafe.Sizeof(qgroupAssignArgs{}))
 	iocQgroupCreate   = iow(42, unsafe.Sizeof(qgroupCreateArgs{}))
 	// QGROUP_LIMIT is declared _IOR in the kernel, although it writes.
-	iocQgroupLimit    = ior(43, unsafe.Sizeof(qgroupLimitArgs{}))
-	iocSubvolGetFlags = ior(25, 8)
-	iocSubvolSetFlags = iow(26, 8)
+	iocQgroupLimit = ior(43, unsafe.Sizeof(qgroupLimitArgs{}))
 )
 
 func ioctl(fd uintptr, request uintptr, arg unsafe.Pointer) error {
@@ -187,19 +185,6 @@ func snapshot(source, dir *os.File, name string, readOnly bool) error {
 	}
 	if err := ioctl(dir.Fd(), iocSnapCreateV2, unsafe.Pointer(&args)); err != nil {
 		return fmt.Errorf("snapshot into %s: %w", name, err)
-	}
-	return nil
-}
-
-// setReadOnly makes the subvolume whose root directory f is read-only.
-func setReadOnly(f *os.File) error {
-	var flags uint64
-	if err := ioctl(f.Fd(), iocSubvolGetFlags, unsafe.Pointer(&flags)); err != nil {
-		return fmt.Errorf("read subvolume flags of %s: %w", f.Name(), err)
-	}
-	flags |= subvolReadOnly
-	if err := ioctl(f.Fd(), iocSubvolSetFlags, unsafe.Pointer(&flags)); err != nil {
-		return fmt.Errorf("make %s read-only: %w", f.Name(), err)
 	}
 	return nil
 }

@@ -10,7 +10,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
+	"github.com/toposnap/toposnap/internal/atomicfile"
 	"github.com/toposnap/toposnap/internal/fscopy"
 )
 
@@ -23,34 +25,32 @@ func (Backend) Name() string { return "dir" }
 // Enforced: no, sizes are only accounted, and Usage walks the tree.
 func (Backend) Enforced() bool { return false }
 
-// Create makes path an empty, world-writable directory, like a fresh
+// Create makes final an empty, world-writable directory, like a fresh
 // filesystem's root; the limit is not enforced.
-func (Backend) Create(path string, _ int64) error {
-	if err := os.Mkdir(path, 0o777); err != nil {
+func (Backend) Create(_, final string, _ int64) error {
+	if err := os.Mkdir(final, 0o777); err != nil {
 		return fmt.Errorf("create volume directory: %w", err)
 	}
 	// Mkdir applies the umask.
-	if err := os.Chmod(path, 0o777); err != nil {
+	if err := os.Chmod(final, 0o777); err != nil {
 		return fmt.Errorf("chmod volume directory: %w", err)
 	}
-	return nil
+	return atomicfile.SyncDir(filepath.Dir(final))
 }
 
-// Snapshot copies the volume at source to path.
-func (Backend) Snapshot(ctx context.Context, source, path string, progress func(copied, total int64)) error {
-	return copyTree(ctx, source, path, progress)
+// Snapshot copies the volume at source into tmp and renames it to final.
+// The copy is read-only by convention: nothing publishes a snapshot.
+func (Backend) Snapshot(ctx context.Context, source, tmp, final string, progress func(copied, total int64)) error {
+	return copyTree(ctx, source, tmp, final, progress)
 }
 
-// Seal has nothing to do: a copied snapshot is read-only by convention
-// (nothing publishes it).
-func (Backend) Seal(string) error { return nil }
-
-// Clone copies the snapshot or volume at source to path.
-func (Backend) Clone(ctx context.Context, source, path string, _ int64, progress func(copied, total int64)) error {
-	return copyTree(ctx, source, path, progress)
+// Clone copies the snapshot or volume at source into tmp and renames it to
+// final.
+func (Backend) Clone(ctx context.Context, source, tmp, final string, _ int64, progress func(copied, total int64)) error {
+	return copyTree(ctx, source, tmp, final, progress)
 }
 
-func copyTree(ctx context.Context, source, path string, progress func(copied, total int64)) error {
+func copyTree(ctx context.Context, source, tmp, final string, progress func(copied, total int64)) error {
 	total, err := fscopy.Size(source)
 	if err != nil {
 		return fmt.Errorf("measure %s: %w", source, err)
@@ -58,12 +58,19 @@ func copyTree(ctx context.Context, source, path string, progress func(copied, to
 	if progress != nil {
 		progress(0, total)
 	}
-	_, err = fscopy.Tree(ctx, source, path, fscopy.Options{Progress: func(copied int64) {
+	// Tree ends with syncfs: every copied byte is durable before the rename.
+	_, err = fscopy.Tree(ctx, source, tmp, fscopy.Options{Progress: func(copied int64) {
 		if progress != nil {
 			progress(copied, total)
 		}
 	}})
-	return err
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("move %s into place: %w", final, err)
+	}
+	return atomicfile.SyncDir(filepath.Dir(final))
 }
 
 // Expand has nothing to do: the directory grows with its pool.
