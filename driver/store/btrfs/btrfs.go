@@ -314,7 +314,7 @@ func (b *Backend) Delete(path string) error {
 	if err != nil {
 		return err
 	}
-	if err := b.deleteSubvolumeTree(id, 0); err != nil {
+	if err := b.deleteSubvolumeTree(id); err != nil {
 		return fmt.Errorf("delete %s: %w", path, err)
 	}
 	if b.simple {
@@ -323,35 +323,37 @@ func (b *Backend) Delete(path string) error {
 	return nil
 }
 
-// maxNesting bounds the recursion through a tenant's nested subvolumes.
-const maxNesting = 256
-
-// deleteSubvolumeTree deletes the subvolume id after the subvolumes nested
-// in it. Children are listed again when the parent turns out not to be
-// empty (a subvolume created meanwhile).
-func (b *Backend) deleteSubvolumeTree(id uint64, depth int) error {
-	if depth > maxNesting {
-		return fmt.Errorf("subvolumes nested more than %d deep under %d", maxNesting, id)
-	}
+// deleteSubvolumeTree deletes the subvolume id and every subvolume nested
+// in it, at any depth: it lists the whole tree breadth first and deletes it
+// in reverse, so children always go before their parents, with no
+// recursion a tenant's nesting could exhaust. A subvolume created inside
+// meanwhile makes a parent's delete fail with ENOTEMPTY; the tree is then
+// listed again.
+func (b *Backend) deleteSubvolumeTree(id uint64) error {
 	for attempt := 0; ; attempt++ {
-		children, err := childSubvolumes(b.root, id)
-		if err != nil {
-			return err
-		}
-		for _, child := range children {
-			if err := b.deleteSubvolumeTree(child, depth+1); err != nil {
+		order := []uint64{id}
+		for i := 0; i < len(order); i++ {
+			children, err := childSubvolumes(b.root, order[i])
+			if err != nil {
 				return err
 			}
-			if b.simple {
-				b.removeVolumeQgroup(child) // a nested subvolume's own, if it had one
+			order = append(order, children...)
+		}
+		var err error
+		for i := len(order) - 1; i >= 0; i-- {
+			err = destroySubvolume(b.root, order[i])
+			if errors.Is(err, unix.ENOENT) {
+				err = nil
+			}
+			if err != nil {
+				break
+			}
+			if b.simple && i > 0 {
+				b.removeVolumeQgroup(order[i]) // a nested subvolume's own, if it had one
 			}
 		}
-		err = destroySubvolume(b.root, id)
 		if errors.Is(err, unix.ENOTEMPTY) && attempt < 5 {
 			continue
-		}
-		if errors.Is(err, unix.ENOENT) {
-			return nil
 		}
 		return err
 	}

@@ -188,13 +188,16 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 	}
 	ids := []uint64{volID}
 	parent := vol
-	for level := range 3 {
-		nested := filepath.Join(parent, fmt.Sprintf("level%d", level))
+	// Deeper than any recursion limit a delete might have had.
+	for level := range 300 {
+		nested := filepath.Join(parent, fmt.Sprintf("l%d", level))
 		if err := CreateSubvolume(nested); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := fill(filepath.Join(nested, "data"), 4<<20); err != nil {
-			t.Fatal(err)
+		if level < 3 {
+			if _, err := fill(filepath.Join(nested, "data"), 4<<20); err != nil {
+				t.Fatal(err)
+			}
 		}
 		id, err := SubvolumeID(nested)
 		if err != nil {
@@ -204,10 +207,10 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 		parent = nested
 	}
 	// A read-only snapshot of a nested subvolume, inside the volume.
-	if err := b.Snapshot(context.Background(), filepath.Join(vol, "level0"), filepath.Join(dir, "tmp-frozen"), filepath.Join(vol, "level0", "frozen"), nil); err != nil {
+	if err := b.Snapshot(context.Background(), filepath.Join(vol, "l0"), filepath.Join(dir, "tmp-frozen"), filepath.Join(vol, "l0", "frozen"), nil); err != nil {
 		t.Fatal(err)
 	}
-	frozen, err := SubvolumeID(filepath.Join(vol, "level0", "frozen"))
+	frozen, err := SubvolumeID(filepath.Join(vol, "l0", "frozen"))
 	if err != nil {
 		t.Fatal(err)
 	}
