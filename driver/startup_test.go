@@ -47,7 +47,7 @@ func startFakeNodeAPI(t *testing.T) *fakeNodeAPI {
 	api := &fakeNodeAPI{listener: listener}
 	server := &http.Server{Handler: http.HandlerFunc(api.serve), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = server.Serve(gatedListener{api}) }()
-	t.Cleanup(func() { server.Close() })
+	t.Cleanup(func() { _ = server.Close() })
 	return api
 }
 
@@ -64,7 +64,7 @@ func (g gatedListener) Accept() (net.Conn, error) {
 			return conn, nil
 		}
 		g.api.attempts.Add(1)
-		conn.Close()
+		_ = conn.Close()
 	}
 }
 func (g gatedListener) Close() error   { return g.api.listener.Close() }

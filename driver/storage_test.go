@@ -318,7 +318,7 @@ func TestDeleteVolumeWithNestedSubvolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer backend.Close()
+	defer func() { _ = backend.Close() }()
 	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for _, id := range ids {

@@ -72,7 +72,7 @@ func BenchmarkBtrfsSnapshotRestore(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.Cleanup(func() { cleaner.Close() })
+			b.Cleanup(func() { _ = cleaner.Close() })
 			work := filepath.Join(fs.Dir, "cp")
 			if err := os.Mkdir(work, 0o755); err != nil {
 				b.Fatal(err)

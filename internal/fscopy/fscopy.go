@@ -123,7 +123,7 @@ func walkNames(root string, visit func(*unix.Stat_t)) error {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
+		closeFd(fd)
 		return fmt.Errorf("stat %s: %w", root, err)
 	}
 	visit(&st)
@@ -171,6 +171,10 @@ func walkDir(fd, depth int, visit func(dirfd int, name string, st *unix.Stat_t))
 		}
 	}
 }
+
+// closeFd closes a descriptor whose close has nothing to report (a
+// directory or a file only read, or one whose error path is already taken).
+func closeFd(fd int) { _ = unix.Close(fd) }
 
 // gone: the entry vanished between being listed and being used.
 func gone(err error) bool { return errors.Is(err, unix.ENOENT) }
@@ -224,22 +228,22 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(srcFd, &st); err != nil {
-		unix.Close(srcFd)
+		closeFd(srcFd)
 		return Stats{}, fmt.Errorf("stat source %s: %w", src, err)
 	}
 	if !opts.IntoExisting {
 		if err := unix.Mkdir(dst, 0o700); err != nil {
-			unix.Close(srcFd)
+			closeFd(srcFd)
 			return Stats{}, fmt.Errorf("create directory %s: %w", dst, err)
 		}
 	}
 	dstFd, err := unix.Open(dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		unix.Close(srcFd)
+		closeFd(srcFd)
 		return Stats{}, fmt.Errorf("open destination %s: %w", dst, err)
 	}
 	c.dstRoot = dstFd
-	defer unix.Close(dstFd)
+	defer closeFd(dstFd)
 
 	var wg sync.WaitGroup
 	for range opts.Workers {
@@ -261,7 +265,7 @@ func Tree(ctx context.Context, src, dst string, opts Options) (Stats, error) {
 		c.stats.Dirs++
 		err = c.copyDir(srcFd, dup, "", 0, nil)
 	} else {
-		unix.Close(srcFd)
+		closeFd(srcFd)
 	}
 	close(c.jobs)
 	wg.Wait()
@@ -301,7 +305,7 @@ func (c *copier) fail(err error) {
 func (c *copier) copyDir(srcFd, dstFd int, rel string, depth int, dirStat *unix.Stat_t) error {
 	src := os.NewFile(uintptr(srcFd), rel)
 	defer src.Close()
-	defer unix.Close(dstFd)
+	defer closeFd(dstFd)
 	if depth > maxDepth {
 		return fmt.Errorf("%s: directories nested more than %d deep", rel, maxDepth)
 	}
@@ -358,19 +362,19 @@ func (c *copier) entry(srcDir, dstDir int, name, rel string, depth int) error {
 		}
 		var opened unix.Stat_t
 		if err := unix.Fstat(fd, &opened); err != nil {
-			unix.Close(fd)
+			closeFd(fd)
 			return fmt.Errorf("stat directory %q: %w", rel, err)
 		}
 		if opened.Ino != st.Ino || opened.Dev != st.Dev {
 			c.changed.Add(1) // another directory, still beneath: copy it
 		}
 		if err := unix.Mkdirat(dstDir, name, 0o700); err != nil {
-			unix.Close(fd)
+			closeFd(fd)
 			return fmt.Errorf("create directory %q: %w", rel, err)
 		}
 		out, err := unix.Openat(dstDir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			unix.Close(fd)
+			closeFd(fd)
 			return fmt.Errorf("open new directory %q: %w", rel, err)
 		}
 		c.stats.Dirs++
@@ -391,7 +395,7 @@ func (c *copier) nonDirectory(srcDir, dstDir int, name, rel string) error {
 		}
 		return fmt.Errorf("open %q: %w", rel, err)
 	}
-	defer unix.Close(pathFd)
+	defer closeFd(pathFd)
 	var st unix.Stat_t
 	if err := unix.Fstat(pathFd, &st); err != nil {
 		return fmt.Errorf("stat %q: %w", rel, err)
@@ -452,7 +456,7 @@ func (c *copier) regular(pathFd, dstDir int, name, rel string, st *unix.Stat_t) 
 	}
 	var opened unix.Stat_t
 	if err := unix.Fstat(inFd, &opened); err != nil || opened.Ino != st.Ino || opened.Dev != st.Dev || opened.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(inFd)
+		closeFd(inFd)
 		if err == nil {
 			err = errors.New("reopened a different inode")
 		}
@@ -460,7 +464,7 @@ func (c *copier) regular(pathFd, dstDir int, name, rel string, st *unix.Stat_t) 
 	}
 	outFd, err := unix.Openat(dstDir, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		unix.Close(inFd)
+		closeFd(inFd)
 		return fmt.Errorf("create %q: %w", rel, err)
 	}
 	c.stats.Files++

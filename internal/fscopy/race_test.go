@@ -54,7 +54,7 @@ func racer(vol string, names []string, file, dir, fifo string, stop <-chan struc
 			return err
 		}
 		_, err = unix.Write(fd, []byte("tenant data\n"))
-		unix.Close(fd)
+		closeFd(fd)
 		return err
 	}
 	directory := func(dirfd int, name string) error {
@@ -65,13 +65,13 @@ func racer(vol string, names []string, file, dir, fifo string, stop <-chan struc
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		defer closeFd(fd)
 		inner, err := unix.Openat(fd, "inner", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o644)
 		if err != nil {
 			return err
 		}
 		_, err = unix.Write(inner, []byte("tenant inner\n"))
-		unix.Close(inner)
+		closeFd(inner)
 		return err
 	}
 	// Ordered so that each dangerous swap follows what a copier must have
@@ -103,7 +103,7 @@ func racer(vol string, names []string, file, dir, fifo string, stop <-chan struc
 		if kinds[(i/len(names))%len(kinds)](dirfd, name) == nil {
 			swaps.Add(1)
 		}
-		unix.Close(dirfd)
+		closeFd(dirfd)
 	}
 }
 

@@ -44,12 +44,15 @@ func TestStructSizes(t *testing.T) {
 
 func openTestBackend(t *testing.T) (*Backend, string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs root, loop devices and mkfs.btrfs (make test runs it)")
+	}
 	dir := testpool.ForTest(t, 2<<30)
 	b, err := Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
+	t.Cleanup(func() { _ = b.Close() })
 	if !b.SimpleQuotas() {
 		t.Fatal("a fresh filesystem on this kernel should get simple quotas")
 	}
