@@ -152,7 +152,9 @@ func TestAPanicInFilterIsAnErrorAnswer(t *testing.T) {
 
 type panickingState struct{ *MemState }
 
-func (panickingState) Claim(string, string) (*corev1.PersistentVolumeClaim, bool) { panic("claim lookup") }
+func (panickingState) Claim(string, string) (*corev1.PersistentVolumeClaim, bool) {
+	panic("claim lookup")
+}
 
 // workerState is n nodes, each with capacity for a node-scope claim.
 func workerState(n int) (*MemState, []string) {

@@ -56,6 +56,13 @@ func stateWithoutSnapshotCaches(t *testing.T, client *snapshotfake.Clientset) St
 	}, nil, client)
 }
 
+// fakeSnapshots is the snapshot client's fake clientset over objects.
+func fakeSnapshots(objects ...runtime.Object) *snapshotfake.Clientset {
+	// The snapshot client generates no apply configurations, so it has no
+	// NewClientset to use instead.
+	return snapshotfake.NewSimpleClientset(objects...) //nolint:staticcheck // see above
+}
+
 // absentSnapshotAPI makes client answer as an API server without the
 // snapshot CRDs: NotFound for every snapshot resource.
 func absentSnapshotAPI(client *snapshotfake.Clientset) {
@@ -75,15 +82,15 @@ func TestClaimsAreDecidedWithoutSnapshotCaches(t *testing.T) {
 	}{
 		{"restore of a ready snapshot is read from the API server and admitted",
 			func() *snapshotfake.Clientset {
-				return snapshotfake.NewSimpleClientset(readySnapshot("ready", "content-ready", "2Gi"), snapshotContent("content-ready", DriverName, zoneBSegment))
+				return fakeSnapshots(readySnapshot("ready", "content-ready", "2Gi"), snapshotContent("content-ready", DriverName, zoneBSegment))
 			},
 			"ready", true, ""},
 		{"restore of a snapshot that is not there is refused",
-			func() *snapshotfake.Clientset { return snapshotfake.NewSimpleClientset() },
+			func() *snapshotfake.Clientset { return fakeSnapshots() },
 			"missing", false, "VolumeSnapshot app/missing not found"},
 		{"restore where the API server serves no snapshot API is refused: no snapshot can exist",
 			func() *snapshotfake.Clientset {
-				client := snapshotfake.NewSimpleClientset()
+				client := fakeSnapshots()
 				absentSnapshotAPI(client)
 				return client
 			},
@@ -105,12 +112,12 @@ func TestClaimsAreDecidedWithoutSnapshotCaches(t *testing.T) {
 
 func TestSnapshotClassesAreListedWithoutSnapshotCaches(t *testing.T) {
 	existing := snapshotClass("existing", DriverName, true)
-	served := snapshotfake.NewSimpleClientset(existing)
+	served := fakeSnapshots(existing)
 	classes, err := stateWithoutSnapshotCaches(t, served).VolumeSnapshotClasses()
 	if err != nil || len(classes) != 1 || classes[0].Name != "existing" {
 		t.Fatalf("classes from the API server = %v, %v; want [existing]", classes, err)
 	}
-	absent := snapshotfake.NewSimpleClientset()
+	absent := fakeSnapshots()
 	absentSnapshotAPI(absent)
 	classes, err = stateWithoutSnapshotCaches(t, absent).VolumeSnapshotClasses()
 	if err != nil || len(classes) != 0 {

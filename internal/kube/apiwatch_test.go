@@ -32,8 +32,17 @@ func TestMain(m *testing.M) {
 	// bookmark), which client-go's reflectors use by default: list instead.
 	// Production informers stream; gatedWatch's streaming branch has its
 	// own test.
-	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
+	if err := os.Setenv("KUBE_FEATURE_WatchListClient", "false"); err != nil {
+		panic(err)
+	}
 	os.Exit(m.Run())
+}
+
+// fakeSnapshots is the snapshot client's fake clientset over objects.
+func fakeSnapshots(objects ...runtime.Object) *snapshotfake.Clientset {
+	// The snapshot client generates no apply configurations, so it has no
+	// NewClientset to use instead.
+	return snapshotfake.NewSimpleClientset(objects...) //nolint:staticcheck // see above
 }
 
 // fakeDiscovery answers ServerResourcesForGroupVersion as set, and nothing
@@ -246,7 +255,7 @@ func (s *crdServer) uninstall() {
 }
 
 func TestGatedSnapshotInformersFollowTheCRDs(t *testing.T) {
-	client := snapshotfake.NewSimpleClientset(snapshot("kept"))
+	client := fakeSnapshots(snapshot("kept"))
 	disc := &fakeDiscovery{}
 	crds := newCRDServer(client, disc)
 	w := fastWatch(t, disc)
@@ -284,7 +293,7 @@ func TestGatedWatchOfAnAbsentAPI(t *testing.T) {
 	disc.set(nil, nil)
 	w := fastWatch(t, disc)
 	eventually(t, "absent", func() bool { return presenceOf(w) == PresenceAbsent })
-	client := GatedSnapshots(snapshotfake.NewSimpleClientset(snapshot("hidden")), w)
+	client := GatedSnapshots(fakeSnapshots(snapshot("hidden")), w)
 	ctx := context.Background()
 
 	list, err := client.SnapshotV1().VolumeSnapshots("").List(ctx, metav1.ListOptions{})
@@ -320,7 +329,7 @@ func TestGatedWatchOfAnAbsentAPI(t *testing.T) {
 }
 
 func TestSnapshotCachesAreOfferedOnlyWhileTheAPIIsServed(t *testing.T) {
-	client := snapshotfake.NewSimpleClientset(snapshot("kept"))
+	client := fakeSnapshots(snapshot("kept"))
 	disc := &fakeDiscovery{}
 	disc.set(nil, errRefused)
 	w := fastWatch(t, disc)

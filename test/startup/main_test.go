@@ -25,27 +25,29 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+// run builds the binaries (unless -short), runs the tests on a cluster of
+// their own and removes the binaries.
+func run(m *testing.M) int {
 	flag.Parse()
 	if !testing.Short() {
 		dir, err := os.MkdirTemp("", "toposnap-startup-bin-")
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "startup: %v\n", err)
-			os.Exit(1)
+			return 1
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }()
 		if err := build(dir); err != nil {
 			fmt.Fprintf(os.Stderr, "startup: %v\n", err)
-			os.Exit(1)
+			return 1
 		}
 		bin = dir
 	}
 	// Without kwok: no pod runs here (the test asks the extender itself
 	// where a pod would go), and the nodes stay as registered.
-	code := cluster.TestMainWithCluster(m, cluster.Options{WithoutKwok: true}, func(c *cluster.Cluster) { testCluster = c })
-	if bin != "" {
-		os.RemoveAll(bin)
-	}
-	os.Exit(code)
+	return cluster.TestMainWithCluster(m, cluster.Options{WithoutKwok: true}, func(c *cluster.Cluster) { testCluster = c })
 }
 
 // build compiles the five binaries into dir, as test/harness does.

@@ -59,7 +59,7 @@ func (p *apiProxy) Down() {
 		p.listener = nil
 	}
 	for conn := range p.conns {
-		conn.Close()
+		_ = conn.Close()
 		delete(p.conns, conn)
 	}
 }
@@ -72,7 +72,7 @@ func (p *apiProxy) accept(listener net.Listener) {
 		}
 		server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 		if err != nil {
-			client.Close()
+			_ = client.Close()
 			continue
 		}
 		if !p.track(client, server) {
@@ -90,7 +90,7 @@ func (p *apiProxy) track(conns ...net.Conn) bool {
 	defer p.mu.Unlock()
 	if p.listener == nil {
 		for _, conn := range conns {
-			conn.Close()
+			_ = conn.Close()
 		}
 		return false
 	}
@@ -102,8 +102,8 @@ func (p *apiProxy) track(conns ...net.Conn) bool {
 
 func (p *apiProxy) pipe(to, from net.Conn) {
 	_, _ = io.Copy(to, from)
-	to.Close()
-	from.Close()
+	_ = to.Close()
+	_ = from.Close()
 	p.mu.Lock()
 	delete(p.conns, to)
 	delete(p.conns, from)
@@ -122,7 +122,7 @@ func TestAPIProxyRefusesWhileDown(t *testing.T) {
 			if err != nil {
 				return
 			}
-			go func() { _, _ = io.Copy(conn, conn); conn.Close() }()
+			go func() { _, _ = io.Copy(conn, conn); _ = conn.Close() }()
 		}
 	}()
 	proxy, err := newAPIProxy(echo.Addr().String())
@@ -143,7 +143,7 @@ func TestAPIProxyRefusesWhileDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	if _, err := conn.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}

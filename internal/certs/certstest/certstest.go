@@ -153,7 +153,7 @@ func ServedName(address string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	certificates := conn.ConnectionState().PeerCertificates
 	if len(certificates) == 0 {
 		return "", fmt.Errorf("%s presented no certificate", address)
