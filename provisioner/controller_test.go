@@ -333,3 +333,25 @@ func TestProvisionAndBind(t *testing.T) {
 		t.Fatalf("CreateVolume called %d times, want 1", got)
 	}
 }
+
+// TestOrphansSkipVolumesInFlight: a volume the driver lists as still being
+// made (or deleted) is no orphan, however long it takes; a ready volume no
+// PV names is.
+func TestOrphansSkipVolumesInFlight(t *testing.T) {
+	server, client := fakecsi.Start(t)
+	here := map[string]string{topology.NodeKey: "node1"}
+	orphan := server.AddVolume("orphan", here)
+	filling := server.AddVolume("filling", here)
+	server.SetVolumeContext(filling, map[string]string{volumeStateKey: "creating"})
+	n := newWorld(t, nodeObject("node1", "b")).startNode("node1", "b", server, client, false)
+	tracker := &orphanTracker{}
+	for range 2 { // first seen, then past a grace of zero
+		if err := n.ctrl.orphanRound(context.Background(), tracker, 0, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := server.VolumeIDs()
+	if len(ids) != 1 || ids[0] != filling {
+		t.Fatalf("volumes left %v, want only %s (and %s deleted)", ids, filling, orphan)
+	}
+}

@@ -14,6 +14,10 @@ import (
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
+// volumeStateKey in a listed volume's context says it is not ready yet
+// ("creating" or "deleting"); the driver's StateContextKey.
+const volumeStateKey = "toposnap.io/state"
+
 // orphanTracker remembers when each unreferenced volume was first seen, so
 // a volume whose PV is still being created is not called an orphan.
 type orphanTracker struct {
@@ -72,6 +76,12 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 			return fmt.Errorf("list volumes: %w", err)
 		}
 		for _, entry := range resp.GetEntries() {
+			// A volume still being made (a CreateVolume may be in flight,
+			// and a restore can outlive any grace) or being deleted is not
+			// an orphan; the driver says so in its volume context.
+			if entry.GetVolume().GetVolumeContext()[volumeStateKey] != "" {
+				continue
+			}
 			if c.responsibleForSegments(entry.GetVolume().GetAccessibleTopology()) {
 				volumes = append(volumes, entry.GetVolume())
 			}

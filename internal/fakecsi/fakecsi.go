@@ -253,3 +253,28 @@ func (s *Server) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	}
 	return nil, status.Errorf(codes.NotFound, "volume %s not found", req.GetVolumeId())
 }
+
+// SetVolumeContext replaces a volume's context, e.g. to say it is still
+// being made.
+func (s *Server) SetVolumeContext(volumeID string, context map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, volume := range s.volumes {
+		if volume.VolumeId == volumeID {
+			volume.VolumeContext = context
+		}
+	}
+}
+
+func (s *Server) ListVolumes(_ context.Context, _ *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fault, failing := s.begin("ListVolumes"); failing {
+		return nil, fault.Err
+	}
+	resp := &csi.ListVolumesResponse{}
+	for _, volume := range s.volumes {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: volume})
+	}
+	return resp, nil
+}
