@@ -24,6 +24,13 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, status.Error(codes.InvalidArgument, "source volume id is required")
 	}
 	pool, source, err := d.snapshotSource(req.GetSourceVolumeId())
+	if status.Code(err) == codes.NotFound {
+		// A retry after the source volume was deleted still finds what the
+		// first call cut, so the caller can delete it instead of leaking it.
+		if snap, ok := d.snapshotCutFrom(req.GetName(), req.GetSourceVolumeId()); ok {
+			return &csi.CreateSnapshotResponse{Snapshot: csiSnapshot(snap)}, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +113,20 @@ func (d *Driver) snapshotSource(id string) (*store.Pool, store.Volume, error) {
 		return nil, store.Volume{}, status.Errorf(codes.FailedPrecondition, "source volume %q is still being created", id)
 	}
 	return pool, vol, nil
+}
+
+// snapshotCutFrom finds the snapshot of that name cut from sourceID in
+// either pool.
+func (d *Driver) snapshotCutFrom(name, sourceID string) (store.Snapshot, bool) {
+	for _, pool := range []*store.Pool{d.nodePool, d.zonePool} {
+		if pool == nil {
+			continue
+		}
+		if snap, err := pool.LookupSnapshot(pool.SnapshotID(name)); err == nil && snap.SourceVolumeID == sourceID {
+			return snap, true
+		}
+	}
+	return store.Snapshot{}, false
 }
 
 func csiSnapshot(snap store.Snapshot) *csi.Snapshot {
