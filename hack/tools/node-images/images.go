@@ -24,6 +24,10 @@ import (
 type Inputs struct {
 	Busybox, Pause, Registrar, Agnhost, KubeScheduler                string
 	PauseRef, BusyboxRef, AgnhostRef, RegistrarRef, KubeSchedulerRef string
+	// ShellRefs are further references given busybox's file system: images
+	// the e2e suite runs only shell commands in (glibc-dns-testing, nginx),
+	// which cannot be built here as they are upstream.
+	ShellRefs []string
 }
 
 // File is one regular file, symlink or directory of an image's layer.
@@ -64,7 +68,7 @@ func (in Inputs) Specs() ([]Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []Spec{
+	specs := []Spec{
 		{Reference: in.PauseRef, Files: []File{{Path: "pause", Source: in.Pause, Mode: 0o755}}, Entrypoint: []string{"/pause"}},
 		{Reference: in.BusyboxRef, Files: shell, Cmd: []string{"sh"}},
 		{
@@ -74,7 +78,11 @@ func (in Inputs) Specs() ([]Spec, error) {
 		},
 		{Reference: in.RegistrarRef, Files: append(slicesClone(shell), File{Path: "usr/local/bin/csi-node-driver-registrar", Source: in.Registrar, Mode: 0o755}), Entrypoint: []string{"/usr/local/bin/csi-node-driver-registrar"}},
 		{Reference: in.KubeSchedulerRef, Files: append(slicesClone(shell), File{Path: "usr/local/bin/kube-scheduler", Source: in.KubeScheduler, Mode: 0o755})},
-	}, nil
+	}
+	for _, reference := range in.ShellRefs {
+		specs = append(specs, Spec{Reference: reference, Files: shell, Cmd: []string{"sh"}})
+	}
+	return specs, nil
 }
 
 func slicesClone(files []File) []File { return append([]File(nil), files...) }
