@@ -46,7 +46,7 @@ func run(ctx context.Context) error {
 	}
 	defer c.Stop()
 	say("Starting toposnap: driver, provisioner and snapshotter on node1 and node2; extender in the scheduler; webhook in the API server")
-	env, err := harness.Start(startCtx, c, harness.Options{ExtenderPort: extenderPort, Webhook: true})
+	env, err := harness.Start(startCtx, c, harness.Options{ExtenderPort: extenderPort, Webhook: true, BtrfsNodePools: true})
 	if err != nil {
 		return err
 	}

@@ -217,8 +217,9 @@ func (d *demo) cutSnapshot(name, claim string) error {
 	if _, err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(d.ctx, snap, metav1.CreateOptions{}); err != nil {
 		return err
 	}
+	created := time.Now()
 	var content string
-	err := cluster.Poll(d.ctx, 250*time.Millisecond, 2*time.Minute, func() (bool, error) {
+	err := cluster.Poll(d.ctx, 20*time.Millisecond, 2*time.Minute, func() (bool, error) {
 		got, err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(d.ctx, name, metav1.GetOptions{})
 		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
 			return false, nil
@@ -233,9 +234,53 @@ func (d *demo) cutSnapshot(name, claim string) error {
 	if err != nil {
 		return err
 	}
+	ready := time.Since(created)
+	handle := ptr.Deref(c.Status.SnapshotHandle, "")
 	say("VolumeSnapshot %s readyToUse; content %s holds snapshotHandle %s, restorable at %s",
-		name, content, ptr.Deref(c.Status.SnapshotHandle, ""), c.Annotations[topology.AnnAccessibleTopology])
+		name, content, handle, c.Annotations[topology.AnnAccessibleTopology])
+	if backend, took, ok := d.driverCut(handle); ok {
+		say("the driver cut it in %s (%s backend); readyToUse %s after the VolumeSnapshot was created",
+			took, backend, ready.Round(time.Millisecond))
+	} else {
+		say("readyToUse %s after the VolumeSnapshot was created", ready.Round(time.Millisecond))
+	}
 	return nil
+}
+
+// driverCut reads how long the driver took to cut a snapshot, and with
+// which backend, from its "Snapshot ready" log line.
+func (d *demo) driverCut(handle string) (backend, took string, ok bool) {
+	for _, node := range d.env.Nodes {
+		data, err := os.ReadFile(d.env.LogPath(node.Name, "driver"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if !strings.Contains(line, `"Snapshot ready"`) || !strings.Contains(line, `snapshot="`+handle+`"`) {
+				continue
+			}
+			return logValue(line, "backend"), logValue(line, "duration"), true
+		}
+	}
+	return "", "", false
+}
+
+// logValue reads key="value" (or key=value) from a klog structured line.
+func logValue(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	value := line[i+len(key)+2:]
+	if strings.HasPrefix(value, `"`) {
+		if end := strings.Index(value[1:], `"`); end >= 0 {
+			return value[1 : end+1]
+		}
+	}
+	if end := strings.IndexByte(value, ' '); end >= 0 {
+		return value[:end]
+	}
+	return value
 }
 
 func (d *demo) restore() error {

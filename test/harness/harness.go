@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/testpool"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/test/cluster"
 )
@@ -54,6 +55,9 @@ type Env struct {
 
 	exitsMu sync.Mutex
 	exits   []Exit // components that exited on their own (process.go)
+
+	btrfsNodePools bool
+	filesystems    []*testpool.Btrfs // node pools' filesystems, closed by Stop
 }
 
 // Node is one worker's processes and its driver's CSI clients.
@@ -93,6 +97,10 @@ type Options struct {
 	// empty means Workers (the seed's node1 and node2). Each node's zone
 	// label decides which zone pool its driver shares.
 	Workers []string
+	// BtrfsNodePools puts each node's pool on a loop-backed btrfs
+	// filesystem of its own (enforced sizes, constant-time snapshots), as
+	// a production node would have; otherwise a directory of the host's.
+	BtrfsNodePools bool
 }
 
 // Start builds the binaries and runs toposnap's processes on c.
@@ -107,6 +115,7 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 	}
 	e := &Env{Cluster: c, Dir: dir, bin: filepath.Join(dir, "bin"), Nodes: map[string]*Node{}, Data: NewLedger()}
 	e.workers = opts.Workers
+	e.btrfsNodePools = opts.BtrfsNodePools
 	if len(e.workers) == 0 {
 		e.workers = Workers
 	}
@@ -178,6 +187,30 @@ func (e *Env) Stop() {
 			n.Kill(component)
 		}
 	}
+	for _, fs := range e.filesystems {
+		if err := fs.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "harness: %v\n", err)
+		}
+	}
+	e.filesystems = nil
+}
+
+// nodePool makes the directory a node's pool lives in, and says which
+// backend serves it.
+func (e *Env) nodePool(nodeDir string) (string, string, error) {
+	if !e.btrfsNodePools {
+		return filepath.Join(nodeDir, "pool"), "auto", nil
+	}
+	workDir := filepath.Join(nodeDir, "btrfs")
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		return "", "", err
+	}
+	fs, err := testpool.NewBtrfs(workDir, 4<<30)
+	if err != nil {
+		return "", "", fmt.Errorf("btrfs pool: %w", err)
+	}
+	e.filesystems = append(e.filesystems, fs)
+	return filepath.Join(fs.Dir, "pool"), "btrfs", nil
 }
 
 // AllNodes returns the workers, in start order, and then the pseudo-node
@@ -265,8 +298,12 @@ func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node
 		}
 		n.metrics[component] = fmt.Sprintf("127.0.0.1:%d", port)
 	}
+	pool, backend, err := e.nodePool(nodeDir)
+	if err != nil {
+		return nil, err
+	}
 	if err := n.start("driver", "toposnap-driver", "--endpoint", "unix://"+socket, "--node-id", name,
-		"--data-dir", filepath.Join(nodeDir, "pool"), "--zone-data-dir", zonePool, "--capacity", "10Gi",
+		"--data-dir", pool, "--backend", backend, "--zone-data-dir", zonePool, "--capacity", "10Gi",
 		"--kubeconfig", e.Cluster.Kubeconfig, "--v", "2", "--metrics-address", n.metrics["driver"]); err != nil {
 		return nil, err
 	}
