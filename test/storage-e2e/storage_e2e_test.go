@@ -12,10 +12,13 @@ import (
 	"github.com/toposnap/toposnap/test/node"
 )
 
-// DefaultFocus is the subset `make test` runs: dynamic provisioning,
-// snapshots, topology and volume IO of csi.toposnap.io with the suite's
-// default (file system) volumes.
-const DefaultFocus = `External.Storage \[Driver: csi.toposnap.io\] \[Testpattern: Dynamic PV \(default fs\)\] (provisioning|snapshottable|topology|volumeIO)`
+// DefaultFocus is the subset `make test` runs: dynamic provisioning and
+// volume IO on file-system volumes, snapshots with deletionPolicy Delete,
+// and topology with delayed binding.
+const DefaultFocus = `External.Storage \[Driver: csi.toposnap.io\] \[Testpattern: (` +
+	`Dynamic PV \(default fs\)\] (provisioning|volumeIO)|` +
+	`Dynamic Snapshot \(delete policy\)\] snapshottable|` +
+	`Dynamic PV \(delayed binding\)\] topology)`
 
 // AllFocus is every External.Storage spec of csi.toposnap.io (make conformance).
 const AllFocus = `External.Storage \[Driver: csi.toposnap.io\]`
