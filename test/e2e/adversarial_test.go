@@ -354,6 +354,27 @@ func TestClaimsInTwoZones(t *testing.T) {
 				})
 			})
 		}
+		t.Run("each zone's Lease is held by a node of that zone", func(t *testing.T) {
+			t.Parallel()
+			ctx := ctxFor(t, 2*time.Minute)
+			for zone, nodes := range env.Zones() {
+				lease := provisioner.ZoneLeaseName(cluster.SeedRegion, zone)
+				var holder string
+				if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
+					got, err := env.Cluster.Client.CoordinationV1().Leases("default").Get(ctx, lease, metav1.GetOptions{})
+					if err != nil {
+						return false, nil
+					}
+					holder = ptr.Deref(got.Spec.HolderIdentity, "")
+					return holder != "", nil
+				}); err != nil {
+					t.Fatalf("zone %s's Lease default/%s has no holder: %v", zone, lease, err)
+				}
+				if !slices.Contains(nodes, holder) {
+					t.Errorf("zone %s's Lease is held by %q, not by one of its nodes %v", zone, holder, nodes)
+				}
+			}
+		})
 		t.Run("immediate node claim gets at most one volume", func(t *testing.T) {
 			t.Parallel()
 			createClaim(t, ns, "imm-node", "e2e-node-immediate", "16Mi", nil)
