@@ -210,30 +210,41 @@ func TestClaimDeletedDuringProvisioning(t *testing.T) {
 }
 
 // TestSourceProtection: the snapshot a restore reads keeps its protection
-// exactly while a pending claim reads from it, across a restart.
+// exactly while a volume is being made from it, across a restart; a
+// pending restore that has not started does not hold it.
 func TestSourceProtection(t *testing.T) {
 	server, client := fakecsi.Start(t)
 	snap, content := readySnapshot(ns, "snap", server.AddSnapshot("s", "vol-src", map[string]string{topology.NodeKey: "node1"}), "node1")
 	w := newWorld(t, nodeObject("node1", "b"), classObject("local", "node", wffc), snap, content,
-		restoreFrom(claimObject(ns, "a", "local", "node1"), "snap"), restoreFrom(claimObject(ns, "b", "local", ""), "snap"))
+		restoreFrom(claimObject(ns, "a", "local", "node1"), "snap"), restoreFrom(claimObject(ns, "b", "local", "node1"), "snap"),
+		restoreFrom(claimObject(ns, "unstarted", "local", ""), "snap"))
 	n := w.startNode("node1", "b", server, client, false)
 	if err := n.syncClaim(ns, "a"); err != nil {
 		t.Fatal(err)
 	}
 	bind(t, w, ns, "a")
+	server.Fail("CreateVolume", fakecsi.Fault{Err: status.Error(codes.DeadlineExceeded, "slow"), After: true})
+	if err := n.syncClaim(ns, "b"); err == nil {
+		t.Fatal("claim b's first attempt was meant to time out")
+	}
 	n = w.startNode("node1", "b", server, client, false) // a restart loses nothing the API holds
 	if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerSnapshotAsSource) {
-		t.Fatal("protection removed while claim b still waits to be restored from the snapshot")
+		t.Fatal("protection removed while claim b's volume is still being made from the snapshot")
 	}
 	w.deleteClaim(ns, "b")
+	for range 2 {
+		if err := n.syncClaim(ns, "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
 		t.Fatal(err)
 	}
 	if slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerSnapshotAsSource) {
-		t.Fatal("protection left after every restore of the snapshot was done")
+		t.Fatal("protection left while only an unstarted restore names the snapshot")
 	}
 }
 

@@ -57,21 +57,23 @@ func parseSourceKey(key string) (claimsource.Source, bool) {
 	return source, source.IsSnapshot() || source.IsClaim()
 }
 
-// readsFrom reports whether claim is a pending restore or clone of source:
-// unbound, and either alive or still being finished after its deletion.
+// readsFrom reports whether claim is a restore or clone of source whose
+// volume is being made (FinalizerProvisioning, alive or being finished
+// after its deletion). A pending claim that has not started does not hold
+// its source: it would refuse a source being deleted anyway, so holding the
+// source for it would only keep a deleted snapshot forever.
 func readsFrom(claim *corev1.PersistentVolumeClaim, source claimsource.Source) bool {
 	ref, ok := claimsource.Of(claim)
 	if !ok || ref.Kind != source.Kind || ref.Namespace != source.Namespace || ref.Name != source.Name {
 		return false
 	}
-	if claim.Spec.VolumeName != "" {
-		return false
-	}
-	return claim.DeletionTimestamp == nil || slices.Contains(claim.Finalizers, FinalizerProvisioning)
+	return claim.Spec.VolumeName == "" && slices.Contains(claim.Finalizers, FinalizerProvisioning)
 }
 
 // syncSource removes a source's protection finalizer once no claim reads
-// from it any more (upstream's rule: a pending claim with this dataSource).
+// from it any more. Upstream keeps it while any pending claim names the
+// source, so a snapshot deleted while a restore of it waits unstarted is
+// never deleted; toposnap keeps it only while a volume is being made.
 func (c *Controller) syncSource(ctx context.Context, key string) error {
 	source, ok := parseSourceKey(key)
 	if !ok {
