@@ -174,6 +174,25 @@ func forceCleanup(t *testing.T, ctx context.Context, ns string) {
 	removeLeaks(t, ctx)
 }
 
+// group runs subtests concurrently, all at once. Unlike t.Parallel it is
+// not limited to -parallel (GOMAXPROCS) subtests at a time: these subtests
+// spend their time waiting on the cluster, not computing.
+type group struct {
+	t  *testing.T
+	wg sync.WaitGroup
+}
+
+func (g *group) run(name string, f func(t *testing.T)) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.t.Run(name, f)
+	}()
+}
+
+// wait returns once every subtest has.
+func (g *group) wait() { g.wg.Wait() }
+
 // createImmediateClass is createClass with Immediate binding.
 func createImmediateClass(t *testing.T, name, scope string, allowedZones ...string) {
 	t.Helper()

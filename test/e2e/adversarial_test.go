@@ -46,17 +46,18 @@ func TestDeleteBoundPVAndClaimInEveryOrder(t *testing.T) {
 		{"claim", "pod", "pv"}, {"pod", "pv", "claim"}, {"pod", "claim", "pv"},
 	}
 	t.Run("orders", func(t *testing.T) {
+		g := &group{t: t}
 		seed := uint64(0)
 		for _, order := range orders {
 			for _, class := range []string{"e2e-node", "e2e-zone"} {
 				seed++
 				name := strings.Join(order, "-") + "-" + strings.TrimPrefix(class, "e2e-")
-				t.Run(name, func(t *testing.T) {
-					t.Parallel()
+				g.run(name, func(t *testing.T) {
 					deleteInOrder(t, ns, name, class, order, seed)
 				})
 			}
 		}
+		g.wait()
 	})
 	assertInvariants(t)
 }
@@ -111,28 +112,24 @@ func TestDeleteSourcesAroundSnapshots(t *testing.T) {
 	createClass(t, "e2e-zone", "zone", cluster.SeedZone)
 	ensureSnapshotClass(t)
 	t.Run("cases", func(t *testing.T) {
+		g := &group{t: t}
 		for i, class := range []string{"e2e-node", "e2e-zone"} {
 			scope := strings.TrimPrefix(class, "e2e-")
 			seed := uint64(100 + 10*i)
-			t.Run("source deleted after the cut, then restored from the snapshot/"+scope, func(t *testing.T) {
-				t.Parallel()
+			g.run("source deleted after the cut, then restored from the snapshot/"+scope, func(t *testing.T) {
 				sourceDeletedAfterCut(t, ns, "after-"+scope, class, seed)
 			})
-			t.Run("snapshot deleted before its source/"+scope, func(t *testing.T) {
-				t.Parallel()
+			g.run("snapshot deleted before its source/"+scope, func(t *testing.T) {
 				snapshotDeletedFirst(t, ns, "first-"+scope, class, seed+1)
 			})
-			t.Run("source deleted while the snapshot is cut/"+scope, func(t *testing.T) {
-				t.Parallel()
+			g.run("source deleted while the snapshot is cut/"+scope, func(t *testing.T) {
 				sourceDeletedDuringCut(t, ns, "during-"+scope, class, seed+2)
 			})
-			t.Run("snapshot deleted while it is restored/"+scope, func(t *testing.T) {
-				t.Parallel()
+			g.run("snapshot deleted while it is restored/"+scope, func(t *testing.T) {
 				snapshotDeletedDuringRestore(t, ns, "restoring-"+scope, class, seed+3)
 			})
 		}
-		t.Run("snapshot of a source deleted before the snapshot", func(t *testing.T) {
-			t.Parallel()
+		g.run("snapshot of a source deleted before the snapshot", func(t *testing.T) {
 			createClaim(t, ns, "gone-src", "e2e-node", "16Mi", nil)
 			deleteClaim(t, ns, "gone-src")
 			waitGone(t, "claim gone-src", getClaim(ns, "gone-src"), time.Minute)
@@ -141,6 +138,7 @@ func TestDeleteSourcesAroundSnapshots(t *testing.T) {
 				return env.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "of-gone", metav1.DeleteOptions{})
 			}, getSnapshot(ns, "of-gone"), 90*time.Second)
 		})
+		g.wait()
 	})
 	assertInvariants(t)
 }
@@ -327,6 +325,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 	ensureSnapshotClass(t)
 
 	t.Run("cases", func(t *testing.T) {
+		g := &group{t: t}
 		immediate := []struct {
 			claim, class string
 			wantNodes    []string // nil: either zone's nodes
@@ -336,8 +335,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 			{"imm-c", "e2e-zone-immediate-c", secondZoneNodes},
 		}
 		for _, tt := range immediate {
-			t.Run("immediate claim of "+tt.class+" gets one volume in one zone", func(t *testing.T) {
-				t.Parallel()
+			g.run("immediate claim of "+tt.class+" gets one volume in one zone", func(t *testing.T) {
 				name := tt.claim
 				createClaim(t, ns, name, tt.class, "16Mi", nil)
 				pv := waitClaimBound(t, ns, name)
@@ -354,8 +352,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 				})
 			})
 		}
-		t.Run("each zone's Lease is held by a node of that zone", func(t *testing.T) {
-			t.Parallel()
+		g.run("each zone's Lease is held by a node of that zone", func(t *testing.T) {
 			ctx := ctxFor(t, 2*time.Minute)
 			for zone, nodes := range env.Zones() {
 				lease := provisioner.ZoneLeaseName(cluster.SeedRegion, zone)
@@ -375,8 +372,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 				}
 			}
 		})
-		t.Run("immediate node claim gets at most one volume", func(t *testing.T) {
-			t.Parallel()
+		g.run("immediate node claim gets at most one volume", func(t *testing.T) {
 			createClaim(t, ns, "imm-node", "e2e-node-immediate", "16Mi", nil)
 			claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctxFor(t, time.Minute), "imm-node", metav1.GetOptions{})
 			if err != nil {
@@ -389,8 +385,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 				return nil
 			})
 		})
-		t.Run("zone claim follows its pod into the second zone, and so do restores of it", func(t *testing.T) {
-			t.Parallel()
+		g.run("zone claim follows its pod into the second zone, and so do restores of it", func(t *testing.T) {
 			createClaim(t, ns, "zc", "e2e-zone-any", "16Mi", nil)
 			createPodIn(t, ns, "zc-pod", "zc", inSecondZone)
 			pv, node := waitBound(t, ns, "zc", "zc-pod")
@@ -406,16 +401,14 @@ func TestClaimsInTwoZones(t *testing.T) {
 			}
 			assertPlaced(t, restored, topology.ZoneKey, cluster.SecondZone, secondZoneNodes)
 		})
-		t.Run("node claim on the second zone's worker", func(t *testing.T) {
-			t.Parallel()
+		g.run("node claim on the second zone's worker", func(t *testing.T) {
 			createClaim(t, ns, "nc", "e2e-node", "16Mi", nil)
 			createPodIn(t, ns, "nc-pod", "nc", inSecondZone)
 			pv, node := waitBound(t, ns, "nc", "nc-pod")
 			assertPlaced(t, pv, topology.NodeKey, node, []string{cluster.SecondZoneWorker})
 			writeRandom(t, node, pv.Spec.CSI.VolumeHandle, 1<<20, 301)
 		})
-		t.Run("class allowing only the second zone places its pod there", func(t *testing.T) {
-			t.Parallel()
+		g.run("class allowing only the second zone places its pod there", func(t *testing.T) {
 			createClaim(t, ns, "only-c", "e2e-zone-c", "16Mi", nil)
 			createPodIn(t, ns, "only-c-pod", "only-c", nil)
 			pv, node := waitBound(t, ns, "only-c", "only-c-pod")
@@ -424,8 +417,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 			}
 			assertPlaced(t, pv, topology.ZoneKey, cluster.SecondZone, secondZoneNodes)
 		})
-		t.Run("zone claim in the seed zone is shared by its nodes only", func(t *testing.T) {
-			t.Parallel()
+		g.run("zone claim in the seed zone is shared by its nodes only", func(t *testing.T) {
 			createClaim(t, ns, "zb", "e2e-zone-any", "16Mi", nil)
 			createPodIn(t, ns, "zb-pod", "zb", map[string]string{topology.ZoneKey: cluster.SeedZone})
 			pv, node := waitBound(t, ns, "zb", "zb-pod")
@@ -437,6 +429,7 @@ func TestClaimsInTwoZones(t *testing.T) {
 				}
 			}
 		})
+		g.wait()
 	})
 	assertInvariants(t)
 }
@@ -665,6 +658,7 @@ func TestClaimDeletedWhileProvisioning(t *testing.T) {
 	waitSnapshotReady(t, ns, "big-snap")
 
 	t.Run("claims", func(t *testing.T) {
+		g := &group{t: t}
 		for i := range 10 {
 			class := []string{"e2e-node", "e2e-zone"}[i%2]
 			var dataSource *corev1.TypedLocalObjectReference
@@ -674,8 +668,7 @@ func TestClaimDeletedWhileProvisioning(t *testing.T) {
 			}
 			delay := time.Duration(i%4) * 150 * time.Millisecond
 			name := fmt.Sprintf("%s-%d", kind, i)
-			t.Run(name, func(t *testing.T) {
-				t.Parallel()
+			g.run(name, func(t *testing.T) {
 				size := "16Mi"
 				if dataSource != nil {
 					size = "128Mi"
@@ -700,6 +693,7 @@ func TestClaimDeletedWhileProvisioning(t *testing.T) {
 				}
 			})
 		}
+		g.wait()
 	})
 	deleteSnapshotAndWait(t, ns, "big-snap")
 	assertInvariants(t)
