@@ -17,6 +17,7 @@ import (
 	"github.com/kubernetes-csi/csi-lib-utils/connection"
 	"github.com/kubernetes-csi/csi-lib-utils/rpc"
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotscheme "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/scheme"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -24,6 +25,8 @@ import (
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -67,8 +70,18 @@ func Recorder(client kubernetes.Interface, component, node string) (record.Event
 	broadcaster := record.NewBroadcaster()
 	broadcaster.StartStructuredLogging(4)
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: component, Host: node})
+	recorder := broadcaster.NewRecorder(EventScheme(), corev1.EventSource{Component: component, Host: node})
 	return recorder, broadcaster.Shutdown
+}
+
+// EventScheme knows the core types and the snapshot API's, so events can
+// name VolumeSnapshots and VolumeSnapshotContents (with client-go's scheme
+// alone they are dropped: "no kind is registered").
+func EventScheme() *runtime.Scheme {
+	eventScheme := runtime.NewScheme()
+	utilruntime.Must(scheme.AddToScheme(eventScheme))
+	utilruntime.Must(snapshotscheme.AddToScheme(eventScheme))
+	return eventScheme
 }
 
 // Driver is the node's CSI driver as a controller sees it.
