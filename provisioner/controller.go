@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -187,6 +188,10 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
 	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
 		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
+		// A new holder takes over the zone's work that waited for it: no
+		// event would bring back a claim its zone claimed, or a released
+		// zone volume, while the former holder was dying.
+		c.campaign.OnStart = c.requeueAll
 		go c.campaign.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
 	}
 	if background.CapacityInterval > 0 {
@@ -202,6 +207,18 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// requeueAll looks at every claim and PV again.
+func (c *Controller) requeueAll() {
+	claims, _ := c.claims.List(labels.Everything())
+	for _, claim := range claims {
+		c.claimQueue.Add(claim.Namespace + "/" + claim.Name)
+	}
+	volumes, _ := c.volumes.List(labels.Everything())
+	for _, pv := range volumes {
+		c.volumeQueue.Add(pv.Name)
+	}
 }
 
 // syncClaim provisions a volume for a pending claim this node owns, and

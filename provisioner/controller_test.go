@@ -366,3 +366,18 @@ func TestOrphansSkipVolumesInFlight(t *testing.T) {
 		t.Fatalf("volumes left %v, want only %s (and %s deleted)", ids, filling, orphan)
 	}
 }
+
+// TestNewLeaseHolderLooksAgain: winning the zone's Lease brings back every
+// claim and PV, so work the former holder left (a claimed immediate claim,
+// a released zone volume) is not waiting for an event that never comes.
+func TestNewLeaseHolderLooksAgain(t *testing.T) {
+	server, client := fakecsi.Start(t)
+	claim := claimObject(ns, "data", "shared", "")
+	w := newWorld(t, nodeObject("b1", "b"), claim,
+		provisionedPV(claimObject(ns, "gone", "shared", ""), "vol-gone", "b1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete))
+	n := w.startNode("b1", "b", server, client, true)
+	n.ctrl.requeueAll()
+	if claims, volumes := n.ctrl.claimQueue.Len(), n.ctrl.volumeQueue.Len(); claims != 1 || volumes != 1 {
+		t.Fatalf("queued %d claims and %d PVs, want 1 and 1", claims, volumes)
+	}
+}
