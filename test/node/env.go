@@ -137,7 +137,7 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (_ *Node, err 
 	}
 	n.KubeletDir = n.path("kubelet")
 	n.ContainerdSocket = n.path("containerd", "containerd.sock")
-	for _, dir := range []string{n.path("logs"), n.path("containerd"), n.path("cni", "net.d"), n.path("cni", "ipam"), n.KubeletDir, n.path("pki"), n.path("manifests")} {
+	for _, dir := range []string{n.path("logs"), n.path("containerd"), n.path("cni", "net.d"), n.path("cni", "ipam"), n.KubeletDir, n.path("pki"), n.path("manifests"), n.path("pod-logs")} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
@@ -346,7 +346,7 @@ func (n *Node) startKubelet(ctx context.Context, binDir string, labels map[strin
 	config, err := kubeletConfig(kubeletSettings{
 		Address: "127.0.0.1", Port: ports[0], HealthzPort: ports[1], ClientCAFile: caFile,
 		RuntimeEndpoint: "unix://" + n.ContainerdSocket, ClusterDNS: ClusterDNSIP, ClusterDomain: ClusterDomain,
-		ResolvConf: "/etc/resolv.conf", StaticPodPath: n.path("manifests"), ImageGCHighPercent: 95,
+		ResolvConf: "/etc/resolv.conf", StaticPodPath: n.path("manifests"), PodLogsDir: n.path("pod-logs"), ImageGCHighPercent: 95,
 	})
 	if err != nil {
 		return err

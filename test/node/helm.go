@@ -78,22 +78,22 @@ func (n *Node) InstallToposnap(ctx context.Context, opts InstallOptions) error {
 
 // toposnapValues are the chart values for this node: local images that are
 // never pulled, the kubelet's directory, the node pool under the node's
-// directory, one replica of each Deployment (one node), the snapshot CRDs
-// and toposnap's snapshot controller (no other one runs here), and the
-// second scheduler.
+// directory, the snapshot CRDs and toposnap's snapshot controller (no other
+// one runs here), and the second scheduler. The webhook and the extender
+// keep the chart's two replicas: with failurePolicy Fail, one webhook pod
+// restarted by a liveness probe on a busy machine would otherwise refuse
+// every StorageClass and restore while it is down.
 func (n *Node) toposnapValues() map[string]any {
 	return map[string]any{
 		"image":     map[string]any{"tag": ToposnapVersion, "pullPolicy": "Never"},
 		"registrar": map[string]any{"image": RegistrarImage, "pullPolicy": "Never"},
 		"node": map[string]any{
 			"kubeletDir": n.KubeletDir,
-			"pool":       map[string]any{"hostPath": n.path("pools", "node"), "capacity": "20Gi"},
+			"pool":       map[string]any{"hostPath": n.path("pools", "node"), "capacity": "100Gi"},
 			"logLevel":   4,
 		},
 		"snapshotCRDs":       map[string]any{"install": true},
 		"snapshotController": map[string]any{"toposnap": true},
-		"extender":           map[string]any{"replicas": 1},
-		"webhook":            map[string]any{"replicas": 1},
 		"scheduler":          map[string]any{"enabled": true, "pullPolicy": "Never"},
 	}
 }

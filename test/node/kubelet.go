@@ -22,6 +22,7 @@ type kubeletSettings struct {
 	ClusterDomain      string
 	ResolvConf         string
 	StaticPodPath      string
+	PodLogsDir         string
 	ImageGCHighPercent int
 }
 
@@ -54,6 +55,7 @@ func kubeletConfig(s kubeletSettings) ([]byte, error) {
 		"clusterDomain":            s.ClusterDomain,
 		"resolvConf":               s.ResolvConf,
 		"staticPodPath":            s.StaticPodPath,
+		"podLogsDir":               s.PodLogsDir,
 		"authentication": map[string]any{
 			"anonymous": map[string]any{"enabled": true},
 			"webhook":   map[string]any{"enabled": false},

@@ -25,7 +25,7 @@ func (s Summary) String() string {
 
 var (
 	ranPattern    = regexp.MustCompile(`Ran (\d+) of (\d+) Specs`)
-	countsPattern = regexp.MustCompile(`(SUCCESS|FAIL)! -- (\d+) Passed \| (\d+) Failed \| (\d+) Pending \| (\d+) Skipped`)
+	countsPattern = regexp.MustCompile(`(SUCCESS|FAIL)! (?:- [^\n]*?)?-- (\d+) Passed \| (\d+) Failed \| (\d+) Pending \| (\d+) Skipped`)
 )
 
 // parseSummary reads ginkgo's summary from a run's output; ok is false

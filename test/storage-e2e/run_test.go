@@ -30,6 +30,12 @@ func TestParseSummary(t *testing.T) {
 			ok:     true,
 		},
 		{
+			name:   "interrupted",
+			output: "Ran 66 of 3336 Specs in 2001.766 seconds\nFAIL! - Interrupted by User -- 19 Passed | 47 Failed | 0 Pending | 3270 Skipped\n",
+			want:   Summary{Ran: 66, Total: 3336, Passed: 19, Failed: 47, Skipped: 3270},
+			ok:     true,
+		},
+		{
 			name:   "crashed before the end",
 			output: "Running Suite: Kubernetes e2e suite\npanic: boom\n",
 			ok:     false,
