@@ -40,6 +40,8 @@ const DriverName = "csi.toposnap.io"
 //     violation, unless something still legitimately holds it: a PV bound to
 //     a live claim, a claim used by a running pod, a snapshot being restored
 //     by a claim not bound yet, a content whose snapshot still exists.
+//   - No Delete-policy content outliving its VolumeSnapshot (gone, or
+//     recreated with another uid) without being deleted, after Grace.
 //   - No VolumeSnapshot bound to a content whose volumeSnapshotRef names
 //     another snapshot, or to a content that no longer exists (unless the
 //     snapshot is being deleted), and no claim bound to a PV whose claimRef
@@ -275,6 +277,7 @@ func (c *Checker) Evaluate(w *World) Report {
 	c.checkVolumes(w, idx, &r)
 	c.checkSnapshots(w, idx, &r)
 	c.checkDeleted(w, idx, &r)
+	c.checkOrphanedContents(w, idx, &r)
 	checkBindings(w, idx, &r)
 	r.Violations, r.Pending = sortedUnique(r.Violations), sortedUnique(r.Pending)
 	return r
@@ -519,6 +522,34 @@ func (c *Checker) checkDeleted(w *World, idx worldIndex, r *Report) {
 			held = "snapshot"
 		}
 		lingering("VolumeSnapshotContent", content.Name, content.ObjectMeta, held)
+	}
+}
+
+// checkOrphanedContents finds Delete-policy contents whose snapshot is gone
+// (by namespace, name and uid) but that nobody deleted: their backend
+// snapshot leaks with them. A pre-provisioned content not bound yet (no
+// uid in its volumeSnapshotRef) waits for its snapshot and is exempt.
+func (c *Checker) checkOrphanedContents(w *World, idx worldIndex, r *Report) {
+	orphaned := map[string]bool{}
+	for i := range w.Contents {
+		content := &w.Contents[i]
+		ref := content.Spec.VolumeSnapshotRef
+		if content.Spec.Driver != DriverName || content.DeletionTimestamp != nil || ref.UID == "" ||
+			content.Spec.DeletionPolicy != snapv1.VolumeSnapshotContentDelete {
+			continue
+		}
+		if snapshot := idx.snapshots[ref.Namespace+"/"+ref.Name]; snapshot != nil && snapshot.UID == ref.UID {
+			continue
+		}
+		key := "content " + content.Name
+		orphaned[key] = true
+		c.unreferenced(w.At, key, fmt.Sprintf("VolumeSnapshotContent %s (deletionPolicy Delete, finalizers %v) outlives its VolumeSnapshot %s/%s (uid %s) and is not deleted",
+			content.Name, content.Finalizers, ref.Namespace, ref.Name, ref.UID), r)
+	}
+	for key := range c.unreferencedSince {
+		if strings.HasPrefix(key, "content ") && !orphaned[key] {
+			delete(c.unreferencedSince, key)
+		}
 	}
 }
 

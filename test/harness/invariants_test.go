@@ -88,6 +88,10 @@ func TestEvaluate(t *testing.T) {
 	restore.Spec.DataSource = &corev1.TypedLocalObjectReference{APIGroup: ptr.To(snapv1.GroupName), Kind: "VolumeSnapshot", Name: "snap"}
 	deletedContent := cut
 	deletedContent.DeletionTimestamp = deleted(10 * time.Second)
+	recreated := snapshot("a", "snap", "")
+	recreated.UID = "uid-snap-again"
+	unboundImport := content("import", "", &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "later"}})
+	unboundImport.Spec.Source.SnapshotHandle = ptr.To("snap-8")
 	strangerPV := pv("pv-9", "vol-9", corev1.VolumeBound, ptr.To(claim("a", "someone-else", "pv-9")))
 
 	tests := []struct {
@@ -146,6 +150,17 @@ func TestEvaluate(t *testing.T) {
 		{name: "snapshot bound to a vanished content lost its data",
 			world: World{Snapshots: []snapv1.VolumeSnapshot{snap}},
 			want:  []string{"VolumeSnapshot a/snap is bound to VolumeSnapshotContent content-1, which does not exist"}},
+		{name: "content whose snapshot is gone is deleted soon",
+			world:   World{Contents: []snapv1.VolumeSnapshotContent{cut}, BackendSnapshots: map[string][]string{"snap-1": {"node1"}}},
+			pending: []string{"VolumeSnapshotContent content-1 (deletionPolicy Delete, finalizers []) outlives its VolumeSnapshot a/snap (uid uid-snap) and is not deleted (yet)"}},
+		{name: "content outliving its snapshot past grace is a leak",
+			world: World{Contents: []snapv1.VolumeSnapshotContent{cut}, BackendSnapshots: map[string][]string{"snap-1": {"node1"}}}, seen: time.Minute,
+			want: []string{"VolumeSnapshotContent content-1 (deletionPolicy Delete, finalizers []) outlives its VolumeSnapshot a/snap"}},
+		{name: "content of a snapshot recreated under the same name is orphaned",
+			world: World{Snapshots: []snapv1.VolumeSnapshot{recreated}, Contents: []snapv1.VolumeSnapshotContent{cut}, BackendSnapshots: map[string][]string{"snap-1": {"node1"}}}, seen: time.Minute,
+			want: []string{"outlives its VolumeSnapshot a/snap (uid uid-snap)"}},
+		{name: "unbound pre-provisioned content waits for its snapshot",
+			world: World{Contents: []snapv1.VolumeSnapshotContent{unboundImport}, BackendSnapshots: map[string][]string{"snap-8": {"node1"}}}, seen: time.Minute},
 		{name: "deleted snapshot held by a restore in progress",
 			world: World{Snapshots: []snapv1.VolumeSnapshot{deletedSnap}, Claims: []corev1.PersistentVolumeClaim{restore},
 				Contents: []snapv1.VolumeSnapshotContent{cut}, BackendSnapshots: map[string][]string{"snap-1": {"node1"}}}},
