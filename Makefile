@@ -24,6 +24,7 @@ test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the loca
 	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/test/chaos$$' -e '/test/node$$' -e '/test/storage-e2e$$')   # real-node packages: node-test, conformance
 	$(MAKE) chaos SEED=1 CHAOS_PROFILE=short   # one short chaos seed, alone: its faults and timing are its own
 	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd hack/tools/node-images && $(GO) vet ./... && $(GO) test -count=1 ./...   # the real node's image packer and registrar (the node itself: make node-test)
 	cd test/intree && $(GO) vet ./... && $(GO) test -count=1 ./...   # differential test against the in-tree VolumeBinding plugin
 	$(MAKE) fuzz FUZZTIME=300x   # a count, not a duration: go1.26's -fuzztime deadline can fail a clean run (golang/go#75804)
 
