@@ -86,6 +86,17 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 	snapInformer := snapInformers.Snapshot().V1().VolumeSnapshots().Informer()
 	contentInformer := snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer()
 	_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
+	// A snapshot gone is its content's business: an orphan is deleted.
+	_, _ = snapInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) {
+			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tombstone.Obj
+			}
+			if snap, ok := obj.(*snapv1.VolumeSnapshot); ok {
+				c.contentQueue.Add(boundContentName(snap))
+			}
+		},
+	})
 	_, _ = contentInformer.AddEventHandler(handler(c.contentQueue))
 	// A content's progress is its snapshot's progress.
 	_, _ = contentInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -231,6 +242,9 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	handle := contentHandle(content)
 	if content.DeletionTimestamp != nil {
 		return c.deleteContent(ctx, content, handle)
+	}
+	if deleted, err := c.deleteOrphan(ctx, content); deleted || err != nil {
+		return err // its deletion brings it back
 	}
 	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
 		return nil
@@ -486,18 +500,84 @@ func (c *Controller) syncDeletedSnapshot(ctx context.Context, snap *snapv1.Volum
 	if slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) {
 		return kube.ErrRequeue
 	}
-	content, err := c.contents.Get(boundContentName(snap))
+	content, err := c.boundContent(ctx, snap)
 	switch {
-	case apierrors.IsNotFound(err):
-		content = nil
 	case err != nil:
 		return err
-	case !boundTo(content, snap):
-		content = nil // not this snapshot's: never delete another's content
-	case !c.ownsContent(ctx, content) && !c.neverCut(content):
+	case content != nil && !c.ownsContent(ctx, content) && !c.neverCut(content):
 		return nil // the node holding the snapshot handles it
 	}
 	return c.deleteSnapshot(ctx, snap, content)
+}
+
+// boundContent is the content bound to snap, nil when there is none. Letting
+// a snapshot go without its content leaks the backend snapshot for good, so
+// "none" is never the cache's word alone: a cache misses contents created a
+// moment ago, or all of them while it lists again after an API server
+// restart. A miss is confirmed by a read from the API server.
+func (c *Controller) boundContent(ctx context.Context, snap *snapv1.VolumeSnapshot) (*snapv1.VolumeSnapshotContent, error) {
+	name := boundContentName(snap)
+	content, err := c.contents.Get(name)
+	if err == nil && boundTo(content, snap) {
+		return content, nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, err
+	}
+	content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read content %s of %s/%s: %w", name, snap.Namespace, snap.Name, err)
+	case !boundTo(content, snap):
+		return nil, nil // not this snapshot's: never delete another's content
+	}
+	return content, nil
+}
+
+// snapshotGone reports whether the VolumeSnapshot a bound content names is
+// gone (deleted, or replaced by another of the same name), confirmed by a
+// read from the API server: the cache alone may simply not have it yet.
+func (c *Controller) snapshotGone(ctx context.Context, content *snapv1.VolumeSnapshotContent) (bool, error) {
+	ref := content.Spec.VolumeSnapshotRef
+	if ref.UID == "" {
+		return false, nil // a pre-provisioned content not bound yet
+	}
+	if snap, err := c.snapLister.VolumeSnapshots(ref.Namespace).Get(ref.Name); err == nil && snap.UID == ref.UID {
+		return false, nil
+	}
+	snap, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("read VolumeSnapshot %s/%s of content %s: %w", ref.Namespace, ref.Name, content.Name, err)
+	}
+	return snap.UID != ref.UID, nil
+}
+
+// deleteOrphan deletes a Delete-policy content whose VolumeSnapshot is gone
+// (released without it by a crash or an older version, or deleted by a
+// tool that bypassed the finalizer), as upstream's common controller does:
+// its finalizer then deletes the backend snapshot.
+func (c *Controller) deleteOrphan(ctx context.Context, content *snapv1.VolumeSnapshotContent) (bool, error) {
+	if !c.cfg.CommonController || content.Spec.DeletionPolicy != snapv1.VolumeSnapshotContentDelete {
+		return false, nil
+	}
+	gone, err := c.snapshotGone(ctx, content)
+	if err != nil || !gone {
+		return false, err
+	}
+	ref := content.Spec.VolumeSnapshotRef
+	err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, content.Name, metav1.DeleteOptions{
+		Preconditions: &metav1.Preconditions{UID: &content.UID}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("delete content %s of deleted VolumeSnapshot %s/%s: %w", content.Name, ref.Namespace, ref.Name, err)
+	}
+	c.cfg.Recorder.Eventf(content, corev1.EventTypeNormal, "SnapshotGone", "VolumeSnapshot %s/%s (uid %s) is gone: deleting this content and its snapshot (deletionPolicy Delete)",
+		ref.Namespace, ref.Name, ref.UID)
+	return true, nil
 }
 
 // boundContentName is the content a snapshot uses: the one it is bound to,

@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/fakeapi"
 	"github.com/toposnap/toposnap/internal/fakecsi"
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -183,7 +185,7 @@ func TestContentDeletedBeforeItsFirstCut(t *testing.T) {
 // CreateSnapshot runs, so a crash after the cut cannot orphan the snapshot.
 func TestContentIsStampedBeforeItsCut(t *testing.T) {
 	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), "vol-data")
-	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), content)...)
+	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), dynamicSnapshot("snap"), content)...)
 	n := startNode(t, w, "node1")
 	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
 	var stampedAtCut bool
@@ -261,5 +263,103 @@ func TestSnapshotWaitsForItsRestores(t *testing.T) {
 	n.settle(t, ns, "snap", content)
 	if getSnapshot(w, ns, "snap") != nil || len(n.csi.SnapshotIDs()) != 0 {
 		t.Fatalf("once the restore was done the snapshot was not deleted: backend %v", n.csi.SnapshotIDs())
+	}
+}
+
+// TestStaleCacheNeverReleasesASnapshot: a snapshotter whose cache does not
+// have the content yet (created a moment ago, or the cache is listing again
+// after an API server restart) must not let the snapshot go without it: its
+// backend snapshot would leak with an orphaned content.
+func TestStaleCacheNeverReleasesASnapshot(t *testing.T) {
+	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), snapshotClass(), dynamicSnapshot("snap"))...)
+	n := startNode(t, w, "node1")
+	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
+	content := "snapcontent-uid-snap"
+	n.settle(t, ns, "snap", content)
+	if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(context.Background(), "snap", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []*node{startNode(t, w, "node2"), n} {
+		who.w.Fill(who.kubeStores, who.snapStores)
+		store := who.snapStores.Snapshot().V1().VolumeSnapshotContents().Informer().GetStore()
+		if err := store.Delete(getContent(w, content)); err != nil {
+			t.Fatal(err)
+		}
+		if err := who.ctrl.syncSnapshot(context.Background(), ns+"/snap"); err != nil && !errors.Is(err, kube.ErrRequeue) {
+			t.Fatal(err)
+		}
+		if snap := getSnapshot(w, ns, "snap"); snap == nil || getContent(w, content).DeletionTimestamp != nil && who != n {
+			t.Fatalf("%s: snapshot released (or its content deleted) on a cache that lacked the content", who.ctrl.cfg.NodeName)
+		}
+	}
+	n.settle(t, ns, "snap", content)
+	if getSnapshot(w, ns, "snap") != nil || getContent(w, content) != nil || len(n.csi.SnapshotIDs()) != 0 {
+		t.Fatalf("snapshot not deleted with its content: backend %v", n.csi.SnapshotIDs())
+	}
+}
+
+// TestOrphanedContentIsDeleted: a Delete-policy content whose VolumeSnapshot
+// is gone (released by a crash, or deleted past its finalizer) is deleted
+// with its backend snapshot by the node holding it; one whose snapshot the
+// cache merely lacks, or a Retain one, is kept.
+func TestOrphanedContentIsDeleted(t *testing.T) {
+	cases := []struct {
+		name       string
+		policy     snapv1.DeletionPolicy
+		snapshot   string // "gone", "replaced" (same name, new uid), "uncached" (in the API, not the cache)
+		wantDelete bool
+	}{
+		{"snapshot gone", snapv1.VolumeSnapshotContentDelete, "gone", true},
+		{"snapshot replaced by another of its name", snapv1.VolumeSnapshotContentDelete, "replaced", true},
+		{"snapshot only missing from the cache", snapv1.VolumeSnapshotContentDelete, "uncached", false},
+		{"snapshot gone, Retain", snapv1.VolumeSnapshotContentRetain, "gone", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			class := snapshotClass()
+			class.DeletionPolicy = tc.policy
+			w := fakeapi.NewWorld(t, append(sourceObjects("node1"), class, dynamicSnapshot("snap"))...)
+			n := startNode(t, w, "node1")
+			n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
+			content := "snapcontent-uid-snap"
+			n.settle(t, ns, "snap", content)
+			// The snapshot goes without its finalizer being honoured.
+			snap := getSnapshot(w, ns, "snap")
+			snap.Finalizers = nil
+			if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Update(context.Background(), snap, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			switch tc.snapshot {
+			case "gone", "replaced":
+				if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(context.Background(), "snap", metav1.DeleteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.snapshot == "replaced" {
+				again := dynamicSnapshot("snap")
+				again.UID = "uid-snap-2"
+				if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(context.Background(), again, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n.w.Fill(n.kubeStores, n.snapStores)
+			if tc.snapshot == "uncached" {
+				store := n.snapStores.Snapshot().V1().VolumeSnapshots().Informer().GetStore()
+				if err := store.Delete(getSnapshot(w, ns, "snap")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = n.ctrl.syncContent(context.Background(), content)
+			for range 3 {
+				_ = n.syncContent(content)
+			}
+			deleted := getContent(w, content) == nil && len(n.csi.SnapshotIDs()) == 0
+			if deleted != tc.wantDelete {
+				t.Fatalf("content deleted = %v, want %v (backend %v)", deleted, tc.wantDelete, n.csi.SnapshotIDs())
+			}
+			if !tc.wantDelete && (getContent(w, content) == nil || getContent(w, content).DeletionTimestamp != nil) {
+				t.Fatal("a content that is still wanted was deleted")
+			}
+		})
 	}
 }
