@@ -25,6 +25,13 @@ import (
 // exists, so a claim deleted meanwhile, even across a crash of this
 // process, is finished and its volume deleted rather than leaked.
 func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) error {
+	// A data source of another kind belongs to that kind's volume populator,
+	// which provisions a claim of its own and hands the volume over (as
+	// external-provisioner assumes): no volume here, and no failure.
+	if source, ok := claimsource.Of(claim); ok && !source.IsSnapshot() && !source.IsClaim() {
+		c.recorder.Event(claim, corev1.EventTypeNormal, "Provisioning", "Assuming an external populator will provision the volume")
+		return nil
+	}
 	resuming := slices.Contains(claim.Finalizers, FinalizerProvisioning)
 	req, err := c.createRequest(claim, class, resuming)
 	if errors.Is(err, errUnreachableSource) {
