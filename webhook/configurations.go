@@ -34,11 +34,19 @@ const (
 	// conditionPodHasClaims: pods with a claim or an ephemeral volume, the
 	// only ones that can use a toposnap StorageClass.
 	conditionPodHasClaims = "has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.persistentVolumeClaim) || has(v.ephemeral))"
-	// conditionPodDefaultScheduler: pods still to be scheduled, by the
-	// default scheduler.
-	conditionPodDefaultScheduler = "(!has(object.spec.schedulerName) || object.spec.schedulerName in ['', '" + DefaultSchedulerName + "']) && " +
-		"(!has(object.spec.nodeName) || object.spec.nodeName == '')"
 )
+
+// conditionPodToSchedule: pods still to be scheduled, by one of schedulers
+// (the default one when they name none).
+func conditionPodToSchedule(schedulers []string) string {
+	quoted := make([]string, 0, len(schedulers)+1)
+	quoted = append(quoted, "''")
+	for _, name := range schedulers {
+		quoted = append(quoted, "'"+name+"'")
+	}
+	return "(!has(object.spec.schedulerName) || object.spec.schedulerName in [" + strings.Join(quoted, ", ") + "]) && " +
+		"(!has(object.spec.nodeName) || object.spec.nodeName == '')"
+}
 
 // ConfigurationOptions say how the API server reaches the webhook.
 type ConfigurationOptions struct {
@@ -52,9 +60,10 @@ type ConfigurationOptions struct {
 	FailurePolicy admissionregistrationv1.FailurePolicyType
 	// TimeoutSeconds bounds each call; 0 means 5.
 	TimeoutSeconds int32
-	// SchedulerName, when set, adds PodWebhook to the mutating
-	// configuration; it must be the webhook's --scheduler-name.
-	SchedulerName string
+	// Pods, when it does anything, adds PodWebhook to the mutating
+	// configuration; it must be what the webhook runs with
+	// (--scheduler-name, --volume-resource, --volume-resource-schedulers).
+	Pods PodOptions
 }
 
 // Configurations are the Mutating- and ValidatingWebhookConfiguration that
@@ -65,8 +74,8 @@ type ConfigurationOptions struct {
 //
 // Besides the StorageClass mutation, the mutating configuration sends
 // claims matching conditionLegacySnapshotSource to the claim route, which
-// denies them: the validating phase never sees that mistake. With
-// opts.SchedulerName set it also holds PodWebhook.
+// denies them: the validating phase never sees that mistake. With opts.Pods
+// doing anything it also holds PodWebhook.
 func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.MutatingWebhookConfiguration, *admissionregistrationv1.ValidatingWebhookConfiguration) {
 	if opts.TimeoutSeconds == 0 {
 		opts.TimeoutSeconds = 5
@@ -97,7 +106,7 @@ func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.Mutatin
 			MatchConditions:    []admissionregistrationv1.MatchCondition{{Name: conditionName(hook.name), Expression: hook.condition}},
 		})
 	}
-	if opts.SchedulerName != "" {
+	if opts.Pods.enabled() {
 		mutating.Webhooks = append(mutating.Webhooks, PodWebhook(opts))
 	}
 	validating := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: opts.Name}}
@@ -121,12 +130,14 @@ func Configurations(opts ConfigurationOptions) (*admissionregistrationv1.Mutatin
 
 // PodWebhook is the mutating webhook that sends pods to PathMutatePod,
 // which moves those using toposnap StorageClasses to the webhook's
-// --scheduler-name (Configurations includes it when opts.SchedulerName is
-// set). Whatever opts.FailurePolicy says, its failurePolicy is Ignore:
-// when the webhook is down pods keep the default scheduler, which still
-// runs them, instead of every pod in the cluster failing to be created.
-// Match conditions keep the API server from calling it about pods without
-// claims or with a scheduler of their own.
+// --scheduler-name and gives them its --volume-resource (Configurations
+// includes it when opts.Pods does anything). Whatever opts.FailurePolicy
+// says, its failurePolicy is Ignore: when the webhook is down pods keep
+// their scheduler and go without the resource, so they still run (placed
+// without the extender's checks: docs/operations.md), instead of every pod
+// in the cluster failing to be created. Match conditions keep the API
+// server from calling it about pods without claims, already on a node, or
+// for a scheduler it has nothing to do with.
 func PodWebhook(opts ConfigurationOptions) admissionregistrationv1.MutatingWebhook {
 	if opts.TimeoutSeconds == 0 {
 		opts.TimeoutSeconds = 5
@@ -142,7 +153,7 @@ func PodWebhook(opts ConfigurationOptions) admissionregistrationv1.MutatingWebho
 		ReinvocationPolicy: ptr.To(admissionregistrationv1.NeverReinvocationPolicy),
 		MatchConditions: []admissionregistrationv1.MatchCondition{
 			{Name: "pod-with-claims", Expression: conditionPodHasClaims},
-			{Name: "pod-for-default-scheduler", Expression: conditionPodDefaultScheduler},
+			{Name: "pod-to-schedule", Expression: conditionPodToSchedule(opts.Pods.Schedulers())},
 		},
 	}
 }

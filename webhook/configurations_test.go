@@ -64,7 +64,15 @@ func TestConfigurationsAddThePodWebhookOnlyWithASchedulerName(t *testing.T) {
 	if mutating, _ := Configurations(opts); hasWebhook(mutating, "pod-scheduler.toposnap.io") {
 		t.Fatal("pod webhook registered without a scheduler name")
 	}
-	opts.SchedulerName = "toposnap-scheduler"
+	marking := opts
+	marking.Pods = PodOptions{VolumeResource: VolumeResource, ResourceSchedulers: []string{"my-scheduler"}}
+	if mutating, _ := Configurations(marking); !hasWebhook(mutating, "pod-scheduler.toposnap.io") {
+		t.Fatal("pod webhook missing with a volume resource")
+	}
+	if got := PodWebhook(marking).MatchConditions[1].Expression; !strings.Contains(got, "'my-scheduler'") || !strings.Contains(got, "'"+DefaultSchedulerName+"'") {
+		t.Errorf("pod webhook condition %q does not send pods of the resource's schedulers (and unnamed ones)", got)
+	}
+	opts.Pods.SchedulerName = "toposnap-scheduler"
 	mutating, _ := Configurations(opts)
 	if !hasWebhook(mutating, "pod-scheduler.toposnap.io") {
 		t.Fatal("pod webhook missing with a scheduler name")

@@ -3,10 +3,12 @@ package webhook
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 )
@@ -123,11 +125,11 @@ func TestMutatePod(t *testing.T) {
 	state := podState(t)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			schedulerName := testScheduler
+			opts := PodOptions{SchedulerName: testScheduler}
 			if tt.off {
-				schedulerName = ""
+				opts = PodOptions{}
 			}
-			decision, err := MutatePod(context.Background(), tt.pod, !tt.update, schedulerName, state)
+			decision, err := MutatePod(context.Background(), tt.pod, !tt.update, opts, state)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +150,7 @@ func TestMutatePod(t *testing.T) {
 }
 
 func TestMutatePodReportsUnreadableState(t *testing.T) {
-	_, err := MutatePod(context.Background(), pod("web", claimVolume("data", "data")), true, testScheduler, brokenState{})
+	_, err := MutatePod(context.Background(), pod("web", claimVolume("data", "data")), true, PodOptions{SchedulerName: testScheduler}, brokenState{})
 	if !errors.Is(err, errBroken) {
 		t.Fatalf("error %v, want the state's %v", err, errBroken)
 	}
@@ -162,4 +164,89 @@ func patchedScheduler(t *testing.T, pod *corev1.Pod, patch []PatchOperation) str
 		return pod.Spec.SchedulerName
 	}
 	return applyPatch(t, pod, patch).Spec.SchedulerName
+}
+
+// TestMutatePodMarksPodsForTheExtender: pods using toposnap volumes that go
+// to a scheduler managing VolumeResource get one unit of it (so only they
+// reach the extender); no other pod does, and nothing else in the pod
+// changes.
+func TestMutatePodMarksPodsForTheExtender(t *testing.T) {
+	withLimits := pod("web", claimVolume("data", "data"))
+	withLimits.Spec.Containers[0].Resources = corev1.ResourceRequirements{
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m")},
+		Claims:   []corev1.ResourceClaim{{Name: "gpu"}},
+	}
+	already := pod("web", claimVolume("data", "data"))
+	already.Spec.Containers = append([]corev1.Container{{Name: "sidecar"}}, already.Spec.Containers...)
+	already.Spec.Containers[1].Resources.Limits = corev1.ResourceList{VolumeResource: resource.MustParse("1")}
+	ownScheduler := pod("web", claimVolume("data", "data"))
+	ownScheduler.Spec.SchedulerName = "gpu-scheduler"
+	onNode := pod("web", claimVolume("data", "data"))
+	onNode.Spec.NodeName = "node1"
+	defaultOnly := PodOptions{VolumeResource: VolumeResource, ResourceSchedulers: []string{DefaultSchedulerName}}
+	secondScheduler := PodOptions{SchedulerName: testScheduler, VolumeResource: VolumeResource}
+
+	tests := []struct {
+		name          string
+		pod           *corev1.Pod
+		opts          PodOptions
+		wantMarked    bool
+		wantScheduler string
+	}{
+		{"toposnap claim, default scheduler managing the resource", pod("web", claimVolume("data", "data")), defaultOnly, true, DefaultSchedulerName},
+		{"toposnap ephemeral volume", pod("web", ephemeralVolume("cache", ptr.To("toposnap"))), defaultOnly, true, DefaultSchedulerName},
+		{"claim not created yet may be toposnap's", pod("web", claimVolume("data", "not-created-yet")), defaultOnly, true, DefaultSchedulerName},
+		{"static local PV", pod("web", claimVolume("data", "local-data")), defaultOnly, false, DefaultSchedulerName},
+		{"another driver's claim", pod("web", claimVolume("data", "ebs")), defaultOnly, false, DefaultSchedulerName},
+		{"pod for a scheduler that does not manage the resource", ownScheduler, defaultOnly, false, "gpu-scheduler"},
+		{"pod already on a node", onNode, defaultOnly, false, DefaultSchedulerName},
+		{"pod already asking for the resource", already, defaultOnly, true, DefaultSchedulerName},
+		{"existing resources are kept", withLimits, defaultOnly, true, DefaultSchedulerName},
+		{"moved to the second scheduler and marked for it", pod("web", claimVolume("data", "data")), secondScheduler, true, testScheduler},
+		{"missing claim stays with a default scheduler that does not manage the resource",
+			pod("web", claimVolume("data", "not-created-yet")), secondScheduler, false, DefaultSchedulerName},
+		{"resource off", pod("web", claimVolume("data", "data")), PodOptions{ResourceSchedulers: []string{DefaultSchedulerName}}, false, DefaultSchedulerName},
+	}
+	state := podState(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			decision, err := MutatePod(context.Background(), tt.pod, true, tt.opts, state)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patched := tt.pod
+			if len(decision.Patch) > 0 {
+				patched = applyPatch(t, tt.pod, decision.Patch)
+			}
+			if patched.Spec.SchedulerName != tt.wantScheduler {
+				t.Errorf("spec.schedulerName = %q, want %q", patched.Spec.SchedulerName, tt.wantScheduler)
+			}
+			units := 0
+			for _, c := range patched.Spec.Containers {
+				limit, request := c.Resources.Limits[VolumeResource], c.Resources.Requests[VolumeResource]
+				units += int(limit.Value())
+				if !request.IsZero() && request.Cmp(limit) != 0 {
+					t.Errorf("container %s: request %s != limit %s", c.Name, request.String(), limit.String())
+				}
+			}
+			if marked := units > 0; marked != tt.wantMarked || units > 1 {
+				t.Fatalf("%s units in the pod, want marked=%v (patch %+v)", strconv.Itoa(units), tt.wantMarked, decision.Patch)
+			}
+			before, after := tt.pod.Spec.Containers[0].Resources, patched.Spec.Containers[0].Resources
+			for name, q := range before.Limits {
+				if got := after.Limits[name]; got.Cmp(q) != 0 {
+					t.Errorf("limit %s changed: %s -> %s", name, q.String(), got.String())
+				}
+			}
+			for name, q := range before.Requests {
+				if got := after.Requests[name]; got.Cmp(q) != 0 {
+					t.Errorf("request %s changed: %s -> %s", name, q.String(), got.String())
+				}
+			}
+			if len(after.Claims) != len(before.Claims) {
+				t.Errorf("resource claims changed: %v -> %v", before.Claims, after.Claims)
+			}
+		})
+	}
 }

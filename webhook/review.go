@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -162,16 +163,16 @@ func decideSnapshotClass(state State) decider {
 	}
 }
 
-// decidePod is the decider of the Pod mutating route (schedulerName ""
-// turns it off). Moving a pod to another scheduler is a convenience, not a
-// check: when the state cannot be read the pod is admitted as it is, with a
-// warning, never refused.
-func decidePod(state State, schedulerName string) decider {
+// decidePod is the decider of the Pod mutating route (opts' zero value
+// turns it off). Moving a pod to another scheduler and marking it for the
+// extender are conveniences, not checks: when the state cannot be read the
+// pod is admitted as it is, with a warning, never refused.
+func decidePod(state State, opts PodOptions) decider {
 	return func(ctx context.Context, request *admissionv1.AdmissionRequest) (Decision, error) {
 		if decision, ok := misrouted(request, podsResource); ok {
 			return decision, nil
 		}
-		if request.Operation != admissionv1.Create || schedulerName == "" {
+		if request.Operation != admissionv1.Create || !opts.enabled() {
 			return allow(), nil
 		}
 		var pod corev1.Pod
@@ -181,12 +182,25 @@ func decidePod(state State, schedulerName string) decider {
 		if pod.Namespace == "" {
 			pod.Namespace = request.Namespace
 		}
-		decision, err := MutatePod(ctx, &pod, true, schedulerName, state)
+		decision, err := MutatePod(ctx, &pod, true, opts, state)
 		if err != nil {
 			klog.ErrorS(err, "Cannot look up the pod's volumes; admitting it unchanged", "pod", klog.KRef(pod.Namespace, pod.Name), "uid", request.UID)
-			return allow(fmt.Sprintf("pod %s keeps its scheduler: the toposnap webhook could not read its volumes (%v); "+
-				"set spec.schedulerName to %s if it uses toposnap volumes", podName(&pod), err, schedulerName)), nil
+			return allow(unchangedWarning(&pod, opts, err)), nil
 		}
 		return decision, nil
 	}
+}
+
+// unchangedWarning tells the user of a pod admitted unchanged what the
+// route could not do for it, and how to do it by hand.
+func unchangedWarning(pod *corev1.Pod, opts PodOptions, err error) string {
+	var todo []string
+	if opts.SchedulerName != "" {
+		todo = append(todo, "set spec.schedulerName to "+opts.SchedulerName)
+	}
+	if opts.VolumeResource != "" {
+		todo = append(todo, fmt.Sprintf("add %s: 1 to a container's limits", opts.VolumeResource))
+	}
+	return fmt.Sprintf("pod %s admitted unchanged: the toposnap webhook could not read its volumes (%v); if they are toposnap's, %s",
+		podName(pod), err, strings.Join(todo, " and "))
 }

@@ -36,10 +36,11 @@ type Options struct {
 	Kubeconfig string
 	// ShutdownGrace is how long requests in flight may take after SIGTERM.
 	ShutdownGrace time.Duration
-	// SchedulerName, when set, is the scheduler (one configured with
-	// toposnap's extender) that PathMutatePod moves pods using toposnap
-	// volumes to; empty turns that route into a no-op.
-	SchedulerName string
+	// Pods says what PathMutatePod does to pods using toposnap volumes:
+	// move them to a scheduler configured with toposnap's extender, and
+	// give them VolumeResource for schedulers that manage it. The zero
+	// value turns that route into a no-op.
+	Pods PodOptions
 }
 
 // Run serves the webhook until ctx ends, then shuts down gracefully. It
@@ -83,6 +84,6 @@ func Run(ctx context.Context, opts Options) error {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(),
 		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass, PathMutatePod},
-		"schedulerName", opts.SchedulerName)
-	return serve(ctx, listener, NewServer(state, registry, opts.SchedulerName), certificates.TLSConfig(), opts.ShutdownGrace)
+		"schedulerName", opts.Pods.SchedulerName, "volumeResource", opts.Pods.VolumeResource, "resourceSchedulers", opts.Pods.ResourceSchedulers)
+	return serve(ctx, listener, NewServer(state, registry, opts.Pods), certificates.TLSConfig(), opts.ShutdownGrace)
 }

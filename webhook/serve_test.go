@@ -56,7 +56,7 @@ func clientTrusting(pairs ...certstest.Pair) *http.Client {
 func TestServeReloadsCertificateForNewConnections(t *testing.T) {
 	first, second := certstest.NewPair(t, "first"), certstest.NewPair(t, "second")
 	volume := certstest.NewSecretVolume(t, first)
-	address, _, _ := startServing(t, volume.Files, NewServer(newState(t), nil, ""))
+	address, _, _ := startServing(t, volume.Files, NewServer(newState(t), nil, PodOptions{}))
 	client := clientTrusting(first, second)
 	servedName := func() string {
 		response, err := client.Get("https://" + address + PathHealthz)

@@ -29,9 +29,9 @@ const (
 // NewServer is the webhook's HTTP edge: it routes, bounds and decodes
 // requests, calls the route's decider on state, and encodes the answer.
 // Metrics go to registry, which /metrics serves (nil: a registry of its own).
-// Pods are moved to schedulerName when they use toposnap volumes (see
-// MutatePod); "" leaves every pod alone.
-func NewServer(state State, registry *prometheus.Registry, schedulerName string) *echo.Echo {
+// pods says what the pod route does (see MutatePod); its zero value leaves
+// every pod alone.
+func NewServer(state State, registry *prometheus.Registry, pods PodOptions) *echo.Echo {
 	if registry == nil {
 		registry = prometheus.NewRegistry()
 	}
@@ -43,7 +43,7 @@ func NewServer(state State, registry *prometheus.Registry, schedulerName string)
 	e.POST(PathMutateStorageClass, review(decideStorageClass(state)), m.instrument)
 	e.POST(PathValidateClaim, review(decideClaim(state)), m.instrument)
 	e.POST(PathValidateSnapshotClass, review(decideSnapshotClass(state)), m.instrument)
-	e.POST(PathMutatePod, review(decidePod(state, schedulerName)), m.instrument)
+	e.POST(PathMutatePod, review(decidePod(state, pods)), m.instrument)
 	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET(PathReadyz, func(c echo.Context) error {
 		if err := state.Ready(); err != nil {

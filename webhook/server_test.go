@@ -78,7 +78,7 @@ func answer(t *testing.T, recorder *httptest.ResponseRecorder) *admissionv1.Admi
 const testScheduler = "toposnap-scheduler"
 
 func newTestServer(state State) *echo.Echo {
-	return NewServer(state, prometheus.NewRegistry(), testScheduler)
+	return NewServer(state, prometheus.NewRegistry(), PodOptions{SchedulerName: testScheduler, VolumeResource: VolumeResource})
 }
 
 func TestServerRejectsMalformedRequests(t *testing.T) {
@@ -191,13 +191,14 @@ func TestServerAnswersReviews(t *testing.T) {
 			t.Fatalf("want a retry denial, got %+v", response)
 		}
 	})
-	t.Run("pod using a toposnap claim is moved to the configured scheduler with a warning", func(t *testing.T) {
+	t.Run("pod using a toposnap claim is moved to the configured scheduler and marked, with a warning", func(t *testing.T) {
 		response := answer(t, post(server, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
 			pod("web", claimVolume("data", "source")), nil))))
 		if !response.Allowed || response.PatchType == nil || *response.PatchType != admissionv1.PatchTypeJSONPatch {
 			t.Fatalf("want an allowed JSONPatch, got %+v", response)
 		}
-		if string(response.Patch) != `[{"op":"replace","path":"/spec/schedulerName","value":"toposnap-scheduler"}]` {
+		if string(response.Patch) != `[{"op":"replace","path":"/spec/schedulerName","value":"toposnap-scheduler"},`+
+			`{"op":"add","path":"/spec/containers/0/resources","value":{"limits":{"toposnap.io/volumes":"1"},"requests":{"toposnap.io/volumes":"1"}}}]` {
 			t.Errorf("patch %s", response.Patch)
 		}
 		if len(response.Warnings) != 1 || !strings.Contains(response.Warnings[0], "spec.schedulerName set to toposnap-scheduler") {
@@ -209,12 +210,13 @@ func TestServerAnswersReviews(t *testing.T) {
 		response := answer(t, post(broken, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
 			pod("web", claimVolume("data", "source")), nil))))
 		if !response.Allowed || len(response.Patch) > 0 || len(response.Warnings) != 1 ||
-			!strings.Contains(response.Warnings[0], "pod app/web keeps its scheduler: the toposnap webhook could not read its volumes (connection refused)") {
+			!strings.Contains(response.Warnings[0], "pod app/web admitted unchanged: the toposnap webhook could not read its volumes (connection refused); "+
+				"if they are toposnap's, set spec.schedulerName to toposnap-scheduler and add toposnap.io/volumes: 1 to a container's limits") {
 			t.Fatalf("want admitted unpatched with a warning, got %+v", response)
 		}
 	})
 	t.Run("pod route without a scheduler name admits every pod unchanged", func(t *testing.T) {
-		off := NewServer(claimState(t), prometheus.NewRegistry(), "")
+		off := NewServer(claimState(t), prometheus.NewRegistry(), PodOptions{})
 		response := answer(t, post(off, PathMutatePod, bytes.NewReader(reviewOf(t, podsResource, admissionv1.Create,
 			pod("web", claimVolume("data", "source")), nil))))
 		if !response.Allowed || len(response.Patch) > 0 || len(response.Warnings) > 0 {

@@ -41,12 +41,17 @@ var chartFailurePolicies = map[string]admissionv1.FailurePolicyType{
 // with the defaults, and with the second scheduler, where the webhook also
 // moves pods to it.
 func TestWebhookConfigurationsMirrorTheCode(t *testing.T) {
+	defaultManaged := valueSets()[0]
+	defaultManaged.name = "default scheduler managing the volume resource"
+	defaultManaged.args = []string{"--set", "extender.managedResource.defaultScheduler=true"}
 	for _, tc := range []struct {
-		set           valueSet
-		schedulerName string
+		set  valueSet
+		pods webhook.PodOptions
 	}{
-		{valueSets()[0], ""},
-		{valueSets()[2], "toposnap-scheduler"},
+		{valueSets()[0], webhook.PodOptions{}},
+		{valueSets()[2], webhook.PodOptions{SchedulerName: "toposnap-scheduler", VolumeResource: webhook.VolumeResource,
+			ResourceSchedulers: []string{"toposnap-scheduler"}}},
+		{defaultManaged, webhook.PodOptions{VolumeResource: webhook.VolumeResource, ResourceSchedulers: []string{"default-scheduler"}}},
 	} {
 		t.Run(tc.set.name, func(t *testing.T) {
 			objects := render(t, ctxFor(t, time.Minute), tc.set)
@@ -68,7 +73,7 @@ func TestWebhookConfigurationsMirrorTheCode(t *testing.T) {
 					}
 				},
 				FailurePolicy: admissionv1.Fail,
-				SchedulerName: tc.schedulerName,
+				Pods:          tc.pods,
 			})
 			for i := range wantMutating.Webhooks {
 				wantMutating.Webhooks[i].FailurePolicy = ptr.To(chartFailurePolicies[wantMutating.Webhooks[i].Name])
@@ -83,16 +88,23 @@ func TestWebhookConfigurationsMirrorTheCode(t *testing.T) {
 				t.Errorf("ValidatingWebhookConfiguration differs from webhook.Configurations:\nchart:\n%s\ncode:\n%s", toYAML(t, validating.Webhooks), toYAML(t, wantValidating.Webhooks))
 			}
 
-			// The pod route is a no-op unless the webhook has the same scheduler name.
+			// The pod route does what the configuration says only when the
+			// webhook runs with the same options.
 			var deployment appsv1.Deployment
 			convert(t, find(t, objects, "Deployment", name), &deployment)
 			args := deployment.Spec.Template.Spec.Containers[0].Args
-			hasFlag := slices.ContainsFunc(args, func(arg string) bool { return strings.HasPrefix(arg, "--scheduler-name") })
-			switch {
-			case tc.schedulerName == "" && hasFlag:
-				t.Errorf("webhook args %v set --scheduler-name without the second scheduler", args)
-			case tc.schedulerName != "" && !slices.Contains(args, "--scheduler-name="+tc.schedulerName):
-				t.Errorf("webhook args %v lack --scheduler-name=%s", args, tc.schedulerName)
+			for flag, want := range map[string]string{
+				"--scheduler-name":             tc.pods.SchedulerName,
+				"--volume-resource":            string(tc.pods.VolumeResource),
+				"--volume-resource-schedulers": strings.Join(tc.pods.ResourceSchedulers, ","),
+			} {
+				i := slices.IndexFunc(args, func(arg string) bool { return strings.HasPrefix(arg, flag+"=") })
+				switch {
+				case want == "" && i >= 0:
+					t.Errorf("webhook args %v set %s", args, flag)
+				case want != "" && (i < 0 || args[i] != flag+"="+want):
+					t.Errorf("webhook args %v lack %s=%s", args, flag, want)
+				}
 			}
 		})
 	}
@@ -264,6 +276,8 @@ func TestSchedulerConfiguration(t *testing.T) {
 		URLPrefix:  "https://" + releaseName + "-toposnap-extender." + dryRunNamespace + ".svc:8099",
 		FilterVerb: "filter", PrioritizeVerb: "prioritize", Weight: 5, NodeCacheCapable: true, Ignorable: false,
 		HTTPTimeout: metav1.Duration{Duration: 5 * time.Second},
+		// Only pods the webhook marked reach the extender.
+		ManagedResources: []schedulerv1.ExtenderManagedResource{{Name: string(webhook.VolumeResource), IgnoredByScheduler: true}},
 		// The extender's own CA, inline; no enableHTTPS (which would skip
 		// verification without a CA).
 		TLSConfig: &schedulerv1.ExtenderTLSConfig{CAData: extenderTLS.Data["ca.crt"]},

@@ -288,6 +288,7 @@ extenders:
     nodeCacheCapable: true
     ignorable: {{ .Values.scheduler.extenderIgnorable }}
     httpTimeout: {{ .Values.extender.httpTimeout }}
+    {{- include "toposnap.managedResources" . | nindent 4 }}
     {{- if include "toposnap.extenderTLS" . }}
     # https in urlPrefix is what makes the scheduler use TLS; enableHTTPS
     # is left unset: without a CA it would turn verification off.
@@ -302,6 +303,31 @@ scheduler (webhook --scheduler-name and the pod-scheduler.toposnap.io hook).
 */}}
 {{- define "toposnap.routePods" -}}
 {{- if and .Values.scheduler.enabled .Values.webhook.routePodsToScheduler -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The schedulers (comma-separated) that list extender.managedResource.name
+under managedResources with ignoredByScheduler: true, so the webhook gives
+that resource to pods using toposnap volumes bound for them: the second
+scheduler (configured so by this chart) and, once its operator says so, the
+default one. Empty: no pod gets the resource.
+*/}}
+{{- define "toposnap.resourceSchedulers" -}}
+{{- $names := list -}}
+{{- if and .Values.extender.enabled .Values.webhook.enabled -}}
+{{- if .Values.extender.managedResource.defaultScheduler -}}{{- $names = append $names "default-scheduler" -}}{{- end -}}
+{{- if .Values.scheduler.enabled -}}{{- $names = append $names .Values.scheduler.name -}}{{- end -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/* The managedResources entry of an extender config (toposnap-scheduler's and the NOTES snippet). */}}
+{{- define "toposnap.managedResources" -}}
+# Only pods the webhook gave this resource (those using toposnap volumes)
+# are sent to the extender; nodes are not asked to have it.
+managedResources:
+  - name: {{ .Values.extender.managedResource.name }}
+    ignoredByScheduler: true
 {{- end -}}
 
 {{/*
