@@ -39,6 +39,9 @@ type Cluster struct {
 	// ports and caPEM let a fault (faults.go) wait for a restarted component.
 	ports ports
 	caPEM []byte
+	// ca issues certificates for what joins the cluster (IssueClientCertificate).
+	ca            *authority
+	nodeLifecycle bool
 
 	mu        sync.Mutex
 	processes []*process // in start order
@@ -56,7 +59,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{BinDir: opts.BinDir, Dir: opts.Dir, layout: layout{opts.Dir}, removeDir: ownsDir}
+	c := &Cluster{BinDir: opts.BinDir, Dir: opts.Dir, layout: layout{opts.Dir}, removeDir: ownsDir, nodeLifecycle: opts.NodeLifecycleController}
 	defer func() {
 		if err != nil {
 			c.removeDir = false // keep the logs the error points to
@@ -75,7 +78,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c.ports, c.caPEM = ports, creds.ca.pair.CertPEM
+	c.ports, c.caPEM, c.ca = ports, creds.ca.pair.CertPEM, creds.ca
 	if err := c.startControlPlane(ctx, ports, creds); err != nil {
 		return nil, err
 	}
@@ -158,7 +161,10 @@ func (c *Cluster) startControlPlane(ctx context.Context, p ports, creds *credent
 	if err := c.waitFor(ctx, apiserverReady(c.Client)); err != nil {
 		return err
 	}
-	if err := c.start(ctx, componentControllerManager, controllerManagerArgs(c.layout, p), nil); err != nil {
+	if err := bindKubeletClient(ctx, c.Client); err != nil {
+		return err
+	}
+	if err := c.start(ctx, componentControllerManager, controllerManagerArgs(c.layout, p, c.nodeLifecycle), nil); err != nil {
 		return err
 	}
 	return c.start(ctx, componentScheduler, schedulerArgs(c.layout, p), nil)

@@ -61,6 +61,14 @@ func etcdArgs(l layout, p ports) []string {
 // --endpoint-reconciler-type=none: the default reconciler publishes the
 // advertise address as the "kubernetes" Service's endpoint and loopback
 // addresses are invalid there, so it would fail forever.
+//
+// Towards kubelets (logs, exec, nodes/proxy) it dials a node's InternalIP
+// first: the default puts the host name first, which on this machine
+// resolves to loopback, an address the API server refuses to proxy to. It
+// authenticates with its own client certificate, which kubelets' webhook
+// authorization checks against system:kubelet-api-admin, and verifies the
+// kubelet's serving certificate against the cluster's CA (test/node issues
+// it).
 func apiserverArgs(l layout, p ports) []string {
 	return []string{
 		"--etcd-servers=" + loopbackURL("http", p.etcdClient),
@@ -77,18 +85,27 @@ func apiserverArgs(l layout, p ports) []string {
 		"--service-account-signing-key-file=" + l.pki("sa.key"),
 		"--service-cluster-ip-range=" + serviceClusterIPRange,
 		"--endpoint-reconciler-type=none",
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
+		"--kubelet-client-certificate=" + l.pki("apiserver-kubelet-client.crt"),
+		"--kubelet-client-key=" + l.pki("apiserver-kubelet-client.key"),
+		"--kubelet-certificate-authority=" + l.pki("ca.crt"),
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
 }
 
-// controllerManagerArgs runs every default controller except the node
-// lifecycle controller: with no kubelet posting leases it would mark every
-// node NotReady and taint it. Each controller uses its own service account,
-// so RBAC is exercised as in a real cluster.
-func controllerManagerArgs(l layout, p ports) []string {
+// controllerManagerArgs runs every default controller except, unless
+// nodeLifecycle, the node lifecycle controller: with no kubelet posting
+// leases it would mark every fake node NotReady and taint it. Each
+// controller uses its own service account, so RBAC is exercised as in a
+// real cluster.
+func controllerManagerArgs(l layout, p ports, nodeLifecycle bool) []string {
 	kubeconfig := l.componentKubeconfig(componentControllerManager)
-	return []string{
+	controllers := "--controllers=*,-node-lifecycle-controller"
+	if nodeLifecycle {
+		controllers = "--controllers=*"
+	}
+	args := []string{
 		"--kubeconfig=" + kubeconfig,
 		"--authentication-kubeconfig=" + kubeconfig,
 		"--authorization-kubeconfig=" + kubeconfig,
@@ -96,7 +113,7 @@ func controllerManagerArgs(l layout, p ports) []string {
 		"--secure-port=" + strconv.Itoa(p.controllerManager),
 		"--tls-cert-file=" + l.pki("loopback-serving.crt"),
 		"--tls-private-key-file=" + l.pki("loopback-serving.key"),
-		"--controllers=*,-node-lifecycle-controller",
+		controllers,
 		"--leader-elect=false",
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file=" + l.pki("sa.key"),
@@ -107,6 +124,13 @@ func controllerManagerArgs(l layout, p ports) []string {
 		"--cluster-name=" + kubeconfigCluster,
 		"--profiling=false",
 	}
+	if nodeLifecycle {
+		// A real kubelet renews its lease every 10 s; on a shared 2-core
+		// machine it can fall behind for a while without being gone, so a
+		// node is called NotReady after two minutes rather than 50 s.
+		args = append(args, "--node-monitor-grace-period=2m")
+	}
+	return args
 }
 
 // schedulerArgs runs kube-scheduler from the config file Start wrote.

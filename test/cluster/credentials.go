@@ -11,10 +11,12 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// serviceClusterIPRange is the Service CIDR; its first address is the
-// "kubernetes" Service, which the serving certificate must name.
+// ServiceCIDR is the cluster's Service range (--service-cluster-ip-range);
+// its first address is the "kubernetes" Service, which the serving
+// certificate must name. A real node (test/node) routes and proxies it.
 const (
-	serviceClusterIPRange = "10.96.0.0/16"
+	ServiceCIDR           = "10.96.0.0/16"
+	serviceClusterIPRange = ServiceCIDR
 	kubernetesServiceIP   = "10.96.0.1"
 )
 
@@ -26,6 +28,10 @@ const (
 	controllerManagerUser = "system:kube-controller-manager"
 	schedulerUser         = "system:kube-scheduler"
 	kubeconfigCluster     = "toposnap"
+	// kubeletClientUser is the API server's identity towards kubelets (logs,
+	// exec, port-forward, nodes/proxy), bound to system:kubelet-api-admin
+	// rather than put in system:masters, as kubeadm's apiserver-kubelet-client.
+	kubeletClientUser = "kube-apiserver-kubelet-client"
 )
 
 // credentials are every certificate and key of one cluster.
@@ -35,6 +41,7 @@ type credentials struct {
 	admin             keyPair
 	controllerManager keyPair
 	scheduler         keyPair
+	kubeletClient     keyPair
 	// loopbackServing is the serving certificate of the controller manager
 	// and the scheduler, so their health endpoints verify against the CA.
 	loopbackServing keyPair
@@ -58,6 +65,7 @@ func newCredentials(now time.Time) (*credentials, error) {
 		{clientSpec(adminUser, mastersGroup), &creds.admin},
 		{clientSpec(controllerManagerUser), &creds.controllerManager},
 		{clientSpec(schedulerUser), &creds.scheduler},
+		{clientSpec(kubeletClientUser), &creds.kubeletClient},
 		{loopbackServingSpec(), &creds.loopbackServing},
 	}
 	for _, leaf := range leaves {
@@ -116,6 +124,8 @@ func (c *credentials) write(l layout) error {
 		{"apiserver.key", c.apiserver.KeyPEM, 0o600},
 		{"loopback-serving.crt", c.loopbackServing.CertPEM, 0o644},
 		{"loopback-serving.key", c.loopbackServing.KeyPEM, 0o600},
+		{"apiserver-kubelet-client.crt", c.kubeletClient.CertPEM, 0o644},
+		{"apiserver-kubelet-client.key", c.kubeletClient.KeyPEM, 0o600},
 		{"sa.key", c.serviceAccountKey, 0o600},
 		{"sa.pub", c.serviceAccountPublic, 0o644},
 	}

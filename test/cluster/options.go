@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -29,6 +30,12 @@ type Options struct {
 	// WithoutKwok leaves nodes and pods alone after start: no heartbeats, and
 	// bound pods stay Pending. By default kwok plays every node's kubelet.
 	WithoutKwok bool
+	// NodeLifecycleController runs the controller manager's node lifecycle
+	// controller, which takes a Ready node's not-ready taint off and marks a
+	// node whose kubelet stops renewing its lease NotReady. Only for
+	// clusters of real kubelets: it needs WithoutKwok and no fake Nodes
+	// (nothing would renew their leases); nil Nodes then means none.
+	NodeLifecycleController bool
 }
 
 // withDefaults fills in what the caller left empty. It reports whether it
@@ -40,6 +47,12 @@ func (o Options) withDefaults() (Options, bool, error) {
 			return o, false, err
 		}
 		o.BinDir = dir
+	}
+	if o.NodeLifecycleController {
+		if !o.WithoutKwok || len(o.Nodes) > 0 {
+			return o, false, errors.New("the node lifecycle controller needs real kubelets: set WithoutKwok and no Nodes")
+		}
+		o.Nodes = []corev1.Node{} // not the seed's: only kubelets register nodes
 	}
 	if o.Nodes == nil {
 		o.Nodes = SeedNodes()

@@ -27,10 +27,12 @@ func TestContainerdConfig(t *testing.T) {
 	}
 }
 
-// The kubelet runs with what this VM needs: no OOM score change, cgroups v1
-// through cgroupfs, and it serves only on loopback.
+// The kubelet runs with what this VM needs (no OOM score change, cgroups v1
+// through cgroupfs) and serves its InternalIP as in a real cluster: no
+// anonymous access, webhook authentication and authorization.
 func TestKubeletConfig(t *testing.T) {
-	data, err := kubeletConfig(kubeletSettings{Address: "127.0.0.1", Port: 10250, HealthzPort: 10248, ClusterDNS: ClusterDNSIP, ClusterDomain: ClusterDomain, ImageGCHighPercent: 95})
+	data, err := kubeletConfig(kubeletSettings{Address: NodeIP, Port: 10250, HealthzPort: 10248, ClusterDNS: ClusterDNSIP, ClusterDomain: ClusterDomain, ImageGCHighPercent: 95,
+		ClientCAFile: "/c/ca.crt", TLSCertFile: "/n/kubelet.crt", TLSPrivateKeyFile: "/n/kubelet.key"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +42,21 @@ func TestKubeletConfig(t *testing.T) {
 	}
 	want := map[string]any{
 		"oomScoreAdj": float64(0), "failCgroupV1": false, "cgroupDriver": "cgroupfs",
-		"address": "127.0.0.1", "readOnlyPort": float64(0), "kind": "KubeletConfiguration",
+		"address": NodeIP, "readOnlyPort": float64(0), "kind": "KubeletConfiguration",
+		"tlsCertFile": "/n/kubelet.crt", "tlsPrivateKeyFile": "/n/kubelet.key",
 	}
 	for key, value := range want {
 		if config[key] != value {
 			t.Errorf("kubelet config %s = %v, want %v", key, config[key], value)
 		}
+	}
+	auth := config["authentication"].(map[string]any)
+	if auth["anonymous"].(map[string]any)["enabled"] != false || auth["webhook"].(map[string]any)["enabled"] != true ||
+		auth["x509"].(map[string]any)["clientCAFile"] != "/c/ca.crt" {
+		t.Errorf("kubelet authentication = %v, want no anonymous access, webhook and the cluster's CA", auth)
+	}
+	if mode := config["authorization"].(map[string]any)["mode"]; mode != "Webhook" {
+		t.Errorf("kubelet authorization mode = %v, want Webhook", mode)
 	}
 }
 

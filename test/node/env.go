@@ -29,12 +29,14 @@ import (
 // Addresses of the node's networks. The service range is test/cluster's
 // (--service-cluster-ip-range); Start checks the "kubernetes" Service is in it.
 const (
-	ServiceCIDR   = "10.96.0.0/16"
+	ServiceCIDR   = cluster.ServiceCIDR
 	ClusterDNSIP  = "10.96.0.10"
 	ClusterDomain = "cluster.local"
 	PodSubnet     = "10.244.0.0/24"
 	// NodeIP is the node's InternalIP: the bridge's own address, which pods
-	// reach as their gateway and the host as a local address.
+	// reach as their gateway and the host as a local address. The kubelet
+	// serves there, and the API server dials it there (test/cluster prefers
+	// InternalIP) for logs, exec and nodes/proxy.
 	NodeIP = "10.244.0.1"
 	bridge = "toposnap0"
 	// SandboxImage is the pause image of kubelet v1.37 and its e2e suite.
@@ -48,10 +50,7 @@ type Options struct {
 	// Dir is the node's work directory (containerd, kubelet, logs under
 	// Dir/logs). Empty: a new temporary directory, removed by Stop.
 	Dir string
-	// Name is the Node's name; empty means this machine's host name. The
-	// API server reaches the kubelet by that name (its default
-	// --kubelet-preferred-address-types puts Hostname first), so it must
-	// resolve to a loopback address, where the kubelet listens.
+	// Name is the Node's name; empty means this machine's host name.
 	Name string
 	// Labels are added to the Node; nil means the seed's region and zone.
 	Labels map[string]string
@@ -59,7 +58,10 @@ type Options struct {
 
 // ClusterOptions are the cluster.Options a real node needs: no kwok (it
 // would play this node's kubelet too) and no fake nodes (the e2e suite and
-// the scheduler must only see nodes where pods really run).
+// the scheduler must only see nodes where pods really run). A caller that
+// adds Node objects of its own (the demo) keeps the node lifecycle
+// controller off, which would call them NotReady; with only real nodes,
+// set NodeLifecycleController as the test packages do.
 func ClusterOptions() cluster.Options {
 	return cluster.Options{WithoutKwok: true, Nodes: []corev1.Node{}}
 }
@@ -105,9 +107,6 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (_ *Node, err 
 		if n.Name, err = os.Hostname(); err != nil {
 			return nil, fmt.Errorf("node name: %w", err)
 		}
-	}
-	if err := checkResolvesToLoopback(n.Name); err != nil {
-		return nil, err
 	}
 	if err := setupHost(); err != nil {
 		return nil, err
@@ -163,21 +162,6 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (_ *Node, err 
 	}
 	klog.FromContext(ctx).Info("Node ready", "node", n.Name, "dir", n.Dir, "elapsed", time.Since(begin).Round(time.Millisecond))
 	return n, nil
-}
-
-// checkResolvesToLoopback makes sure the API server, which dials the
-// kubelet by the node's host name, reaches the kubelet on loopback.
-func checkResolvesToLoopback(name string) error {
-	addresses, err := net.LookupHost(name)
-	if err != nil {
-		return fmt.Errorf("node name %q does not resolve (the API server dials the kubelet by it): %w", name, err)
-	}
-	for _, address := range addresses {
-		if ip := net.ParseIP(address); ip != nil && ip.IsLoopback() {
-			return nil
-		}
-	}
-	return fmt.Errorf("node name %q resolves to %v, not to loopback where the kubelet listens", name, addresses)
 }
 
 // startNetwork makes the bridge (with the node's address), the Services'
@@ -319,11 +303,26 @@ func (n *Node) startContainerd(ctx context.Context) error {
 }
 
 // startKubelet writes the kubelet's credentials and config, starts it and
-// waits for its Node to be Ready.
+// waits for its Node to be Ready and schedulable.
 func (n *Node) startKubelet(ctx context.Context, binDir string, labels map[string]string) error {
-	caFile := filepath.Join(n.cluster.Dir, "pki", "ca.crt")
-	cert, err := issueClientCert(caFile, filepath.Join(n.cluster.Dir, "pki", "ca.key"), "system:node:"+n.Name, []string{"system:nodes"}, time.Now())
+	caFile := n.cluster.CAFile()
+	// Its identity towards the API server, which the Node authorizer and
+	// NodeRestriction recognise.
+	certPEM, keyPEM, err := n.cluster.IssueClientCertificate("system:node:"+n.Name, "system:nodes")
 	if err != nil {
+		return fmt.Errorf("kubelet client certificate: %w", err)
+	}
+	// Its serving certificate, which the API server verifies against the
+	// cluster's CA when it dials NodeIP.
+	servingPEM, servingKeyPEM, err := n.cluster.IssueServingCertificate(n.Name, []string{n.Name}, []net.IP{net.ParseIP(NodeIP)})
+	if err != nil {
+		return fmt.Errorf("kubelet serving certificate: %w", err)
+	}
+	servingCert, servingKey := n.path("pki", "kubelet-serving.crt"), n.path("pki", "kubelet-serving.key")
+	if err := os.WriteFile(servingCert, servingPEM, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(servingKey, servingKeyPEM, 0o600); err != nil {
 		return err
 	}
 	caPEM, err := os.ReadFile(caFile)
@@ -332,19 +331,24 @@ func (n *Node) startKubelet(ctx context.Context, binDir string, labels map[strin
 	}
 	kubeconfig := clientcmdapi.NewConfig()
 	kubeconfig.Clusters["toposnap"] = &clientcmdapi.Cluster{Server: n.cluster.RestConfig.Host, CertificateAuthorityData: caPEM}
-	kubeconfig.AuthInfos["kubelet"] = &clientcmdapi.AuthInfo{ClientCertificateData: cert.certPEM, ClientKeyData: cert.keyPEM}
+	kubeconfig.AuthInfos["kubelet"] = &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM}
 	kubeconfig.Contexts["toposnap"] = &clientcmdapi.Context{Cluster: "toposnap", AuthInfo: "kubelet"}
 	kubeconfig.CurrentContext = "toposnap"
 	kubeconfigFile := n.path("pki", "kubelet.kubeconfig")
 	if err := clientcmd.WriteToFile(*kubeconfig, kubeconfigFile); err != nil {
 		return fmt.Errorf("write kubelet kubeconfig: %w", err)
 	}
-	ports, err := freePorts(2)
+	servingPort, err := freePorts(NodeIP, 1)
+	if err != nil {
+		return err
+	}
+	healthzPort, err := freePorts("127.0.0.1", 1)
 	if err != nil {
 		return err
 	}
 	config, err := kubeletConfig(kubeletSettings{
-		Address: "127.0.0.1", Port: ports[0], HealthzPort: ports[1], ClientCAFile: caFile,
+		Address: NodeIP, Port: servingPort[0], HealthzPort: healthzPort[0], ClientCAFile: caFile,
+		TLSCertFile: servingCert, TLSPrivateKeyFile: servingKey,
 		RuntimeEndpoint: "unix://" + n.ContainerdSocket, ClusterDNS: ClusterDNSIP, ClusterDomain: ClusterDomain,
 		ResolvConf: "/etc/resolv.conf", StaticPodPath: n.path("manifests"), PodLogsDir: n.path("pod-logs"), ImageGCHighPercent: 95,
 	})
@@ -394,7 +398,22 @@ func (n *Node) startKubelet(ctx context.Context, binDir string, labels map[strin
 	if err != nil {
 		return fmt.Errorf("node %s never became Ready (%s): %w%s", n.Name, lastProblem, err, p.logTail())
 	}
-	return removeNotReadyTaint(ctx, n.cluster.Client, n.Name)
+	if !n.cluster.RunsNodeLifecycleController() {
+		return removeNotReadyTaint(ctx, n.cluster.Client, n.Name)
+	}
+	// The node lifecycle controller takes the not-ready taint off a Ready node.
+	err = cluster.Poll(ctx, 500*time.Millisecond, time.Minute, func() (bool, error) {
+		tainted, err := hasNotReadyTaint(ctx, n.cluster.Client, n.Name)
+		if err != nil {
+			klog.FromContext(ctx).V(2).Info("Reading the node", "err", err)
+			return false, nil
+		}
+		return !tainted, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the node lifecycle controller never took the not-ready taint off node %s: %w", n.Name, err)
+	}
+	return nil
 }
 
 // start runs a daemon of the node.
@@ -477,8 +496,8 @@ func (n *Node) Stop() {
 	})
 }
 
-// freePorts returns count distinct free TCP ports on loopback.
-func freePorts(count int) ([]int, error) {
+// freePorts returns count distinct free TCP ports on host's address.
+func freePorts(host string, count int) ([]int, error) {
 	var ports []int
 	var listeners []net.Listener
 	defer func() {
@@ -487,7 +506,7 @@ func freePorts(count int) ([]int, error) {
 		}
 	}()
 	for range count {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}

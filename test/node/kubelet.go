@@ -16,7 +16,9 @@ import (
 type kubeletSettings struct {
 	Address            string // where the kubelet serves (logs, exec)
 	Port, HealthzPort  int
-	ClientCAFile       string
+	ClientCAFile       string // the cluster's CA: the API server's client certificate
+	TLSCertFile        string // serving certificate for Address, signed by the cluster's CA
+	TLSPrivateKeyFile  string
 	RuntimeEndpoint    string // unix://… of containerd
 	ClusterDNS         string
 	ClusterDomain      string
@@ -29,10 +31,13 @@ type kubeletSettings struct {
 // kubeletConfig is the node's KubeletConfiguration. What this VM needs:
 //   - oomScoreAdj 0: the kubelet may not lower its own OOM score without
 //     CAP_SYS_RESOURCE, which this VM takes away;
-//   - cgroups v1 (hybrid): failCgroupV1 false, cgroupDriver cgroupfs;
-//   - anonymous access, AlwaysAllow, served on loopback only: the API server
-//     of test/cluster sends no client certificate to kubelets, so exec and
-//     logs work only this way; nothing off this machine reaches it.
+//   - cgroups v1 (hybrid): failCgroupV1 false, cgroupDriver cgroupfs.
+//
+// It serves on the node's InternalIP as a kubelet of a real cluster does:
+// no anonymous access, x509 client certificates of the cluster's CA and
+// bearer tokens checked by the API server (webhook), every request
+// authorized by SubjectAccessReview (the API server's own certificate holds
+// system:kubelet-api-admin through test/cluster's binding).
 //
 // Eviction thresholds are low so that a busy shared disk does not evict
 // test pods; swap is tolerated (the kubelet then gives pods none).
@@ -56,12 +61,17 @@ func kubeletConfig(s kubeletSettings) ([]byte, error) {
 		"resolvConf":               s.ResolvConf,
 		"staticPodPath":            s.StaticPodPath,
 		"podLogsDir":               s.PodLogsDir,
+		"tlsCertFile":              s.TLSCertFile,
+		"tlsPrivateKeyFile":        s.TLSPrivateKeyFile,
 		"authentication": map[string]any{
-			"anonymous": map[string]any{"enabled": true},
-			"webhook":   map[string]any{"enabled": false},
+			"anonymous": map[string]any{"enabled": false},
+			"webhook":   map[string]any{"enabled": true, "cacheTTL": "30s"},
 			"x509":      map[string]any{"clientCAFile": s.ClientCAFile},
 		},
-		"authorization": map[string]any{"mode": "AlwaysAllow"},
+		"authorization": map[string]any{
+			"mode":    "Webhook",
+			"webhook": map[string]any{"cacheAuthorizedTTL": "30s", "cacheUnauthorizedTTL": "10s"},
+		},
 		"evictionHard": map[string]string{
 			"memory.available":  "100Mi",
 			"nodefs.available":  "1%",
@@ -87,8 +97,9 @@ func kubeletConfig(s kubeletSettings) ([]byte, error) {
 
 // removeNotReadyTaint takes the node.kubernetes.io/not-ready taint, which
 // the kubelet registers its Node with, off the Ready node: that is the node
-// lifecycle controller's job, and test/cluster runs the controller manager
-// without it (kwok nodes post no leases it would trust).
+// lifecycle controller's job, and a cluster with Node objects of its own
+// beside the real node (the demo) runs without it (nothing renews those
+// nodes' leases).
 func removeNotReadyTaint(ctx context.Context, client kubernetes.Interface, name string) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		node, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
@@ -112,6 +123,21 @@ func removeNotReadyTaint(ctx context.Context, client kubernetes.Interface, name 
 		return fmt.Errorf("remove the not-ready taint of node %s: %w", name, err)
 	}
 	return nil
+}
+
+// hasNotReadyTaint reports whether the named node still carries the
+// not-ready or unreachable taint.
+func hasNotReadyTaint(ctx context.Context, client kubernetes.Interface, name string) (bool, error) {
+	node, err := client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, taint := range node.Spec.Taints {
+		if taint.Key == corev1.TaintNodeNotReady || taint.Key == corev1.TaintNodeUnreachable {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // nodeReady reports whether the named node exists and is Ready.

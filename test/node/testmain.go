@@ -56,6 +56,9 @@ func TestMainWithNode(m *testing.M, set func(*cluster.Cluster, *Node)) int {
 // startTestNode builds what is missing, then starts a cluster and the node.
 func startTestNode() (*cluster.Cluster, *Node, error) {
 	opts := ClusterOptions()
+	// Only real nodes here: the node lifecycle controller runs, as in a
+	// real cluster.
+	opts.NodeLifecycleController = true
 	var err error
 	if opts.BinDir, err = cluster.BinDir(); err != nil {
 		return nil, nil, err
