@@ -288,30 +288,28 @@ func (c *Controller) syncBound(ctx context.Context, claim *corev1.PersistentVolu
 
 // provisionsClaim says whether this node makes the claim's volume, from the
 // claim alone (its class may be gone by the time a deleted claim is
-// finished): a delayed-binding claim belongs to the node the scheduler
-// selected, an immediate zone claim to whoever holds the Lease of the zone
-// that claimed it (AnnProvisioningZone), so a zone survives its node.
+// finished): a zone claim belongs to whoever holds the Lease of the zone
+// that claimed it (AnnProvisioningZone), so a zone survives its node;
+// any other delayed-binding claim to the node the scheduler selected.
 func (c *Controller) provisionsClaim(claim *corev1.PersistentVolumeClaim) bool {
-	if node, ok := claim.Annotations[AnnSelectedNode]; ok {
-		return node == c.nodeName
-	}
 	if zone, ok := claim.Annotations[AnnProvisioningZone]; ok {
 		return zone == c.zoneName() && c.zone.Holds()
+	}
+	if node, ok := claim.Annotations[AnnSelectedNode]; ok {
+		return node == c.nodeName
 	}
 	return false
 }
 
-// mayClaimForZone: an immediate zone claim nobody took yet, whose class
-// allows this zone, while this node holds the zone's Lease. Immediate
-// node-scope claims have no owner: nothing can pick their node (the webhook
-// defaults such classes to WaitForFirstConsumer).
+// mayClaimForZone: a zone claim nobody took yet, while this node holds the
+// zone's Lease: an immediate one whose class allows this zone, or a
+// delayed-binding one whose selected node is in this zone. A zone's pool is
+// reached from every node of the zone, so the zone's one provisioner makes
+// every zone volume there, whichever node the pod goes to (that node need
+// not run a provisioner, nor be up). Immediate node-scope claims have no
+// owner: nothing can pick their node (the webhook defaults such classes to
+// WaitForFirstConsumer).
 func (c *Controller) mayClaimForZone(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
-	if class.VolumeBindingMode != nil && *class.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
-		return false
-	}
-	if _, ok := claim.Annotations[AnnSelectedNode]; ok {
-		return false
-	}
 	if _, ok := claim.Annotations[AnnProvisioningZone]; ok {
 		return false
 	}
@@ -319,7 +317,25 @@ func (c *Controller) mayClaimForZone(claim *corev1.PersistentVolumeClaim, class 
 	if err != nil || params["scope"] != string(topology.ScopeZone) || !c.zone.Holds() || c.zoneName() == "" {
 		return false
 	}
-	return AllowedOnNode(class, c.zoneLabels())
+	selected, hasSelected := claim.Annotations[AnnSelectedNode]
+	if class.VolumeBindingMode != nil && *class.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer {
+		if !hasSelected {
+			return false // the scheduler has not chosen yet
+		}
+		node, err := c.nodes.Get(selected)
+		return err == nil && AllowedOnNode(class, node.Labels) && sameZone(node.Labels, c.zoneLabels())
+	}
+	return !hasSelected && AllowedOnNode(class, c.zoneLabels())
+}
+
+// sameZone: a node's labels put it in the zone (and region) of zoneLabels.
+func sameZone(nodeLabels, zoneLabels map[string]string) bool {
+	for key, value := range zoneLabels {
+		if nodeLabels[key] != value {
+			return false
+		}
+	}
+	return len(zoneLabels) > 0
 }
 
 // zoneName names this node's zone as AnnProvisioningZone records it.

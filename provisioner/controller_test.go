@@ -109,6 +109,34 @@ func TestImmediateZoneClaimIsProvisionedOnce(t *testing.T) {
 	}
 }
 
+// TestDelayedZoneClaimIsTheZonesToMake: a WaitForFirstConsumer zone claim
+// whose pod went to a node running no provisioner of its own (b2) is made
+// by the Lease holder of that node's zone, once; the other zone's holder and
+// a zone member without the Lease leave it alone.
+func TestDelayedZoneClaimIsTheZonesToMake(t *testing.T) {
+	w := newWorld(t, nodeObject("b1", "b"), nodeObject("b2", "b"), nodeObject("b3", "b"), nodeObject("c1", "c"),
+		classObject("zonal", "zone", wffc), claimObject(ns, "data", "zonal", "b2"))
+	serverB, clientB := fakecsi.Start(t)
+	serverB3, clientB3 := fakecsi.Start(t)
+	serverC, clientC := fakecsi.Start(t)
+	holderB := w.startNode("b1", "b", serverB, clientB, true)
+	memberB := w.startNode("b3", "b", serverB3, clientB3, false)
+	holderC := w.startNode("c1", "c", serverC, clientC, true)
+	for range 3 {
+		for _, n := range []*node{holderC, memberB, holderB} {
+			if err := n.syncClaim(ns, "data"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := [3]int{len(serverB.VolumeIDs()), len(serverB3.VolumeIDs()), len(serverC.VolumeIDs())}; got != [3]int{1, 0, 0} || len(w.pvs()) != 1 {
+		t.Fatalf("volumes made by b1 (zone b's holder), b3, c1 = %v, PVs %d; want [1 0 0] and one PV", got, len(w.pvs()))
+	}
+	if zone := w.claim(ns, "data").Annotations[AnnProvisioningZone]; zone != "r/b" {
+		t.Errorf("claim's %s = %q, want r/b", AnnProvisioningZone, zone)
+	}
+}
+
 // TestDuplicateVolumeIsDeleted: a PV of the claim's name that holds
 // another volume means the new one is a duplicate, deleted rather than
 // leaked behind a swallowed AlreadyExists.
