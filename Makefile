@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm node-bins node-setup node-test conformance
+.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm node-bins node-setup node-test conformance sidecars bench-interop bench-sched
 
 all: build
 
@@ -36,11 +36,17 @@ lint: ## gofmt, go vet and golangci-lint (pinned, run through the module proxy).
 	$(GO) vet ./...
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION) run ./...
 
-bench: ## Benchmarks, with the baselines they are compared against in the same run.
+bench: ## Benchmarks, with the baselines they are compared against in the same run (on the control plane: make bench-interop).
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/fscopy/   # dir backend's copier vs cp -a, on this disk
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 60m ./driver/store/   # btrfs snapshot+restore, 1 GiB and 10 GiB, vs cp -a (root: loop-backed btrfs)
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./extender/
 	cd test/intree && $(GO) test -run '^$$' -bench . -benchtime 20x -timeout 40m ./...   # the in-tree plugin on the same workload
+
+bench-sched: cluster-bins ## Scheduling throughput on 500 kwok nodes in 3 zones, same run: plain pods with the extender registered vs bare, zone-claim pods with vs without the extender; ratios (docs/operations.md).
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkScheduling -benchtime 1x -timeout 90m ./test/schedbench/
+
+bench-interop: cluster-bins sidecars ## toposnap's provisioner and snapshotter vs external-provisioner and csi-snapshotter + snapshot-controller, same drivers, same run: ratios (docs/interop.md).
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/interop/
 
 SEED ?= 1
 CHAOS_PROFILE ?= full
@@ -70,7 +76,13 @@ snapshot-crds: ## Copy the upstream snapshot CRDs (version from go.mod) into the
 helm: ## Build helm from the module proxy into ~/.cache/toposnap (once); prints its path.
 	./hack/build-helm.sh
 
-demo: cluster-bins ## Replay the seed's story with all five components (KEEP=1 leaves it running).
+sidecars: ## Build (once, cached in ~/.cache/toposnap) the upstream CSI sidecars test/interop runs: csi-provisioner, csi-snapshotter, snapshot-controller.
+	./hack/build-sidecars.sh
+
+# The demo's node needs kubelet, and agnhost for its images, not e2e.test. Its
+# toposnap image is built from this tree by test/node's helm install itself.
+demo: export NODE_BINS = kubelet agnhost
+demo: cluster-bins node-bins node-setup helm ## Replay the seed's story: real pods on a real node, toposnap installed by helm (KEEP=1 leaves it running).
 	$(GO) run ./test/demo
 
 cluster-up: cluster-bins ## Start the local control plane in the background; prints the kubeconfig.

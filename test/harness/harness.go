@@ -33,6 +33,7 @@ import (
 	"github.com/toposnap/toposnap/internal/testpool"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/test/cluster"
+	"github.com/toposnap/toposnap/webhook"
 )
 
 // Workers are the seed's worker nodes, each running toposnap's node
@@ -79,12 +80,33 @@ type Node struct {
 // SchedulerConfig is the KubeSchedulerConfiguration registering the
 // extender at port, as an operator registers it.
 func SchedulerConfig(extenderPort int) string {
-	return cluster.DefaultSchedulerConfig(fmt.Sprintf(`- urlPrefix: http://127.0.0.1:%d
+	return cluster.DefaultSchedulerConfig(ExtenderEntry(extenderPort, false))
+}
+
+// ManagedSchedulerConfig is SchedulerConfig with the extender asked only
+// about pods carrying webhook.VolumeResource (managedResources,
+// ignoredByScheduler), as the chart configures it: run the harness with
+// Options.MarkPods so the webhook gives pods that resource.
+func ManagedSchedulerConfig(extenderPort int) string {
+	return cluster.DefaultSchedulerConfig(ExtenderEntry(extenderPort, true))
+}
+
+// ExtenderEntry is the scheduler config's extenders entry for the
+// extender at port (managed: only for pods carrying webhook.VolumeResource).
+func ExtenderEntry(extenderPort int, managed bool) string {
+	entry := fmt.Sprintf(`- urlPrefix: http://127.0.0.1:%d
   filterVerb: filter
   prioritizeVerb: prioritize
   weight: 5
   nodeCacheCapable: true
-  httpTimeout: 5s`, extenderPort))
+  httpTimeout: 5s`, extenderPort)
+	if managed {
+		entry += fmt.Sprintf(`
+  managedResources:
+  - name: %s
+    ignoredByScheduler: true`, webhook.VolumeResource)
+	}
+	return entry
 }
 
 // Options for Start.
@@ -93,6 +115,10 @@ type Options struct {
 	ExtenderPort int
 	// Webhook also runs the admission webhook and registers it.
 	Webhook bool
+	// MarkPods has the webhook give pods using toposnap volumes
+	// webhook.VolumeResource for the default scheduler (start the cluster
+	// with ManagedSchedulerConfig). It implies Webhook.
+	MarkPods bool
 	// Workers names the cluster's nodes that run toposnap's node processes;
 	// empty means Workers (the seed's node1 and node2). Each node's zone
 	// label decides which zone pool its driver shares.
@@ -141,8 +167,8 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 	if err := e.startExtender(ctx, opts.ExtenderPort); err != nil {
 		return nil, err
 	}
-	if opts.Webhook {
-		if err := e.startWebhook(ctx); err != nil {
+	if opts.Webhook || opts.MarkPods {
+		if err := e.startWebhook(ctx, opts.MarkPods); err != nil {
 			return nil, err
 		}
 	}

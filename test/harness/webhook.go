@@ -17,7 +17,7 @@ import (
 // startWebhook runs the webhook with a fresh CA, registers it with the API
 // server as the chart would (failurePolicy Fail), and waits until a dry-run
 // StorageClass comes back mutated.
-func (e *Env) startWebhook(ctx context.Context) error {
+func (e *Env) startWebhook(ctx context.Context, markPods bool) error {
 	pki, err := WritePKI(e.Dir)
 	if err != nil {
 		return err
@@ -27,8 +27,13 @@ func (e *Env) startWebhook(ctx context.Context) error {
 		return err
 	}
 	address := fmt.Sprintf("127.0.0.1:%d", port)
-	if err := e.controlPlaneNode().start("webhook", "toposnap-webhook", "--listen", address, "--tls-cert-file", pki.CertFile,
-		"--tls-key-file", pki.KeyFile, "--kubeconfig", e.Cluster.Kubeconfig, "--v", "2"); err != nil {
+	args := []string{"--listen", address, "--tls-cert-file", pki.CertFile, "--tls-key-file", pki.KeyFile, "--kubeconfig", e.Cluster.Kubeconfig, "--v", "2"}
+	var pods webhook.PodOptions
+	if markPods {
+		pods = webhook.PodOptions{VolumeResource: webhook.VolumeResource, ResourceSchedulers: []string{webhook.DefaultSchedulerName}}
+		args = append(args, "--volume-resource", string(pods.VolumeResource), "--volume-resource-schedulers", webhook.DefaultSchedulerName)
+	}
+	if err := e.controlPlaneNode().start("webhook", "toposnap-webhook", args...); err != nil {
 		return err
 	}
 	mutating, validating := webhook.Configurations(webhook.ConfigurationOptions{
@@ -38,6 +43,7 @@ func (e *Env) startWebhook(ctx context.Context) error {
 		},
 		FailurePolicy:  admissionregistrationv1.Fail,
 		TimeoutSeconds: 5,
+		Pods:           pods,
 	})
 	api := e.Cluster.Client.AdmissionregistrationV1()
 	if _, err := api.MutatingWebhookConfigurations().Create(ctx, mutating, metav1.CreateOptions{}); err != nil {
