@@ -25,6 +25,10 @@ const (
 	probeClass    = "e2e-webhook-probe"
 )
 
+// podOptions are what the webhook runs with, as the chart's with the second
+// scheduler: pods are moved to it and given the volume resource it manages.
+var podOptions = webhook.PodOptions{SchedulerName: schedulerName, VolumeResource: webhook.VolumeResource, ResourceSchedulers: []string{schedulerName}}
+
 // registerWebhooks creates the webhook's Mutating- and
 // ValidatingWebhookConfiguration, as the chart would, calling the webhook
 // at base with failurePolicy Fail so that every check is enforced.
@@ -36,7 +40,7 @@ func registerWebhooks(ctx context.Context, c *cluster.Cluster, base string, caBu
 		},
 		FailurePolicy:  admissionregistrationv1.Fail,
 		TimeoutSeconds: 5,
-		SchedulerName:  schedulerName,
+		Pods:           podOptions,
 	})
 	if _, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mutating, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create MutatingWebhookConfiguration: %w", err)

@@ -61,6 +61,13 @@ func TestPodsUsingToposnapClassesGoToTheSecondScheduler(t *testing.T) {
 			if (tt.want == schedulerName) != strings.Contains(warned, schedulerName) {
 				t.Fatalf("warnings %q: a moved pod (and only a moved pod) is told why", warned)
 			}
+			// Only a pod bound for the scheduler that manages the volume
+			// resource gets it: another scheduler would look for it on nodes.
+			limit := got.Spec.Containers[0].Resources.Limits[webhook.VolumeResource]
+			request := got.Spec.Containers[0].Resources.Requests[webhook.VolumeResource]
+			if marked := limit.Value() == 1 && request.Value() == 1; marked != (tt.want == schedulerName) {
+				t.Fatalf("pod for %s has %s limit %s, request %s", tt.want, webhook.VolumeResource, limit.String(), request.String())
+			}
 		})
 	}
 }

@@ -25,7 +25,8 @@ func (e *environment) startWebhook(binary string) error {
 		return err
 	}
 	cmd := exec.Command(binary, "--listen", e.address, "--tls-cert-file", e.pki.CertFile, "--tls-key-file", e.pki.KeyFile,
-		"--kubeconfig", e.cluster.Kubeconfig, "--scheduler-name", schedulerName, "--v", "2")
+		"--kubeconfig", e.cluster.Kubeconfig, "--scheduler-name", schedulerName,
+		"--volume-resource", string(podOptions.VolumeResource), "--volume-resource-schedulers", strings.Join(podOptions.ResourceSchedulers, ","), "--v", "2")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
