@@ -57,6 +57,7 @@ func TestAPIServerTalksToKubeletsAsItself(t *testing.T) {
 		"--kubelet-client-certificate=/c/pki/apiserver-kubelet-client.crt",
 		"--kubelet-client-key=/c/pki/apiserver-kubelet-client.key",
 		"--kubelet-certificate-authority=/c/pki/ca.crt",
+		"--enable-aggregator-routing=true",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("kube-apiserver args lack %s", want)

@@ -69,6 +69,13 @@ func etcdArgs(l layout, p ports) []string {
 // authorization checks against system:kubelet-api-admin, and verifies the
 // kubelet's serving certificate against the cluster's CA (test/node issues
 // it).
+//
+// --enable-aggregator-routing: admission webhooks and aggregated APIs
+// behind a Service are called at one of its ready endpoints rather than at
+// its ClusterIP. No kube-proxy runs here; a real node (test/node) proxies
+// ClusterIPs in its test process, one hop the API server need not depend
+// on, and with kwok's pods a ClusterIP would only time out where a missing
+// endpoint fails at once.
 func apiserverArgs(l layout, p ports) []string {
 	return []string{
 		"--etcd-servers=" + loopbackURL("http", p.etcdClient),
@@ -89,6 +96,7 @@ func apiserverArgs(l layout, p ports) []string {
 		"--kubelet-client-certificate=" + l.pki("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key=" + l.pki("apiserver-kubelet-client.key"),
 		"--kubelet-certificate-authority=" + l.pki("ca.crt"),
+		"--enable-aggregator-routing=true",
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
