@@ -45,6 +45,24 @@ func bigState(nodes, pvs int) *MemState {
 	return s
 }
 
+// filterRequest is a filter request for a pod with a static, a zone and a
+// node claim, naming every node of bigState(nodes, pvs) in order.
+func filterRequest(b *testing.B, nodes, pvs int) (*MemState, []string, *corev1.Pod, []byte) {
+	b.Helper()
+	state := bigState(nodes, pvs)
+	names := make([]string, 0, nodes)
+	for name := range state.Nodes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	pod := podWith("local-pvc", "zone-pvc", "node-pvc")
+	body, err := json.Marshal(extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return state, names, pod, body
+}
+
 // BenchmarkFilter measures Filter and Prioritize for a pod with a static,
 // a zone and a node claim, reporting p50 and p99 per call: "decide" is the
 // decision alone (in the compact form the server writes out, the names
@@ -53,17 +71,7 @@ func bigState(nodes, pvs int) *MemState {
 // rejected node's reason) through the echo handler.
 func BenchmarkFilter(b *testing.B) {
 	for _, size := range []struct{ nodes, pvs int }{{500, 1000}, {5000, 10000}} {
-		state := bigState(size.nodes, size.pvs)
-		names := make([]string, 0, size.nodes)
-		for name := range state.Nodes {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		pod := podWith("local-pvc", "zone-pvc", "node-pvc")
-		body, err := json.Marshal(extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
-		if err != nil {
-			b.Fatal(err)
-		}
+		state, names, pod, body := filterRequest(b, size.nodes, size.pvs)
 		handler := NewServer(func() State { return state }, driver).Handler()
 		index := state.snapshot()
 		refs := index.nodes.resolve(names)

@@ -3,7 +3,6 @@ package extender
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
 	"testing"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -22,17 +21,8 @@ import (
 // x-vs-encoding-json, per direction and for the round trip).
 func BenchmarkWire(b *testing.B) {
 	for _, size := range []struct{ nodes, pvs int }{{500, 1000}, {5000, 10000}} {
-		state := bigState(size.nodes, size.pvs)
-		names := make([]string, 0, size.nodes)
-		for name := range state.Nodes {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		pod := podWith("local-pvc", "zone-pvc", "node-pvc")
-		body, err := json.Marshal(extenderv1.ExtenderArgs{Pod: pod, NodeNames: &names})
-		if err != nil {
-			b.Fatal(err)
-		}
+		state, names, pod, body := filterRequest(b, size.nodes, size.pvs)
+		var err error
 		index := state.snapshot()
 		table := index.nodes
 		answer := decideAt(state, index, driver, pod, table.resolve(names), nil)
