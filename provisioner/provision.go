@@ -182,7 +182,7 @@ func (c *Controller) releaseClaim(ctx context.Context, claim *corev1.PersistentV
 	return err
 }
 
-// claimForZone records that this zone provisions an immediate claim. The
+// claimForZone records that this zone provisions a zone claim. The
 // update carries the claim's resourceVersion, so of several zones' owners
 // racing for the claim exactly one wins; the others see a conflict and then
 // the winner's annotation.
@@ -199,7 +199,7 @@ func (c *Controller) claimForZone(ctx context.Context, claim *corev1.PersistentV
 	if err != nil {
 		return fmt.Errorf("claim %s/%s for zone %s: %w", claim.Namespace, claim.Name, c.zoneName(), err)
 	}
-	klog.InfoS("Claimed immediate claim for this zone", "pvc", klog.KObj(claim), "zone", c.zoneName())
+	klog.InfoS("Claimed claim for this zone", "pvc", klog.KObj(claim), "zone", c.zoneName())
 	return nil
 }
 

@@ -17,6 +17,9 @@ type Options struct {
 	Timeout        time.Duration
 	Workers        int
 	Resync         time.Duration
+	// QPS and Burst limit the API client.
+	QPS   float32
+	Burst int
 	MetricsAddress string
 	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
 	CapacityNamespace string
@@ -28,6 +31,7 @@ func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-provisioner",
 		NodeName: opts.NodeName, MetricsAddress: opts.MetricsAddress, Resync: opts.Resync,
+		QPS: opts.QPS, Burst: opts.Burst,
 	})
 	if err != nil {
 		return err

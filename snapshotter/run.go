@@ -19,6 +19,9 @@ type Options struct {
 	Resync           time.Duration
 	CommonController bool
 	MetricsAddress   string
+	// QPS and Burst limit the API client.
+	QPS   float32
+	Burst int
 }
 
 // Run handles this node's snapshots until ctx ends.
@@ -26,6 +29,7 @@ func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-snapshotter",
 		NodeName: opts.NodeName, MetricsAddress: opts.MetricsAddress, Resync: opts.Resync,
+		QPS: opts.QPS, Burst: opts.Burst,
 	})
 	if err != nil {
 		return err

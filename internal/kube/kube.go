@@ -241,6 +241,10 @@ type Env struct {
 type EnvOptions struct {
 	Kubeconfig, CSIAddress, Component, NodeName, MetricsAddress string
 	Resync                                                      time.Duration
+	// QPS and Burst limit the API client (--kube-api-qps,
+	// --kube-api-burst); 0 keeps client-go's 5 and 10.
+	QPS   float32
+	Burst int
 }
 
 // NewEnv connects to the API server and the CSI driver and serves metrics
@@ -255,6 +259,7 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	config.QPS, config.Burst = opts.QPS, opts.Burst
 	env := &Env{Registry: prometheus.NewRegistry()}
 	if env.Client, err = kubernetes.NewForConfig(config); err != nil {
 		return nil, fmt.Errorf("create API client: %w", err)

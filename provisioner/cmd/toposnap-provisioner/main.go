@@ -23,6 +23,9 @@ func main() {
 	flag.DurationVar(&opts.Timeout, "timeout", time.Minute, "timeout of one CSI call")
 	flag.IntVar(&opts.Workers, "workers", 4, "concurrent claims and volumes handled")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	var qps float64
+	flag.Float64Var(&qps, "kube-api-qps", 20, "API requests per second, sustained (client-side limit)")
+	flag.IntVar(&opts.Burst, "kube-api-burst", 50, "API requests in a burst above --kube-api-qps")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
 	flag.StringVar(&opts.CapacityNamespace, "capacity-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of CSIStorageCapacity objects and zone Leases")
 	flag.DurationVar(&opts.CapacityInterval, "capacity-interval", time.Minute, "how often CSIStorageCapacity is refreshed (0: never)")
@@ -31,6 +34,7 @@ func main() {
 	flag.BoolVar(&opts.DeleteOrphans, "delete-orphans", false, "delete orphan volumes instead of only reporting them")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
+	opts.QPS = float32(qps)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

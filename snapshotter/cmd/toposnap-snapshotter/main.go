@@ -23,10 +23,14 @@ func main() {
 	flag.DurationVar(&opts.Timeout, "timeout", time.Minute, "timeout of one CSI call")
 	flag.IntVar(&opts.Workers, "workers", 4, "concurrent snapshots and contents handled")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	var qps float64
+	flag.Float64Var(&qps, "kube-api-qps", 20, "API requests per second, sustained (client-side limit)")
+	flag.IntVar(&opts.Burst, "kube-api-burst", 50, "API requests in a burst above --kube-api-qps")
 	flag.BoolVar(&opts.CommonController, "common-controller", false, "also bind VolumeSnapshots to contents (only where no snapshot-controller runs)")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
+	opts.QPS = float32(qps)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
