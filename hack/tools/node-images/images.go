@@ -25,9 +25,16 @@ type Inputs struct {
 	Busybox, Pause, Registrar, Agnhost, KubeScheduler                string
 	PauseRef, BusyboxRef, AgnhostRef, RegistrarRef, KubeSchedulerRef string
 	// ShellRefs are further references given busybox's file system: images
-	// the e2e suite runs only shell commands in (glibc-dns-testing, nginx),
-	// which cannot be built here as they are upstream.
+	// the e2e suite runs only shell commands in (nginx), which cannot be
+	// built here as they are upstream.
 	ShellRefs []string
+	// GlibcRef is the suite's glibc (Debian) image, glibc-dns-testing: it
+	// gets busybox's file system with GlibcTools, host binaries of this
+	// (Debian) machine, in place of busybox's applets of the same name,
+	// with the shared libraries they load. The suite writes block volumes
+	// there with GNU dd's oflag=nocache, which busybox's dd does not know.
+	GlibcRef   string
+	GlibcTools []string
 }
 
 // File is one regular file, symlink or directory of an image's layer.
@@ -82,7 +89,68 @@ func (in Inputs) Specs() ([]Spec, error) {
 	for _, reference := range in.ShellRefs {
 		specs = append(specs, Spec{Reference: reference, Files: shell, Cmd: []string{"sh"}})
 	}
+	if in.GlibcRef != "" {
+		files, err := withHostTools(shell, in.GlibcTools)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", in.GlibcRef, err)
+		}
+		specs = append(specs, Spec{Reference: in.GlibcRef, Files: files, Cmd: []string{"sh"}})
+	}
 	return specs, nil
+}
+
+// withHostTools is files with each host binary in tools at bin/<name>,
+// replacing the busybox applet of that name wherever busybox put it, plus
+// the shared libraries and the loader it needs, at their host paths.
+func withHostTools(files []File, tools []string) ([]File, error) {
+	replaced := map[string]bool{}
+	for _, tool := range tools {
+		replaced[path.Base(tool)] = true
+	}
+	var out []File
+	for _, f := range files {
+		if f.Linkname == "/bin/busybox" && replaced[path.Base(f.Path)] {
+			continue
+		}
+		out = append(out, f)
+	}
+	libraries := map[string]bool{}
+	for _, tool := range tools {
+		out = append(out, File{Path: "bin/" + path.Base(tool), Source: tool, Mode: 0o755})
+		ldd, err := exec.Command("ldd", tool).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", tool, err)
+		}
+		for _, library := range sharedLibraries(string(ldd)) {
+			libraries[library] = true
+		}
+	}
+	var sorted []string
+	for library := range libraries {
+		sorted = append(sorted, library)
+	}
+	sort.Strings(sorted)
+	for _, library := range sorted {
+		// Read through symlinks: the image has no merged /usr to follow them.
+		out = append(out, File{Path: strings.TrimPrefix(library, "/"), Source: library, Mode: 0o755})
+	}
+	return out, nil
+}
+
+// sharedLibraries reads ldd's answer: the absolute paths of the libraries
+// and of the loader (the vDSO has none).
+func sharedLibraries(ldd string) []string {
+	var paths []string
+	for _, line := range strings.Split(ldd, "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) >= 3 && fields[1] == "=>" && strings.HasPrefix(fields[2], "/"):
+			paths = append(paths, fields[2])
+		case len(fields) >= 1 && strings.HasPrefix(fields[0], "/"):
+			paths = append(paths, fields[0])
+		}
+	}
+	return paths
 }
 
 func slicesClone(files []File) []File { return append([]File(nil), files...) }

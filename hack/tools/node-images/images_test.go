@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"io"
+	"os"
+	"strings"
 	"testing"
 )
 
@@ -57,5 +59,63 @@ func TestLayerTar(t *testing.T) {
 func TestFileName(t *testing.T) {
 	if got := (Spec{Reference: "registry.k8s.io/pause:3.10.2"}).FileName(); got != "registry.k8s.io_pause_3.10.2.tar" {
 		t.Fatalf("FileName = %q", got)
+	}
+}
+
+// ldd's answer gives the libraries and the loader, not the vDSO.
+func TestSharedLibraries(t *testing.T) {
+	ldd := "\tlinux-vdso.so.1 (0x00007ffd)\n" +
+		"\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f12)\n" +
+		"\tlibacl.so.1 => /lib/x86_64-linux-gnu/libacl.so.1 (0x00007f13)\n" +
+		"\t/lib64/ld-linux-x86-64.so.2 (0x00007f14)\n"
+	got := sharedLibraries(ldd)
+	want := []string{"/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libacl.so.1", "/lib64/ld-linux-x86-64.so.2"}
+	if len(got) != len(want) {
+		t.Fatalf("sharedLibraries = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("sharedLibraries = %v, want %v", got, want)
+		}
+	}
+}
+
+// In the glibc image the host's dd replaces busybox's applet (the suite
+// writes there with oflag=nocache), with the libraries it loads; every
+// other applet stays busybox's.
+func TestHostToolsReplaceApplets(t *testing.T) {
+	if _, err := os.Stat("/bin/dd"); err != nil {
+		t.Skip("no /bin/dd on this machine")
+	}
+	shell := []File{
+		{Path: "bin/busybox", Source: "/bin/sh", Mode: 0o755},
+		{Path: "bin/dd", Linkname: "/bin/busybox"},
+		{Path: "bin/sh", Linkname: "/bin/busybox"},
+	}
+	files, err := withHostTools(shell, []string{"/bin/dd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]File{}
+	for _, f := range files {
+		if _, twice := byPath[f.Path]; twice {
+			t.Fatalf("%s is in the image twice", f.Path)
+		}
+		byPath[f.Path] = f
+	}
+	if dd := byPath["bin/dd"]; dd.Source != "/bin/dd" || dd.Linkname != "" {
+		t.Errorf("bin/dd = %+v, want the host's /bin/dd", dd)
+	}
+	if sh := byPath["bin/sh"]; sh.Linkname != "/bin/busybox" {
+		t.Errorf("bin/sh = %+v, want busybox's applet", sh)
+	}
+	loader := false
+	for p := range byPath {
+		if strings.Contains(p, "ld-linux") {
+			loader = true
+		}
+	}
+	if !loader {
+		t.Errorf("no dynamic loader among %v", files)
 	}
 }

@@ -33,11 +33,17 @@ func main() {
 	flag.StringVar(&in.AgnhostRef, "agnhost-ref", "registry.k8s.io/e2e-test-images/agnhost:2.66.1", "reference of the agnhost image")
 	flag.StringVar(&in.RegistrarRef, "registrar-ref", "toposnap.test/node-driver-registrar:dev", "reference of the registrar image")
 	flag.StringVar(&in.KubeSchedulerRef, "kube-scheduler-ref", "registry.k8s.io/kube-scheduler:v1.37.2", "reference of the kube-scheduler image")
-	shellRefs := flag.String("shell-refs", "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1,registry.k8s.io/e2e-test-images/nginx:1.27.0-2",
+	shellRefs := flag.String("shell-refs", "registry.k8s.io/e2e-test-images/nginx:1.27.0-2",
 		"comma-separated references that get busybox's file system (images the e2e suite only runs shell commands in)")
+	flag.StringVar(&in.GlibcRef, "glibc-ref", "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1",
+		"reference of the glibc image: busybox's file system with -glibc-tools from this machine")
+	glibcTools := flag.String("glibc-tools", "/bin/dd", "comma-separated host binaries (with their libraries) that replace busybox's applets in the glibc image")
 	flag.Parse()
 	if *shellRefs != "" {
 		in.ShellRefs = strings.Split(*shellRefs, ",")
+	}
+	if *glibcTools != "" {
+		in.GlibcTools = strings.Split(*glibcTools, ",")
 	}
 	if err := run(*out, in); err != nil {
 		fmt.Fprintln(os.Stderr, "node-images:", err)
