@@ -41,7 +41,11 @@ func start(tb testing.TB, setup Setup) *Bench {
 // taking Zones in turn.
 func claimWorkload(b *Bench, ctx context.Context, namespace string, n int) ([]*corev1.PersistentVolumeClaim, []*corev1.Pod, error) {
 	for _, zone := range Zones {
-		if _, err := b.Client.StorageV1().StorageClasses().Create(ctx, ZoneClass(zone), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		class := ZoneClass(zone)
+		if _, err := b.Client.StorageV1().StorageClasses().Get(ctx, class.Name, metav1.GetOptions{}); err == nil {
+			continue // made earlier (perhaps while the webhook was up)
+		}
+		if _, err := b.Client.StorageV1().StorageClasses().Create(ctx, class, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return nil, nil, err
 		}
 	}
@@ -170,6 +174,48 @@ func TestOnlyMarkedPodsReachTheExtender(t *testing.T) {
 		}
 	}
 	checkPlacement(t, ctx, b, "claims")
+
+	// Pods the webhook never sees still run, placed without the extender
+	// (docs/operations.md says what they miss): those of a namespace that
+	// opted out, and those created while the webhook is down.
+	optedOut := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted-out", Labels: map[string]string{webhook.LabelWebhook: "disabled"}}}
+	if _, err := b.Client.CoreV1().Namespaces().Create(ctx, optedOut, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	controlPlane := b.Env.AllNodes()[len(b.Env.AllNodes())-1]
+	for _, namespace := range []string{"opted-out", "webhook-down"} {
+		if namespace == "webhook-down" {
+			controlPlane.Kill("webhook")
+		}
+		claims, pods, err := claimWorkload(b, ctx, namespace, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before, err := b.ExtenderCalls(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Run(ctx, namespace, claims, pods, 3*time.Minute); err != nil {
+			t.Fatalf("%s: %v", namespace, err)
+		}
+		after, err := b.ExtenderCalls(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pod := range pods {
+			got, err := b.Client.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, marked := got.Spec.Containers[0].Resources.Limits[webhook.VolumeResource]; marked || after != before {
+				t.Fatalf("%s: pod %s marked %v, %d extender calls; want neither", namespace, pod.Name, marked, after-before)
+			}
+		}
+		checkPlacement(t, ctx, b, namespace)
+	}
+	if err := controlPlane.Restart("webhook"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // BenchmarkScheduling prints scheduling throughput, in one run, for:
