@@ -30,11 +30,13 @@ type Inputs struct {
 	ShellRefs []string
 	// GlibcRef is the suite's glibc (Debian) image, glibc-dns-testing: it
 	// gets busybox's file system with GlibcTools, host binaries of this
-	// (Debian) machine, in place of busybox's applets of the same name,
-	// with the shared libraries they load. The suite writes block volumes
-	// there with GNU dd's oflag=nocache, which busybox's dd does not know.
+	// (Debian) machine by the command name they answer to, in place of
+	// busybox's applets of that name, with the shared libraries they load.
+	// The suite writes block volumes there with GNU dd's oflag=nocache,
+	// which busybox's dd does not know; and its sh must not be busybox's,
+	// which runs its own applets before anything on PATH.
 	GlibcRef   string
-	GlibcTools []string
+	GlibcTools map[string]string // command name -> host binary
 }
 
 // File is one regular file, symlink or directory of an image's layer.
@@ -99,24 +101,27 @@ func (in Inputs) Specs() ([]Spec, error) {
 	return specs, nil
 }
 
-// withHostTools is files with each host binary in tools at bin/<name>,
-// replacing the busybox applet of that name wherever busybox put it, plus
-// the shared libraries and the loader it needs, at their host paths.
-func withHostTools(files []File, tools []string) ([]File, error) {
-	replaced := map[string]bool{}
-	for _, tool := range tools {
-		replaced[path.Base(tool)] = true
-	}
+// withHostTools is files with each host binary of tools (by command name)
+// at bin/<name>, replacing the busybox applet of that name wherever busybox
+// put it, plus the shared libraries and the loader it needs, at their host
+// paths.
+func withHostTools(files []File, tools map[string]string) ([]File, error) {
 	var out []File
 	for _, f := range files {
-		if f.Linkname == "/bin/busybox" && replaced[path.Base(f.Path)] {
+		if _, replaced := tools[path.Base(f.Path)]; replaced && f.Linkname == "/bin/busybox" {
 			continue
 		}
 		out = append(out, f)
 	}
+	names := make([]string, 0, len(tools))
+	for name := range tools {
+		names = append(names, name)
+	}
+	sort.Strings(names)
 	libraries := map[string]bool{}
-	for _, tool := range tools {
-		out = append(out, File{Path: "bin/" + path.Base(tool), Source: tool, Mode: 0o755})
+	for _, name := range names {
+		tool := tools[name]
+		out = append(out, File{Path: "bin/" + name, Source: tool, Mode: 0o755})
 		ldd, err := exec.Command("ldd", tool).Output()
 		if err != nil {
 			return nil, fmt.Errorf("ldd %s: %w", tool, err)

@@ -80,19 +80,23 @@ func TestSharedLibraries(t *testing.T) {
 	}
 }
 
-// In the glibc image the host's dd replaces busybox's applet (the suite
-// writes there with oflag=nocache), with the libraries it loads; every
-// other applet stays busybox's.
+// In the glibc image the host's dd and dash replace busybox's dd and sh
+// (the suite writes there with oflag=nocache, and busybox's sh would run
+// its own dd whatever PATH says), with the libraries they load; every other
+// applet stays busybox's.
 func TestHostToolsReplaceApplets(t *testing.T) {
-	if _, err := os.Stat("/bin/dd"); err != nil {
-		t.Skip("no /bin/dd on this machine")
+	for _, binary := range []string{"/bin/dd", "/bin/dash"} {
+		if _, err := os.Stat(binary); err != nil {
+			t.Skipf("no %s on this machine", binary)
+		}
 	}
 	shell := []File{
 		{Path: "bin/busybox", Source: "/bin/sh", Mode: 0o755},
 		{Path: "bin/dd", Linkname: "/bin/busybox"},
 		{Path: "bin/sh", Linkname: "/bin/busybox"},
+		{Path: "bin/tar", Linkname: "/bin/busybox"},
 	}
-	files, err := withHostTools(shell, []string{"/bin/dd"})
+	files, err := withHostTools(shell, map[string]string{"dd": "/bin/dd", "sh": "/bin/dash"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,8 +110,11 @@ func TestHostToolsReplaceApplets(t *testing.T) {
 	if dd := byPath["bin/dd"]; dd.Source != "/bin/dd" || dd.Linkname != "" {
 		t.Errorf("bin/dd = %+v, want the host's /bin/dd", dd)
 	}
-	if sh := byPath["bin/sh"]; sh.Linkname != "/bin/busybox" {
-		t.Errorf("bin/sh = %+v, want busybox's applet", sh)
+	if sh := byPath["bin/sh"]; sh.Source != "/bin/dash" || sh.Linkname != "" {
+		t.Errorf("bin/sh = %+v, want the host's dash", sh)
+	}
+	if tar := byPath["bin/tar"]; tar.Linkname != "/bin/busybox" {
+		t.Errorf("bin/tar = %+v, want busybox's applet", tar)
 	}
 	loader := false
 	for p := range byPath {

@@ -37,13 +37,22 @@ func main() {
 		"comma-separated references that get busybox's file system (images the e2e suite only runs shell commands in)")
 	flag.StringVar(&in.GlibcRef, "glibc-ref", "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1",
 		"reference of the glibc image: busybox's file system with -glibc-tools from this machine")
-	glibcTools := flag.String("glibc-tools", "/bin/dd", "comma-separated host binaries (with their libraries) that replace busybox's applets in the glibc image")
+	glibcTools := flag.String("glibc-tools", "sh=/bin/dash,dd=/bin/dd",
+		"comma-separated name=binary: host binaries (with their libraries) that replace busybox's applets of that name in the glibc image")
 	flag.Parse()
 	if *shellRefs != "" {
 		in.ShellRefs = strings.Split(*shellRefs, ",")
 	}
 	if *glibcTools != "" {
-		in.GlibcTools = strings.Split(*glibcTools, ",")
+		in.GlibcTools = map[string]string{}
+		for _, tool := range strings.Split(*glibcTools, ",") {
+			name, binary, ok := strings.Cut(tool, "=")
+			if !ok || name == "" || binary == "" {
+				fmt.Fprintf(os.Stderr, "node-images: -glibc-tools: %q is not name=binary\n", tool)
+				os.Exit(2)
+			}
+			in.GlibcTools[name] = binary
+		}
 	}
 	if err := run(*out, in); err != nil {
 		fmt.Fprintln(os.Stderr, "node-images:", err)
