@@ -91,6 +91,12 @@ func (n *Node) toposnapValues() map[string]any {
 			"kubeletDir": n.KubeletDir,
 			"pool":       map[string]any{"hostPath": n.path("pools", "node"), "capacity": "100Gi"},
 			"logLevel":   4,
+			// The provisioner publishes a new StorageClass's capacity only at
+			// its next refresh, and until then the scheduler finds no room
+			// for the class on any node: every e2e spec makes its own class,
+			// and with the default minute its first pod waited up to a
+			// minute to be scheduled (docs/conformance.md).
+			"provisioner": map[string]any{"capacityInterval": "5s"},
 		},
 		"snapshotCRDs":       map[string]any{"install": true},
 		"snapshotController": map[string]any{"toposnap": true},
