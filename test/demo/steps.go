@@ -2,12 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -24,20 +19,27 @@ import (
 
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/test/cluster"
-	"github.com/toposnap/toposnap/test/harness"
+	"github.com/toposnap/toposnap/test/node"
 )
 
 const (
 	ns        = "default"
 	driver    = "csi.toposnap.io"
 	snapGroup = "snapshot.storage.k8s.io"
+	// snapshotClass is the chart's default VolumeSnapshotClass (deletionPolicy
+	// Delete). The webhook allows one default per driver, so the demo uses it
+	// rather than declaring its own.
+	snapshotClass = "toposnap"
+	extenderName  = "toposnap-extender"
 )
 
 type demo struct {
-	env      *harness.Env
-	ctx      context.Context
+	*stage
+	ctx context.Context
+	// busybox is the image of every pod the demo runs.
+	busybox string
+	// checksum is the sha256 the writer pod printed of what it wrote.
 	checksum string
-	node     string // where disk-pvc's pod runs
 }
 
 // warnings collects the API server's warnings (the webhook's words).
@@ -52,115 +54,37 @@ func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
 	w.list = append(w.list, text)
 }
 
-// createClass creates a StorageClass and prints what the webhook said.
-func (d *demo) createClass(class *storagev1.StorageClass) (*storagev1.StorageClass, error) {
+// clientHearingWebhook is an admin client whose requests' warnings (the
+// webhook's words) are collected, to be printed under what was created.
+func (d *demo) clientHearingWebhook() (kubernetes.Interface, *warnings, error) {
 	collected := &warnings{}
-	config := rest.CopyConfig(d.env.Cluster.RestConfig)
+	config := rest.CopyConfig(d.cluster.RestConfig)
 	config.WarningHandler = collected
 	client, err := kubernetes.NewForConfig(config)
+	return client, collected, err
+}
+
+func (w *warnings) say() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, text := range w.list {
+		say("  webhook warning: %s", text)
+	}
+}
+
+// createClass creates a StorageClass and prints what the webhook said.
+func (d *demo) createClass(class *storagev1.StorageClass) (*storagev1.StorageClass, error) {
+	client, collected, err := d.clientHearingWebhook()
 	if err != nil {
 		return nil, err
 	}
 	created, err := client.StorageV1().StorageClasses().Create(d.ctx, class, metav1.CreateOptions{})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create StorageClass %s: %w", class.Name, err)
 	}
 	say("StorageClass %s created; volumeBindingMode %s", created.Name, ptr.Deref(created.VolumeBindingMode, ""))
-	for _, w := range collected.list {
-		say("  webhook warning: %s", w)
-	}
+	collected.say()
 	return created, nil
-}
-
-func (d *demo) createClaim(name, class, size string, source *corev1.TypedLocalObjectReference) error {
-	claim := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			StorageClassName: ptr.To(class), DataSource: source,
-			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(size)}}}}
-	_, err := d.env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Create(d.ctx, claim, metav1.CreateOptions{})
-	return err
-}
-
-func (d *demo) createPod(name, claim string) error {
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: corev1.PodSpec{
-		Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10",
-			VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
-		Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}}}}
-	_, err := d.env.Cluster.Client.CoreV1().Pods(ns).Create(d.ctx, pod, metav1.CreateOptions{})
-	return err
-}
-
-// waitRunning waits for the claim to bind and the pod to run, printing
-// progress, and returns the PV and the node.
-func (d *demo) waitRunning(claimName, podName string) (*corev1.PersistentVolume, string, error) {
-	var pv *corev1.PersistentVolume
-	var node string
-	last := ""
-	err := cluster.Poll(d.ctx, 250*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		claim, err := d.env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(d.ctx, claimName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		pod, err := d.env.Cluster.Client.CoreV1().Pods(ns).Get(d.ctx, podName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		now := fmt.Sprintf("pvc %s %s, pod %s %s", claimName, claim.Status.Phase, podName, pod.Status.Phase)
-		if now != last {
-			say("  %s", now)
-			last = now
-		}
-		if claim.Status.Phase != corev1.ClaimBound || pod.Status.Phase != corev1.PodRunning {
-			return false, nil
-		}
-		node = pod.Spec.NodeName
-		pv, err = d.env.Cluster.Client.CoreV1().PersistentVolumes().Get(d.ctx, claim.Spec.VolumeName, metav1.GetOptions{})
-		return err == nil, err
-	})
-	return pv, node, err
-}
-
-// onVolume plays the kubelet: it publishes the volume on node, runs use
-// on the published path, and unpublishes.
-func (d *demo) onVolume(node, volumeID string, use func(path string) error) error {
-	dir, err := os.MkdirTemp(d.env.Dir, "publish-")
-	if err != nil {
-		return err
-	}
-	target, cleanup, err := d.env.Nodes[node].Publish(d.ctx, volumeID, dir)
-	if err != nil {
-		return err
-	}
-	defer cleanup(d.ctx)
-	return use(filepath.Join(target, "data.bin"))
-}
-
-// writeData writes 1 MiB of random bytes into the volume through node and
-// returns their checksum.
-func (d *demo) writeData(node, volumeID string) (string, error) {
-	data := make([]byte, 1<<20)
-	if _, err := rand.Read(data); err != nil {
-		return "", err
-	}
-	err := d.onVolume(node, volumeID, func(path string) error { return os.WriteFile(path, data, 0o644) })
-	return checksum(data), err
-}
-
-// readData returns the checksum of what the volume holds, read through node.
-func (d *demo) readData(node, volumeID string) (string, error) {
-	var data []byte
-	err := d.onVolume(node, volumeID, func(path string) error {
-		var err error
-		data, err = os.ReadFile(path)
-		return err
-	})
-	return checksum(data), err
-}
-
-func checksum(data []byte) string {
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
 }
 
 func affinity(pv *corev1.PersistentVolume) string {
@@ -176,6 +100,14 @@ func affinity(pv *corev1.PersistentVolume) string {
 	return strings.Join(parts, ", ")
 }
 
+// onRealNode insists that a data step's pod runs where a kubelet runs.
+func (d *demo) onRealNode(podName, nodeName string) error {
+	if nodeName != d.node.Name {
+		return fmt.Errorf("pod %s was scheduled on %s, a node without a kubelet; its volume should only be reachable from %s", podName, nodeName, d.node.Name)
+	}
+	return nil
+}
+
 func (d *demo) snapshot() error {
 	// No volumeBindingMode: the webhook makes it WaitForFirstConsumer.
 	if _, err := d.createClass(&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "topo-disk"}, Provisioner: driver,
@@ -185,42 +117,40 @@ func (d *demo) snapshot() error {
 	if err := d.createClaim("disk-pvc", "topo-disk", "1Gi", nil); err != nil {
 		return err
 	}
-	if err := d.createPod("disk-pod", "disk-pvc"); err != nil {
+	if _, err := d.createPod("writer", "disk-pvc", writerScript); err != nil {
 		return err
 	}
-	pv, node, err := d.waitRunning("disk-pvc", "disk-pod")
+	pv, nodeName, err := d.waitPlaced("disk-pvc", "writer")
 	if err != nil {
 		return err
 	}
-	d.node = node
-	say("disk-pvc bound to %s on %s (nodeAffinity %s)", pv.Name, node, affinity(pv))
-	if d.checksum, err = d.writeData(node, pv.Spec.CSI.VolumeHandle); err != nil {
+	say("disk-pvc bound to %s (nodeAffinity %s)", pv.Name, affinity(pv))
+	if err := d.onRealNode("writer", nodeName); err != nil {
 		return err
 	}
-	say("wrote 1 MiB through the volume on %s: sha256 %s", node, d.checksum)
-	class := &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: "topo-snapclass",
-		Annotations: map[string]string{"snapshot.storage.kubernetes.io/is-default-class": "true"}},
-		Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete}
-	if _, err := d.env.Snaps.SnapshotV1().VolumeSnapshotClasses().Create(d.ctx, class, metav1.CreateOptions{}); err != nil {
+	if d.checksum, err = d.volumeFacts("writer"); err != nil {
 		return err
 	}
-	if err := d.cutSnapshot("disk-snapshot", "disk-pvc"); err != nil {
-		return err
-	}
-	return nil
+	say("writer pod on %s wrote %d MiB of random bytes to %s: sha256 %s", nodeName, dataBytes>>20, dataFile, d.checksum)
+	return d.cutSnapshot("disk-snapshot", "disk-pvc")
 }
 
 func (d *demo) cutSnapshot(name, claim string) error {
+	class, err := d.snaps.SnapshotV1().VolumeSnapshotClasses().Get(d.ctx, snapshotClass, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("the chart's VolumeSnapshotClass: %w", err)
+	}
 	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: ptr.To("topo-snapclass"),
+		Spec: snapv1.VolumeSnapshotSpec{VolumeSnapshotClassName: ptr.To(class.Name),
 			Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To(claim)}}}
-	if _, err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Create(d.ctx, snap, metav1.CreateOptions{}); err != nil {
-		return err
+	if _, err := d.snaps.SnapshotV1().VolumeSnapshots(ns).Create(d.ctx, snap, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create VolumeSnapshot %s: %w", name, err)
 	}
 	created := time.Now()
+	say("VolumeSnapshot %s of %s created (VolumeSnapshotClass %s, deletionPolicy %s)", name, claim, class.Name, class.DeletionPolicy)
 	var content string
-	err := cluster.Poll(d.ctx, 20*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		got, err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(d.ctx, name, metav1.GetOptions{})
+	err = cluster.Poll(d.ctx, 20*time.Millisecond, 2*time.Minute, func() (bool, error) {
+		got, err := d.snaps.SnapshotV1().VolumeSnapshots(ns).Get(d.ctx, name, metav1.GetOptions{})
 		if err != nil || got.Status == nil || !ptr.Deref(got.Status.ReadyToUse, false) {
 			return false, nil
 		}
@@ -230,39 +160,56 @@ func (d *demo) cutSnapshot(name, claim string) error {
 	if err != nil {
 		return fmt.Errorf("VolumeSnapshot %s never became ready: %w", name, err)
 	}
-	c, err := d.env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(d.ctx, content, metav1.GetOptions{})
+	ready := time.Since(created)
+	c, err := d.snaps.SnapshotV1().VolumeSnapshotContents().Get(d.ctx, content, metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
-	ready := time.Since(created)
 	handle := ptr.Deref(c.Status.SnapshotHandle, "")
 	say("VolumeSnapshot %s readyToUse; content %s holds snapshotHandle %s, restorable at %s",
 		name, content, handle, c.Annotations[topology.AnnAccessibleTopology])
-	if backend, took, ok := d.driverCut(handle); ok {
-		say("the driver cut it in %s (%s backend); readyToUse %s after the VolumeSnapshot was created",
-			took, backend, ready.Round(time.Millisecond))
-	} else {
-		say("readyToUse %s after the VolumeSnapshot was created", ready.Round(time.Millisecond))
+	backend, took, err := d.driverCut(handle)
+	if err != nil {
+		return err
 	}
+	say("the driver cut it in %s (%s backend); readyToUse %s after the VolumeSnapshot was created",
+		took, backend, ready.Round(time.Millisecond))
 	return nil
 }
 
 // driverCut reads how long the driver took to cut a snapshot, and with
-// which backend, from its "Snapshot ready" log line.
-func (d *demo) driverCut(handle string) (backend, took string, ok bool) {
-	for _, node := range d.env.Nodes {
-		data, err := os.ReadFile(d.env.LogPath(node.Name, "driver"))
-		if err != nil {
+// which backend, from the "Snapshot ready" line of the driver container's
+// log on the real node.
+func (d *demo) driverCut(handle string) (backend, took string, err error) {
+	pods, err := d.cluster.Client.CoreV1().Pods(node.ReleaseNamespace).List(d.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + d.node.Name})
+	if err != nil {
+		return "", "", err
+	}
+	for _, pod := range pods.Items {
+		if !hasContainer(pod, "driver") {
 			continue
 		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if !strings.Contains(line, `"Snapshot ready"`) || !strings.Contains(line, `snapshot="`+handle+`"`) {
-				continue
+		logs, err := d.cluster.Client.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: "driver"}).DoRaw(d.ctx)
+		if err != nil {
+			return "", "", fmt.Errorf("driver log of %s: %w", pod.Name, err)
+		}
+		for _, line := range strings.Split(string(logs), "\n") {
+			if strings.Contains(line, `"Snapshot ready"`) && strings.Contains(line, `snapshot="`+handle+`"`) {
+				return logValue(line, "backend"), logValue(line, "duration"), nil
 			}
-			return logValue(line, "backend"), logValue(line, "duration"), true
+		}
+		return "", "", fmt.Errorf("the driver in %s logged no \"Snapshot ready\" line for snapshot %s", pod.Name, handle)
+	}
+	return "", "", fmt.Errorf("no pod with a driver container on %s in %s", d.node.Name, node.ReleaseNamespace)
+}
+
+func hasContainer(pod corev1.Pod, name string) bool {
+	for _, c := range pod.Spec.Containers {
+		if c.Name == name {
+			return true
 		}
 	}
-	return "", "", false
+	return false
 }
 
 // logValue reads key="value" (or key=value) from a klog structured line.
@@ -288,38 +235,43 @@ func (d *demo) restore() error {
 	if err := d.createClaim("restore-pvc", "topo-disk", "1Gi", source); err != nil {
 		return err
 	}
-	if err := d.createPod("restore-pod", "restore-pvc"); err != nil {
+	if _, err := d.createPod("reader", "restore-pvc", readerScript); err != nil {
 		return err
 	}
-	pv, node, err := d.waitRunning("restore-pvc", "restore-pod")
+	pv, nodeName, err := d.waitPlaced("restore-pvc", "reader")
 	if err != nil {
 		return err
 	}
-	say("restore-pvc bound to %s on %s (where the snapshot lives: the extender placed the pod)", pv.Name, node)
-	sum, err := d.readData(node, pv.Spec.CSI.VolumeHandle)
+	say("restore-pvc bound to %s (nodeAffinity %s): the extender placed the pod where the snapshot lives", pv.Name, affinity(pv))
+	if err := d.onRealNode("reader", nodeName); err != nil {
+		return err
+	}
+	sum, err := d.volumeFacts("reader")
 	if err != nil {
 		return err
 	}
-	say("original sha256 %s\n   restored sha256 %s", d.checksum, sum)
+	say("writer's sha256 (before the snapshot) %s", d.checksum)
+	say("reader's sha256 (after the restore)   %s", sum)
 	if sum != d.checksum {
-		return fmt.Errorf("restored data differs")
+		return fmt.Errorf("THE RESTORED DATA DIFFERS: the writer wrote sha256 %s, the reader read sha256 %s", d.checksum, sum)
 	}
-	snap, err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(d.ctx, "disk-snapshot", metav1.GetOptions{})
+	say("identical")
+	snap, err := d.snaps.SnapshotV1().VolumeSnapshots(ns).Get(d.ctx, "disk-snapshot", metav1.GetOptions{})
 	if err != nil {
 		return err
 	}
 	content := ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "")
-	if err := d.env.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(d.ctx, "disk-snapshot", metav1.DeleteOptions{}); err != nil {
+	if err := d.snaps.SnapshotV1().VolumeSnapshots(ns).Delete(d.ctx, "disk-snapshot", metav1.DeleteOptions{}); err != nil {
 		return err
 	}
 	err = cluster.Poll(d.ctx, 250*time.Millisecond, 2*time.Minute, func() (bool, error) {
-		_, err := d.env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(d.ctx, content, metav1.GetOptions{})
+		_, err := d.snaps.SnapshotV1().VolumeSnapshotContents().Get(d.ctx, content, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
 	if err != nil {
 		return fmt.Errorf("content %s survived its VolumeSnapshot: %w", content, err)
 	}
-	say("deleted VolumeSnapshot disk-snapshot; its content %s and backend snapshot are gone (deletionPolicy Delete)", content)
+	say("deleted VolumeSnapshot disk-snapshot; its content %s and backend snapshot are gone (deletionPolicy Delete); restore-pvc keeps its data", content)
 	return nil
 }
 
@@ -332,36 +284,36 @@ func (d *demo) localPV() error {
 		Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("5Gi")},
 		AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 		PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain, StorageClassName: "local-storage",
-		PersistentVolumeSource: corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/mnt/disks/ssd1"}},
+		PersistentVolumeSource: corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: d.localDisk}},
 		NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
-			MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topology.HostnameKey, Operator: corev1.NodeSelectorOpIn, Values: []string{"node1"}}}}}}},
+			MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topology.HostnameKey, Operator: corev1.NodeSelectorOpIn, Values: []string{d.hostname}}}}}}},
 	}}
-	if _, err := d.env.Cluster.Client.CoreV1().PersistentVolumes().Create(d.ctx, pv, metav1.CreateOptions{}); err != nil {
+	if _, err := d.cluster.Client.CoreV1().PersistentVolumes().Create(d.ctx, pv, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	say("PersistentVolume local-pv created with nodeAffinity kubernetes.io/hostname in [node1]")
+	say("PersistentVolume local-pv (%s on the host) created with nodeAffinity %s in [%s]", d.localDisk, topology.HostnameKey, d.hostname)
 	if err := d.createClaim("local-pvc", "local-storage", "5Gi", nil); err != nil {
 		return err
 	}
 	// Nothing binds it yet: it waits for its first consumer.
 	if err := cluster.Poll(d.ctx, 250*time.Millisecond, 2*time.Second, func() (bool, error) {
-		claim, err := d.env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(d.ctx, "local-pvc", metav1.GetOptions{})
+		claim, err := d.cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(d.ctx, "local-pvc", metav1.GetOptions{})
 		return err == nil && claim.Status.Phase != corev1.ClaimPending, err
 	}); err == nil {
 		return fmt.Errorf("local-pvc bound before any pod used it")
 	}
 	say("local-pvc is Pending (WaitForFirstConsumer) with no pod using it")
-	if err := d.createPod("local-pod", "local-pvc"); err != nil {
+	if _, err := d.createPod("local-pod", "local-pvc", keepAlive); err != nil {
 		return err
 	}
-	bound, node, err := d.waitRunning("local-pvc", "local-pod")
+	bound, nodeName, err := d.waitPlaced("local-pvc", "local-pod")
 	if err != nil {
 		return err
 	}
-	if bound.Name != "local-pv" || node != "node1" {
-		return fmt.Errorf("local-pvc bound to %s with the pod on %s; want local-pv on node1", bound.Name, node)
+	if bound.Name != "local-pv" || nodeName != d.node.Name {
+		return fmt.Errorf("local-pvc bound to %s with the pod on %s; want local-pv on %s", bound.Name, nodeName, d.node.Name)
 	}
-	say("local-pod scheduled on node1 and local-pvc bound to local-pv")
+	say("local-pod scheduled on %s, the PV's node, and local-pvc bound to local-pv", nodeName)
 	return nil
 }
 
@@ -379,15 +331,17 @@ func (d *demo) topology() error {
 	if err := d.createClaim("zone-pvc", "topo-zone", "2Gi", nil); err != nil {
 		return err
 	}
-	if err := d.createPod("zone-pod", "zone-pvc"); err != nil {
+	pod, err := d.createPod("zone-pod", "zone-pvc", keepAlive)
+	if err != nil {
 		return err
 	}
 	// Two FailedScheduling events: the scheduler's (its VolumeBinding filter
 	// rejects every node before the extender is asked) and the extender's
 	// explanation of the same decision, with the per-node reasons.
+	scheduler := pod.Spec.SchedulerName
 	byComponent := map[string]string{}
-	err := cluster.Poll(d.ctx, 250*time.Millisecond, time.Minute, func() (bool, error) {
-		events, err := d.env.Cluster.Client.CoreV1().Events(ns).List(d.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=zone-pod,reason=FailedScheduling"})
+	err = cluster.Poll(d.ctx, 250*time.Millisecond, 2*time.Minute, func() (bool, error) {
+		events, err := d.cluster.Client.CoreV1().Events(ns).List(d.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=zone-pod,reason=FailedScheduling"})
 		if err != nil {
 			return false, err
 		}
@@ -398,23 +352,23 @@ func (d *demo) topology() error {
 			}
 			byComponent[component] = e.Message
 		}
-		return byComponent["default-scheduler"] != "" && byComponent["toposnap-extender"] != "", nil
+		return byComponent[scheduler] != "" && byComponent[extenderName] != "", nil
 	})
 	if err != nil {
-		return fmt.Errorf("FailedScheduling events for zone-pod: got %q: %w", byComponent, err)
+		return fmt.Errorf("FailedScheduling events for zone-pod from %s and %s: got %q: %w", scheduler, extenderName, byComponent, err)
 	}
 	say("zone-pvc Pending, zone-pod Pending")
-	say("  FailedScheduling (default-scheduler): %s", byComponent["default-scheduler"])
-	say("  FailedScheduling (toposnap-extender): %s", byComponent["toposnap-extender"])
-	if want := "class topo-zone allows zone cn-hangzhou-d; node is in zone cn-hangzhou-b"; !strings.Contains(byComponent["toposnap-extender"], want) {
+	say("  FailedScheduling (%s): %s", scheduler, byComponent[scheduler])
+	say("  FailedScheduling (%s): %s", extenderName, byComponent[extenderName])
+	if want := "class topo-zone allows zone cn-hangzhou-d; node is in zone cn-hangzhou-b"; !strings.Contains(byComponent[extenderName], want) {
 		return fmt.Errorf("the extender's FailedScheduling event does not say %q", want)
 	}
-	if err := d.env.Cluster.Client.StorageV1().StorageClasses().Delete(d.ctx, "topo-zone", metav1.DeleteOptions{}); err != nil {
+	if err := d.cluster.Client.StorageV1().StorageClasses().Delete(d.ctx, "topo-zone", metav1.DeleteOptions{}); err != nil {
 		return err
 	}
 	// allowedTopologies is immutable: the class is deleted and created again.
 	if err := cluster.Poll(d.ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
-		_, err := d.env.Cluster.Client.StorageV1().StorageClasses().Get(d.ctx, "topo-zone", metav1.GetOptions{})
+		_, err := d.cluster.Client.StorageV1().StorageClasses().Get(d.ctx, "topo-zone", metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	}); err != nil {
 		return err
@@ -422,11 +376,15 @@ func (d *demo) topology() error {
 	if _, err := d.createClass(zoneClass("cn-hangzhou-b")); err != nil {
 		return err
 	}
-	pv, node, err := d.waitRunning("zone-pvc", "zone-pod")
+	pv, nodeName, err := d.waitPlaced("zone-pvc", "zone-pod")
 	if err != nil {
 		return err
 	}
-	say("zone-pod scheduled on %s; PV %s nodeAffinity %s", node, pv.Name, affinity(pv))
+	where := "runs there"
+	if nodeName != d.node.Name {
+		where = "bound there (a Node object without a kubelet: it never starts)"
+	}
+	say("zone-pod scheduled on %s and %s; PV %s nodeAffinity %s", nodeName, where, pv.Name, affinity(pv))
 	if !strings.Contains(affinity(pv), "cn-hangzhou-b") {
 		return fmt.Errorf("PV %s is not in zone cn-hangzhou-b", pv.Name)
 	}
