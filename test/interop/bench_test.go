@@ -3,6 +3,7 @@ package interop
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -90,6 +91,11 @@ func (t throughput) perSecond() float64 { return float64(t.items) / t.elapsed.Se
 // upstream's in the same run (above 1: faster than the upstream sidecars).
 func report(b *testing.B, what string, results map[controllerKind]*throughput) {
 	upstream := results[upstreamControllers]
+	limits := "their defaults (5 QPS, burst 10)"
+	if len(controllers.upstreamLimits) > 0 {
+		limits = strings.Join(controllers.upstreamLimits, " ")
+	}
+	b.Logf("%s: upstream client limits: %s; toposnap's: its defaults", what, limits)
 	b.ReportMetric(upstream.perSecond(), "upstream-"+what+"/s")
 	b.Logf("%s: upstream %d in %v (%.2f/s)", what, upstream.items, upstream.elapsed.Round(time.Millisecond), upstream.perSecond())
 	for _, kind := range []controllerKind{toposnapControllers, candidateControllers} {
@@ -204,11 +210,13 @@ func provisionRound(ctx context.Context, client kubernetes.Interface, kind contr
 	return elapsed, nil
 }
 
-// checkZonePVs: every claim of ns is bound to a PV reachable from its pod's
-// zone, made by kind's provisioner (only external-provisioner stamps its
-// identity on the PV), so the benchmark measured what it says.
+// checkZonePVs: every claim of ns is bound to a PV reachable from the zone
+// of the node the scheduler selected for it, made by kind's provisioner
+// (only external-provisioner stamps its identity on the PV), so the
+// benchmark measured what it says. (The selected node, not the pod's: a
+// claim binds before the scheduler binds its pod.)
 func checkZonePVs(ctx context.Context, client kubernetes.Interface, ns string, kind controllerKind) error {
-	pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	claims, err := client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err
 	}
@@ -220,18 +228,14 @@ func checkZonePVs(ctx context.Context, client kubernetes.Interface, ns string, k
 	for _, node := range nodes.Items {
 		zoneOf[node.Name] = node.Labels[topology.ZoneKey]
 	}
-	for _, pod := range pods.Items {
-		claimName := pod.Spec.Volumes[0].PersistentVolumeClaim.ClaimName
-		claim, err := client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claimName, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	for _, claim := range claims.Items {
 		pv, err := client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
 		if err != nil {
-			return err
+			return fmt.Errorf("PV of claim %s/%s: %w", ns, claim.Name, err)
 		}
-		if got, want := affinity(pv, topology.ZoneKey), zoneOf[pod.Spec.NodeName]; got != want {
-			return fmt.Errorf("PV %s of claim %s/%s is in zone %q, its pod on %s in %q", pv.Name, ns, claimName, got, pod.Spec.NodeName, want)
+		selected := claim.Annotations[annSelectedNode]
+		if got, want := affinity(pv, topology.ZoneKey), zoneOf[selected]; got == "" || got != want {
+			return fmt.Errorf("PV %s of claim %s/%s is in zone %q, its selected node %q in %q", pv.Name, ns, claim.Name, got, selected, want)
 		}
 		upstreamMade := pv.Spec.CSI != nil && pv.Spec.CSI.VolumeAttributes[annProvisionerIdentity] != ""
 		if upstreamMade != (kind == upstreamControllers) {
@@ -296,6 +300,12 @@ func BenchmarkSnapshots(b *testing.B) {
 // and returns how long until all were ready; then it deletes them and waits
 // until their contents are gone.
 func snapshotRound(ctx context.Context, ns, round string, kind controllerKind, sources []string) (time.Duration, error) {
+	// The provisioners follow: each side's provisioner and snapshotter
+	// share the finalizers that protect a snapshot read by a restore
+	// (docs/interop.md), and a deployment runs one side's pair.
+	if err := controllers.useProvisioners(ctx, kind); err != nil {
+		return 0, err
+	}
 	if err := controllers.useSnapshotters(ctx, kind); err != nil {
 		return 0, err
 	}
@@ -326,16 +336,18 @@ func snapshotRound(ctx context.Context, ns, round string, kind controllerKind, s
 		}
 		ready = 0
 		for _, snap := range list.Items {
-			if snap.Status != nil && ptr.Deref(snap.Status.ReadyToUse, false) {
+			if strings.HasPrefix(snap.Name, round+"-") && snap.Status != nil && ptr.Deref(snap.Status.ReadyToUse, false) {
 				ready++
 			}
 		}
-		return ready == len(sources)+1, nil // and the warm-up snapshot
+		return ready == len(sources), nil
 	}); err != nil {
-		return 0, fmt.Errorf("%d of %d snapshots ready: %w\nevents:\n%s", ready, len(sources)+1, err, namespaceEvents(ns))
+		return 0, fmt.Errorf("%d of %d snapshots ready: %w\nevents:\n%s", ready, len(sources), err, namespaceEvents(ns))
 	}
 	elapsed := time.Since(begin)
 
+	// Every snapshot and content must be gone before the other side's
+	// controllers take over: a half-deleted snapshot would be theirs.
 	list, err := snapshots.List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return 0, err
@@ -344,7 +356,19 @@ func snapshotRound(ctx context.Context, ns, round string, kind controllerKind, s
 		return 0, err
 	}
 	for _, snap := range list.Items {
-		content := ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "")
+		content := ""
+		if snap.Status != nil {
+			content = ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "")
+		}
+		if err := waitGone(ctx, "VolumeSnapshot "+ns+"/"+snap.Name, 5*time.Minute, func(ctx context.Context) error {
+			_, err := snapshots.Get(ctx, snap.Name, metav1.GetOptions{})
+			return err
+		}); err != nil {
+			return 0, fmt.Errorf("clean up: %w", err)
+		}
+		if content == "" {
+			continue
+		}
 		if err := waitGone(ctx, "content "+content, 5*time.Minute, func(ctx context.Context) error {
 			_, err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Get(ctx, content, metav1.GetOptions{})
 			return err

@@ -76,7 +76,11 @@ func runTests(m *testing.M) int {
 			c.Stop()
 			os.Exit(1)
 		}
-		controllers = newSwitcher(env, sidecarBin)
+		if controllers, err = newSwitcher(env, sidecarBin); err != nil {
+			fmt.Fprintf(os.Stderr, "interop set-up: %v\n", err)
+			c.Stop()
+			os.Exit(1)
+		}
 	})
 	if controllers != nil {
 		controllers.stop()

@@ -30,6 +30,9 @@ const (
 	// labelManagedBy is the label distributed snapshotting puts on a
 	// content: the node whose csi-snapshotter cuts it.
 	labelManagedBy = "snapshot.storage.kubernetes.io/managed-by"
+	// annSelectedNode is where the scheduler put a late-binding claim's
+	// first consumer.
+	annSelectedNode = "volume.kubernetes.io/selected-node"
 )
 
 // ensureClasses creates the storage classes of both scopes (late binding,

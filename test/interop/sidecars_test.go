@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,27 @@ func snapshotterArgs(kubeconfig, socket string) []string {
 func snapshotControllerArgs(kubeconfig string) []string {
 	return []string{"--kubeconfig=" + kubeconfig, "--enable-distributed-snapshotting",
 		"--feature-gates=CSIVolumeGroupSnapshot=false", "--v=2"}
+}
+
+// envUpstreamLimits, when set to "QPS,BURST", gives every upstream process
+// those client-side API rate limits instead of its defaults (5 and 10), to
+// compare the contenders at equal limits (toposnap's default to 20 and 50).
+const envUpstreamLimits = "TOPOSNAP_INTEROP_UPSTREAM_API_LIMITS"
+
+// upstreamLimitArgs are the flags envUpstreamLimits asks for.
+func upstreamLimitArgs() ([]string, error) {
+	value := os.Getenv(envUpstreamLimits)
+	if value == "" {
+		return nil, nil
+	}
+	qps, burst, ok := strings.Cut(value, ",")
+	if _, err := strconv.ParseFloat(qps, 64); !ok || err != nil {
+		return nil, fmt.Errorf("%s=%q: want QPS,BURST", envUpstreamLimits, value)
+	}
+	if _, err := strconv.Atoi(burst); err != nil {
+		return nil, fmt.Errorf("%s=%q: want QPS,BURST", envUpstreamLimits, value)
+	}
+	return []string{"--kube-api-qps=" + qps, "--kube-api-burst=" + burst}, nil
 }
 
 // sidecar is one run of an upstream process.
@@ -207,9 +229,10 @@ const envCandidateBin = "TOPOSNAP_INTEROP_CANDIDATE"
 // (snapshots). The drivers are never touched, so a benchmark compares the
 // controllers on the same drivers.
 type switcher struct {
-	env          *harness.Env
-	bin          string // the sidecars
-	candidateBin string // empty: no candidate
+	env            *harness.Env
+	bin            string   // the sidecars
+	upstreamLimits []string // extra flags of every upstream process ($TOPOSNAP_INTEROP_UPSTREAM_API_LIMITS)
+	candidateBin   string   // empty: no candidate
 
 	mu           sync.Mutex
 	provisioner  controllerKind
@@ -219,9 +242,13 @@ type switcher struct {
 }
 
 // newSwitcher starts as the harness does: toposnap's controllers run.
-func newSwitcher(e *harness.Env, bin string) *switcher {
-	return &switcher{env: e, bin: bin, candidateBin: os.Getenv(envCandidateBin),
-		provisioner: toposnapControllers, snapshotter: toposnapControllers}
+func newSwitcher(e *harness.Env, bin string) (*switcher, error) {
+	limits, err := upstreamLimitArgs()
+	if err != nil {
+		return nil, err
+	}
+	return &switcher{env: e, bin: bin, upstreamLimits: limits, candidateBin: os.Getenv(envCandidateBin),
+		provisioner: toposnapControllers, snapshotter: toposnapControllers}, nil
 }
 
 // Lines the upstream processes log once their controllers start, past
@@ -272,7 +299,7 @@ func (s *switcher) useProvisioners(ctx context.Context, kind controllerKind) err
 			err = s.env.Nodes[name].Restart("provisioner")
 		case upstreamControllers:
 			p, err = startSidecar(s.env, s.bin, name, binProvisioner, []string{"NODE_NAME=" + name},
-				provisionerArgs(s.env.Cluster.Kubeconfig, s.env.Nodes[name].Socket)...)
+				append(provisionerArgs(s.env.Cluster.Kubeconfig, s.env.Nodes[name].Socket), s.upstreamLimits...)...)
 		case candidateControllers:
 			p, err = startSidecar(s.env, s.candidateBin, name, "toposnap-provisioner", nil, candidateArgs(s.env, name, "provisioner")...)
 		}
@@ -317,7 +344,8 @@ func (s *switcher) useSnapshotters(ctx context.Context, kind controllerKind) err
 	s.snapshotter = ""
 	kubeconfig := s.env.Cluster.Kubeconfig
 	if kind == upstreamControllers {
-		controller, err := startSidecar(s.env, s.bin, "control-plane", binSnapshotController, nil, snapshotControllerArgs(kubeconfig)...)
+		controller, err := startSidecar(s.env, s.bin, "control-plane", binSnapshotController, nil,
+			append(snapshotControllerArgs(kubeconfig), s.upstreamLimits...)...)
 		if err != nil {
 			return err
 		}
@@ -331,7 +359,7 @@ func (s *switcher) useSnapshotters(ctx context.Context, kind controllerKind) err
 			err = s.env.Nodes[name].Restart("snapshotter")
 		case upstreamControllers:
 			p, err = startSidecar(s.env, s.bin, name, binSnapshotter, []string{"NODE_NAME=" + name},
-				snapshotterArgs(kubeconfig, s.env.Nodes[name].Socket)...)
+				append(snapshotterArgs(kubeconfig, s.env.Nodes[name].Socket), s.upstreamLimits...)...)
 		case candidateControllers:
 			p, err = startSidecar(s.env, s.candidateBin, name, "toposnap-snapshotter", nil, candidateArgs(s.env, name, "snapshotter")...)
 		}
