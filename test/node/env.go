@@ -255,17 +255,31 @@ func removeStaleNetwork() error {
 	return nil
 }
 
+// bridgeMAC is the bridge's own, fixed, locally administered address.
+const bridgeMAC = "02:74:6f:70:6f:01"
+
+// bridgeSteps are the ip(8) commands that make the pods' bridge. Its MAC
+// is set once: a Linux bridge without one takes the lowest MAC among its
+// ports and changes it as pods' veths come and go, sending no ARP, so
+// every running pod's cached MAC of its gateway went stale at once and
+// their traffic to and from the node (probes, the API server, webhook
+// calls) vanished until their ARP entries expired, up to a minute and a
+// half in the first conformance runs.
+func bridgeSteps(name, mac, address, subnet string) [][]string {
+	prefix := netip.MustParsePrefix(subnet)
+	return [][]string{
+		{"link", "add", "name", name, "address", mac, "type", "bridge"},
+		{"link", "set", name, "address", mac},
+		{"addr", "add", address + "/" + strconv.Itoa(prefix.Bits()), "dev", name},
+		{"link", "set", name, "up"},
+	}
+}
+
 // ensureBridge creates the pods' bridge with the node's address, so the
 // node has its InternalIP before the first pod; the CNI bridge plugin then
 // uses it as it is.
 func ensureBridge(name, address, subnet string) error {
-	prefix := netip.MustParsePrefix(subnet)
-	steps := [][]string{
-		{"link", "add", "name", name, "type", "bridge"},
-		{"addr", "add", address + "/" + strconv.Itoa(prefix.Bits()), "dev", name},
-		{"link", "set", name, "up"},
-	}
-	for _, step := range steps {
+	for _, step := range bridgeSteps(name, bridgeMAC, address, subnet) {
 		out, err := exec.Command("ip", step...).CombinedOutput()
 		if err != nil && !strings.Contains(string(out), "File exists") {
 			return fmt.Errorf("ip %s: %w: %s", strings.Join(step, " "), err, strings.TrimSpace(string(out)))

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"net"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -119,5 +120,24 @@ func TestClusterDNSAnswers(t *testing.T) {
 				t.Fatalf("reply id %d rcode %v answers %v; want id 42 rcode %v answers %q", msg.ID, msg.RCode, answers, tt.rcode, tt.answerIP)
 			}
 		})
+	}
+}
+
+// The bridge gets a MAC of its own before any pod joins, and keeps the
+// node's address: a bridge that borrows its ports' lowest MAC changes it
+// under running pods.
+func TestBridgeHasAFixedMAC(t *testing.T) {
+	steps := bridgeSteps("br0", "02:00:00:00:00:01", "10.244.0.1", "10.244.0.0/24")
+	want := [][]string{
+		{"link", "add", "name", "br0", "address", "02:00:00:00:00:01", "type", "bridge"},
+		{"link", "set", "br0", "address", "02:00:00:00:00:01"},
+		{"addr", "add", "10.244.0.1/24", "dev", "br0"},
+		{"link", "set", "br0", "up"},
+	}
+	if !reflect.DeepEqual(steps, want) {
+		t.Fatalf("bridge steps = %v, want %v", steps, want)
+	}
+	if mac, err := net.ParseMAC(bridgeMAC); err != nil || mac[0]&0x02 == 0 || mac[0]&0x01 != 0 {
+		t.Errorf("bridgeMAC %s is not a locally administered unicast address (%v)", bridgeMAC, err)
 	}
 }
