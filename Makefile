@@ -103,7 +103,8 @@ node-test: cluster-bins node-bins node-setup helm ## A real node (containerd + k
 	$(GO) test -count=1 -v -timeout $(NODE_TEST_TIMEOUT) ./test/storage-e2e/
 
 CONFORMANCE_FOCUS ?= External.Storage \[Driver: csi.toposnap.io\]
-CONFORMANCE_SKIP ?= \[Disruptive\]|should provision storage with any volume data source
+# Skipped specs and why: docs/conformance.md (one needs images that cannot be built here, one needs nsenter into PID 1).
+CONFORMANCE_SKIP ?= \[Disruptive\]|should provision storage with any volume data source|should not mount / map unused volumes in a pod
 conformance: cluster-bins node-bins node-setup helm ## Kubernetes' external storage e2e suite (every External.Storage spec) against toposnap on a real node; ends with ginkgo's counts.
 	$(GO) test -count=1 -v -timeout 4h -run TestExternalStorage ./test/storage-e2e/ \
 		-args -storage-e2e.focus='$(CONFORMANCE_FOCUS)' -storage-e2e.skip='$(CONFORMANCE_SKIP)' -storage-e2e.report-dir=$(CURDIR)/bin/conformance

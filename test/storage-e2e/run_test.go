@@ -108,3 +108,21 @@ func readYAML(t *testing.T, file string, into any) {
 		t.Fatalf("parse %s: %v", file, err)
 	}
 }
+
+// make conformance skips exactly what the default run skips: one list of
+// specs that cannot run here, documented in docs/conformance.md.
+func TestMakefileSkipsWhatTheDefaultSkips(t *testing.T) {
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(makefile), "\n") {
+		if value, ok := strings.CutPrefix(line, "CONFORMANCE_SKIP ?= "); ok {
+			if value != DefaultSkip {
+				t.Fatalf("Makefile CONFORMANCE_SKIP = %q, DefaultSkip = %q", value, DefaultSkip)
+			}
+			return
+		}
+	}
+	t.Fatal("the Makefile sets no CONFORMANCE_SKIP")
+}
