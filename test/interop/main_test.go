@@ -87,7 +87,9 @@ func runTests(m *testing.M) int {
 	}
 	if env != nil {
 		env.Stop()
-		if code != 0 {
+		// TOPOSNAP_INTEROP_KEEP keeps the logs of a passing run too, to
+		// study where a benchmark's time went.
+		if code != 0 || os.Getenv("TOPOSNAP_INTEROP_KEEP") != "" {
 			fmt.Fprintf(os.Stderr, "interop: component logs kept in %s\n", env.Dir)
 		} else {
 			_ = os.RemoveAll(env.Dir)
