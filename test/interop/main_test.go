@@ -64,6 +64,15 @@ func runTests(m *testing.M) int {
 	// the upstream sidecars nothing records where a snapshot lives for it
 	// (docs/interop.md). The harness still runs the process.
 	opts := cluster.Options{Nodes: cluster.TwoZoneNodes()}
+	if keepLogs() {
+		// A directory of ours outlives the run, with the control plane's
+		// logs (kube-controller-manager's binding, client throttling).
+		if opts.Dir, err = os.MkdirTemp("", "toposnap-interop-cluster-"); err != nil {
+			fmt.Fprintf(os.Stderr, "interop: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "interop: cluster files kept in %s\n", opts.Dir)
+	}
 	code := cluster.TestMainWithCluster(m, opts, func(c *cluster.Cluster) {
 		if c == nil {
 			return
@@ -87,9 +96,7 @@ func runTests(m *testing.M) int {
 	}
 	if env != nil {
 		env.Stop()
-		// TOPOSNAP_INTEROP_KEEP keeps the logs of a passing run too, to
-		// study where a benchmark's time went.
-		if code != 0 || os.Getenv("TOPOSNAP_INTEROP_KEEP") != "" {
+		if code != 0 || keepLogs() {
 			fmt.Fprintf(os.Stderr, "interop: component logs kept in %s\n", env.Dir)
 		} else {
 			_ = os.RemoveAll(env.Dir)
@@ -97,6 +104,10 @@ func runTests(m *testing.M) int {
 	}
 	return code
 }
+
+// keepLogs: TOPOSNAP_INTEROP_KEEP keeps the logs of a passing run too, to
+// study where a benchmark's time went.
+func keepLogs() bool { return os.Getenv("TOPOSNAP_INTEROP_KEEP") != "" }
 
 // poll waits with a deadline; see cluster.Poll.
 var poll = cluster.Poll
