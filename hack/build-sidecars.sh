@@ -10,7 +10,8 @@
 # different Kubernetes staging versions through replace directives (v0.36.1
 # and v0.37.0), which those go.mod files mirror, so one module cannot hold
 # both. The cache directory is keyed by the two versions those go.mod files
-# require. Cold, on 2 cores: about 6 minutes (docs/interop.md); warm: instant.
+# require. Cold (empty Go build cache, 2 shared cores): about 23 minutes;
+# warm: instant (docs/interop.md).
 # Prints the cache's bin directory on stdout.
 #
 #   TOPOSNAP_CACHE   cache root (default ~/.cache/toposnap)
