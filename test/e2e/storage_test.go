@@ -19,6 +19,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/snapshotter"
+	"github.com/toposnap/toposnap/test/harness"
 )
 
 func createNamespace(t *testing.T) string {
@@ -85,25 +86,9 @@ func createPod(t *testing.T, ns, name, claim string) {
 // returns the PV and the pod's node.
 func waitBound(t *testing.T, ns, claimName, podName string) (*corev1.PersistentVolume, string) {
 	t.Helper()
-	ctx := ctxFor(t, 3*time.Minute)
-	var pv *corev1.PersistentVolume
-	var node string
-	err := poll(ctx, 200*time.Millisecond, 3*time.Minute, func() (bool, error) {
-		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claimName, metav1.GetOptions{})
-		if err != nil || claim.Status.Phase != corev1.ClaimBound {
-			return false, nil
-		}
-		pod, err := env.Cluster.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
-		if err != nil || pod.Spec.NodeName == "" {
-			return false, nil
-		}
-		pv, err = env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
-		node = pod.Spec.NodeName
-		return err == nil, nil
-	})
+	pv, node, err := harness.WaitBound(ctxFor(t, 3*time.Minute), env.Cluster.Client, ns, claimName, podName, 3*time.Minute)
 	if err != nil {
-		events, _ := env.Cluster.Kubectl(ctx, "get", "events", "-n", ns, "-o", "custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message")
-		t.Fatalf("claim %s/%s did not bind with pod %s scheduled: %v\nevents:\n%s", ns, claimName, podName, err, events)
+		t.Fatal(err)
 	}
 	return pv, node
 }

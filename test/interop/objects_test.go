@@ -3,7 +3,6 @@ package interop
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -118,41 +117,11 @@ func createClaimAndPod(ctx context.Context, claim *corev1.PersistentVolumeClaim,
 // waitBound waits for the claim to be bound and its pod scheduled, and
 // returns the PV and the pod's node.
 func waitBound(ctx context.Context, ns, claimName, podName string, timeout time.Duration) (*corev1.PersistentVolume, string, error) {
-	var pv *corev1.PersistentVolume
-	var node string
-	err := poll(ctx, 200*time.Millisecond, timeout, func() (bool, error) {
-		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, claimName, metav1.GetOptions{})
-		if err != nil || claim.Status.Phase != corev1.ClaimBound {
-			return false, nil
-		}
-		pod, err := env.Cluster.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
-		if err != nil || pod.Spec.NodeName == "" {
-			return false, nil
-		}
-		pv, err = env.Cluster.Client.CoreV1().PersistentVolumes().Get(ctx, claim.Spec.VolumeName, metav1.GetOptions{})
-		node = pod.Spec.NodeName
-		return err == nil, nil
-	})
-	if err != nil {
-		return nil, "", fmt.Errorf("claim %s/%s did not bind with pod %s scheduled: %w\nevents:\n%s", ns, claimName, podName, err, namespaceEvents(ns))
-	}
-	return pv, node, nil
+	return harness.WaitBound(ctx, env.Cluster.Client, ns, claimName, podName, timeout)
 }
 
 // namespaceEvents lists a namespace's events, for failure messages.
-func namespaceEvents(ns string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	events, err := env.Cluster.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err.Error()
-	}
-	var lines []string
-	for _, e := range events.Items {
-		lines = append(lines, fmt.Sprintf("%s %s/%s %s: %s", e.Type, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message))
-	}
-	return strings.Join(lines, "\n")
-}
+func namespaceEvents(ns string) string { return harness.NamespaceEvents(env.Cluster.Client, ns) }
 
 // affinity returns the value the PV's node affinity requires for key
 // ("" when it does not constrain key).
