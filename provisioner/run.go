@@ -11,15 +11,15 @@ import (
 
 // Options configure the provisioner process.
 type Options struct {
-	Kubeconfig     string
-	CSIAddress     string
-	NodeName       string
-	Timeout        time.Duration
-	Workers        int
-	Resync         time.Duration
+	Kubeconfig string
+	CSIAddress string
+	NodeName   string
+	Timeout    time.Duration
+	Workers    int
+	Resync     time.Duration
 	// QPS and Burst limit the API client.
-	QPS   float32
-	Burst int
+	QPS            float32
+	Burst          int
 	MetricsAddress string
 	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
 	CapacityNamespace string
