@@ -62,7 +62,7 @@ func (c *Controller) expand(ctx context.Context, claim *corev1.PersistentVolumeC
 			if _, markErr := c.writeClaimStatus(ctx, claim, func(s *corev1.PersistentVolumeClaimStatus) {
 				markControllerResizeFailed(s, err)
 			}); markErr != nil {
-				return fmt.Errorf("expand %s: %w (and recording the failure: %v)", pv.Name, err, markErr)
+				return fmt.Errorf("expand %s: %w (and recording the failure: %w)", pv.Name, err, markErr)
 			}
 		}
 		return fmt.Errorf("expand %s: %w", pv.Name, err)

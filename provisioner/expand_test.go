@@ -157,7 +157,7 @@ func TestExpand(t *testing.T) {
 				server.Fail("ControllerExpandVolume", fakecsi.Fault{Err: tc.fault})
 			}
 			w := newWorld(t, nodeObject("node1", "b"), claim, pv)
-			var driverClient csi.ControllerClient = client
+			driverClient := client
 			if tc.nodeStep {
 				driverClient = nodeExpansionDriver{client}
 			}

@@ -29,7 +29,7 @@ const (
 // behind.
 func (c *Controller) protectSource(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
 	source, ok := claimsource.Of(claim)
-	if !ok || !(source.IsSnapshot() || source.IsClaim()) {
+	if !ok || !source.IsSnapshot() && !source.IsClaim() {
 		return nil
 	}
 	err := c.editSourceFinalizer(ctx, source, true)

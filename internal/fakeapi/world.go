@@ -27,7 +27,7 @@ type World struct {
 // NewWorld makes a World holding objects.
 func NewWorld(t testing.TB, objects ...runtime.Object) *World {
 	t.Helper()
-	w := &World{T: t, Kube: fake.NewClientset(), Snaps: snapfake.NewSimpleClientset()}
+	w := &World{T: t, Kube: fake.NewClientset(), Snaps: snapfake.NewSimpleClientset()} //nolint:staticcheck // the snapshot client is generated without apply configurations: it has no NewClientset
 	Install(w.Kube)
 	Install(w.Snaps)
 	for _, obj := range objects {

@@ -66,7 +66,7 @@ func retry(ctx context.Context, what string, f func(context.Context) error) erro
 		return last == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w (last error: %v)", what, err, last)
+		return fmt.Errorf("%s: %w (last error: %w)", what, err, last)
 	}
 	return nil
 }

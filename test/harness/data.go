@@ -121,7 +121,7 @@ func (e *Env) withPublished(ctx context.Context, node, volumeID string, use func
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	target, unpublish, err := n.Publish(ctx, volumeID, dir)
 	if err != nil {
 		return err
@@ -161,21 +161,21 @@ func TreeHash(root string) (string, error) {
 		}
 		switch {
 		case entry.Type().IsDir():
-			fmt.Fprintf(digest, "d %q\n", rel)
+			_, _ = fmt.Fprintf(digest, "d %q\n", rel)
 		case entry.Type()&fs.ModeSymlink != 0:
 			link, err := os.Readlink(path)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(digest, "l %q %q\n", rel, link)
+			_, _ = fmt.Fprintf(digest, "l %q %q\n", rel, link)
 		case entry.Type().IsRegular():
 			sum, size, err := fileHash(path)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(digest, "f %q %d %s\n", rel, size, sum)
+			_, _ = fmt.Fprintf(digest, "f %q %d %s\n", rel, size, sum)
 		default:
-			fmt.Fprintf(digest, "o %q %v\n", rel, entry.Type())
+			_, _ = fmt.Fprintf(digest, "o %q %v\n", rel, entry.Type())
 		}
 		return nil
 	})

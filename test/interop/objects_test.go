@@ -186,7 +186,10 @@ func waitGone(ctx context.Context, what string, timeout time.Duration, get func(
 		return apierrors.IsNotFound(last), nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s still there (last read: %v): %w", what, last, err)
+		if last == nil {
+			return fmt.Errorf("%s still there: %w", what, err)
+		}
+		return fmt.Errorf("%s not confirmed gone (last read: %w): %w", what, last, err)
 	}
 	return nil
 }

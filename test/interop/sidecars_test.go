@@ -178,7 +178,11 @@ func (s *sidecar) crashed() error {
 	if s.stopping.Load() {
 		return nil
 	}
-	return fmt.Errorf("%s on %s exited on its own (%v); end of %s:\n%s", s.name, s.node, s.err, s.logPath, logTail(s.logPath, 20))
+	cause := s.err
+	if cause == nil {
+		cause = errors.New("exit status 0")
+	}
+	return fmt.Errorf("%s on %s exited on its own (%w); end of %s:\n%s", s.name, s.node, cause, s.logPath, logTail(s.logPath, 20))
 }
 
 // waitLog waits until the process's log holds line, or it exits, or the

@@ -59,7 +59,7 @@ func (p *process) exited() bool {
 
 // exitError says how the process ended, quoting the end of its log.
 func (p *process) exitError() error {
-	return fmt.Errorf("%s stopped unexpectedly (%v)%s", p.name, p.waitErr, p.logTail())
+	return fmt.Errorf("%s stopped unexpectedly (%w)%s", p.name, p.waitErr, p.logTail())
 }
 
 // logTail is the end of the process's log, for error messages.

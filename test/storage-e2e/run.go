@@ -93,7 +93,7 @@ func Run(ctx context.Context, opts RunOptions) (Summary, []byte, error) {
 	runErr := cmd.Run()
 	summary, ok := parseSummary(tee.captured.Bytes())
 	if !ok {
-		return Summary{}, tee.captured.Bytes(), fmt.Errorf("e2e.test ended without ginkgo's summary: %v", runErr)
+		return Summary{}, tee.captured.Bytes(), fmt.Errorf("e2e.test ended without ginkgo's summary: %w", runErr)
 	}
 	return summary, tee.captured.Bytes(), nil
 }
