@@ -19,10 +19,11 @@ build: ## Build the component binaries into bin/.
 cluster-bins: ## Build (once, cached in ~/.cache/toposnap) etcd, kube-* and kwok.
 	./hack/build-cluster-bins.sh
 
-test: cluster-bins ## Everything: vet, unit, csi-sanity, integration on the local control plane.
+test: cluster-bins node-bins node-setup helm sidecars ## Everything: vet, unit, csi-sanity, e2e on the local control plane, interop with the upstream sidecars, the real node with the storage e2e subset.
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/test/chaos$$' -e '/test/node$$' -e '/test/storage-e2e$$')   # real-node packages: node-test, conformance
+	$(GO) test -count=1 -timeout 45m $$($(GO) list ./... | grep -v -e '/test/chaos$$' -e '/test/node$$' -e '/test/storage-e2e$$')
 	$(MAKE) chaos SEED=1 CHAOS_PROFILE=short   # one short chaos seed, alone: its faults and timing are its own
+	$(GO) test -count=1 -p 1 -timeout 40m ./test/node/ ./test/storage-e2e/   # the real node, one at a time: pods on a kubelet, then the storage e2e subset (all of it: make conformance)
 	cd hack/tools/image && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd hack/tools/node-images && $(GO) vet ./... && $(GO) test -count=1 ./...   # the real node's image packer and registrar (the node itself: make node-test)
 	cd test/intree && $(GO) vet ./... && $(GO) test -count=1 ./...   # differential test against the in-tree VolumeBinding plugin

@@ -23,6 +23,8 @@ import (
 const (
 	labelDriver  = "csi.storage.k8s.io/drivername"
 	labelManager = "csi.storage.k8s.io/managed-by"
+	// capacityManager is labelManager's value on toposnap's objects.
+	capacityManager = "toposnap-provisioner"
 )
 
 // CapacityName is the deterministic name of the CSIStorageCapacity for a
@@ -75,6 +77,9 @@ func (c *Controller) capacityMayHaveChanged() {
 }
 
 func (c *Controller) refreshCapacity(ctx context.Context) error {
+	if err := c.removeStaleCapacity(ctx); err != nil {
+		klog.ErrorS(err, "Removing the storage capacity of deleted classes failed")
+	}
 	classes, err := c.classes.List(labels.Everything())
 	if err != nil {
 		return err
@@ -102,6 +107,52 @@ func (c *Controller) refreshCapacity(ctx context.Context) error {
 	return nil
 }
 
+// removeStaleCapacity deletes the CSIStorageCapacity objects published for
+// classes that are gone or no longer the driver's: the scheduler would still
+// read them, and they would pile up with every class created and deleted.
+// Any node may delete them, whichever wrote them.
+func (c *Controller) removeStaleCapacity(ctx context.Context) error {
+	api := c.client.StorageV1().CSIStorageCapacities(c.capacityNamespace)
+	selector := labels.Set{labelDriver: c.driverName, labelManager: capacityManager}.String()
+	published, err := api.List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return err
+	}
+	for i := range published.Items {
+		capacity := &published.Items[i]
+		ours, err := c.driversClass(ctx, capacity.StorageClassName)
+		if err != nil {
+			return err
+		}
+		if ours {
+			continue
+		}
+		err = api.Delete(ctx, capacity.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &capacity.UID}})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return err
+		}
+		klog.V(2).InfoS("Removed the storage capacity of a deleted class", "capacity", capacity.Name, "storageClass", capacity.StorageClassName)
+	}
+	return nil
+}
+
+// driversClass says whether the class exists and is the driver's. A class
+// the cache lacks is read from the API server: one created a moment ago may
+// not be cached yet, and its capacity must not flap.
+func (c *Controller) driversClass(ctx context.Context, name string) (bool, error) {
+	if class, err := c.classes.Get(name); err == nil {
+		return class.Provisioner == c.driverName, nil
+	}
+	class, err := c.client.StorageV1().StorageClasses().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	return class.Provisioner == c.driverName, nil
+}
+
 func (c *Controller) writeCapacity(ctx context.Context, className string, segment topology.Segment, resp *csi.GetCapacityResponse) error {
 	name := CapacityName(className, segment)
 	capacity := resource.NewQuantity(resp.GetAvailableCapacity(), resource.BinarySI)
@@ -113,7 +164,7 @@ func (c *Controller) writeCapacity(ctx context.Context, className string, segmen
 	existing, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		_, err = api.Create(ctx, &storagev1.CSIStorageCapacity{
-			ObjectMeta:        metav1.ObjectMeta{Name: name, Labels: map[string]string{labelDriver: c.driverName, labelManager: "toposnap-provisioner"}},
+			ObjectMeta:        metav1.ObjectMeta{Name: name, Labels: map[string]string{labelDriver: c.driverName, labelManager: capacityManager}},
 			NodeTopology:      &metav1.LabelSelector{MatchLabels: segment},
 			StorageClassName:  className,
 			Capacity:          capacity,

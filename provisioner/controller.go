@@ -116,6 +116,10 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 		AddFunc:    func(obj any) { c.enqueueProtectedSnapshot(obj) },
 		UpdateFunc: func(_, obj any) { c.enqueueProtectedSnapshot(obj) },
 	})
+	// A deleted class's capacity goes at the next refresh: ask for it now.
+	_, _ = kubeInformers.Storage().V1().StorageClasses().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(any) { c.capacityMayHaveChanged() },
+	})
 	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
 	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
