@@ -30,6 +30,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/atomicfile"
@@ -119,8 +120,11 @@ type Config struct {
 type Pool struct {
 	cfg       Config
 	ownerHash string
-	backend   Backend
-	poolMu    sync.Mutex // serialises this process's pool-lock holders
+	// root is the pool directory, held open: every pool path is opened
+	// beneath it (see beneath.go).
+	root    *os.File
+	backend Backend
+	poolMu  sync.Mutex // serialises this process's pool-lock holders
 
 	// jobsMu guards jobs only: it is never held across I/O.
 	jobsMu sync.Mutex
@@ -144,7 +148,11 @@ func Open(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool %s: %w", cfg.Dir, err)
 	}
-	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), backend: backend, jobs: map[string]*job{}}
+	root, err := os.OpenFile(cfg.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open pool directory: %w", err)
+	}
+	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), root: root, backend: backend, jobs: map[string]*job{}}
 	if err := p.recover(); err != nil {
 		return nil, err
 	}
