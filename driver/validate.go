@@ -140,9 +140,13 @@ func csiTopology(seg topology.Segment) []*csi.Topology {
 // storeStatus maps a store error to the CSI code a caller can act on.
 func storeStatus(err error, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
+	var refused refusal
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &refused), errors.Is(err, store.ErrForeign):
+		// Repeating the call cannot help until someone acts on the reason.
+		return status.Errorf(codes.FailedPrecondition, "%s: %v", msg, err)
 	case errors.Is(err, store.ErrInFlight), errors.Is(err, store.ErrFilling):
 		// Both are in progress, not failed: the CO repeats the call.
 		return status.Errorf(codes.Aborted, "%s: %v", msg, err)
@@ -154,4 +158,13 @@ func storeStatus(err error, format string, args ...any) error {
 		return status.Errorf(codes.NotFound, "%s: %v", msg, err)
 	}
 	return status.Errorf(codes.Internal, "%s: %v", msg, err)
+}
+
+// refusal is an error a backend returns when it will not do what was asked
+// for a reason the user can act on (a nested subvolume a snapshot would
+// leave out, say): Refusal names it. Backends cannot import the driver or
+// the store, so the contract is this method, not a sentinel.
+type refusal interface {
+	error
+	Refusal() string
 }
