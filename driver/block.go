@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/toposnap/toposnap/driver/loop"
+	"github.com/toposnap/toposnap/internal/loop"
 	"github.com/toposnap/toposnap/driver/store"
 )
 

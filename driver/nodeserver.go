@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
-	"github.com/toposnap/toposnap/driver/loop"
+	"github.com/toposnap/toposnap/internal/loop"
 )
 
 // NodeStageVolume bind-mounts a mount volume's directory at the staging

@@ -1,6 +1,6 @@
 // Package testpool makes loop-backed btrfs filesystems for tests, the demo
 // and benchmarks: a sparse image file, attached to a loop device through
-// the loop ioctls (driver/loop), formatted with mkfs.btrfs and mounted. When
+// the loop ioctls (internal/loop), formatted with mkfs.btrfs and mounted. When
 // mkfs.btrfs is missing, hack/setup-btrfs.sh installs btrfs-progs first.
 // Everything needs root (mount, loop devices).
 package testpool
@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/toposnap/toposnap/driver/loop"
+	"github.com/toposnap/toposnap/internal/loop"
 )
 
 // Btrfs is one mounted scratch btrfs filesystem.
