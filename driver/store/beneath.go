@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,9 +47,16 @@ func (p *Pool) openBeneath(rel string, flags int, mode uint32) (*os.File, error)
 }
 
 // openKind opens rel beneath the pool and checks that it is of the file
-// type want (unix.S_IFDIR, unix.S_IFREG, ...).
+// type want (unix.S_IFDIR, unix.S_IFREG, ...). Anything but a directory is
+// first looked up O_PATH, which opens nothing (no FIFO blocks, no device
+// node is touched), checked, and only then reopened with flags through
+// /proc/self/fd, which names the inode that was checked and no path.
 func (p *Pool) openKind(rel string, flags int, want uint32) (*os.File, error) {
-	f, err := p.openBeneath(rel, flags, 0)
+	lookup := flags
+	if flags&(unix.O_PATH|unix.O_DIRECTORY) == 0 {
+		lookup = unix.O_PATH
+	}
+	f, err := p.openBeneath(rel, lookup, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +69,81 @@ func (p *Pool) openKind(rel string, flags int, want uint32) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w: file type %#o, want %#o", f.Name(), ErrForeign, st.Mode&unix.S_IFMT, want)
 	}
-	return f, nil
+	if lookup == flags {
+		return f, nil
+	}
+	defer f.Close()
+	// No O_NOFOLLOW: /proc/self/fd/N is the magic link to f's inode itself.
+	fd, err := unix.Open(fdPath(f), flags|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "reopen", Path: f.Name(), Err: err}
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// fdPath names the file f holds open, whatever has been renamed or swapped
+// at its path since.
+func fdPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// openRegular opens the regular file rel with flags, creating it (mode)
+// when it does not exist. A symlink there, dangling or not, is refused: an
+// O_CREAT that followed one would create a file wherever it points.
+func (p *Pool) openRegular(rel string, flags int, mode uint32) (*os.File, error) {
+	for attempt := 0; ; attempt++ {
+		f, err := p.openKind(rel, flags, unix.S_IFREG)
+		if !errors.Is(err, os.ErrNotExist) {
+			return f, err
+		}
+		// O_EXCL: fails on anything already there, a dangling symlink too.
+		f, err = p.openBeneath(rel, flags|unix.O_CREAT|unix.O_EXCL, mode)
+		if errors.Is(err, os.ErrExist) && attempt < 3 {
+			continue // created meanwhile (or planted): look again
+		}
+		return f, err
+	}
+}
+
+// poolDirs are the pool's subdirectories (see the package comment).
+var poolDirs = []string{"meta", "volumes", "snapshots", "tmp", "locks"}
+
+// openDir opens the pool subdirectory sub, refusing with ErrForeign
+// anything but a real directory reached without a symlink.
+func (p *Pool) openDir(sub string) (*os.File, error) {
+	return p.openKind(sub, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
+}
+
+// heldDirs are pool subdirectories held open while a Backend works in
+// them. A Backend takes paths, so it gets each one through the descriptor
+// (/proc/self/fd/N/<name>): the directory that was checked is the
+// directory used, and a symlink swapped in for the subdirectory meanwhile
+// changes nothing. Checking with openKind and then handing over the plain
+// path would leave that window open. The descriptors are opened per call
+// and closed when it ends, never kept for the pool's life: a number closed
+// by Close and reused by another open would silently point a late call's
+// path somewhere else.
+type heldDirs map[string]*os.File
+
+// holdDirs opens the subdirectories subs; release them with close.
+func (p *Pool) holdDirs(subs ...string) (heldDirs, error) {
+	held := heldDirs{}
+	for _, sub := range subs {
+		f, err := p.openDir(sub)
+		if err != nil {
+			held.close()
+			return nil, err
+		}
+		held[sub] = f
+	}
+	return held, nil
+}
+
+// path names name inside the held subdirectory sub.
+func (h heldDirs) path(sub, name string) string { return fdPath(h[sub]) + "/" + name }
+
+func (h heldDirs) close() {
+	for _, f := range h {
+		f.Close()
+	}
 }
 
 // OpenVolumeDir opens a volume's directory as an O_PATH descriptor, for

@@ -59,6 +59,13 @@ func (p *Pool) capacityExcept(except string) (Capacity, error) {
 		return Capacity{}, err
 	}
 	c := Capacity{Total: min(p.cfg.Capacity, size), FilesystemFree: free}
+	var held heldDirs
+	if p.backend.Enforced() {
+		if held, err = p.holdDirs("volumes"); err != nil {
+			return Capacity{}, fmt.Errorf("measure the pool: %w", err)
+		}
+		defer held.close()
+	}
 	for _, vol := range volumes {
 		if vol.ID == except {
 			continue
@@ -69,7 +76,7 @@ func (p *Pool) capacityExcept(except string) (Capacity, error) {
 		}
 		used := int64(0)
 		if vol.State == StateReady {
-			if used, err = p.backend.Usage(p.VolumeDir(vol.ID)); err != nil {
+			if used, err = p.backend.Usage(held.path("volumes", vol.ID)); err != nil {
 				return Capacity{}, fmt.Errorf("usage of volume %s: %w", vol.ID, err)
 			}
 		}

@@ -106,20 +106,27 @@ func (p *Pool) stopJob(ctx context.Context, id string) error {
 	}
 }
 
-// Close cancels running copies and waits for them to stop. Interrupted
+// Close stops the retries of unrecovered work and cancels running copies,
+// waiting for both to stop, then releases the pool directory. Interrupted
 // fills and snapshots stay "creating": a repeated create restarts them.
+// Close may be called more than once; no other call may be made during or
+// after it.
 func (p *Pool) Close() {
-	p.jobsMu.Lock()
-	jobs := make([]*job, 0, len(p.jobs))
-	for _, j := range p.jobs {
-		jobs = append(jobs, j)
-	}
-	p.jobsMu.Unlock()
-	for _, j := range jobs {
-		j.cancel()
-		<-j.done
-	}
-	if closer, ok := p.backend.(interface{ Close() error }); ok {
-		_ = closer.Close()
-	}
+	p.closeOnce.Do(func() {
+		p.recovery.stopRetries()
+		p.jobsMu.Lock()
+		jobs := make([]*job, 0, len(p.jobs))
+		for _, j := range p.jobs {
+			jobs = append(jobs, j)
+		}
+		p.jobsMu.Unlock()
+		for _, j := range jobs {
+			j.cancel()
+			<-j.done
+		}
+		if closer, ok := p.backend.(interface{ Close() error }); ok {
+			_ = closer.Close()
+		}
+		p.root.Close()
+	})
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,8 +30,11 @@ func (l *objectLock) unlock() {
 	}
 }
 
+// flock takes a lock on locks/<name>, opened beneath the pool's root: a
+// symlink planted there (even a dangling one, which O_CREAT would follow
+// to create a file wherever it points) is refused with ErrForeign.
 func (p *Pool) flock(name string, how int) (*objectLock, error) {
-	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", name), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := p.openRegular("locks/"+name, unix.O_RDONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", name, err)
 	}
@@ -82,7 +84,7 @@ func (p *Pool) deleteLease(id string) (*objectLock, error) {
 func (p *Pool) withPoolLock(fn func() error) error {
 	p.poolMu.Lock()
 	defer p.poolMu.Unlock()
-	f, err := os.OpenFile(filepath.Join(p.cfg.Dir, "locks", ".pool"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := p.openRegular("locks/.pool", unix.O_RDONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("open pool lock: %w", err)
 	}

@@ -10,28 +10,15 @@ import (
 )
 
 // LookupSnapshot returns a snapshot's metadata or ErrNotFound.
+// Metadata the pool did not write is refused with ErrForeign.
 func (p *Pool) LookupSnapshot(id string) (Snapshot, error) {
-	return readMeta[Snapshot](p.metaPath(id))
+	return readMeta[Snapshot](p, id)
 }
 
-// ListSnapshots returns the pool's snapshots sorted by ID.
+// ListSnapshots returns the pool's snapshots sorted by ID, leaving out (and
+// logging) metadata the pool did not write.
 func (p *Pool) ListSnapshots() ([]Snapshot, error) {
-	ids, err := p.metaIDs(KindSnapshot)
-	if err != nil {
-		return nil, err
-	}
-	snapshots := make([]Snapshot, 0, len(ids))
-	for _, id := range ids {
-		snap, err := p.LookupSnapshot(id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		snapshots = append(snapshots, snap)
-	}
-	return snapshots, nil
+	return listMeta[Snapshot](p, KindSnapshot)
 }
 
 // CreateSnapshot cuts a snapshot of the volume source (a volume of this
@@ -92,17 +79,17 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	j := p.startJob(id, snap)
-	go p.runSnapshot(j, lock, lease, snap, sourceRef.dir())
+	go p.runSnapshot(j, lock, lease, snap, sourceRef)
 	return snap, nil
 }
 
 // runSnapshot has the backend leave the snapshot, complete, in snapshots/
 // and only then marks the metadata ready.
-func (p *Pool) runSnapshot(j *job, lock, lease *objectLock, snap Snapshot, sourceDir string) {
+func (p *Pool) runSnapshot(j *job, lock, lease *objectLock, snap Snapshot, source *Source) {
 	start := time.Now()
-	err := p.cutSnapshot(j, snap, sourceDir)
+	err := p.cutSnapshot(j, snap, source)
 	if err != nil {
-		_ = p.backend.Delete(p.tempPath(snap.ID))
+		_ = p.removeTemp(snap.ID)
 		if j.ctx.Err() == nil {
 			snap.Failure = err.Error()
 			_ = p.writeMeta(snap.ID, snap)
@@ -118,18 +105,25 @@ func (p *Pool) runSnapshot(j *job, lock, lease *objectLock, snap Snapshot, sourc
 	p.endJob(j, err)
 }
 
-func (p *Pool) cutSnapshot(j *job, snap Snapshot, sourceDir string) error {
-	tmp := p.tempPath(snap.ID)
-	if err := p.backend.Delete(tmp); err != nil {
-		return fmt.Errorf("clear temporary %s: %w", tmp, err)
+func (p *Pool) cutSnapshot(j *job, snap Snapshot, source *Source) error {
+	// Clear what an earlier attempt left.
+	if err := p.removeObjectFiles("snapshots", snap.ID); err != nil {
+		return err
 	}
-	final := p.SnapshotDir(snap.ID)
-	if err := p.backend.Delete(final); err != nil {
-		return fmt.Errorf("clear incomplete snapshot %s: %w", final, err)
+	srcHeld, sourcePath, err := source.hold()
+	if err != nil {
+		return err
 	}
+	defer srcHeld.close()
+	held, err := p.holdDirs("tmp", "snapshots")
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", snap.ID, err)
+	}
+	defer held.close()
 	// Durable once in place: btrfs commits the snapshot, the copier ends
 	// with syncfs before its rename.
-	if err := p.backend.Snapshot(j.ctx, sourceDir, tmp, final, j.progress); err != nil {
+	tmp, final := held.path("tmp", p.tempName(snap.ID)), held.path("snapshots", snap.ID)
+	if err := p.backend.Snapshot(j.ctx, sourcePath, tmp, final, j.progress); err != nil {
 		return fmt.Errorf("snapshot volume %s: %w", snap.SourceVolumeID, err)
 	}
 	snap.State, snap.Failure = StateReady, ""
@@ -181,10 +175,8 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	for _, dir := range []string{p.tempPath(id), p.SnapshotDir(id)} {
-		if err := p.backend.Delete(dir); err != nil {
-			return fmt.Errorf("remove %s: %w", dir, err)
-		}
+	if err := p.removeObjectFiles("snapshots", id); err != nil {
+		return err
 	}
 	return p.removeMeta(id)
 }

@@ -19,21 +19,16 @@
 package store
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 
-	"github.com/toposnap/toposnap/internal/atomicfile"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -113,6 +108,15 @@ type Config struct {
 	BackendKind string
 	// Backend, when set, is used as it is (tests).
 	Backend Backend
+	// RecoveryBackoff spaces the retries of work a crash left that could
+	// not be finished when the pool was opened (see Unrecovered); the zero
+	// value is 1s doubling up to 5m.
+	RecoveryBackoff Backoff
+	// OnUnrecovered, when set, is called after each failed attempt to
+	// finish such work (err set) and once when a retry succeeds (err nil),
+	// from the goroutine that tried: the driver raises events and metrics.
+	// object is an ID, or a pool subdirectory ("tmp/") for pool-wide work.
+	OnUnrecovered func(object string, err error)
 }
 
 // Pool is one pool directory. Safe for concurrent use, also by several
@@ -129,9 +133,16 @@ type Pool struct {
 	// jobsMu guards jobs only: it is never held across I/O.
 	jobsMu sync.Mutex
 	jobs   map[string]*job
+
+	recovery  recovery
+	closeOnce sync.Once
 }
 
-// Open prepares a pool directory and removes work left by crashed operations.
+// Open prepares a pool directory and sets about finishing the work crashed
+// operations left (see recover). A pool subdirectory that is not the
+// pool's own (a symlink, say) does not fail Open: it is reported
+// (Unrecovered) and every operation that needs it is refused with
+// ErrForeign, while the rest of the pool, and the driver's other pool, serve.
 func Open(cfg Config) (*Pool, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("pool directory is empty")
@@ -139,107 +150,35 @@ func Open(cfg Config) (*Pool, error) {
 	if cfg.Capacity <= 0 {
 		return nil, fmt.Errorf("pool %s: capacity must be positive, got %d", cfg.Dir, cfg.Capacity)
 	}
-	for _, sub := range []string{"meta", "volumes", "snapshots", "tmp", "locks"} {
-		if err := os.MkdirAll(filepath.Join(cfg.Dir, sub), 0o750); err != nil {
-			return nil, fmt.Errorf("create pool directory: %w", err)
-		}
-	}
-	backend, err := openBackend(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", cfg.Dir, err)
+	// The pool directory itself is the operator's choice, trusted as a path.
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create pool directory: %w", err)
 	}
 	root, err := os.OpenFile(cfg.Dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open pool directory: %w", err)
 	}
-	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), root: root, backend: backend, jobs: map[string]*job{}}
-	if err := p.recover(); err != nil {
-		return nil, err
+	for _, sub := range poolDirs {
+		// mkdirat never follows a symlink at sub: it fails with EEXIST,
+		// and recover reports what is there.
+		if err := unix.Mkdirat(int(root.Fd()), sub, 0o750); err != nil && !errors.Is(err, unix.EEXIST) {
+			root.Close()
+			return nil, fmt.Errorf("create pool directory %s: %w", filepath.Join(cfg.Dir, sub), err)
+		}
 	}
+	backend, err := openBackend(cfg)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("pool %s: %w", cfg.Dir, err)
+	}
+	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), root: root, backend: backend, jobs: map[string]*job{}}
+	p.recovery.init(cfg.RecoveryBackoff)
+	p.recover()
 	return p, nil
 }
 
 // BackendName names the pool's backend ("btrfs" or "dir").
 func (p *Pool) BackendName() string { return p.backend.Name() }
-
-// recover finishes or undoes what crashed operations left: temporary work
-// and metadata temporaries nobody holds a lock for are removed, and deletes
-// that had begun are completed (the caller asked for them; the files may be
-// half gone). Volumes left in StateCreating stay: they hold their capacity
-// and are listed, and the CO's retry of CreateVolume completes them, as
-// external-provisioner retries a create whose outcome it did not learn.
-func (p *Pool) recover() error {
-	if err := p.cleanTemp(); err != nil {
-		return err
-	}
-	if err := p.cleanMetaTemps(); err != nil {
-		return err
-	}
-	for _, kind := range []Kind{KindVolume, KindSnapshot} {
-		ids, err := p.metaIDs(kind)
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			state, err := p.metaState(id)
-			if err != nil || state != StateDeleting {
-				continue
-			}
-			klog.InfoS("Finishing an interrupted delete", "pool", p.cfg.Dir, "id", id)
-			if kind == KindVolume {
-				err = p.DeleteVolume(context.Background(), id)
-			} else {
-				err = p.DeleteSnapshot(context.Background(), id)
-			}
-			if err != nil && !errors.Is(err, ErrInFlight) {
-				return fmt.Errorf("finish deleting %s: %w", id, err)
-			}
-		}
-	}
-	return nil
-}
-
-// metaState reads just the state of an object's metadata.
-func (p *Pool) metaState(id string) (State, error) {
-	meta, err := readMeta[struct {
-		State State `json:"state"`
-	}](p.metaPath(id))
-	return meta.State, err
-}
-
-// cleanMetaTemps removes the temporaries of metadata writes that crashed
-// before their rename (".<id>.json.tmp-*"). Every metadata write happens
-// under the object's lock, so a temporary whose lock is free is dead.
-func (p *Pool) cleanMetaTemps() error {
-	dir := filepath.Join(p.cfg.Dir, "meta")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("read metadata directory: %w", err)
-	}
-	for _, entry := range entries {
-		rest, ok := strings.CutPrefix(entry.Name(), ".")
-		if !ok {
-			continue
-		}
-		id, _, ok := strings.Cut(rest, ".json.tmp-")
-		if !ok {
-			continue
-		}
-		if _, err := ParseID(id); err != nil {
-			continue
-		}
-		lock, err := p.tryLock(id)
-		if err != nil {
-			continue // being written right now
-		}
-		err = os.Remove(filepath.Join(dir, entry.Name()))
-		lock.unlock()
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale metadata temporary %s: %w", entry.Name(), err)
-		}
-	}
-	return nil
-}
 
 // Config returns the pool's configuration.
 func (p *Pool) Config() Config { return p.cfg }
@@ -257,27 +196,41 @@ func (p *Pool) SnapshotID(name string) string {
 	return MakeID(KindSnapshot, p.cfg.Scope, p.cfg.Owner, name)
 }
 
-// VolumeDir is where a volume's files live. The id must have been validated.
+// VolumeDir is where a volume's files live, for messages and tests: the
+// store itself never opens it by this path, and neither may the node side
+// (use OpenVolumeDir or OpenImage). The id must have been validated.
 func (p *Pool) VolumeDir(id string) string { return filepath.Join(p.cfg.Dir, "volumes", id) }
 
-// SnapshotDir is where a complete snapshot's files live.
+// SnapshotDir is where a complete snapshot's files live, for messages and
+// tests (see VolumeDir).
 func (p *Pool) SnapshotDir(id string) string { return filepath.Join(p.cfg.Dir, "snapshots", id) }
 
-func (p *Pool) metaPath(id string) string { return filepath.Join(p.cfg.Dir, "meta", id+".json") }
+func (p *Pool) metaPath(id string) string { return filepath.Join(p.cfg.Dir, "meta", metaName(id)) }
 
-func (p *Pool) tempPath(id string) string {
-	return filepath.Join(p.cfg.Dir, "tmp", id+"."+p.cfg.Holder)
-}
+// tempName is this process's temporary work on id, in tmp/.
+func (p *Pool) tempName(id string) string { return id + "." + p.cfg.Holder }
+
+func (p *Pool) tempPath(id string) string { return filepath.Join(p.cfg.Dir, "tmp", p.tempName(id)) }
 
 // cleanTemp removes temporary work nobody holds a lock for: leftovers of
-// crashed copies, by this process or any other sharing the pool.
+// crashed copies, by this process or any other sharing the pool. Each
+// entry is removed through tmp/'s descriptor, so a symlinked tmp/ is
+// refused, and a symlink entry is unlinked, never followed (Backend.Delete
+// does not follow its path's last component). One entry that cannot be
+// removed does not keep the others.
 func (p *Pool) cleanTemp() error {
-	entries, err := os.ReadDir(filepath.Join(p.cfg.Dir, "tmp"))
+	held, err := p.holdDirs("tmp")
+	if err != nil {
+		return fmt.Errorf("clean temporary work: %w", err)
+	}
+	defer held.close()
+	names, err := held["tmp"].Readdirnames(-1)
 	if err != nil {
 		return fmt.Errorf("read temporary directory: %w", err)
 	}
-	for _, entry := range entries {
-		id, _, _ := strings.Cut(entry.Name(), ".")
+	var errs []error
+	for _, name := range names {
+		id, _, _ := strings.Cut(name, ".")
 		if _, err := ParseID(id); err != nil {
 			continue // not ours; leave it alone
 		}
@@ -285,63 +238,11 @@ func (p *Pool) cleanTemp() error {
 		if err != nil {
 			continue // in progress elsewhere
 		}
-		err = p.backend.Delete(filepath.Join(p.cfg.Dir, "tmp", entry.Name()))
+		err = p.backend.Delete(held.path("tmp", name))
 		lock.unlock()
 		if err != nil {
-			return fmt.Errorf("remove stale temporary %s: %w", entry.Name(), err)
+			errs = append(errs, fmt.Errorf("remove stale temporary %s: %w", name, err))
 		}
 	}
-	return nil
-}
-
-func readMeta[T any](path string) (T, error) {
-	var out T
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return out, ErrNotFound
-	}
-	if err != nil {
-		return out, fmt.Errorf("read metadata: %w", err)
-	}
-	if err := json.Unmarshal(data, &out); err != nil {
-		return out, fmt.Errorf("parse metadata %s: %w", path, err)
-	}
-	return out, nil
-}
-
-func (p *Pool) writeMeta(id string, value any) error {
-	data, err := json.MarshalIndent(value, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode metadata for %s: %w", id, err)
-	}
-	return atomicfile.Write(p.metaPath(id), data, 0o640)
-}
-
-func (p *Pool) removeMeta(id string) error {
-	if err := os.Remove(p.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove metadata for %s: %w", id, err)
-	}
-	return atomicfile.SyncDir(filepath.Join(p.cfg.Dir, "meta"))
-}
-
-// metaIDs lists the IDs with metadata of the given kind, sorted.
-func (p *Pool) metaIDs(kind Kind) ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(p.cfg.Dir, "meta"))
-	if err != nil {
-		return nil, fmt.Errorf("list metadata: %w", err)
-	}
-	var ids []string
-	for _, entry := range entries {
-		id, ok := strings.CutSuffix(entry.Name(), ".json")
-		if !ok {
-			continue
-		}
-		parsed, err := ParseID(id)
-		if err != nil || parsed.Kind != kind {
-			continue
-		}
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids, nil
+	return errors.Join(errs...)
 }

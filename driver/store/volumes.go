@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -31,12 +31,18 @@ func (s *Source) id() string {
 	return s.VolumeID
 }
 
-// dir is where the source's files are.
-func (s *Source) dir() string {
+// hold opens the source pool's subdirectory holding the source and
+// returns the path of the source's files through it (see heldDirs).
+func (s *Source) hold() (heldDirs, string, error) {
+	sub := "volumes"
 	if s.SnapshotID != "" {
-		return s.Pool.SnapshotDir(s.SnapshotID)
+		sub = "snapshots"
 	}
-	return s.Pool.VolumeDir(s.VolumeID)
+	held, err := s.Pool.holdDirs(sub)
+	if err != nil {
+		return nil, "", fmt.Errorf("source %s: %w", s.id(), err)
+	}
+	return held, held.path(sub, s.id()), nil
 }
 
 // lease takes the source's read lease and checks, under it, that the
@@ -68,29 +74,16 @@ type VolumeRequest struct {
 }
 
 // LookupVolume returns a volume's metadata or ErrNotFound.
+// Metadata the pool did not write is refused with ErrForeign.
 func (p *Pool) LookupVolume(id string) (Volume, error) {
-	return readMeta[Volume](p.metaPath(id))
+	return readMeta[Volume](p, id)
 }
 
 // ListVolumes returns the pool's volumes sorted by ID, in every state:
-// each one holds capacity until it is gone.
+// each one holds capacity until it is gone. Metadata the pool did not
+// write is logged and left out.
 func (p *Pool) ListVolumes() ([]Volume, error) {
-	ids, err := p.metaIDs(KindVolume)
-	if err != nil {
-		return nil, err
-	}
-	volumes := make([]Volume, 0, len(ids))
-	for _, id := range ids {
-		vol, err := p.LookupVolume(id)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		volumes = append(volumes, vol)
-	}
-	return volumes, nil
+	return listMeta[Volume](p, KindVolume)
 }
 
 // CreateVolume creates a volume, or returns the one an earlier identical
@@ -209,23 +202,30 @@ func (p *Pool) makeVolume(id string, vol Volume) error {
 	if vol.Block {
 		limit = 0 // the image's size bounds a block volume (see sizeImage)
 	}
-	if err := p.backend.Create(p.tempPath(id), p.VolumeDir(id), limit); err != nil {
+	held, err := p.holdDirs("tmp", "volumes")
+	if err != nil {
+		return fmt.Errorf("create volume: %w", err)
+	}
+	defer held.close()
+	if err := p.backend.Create(held.path("tmp", p.tempName(id)), held.path("volumes", id), limit); err != nil {
 		return fmt.Errorf("create volume: %w", err)
 	}
 	if vol.Block {
-		return sizeImage(filepath.Join(p.VolumeDir(id), ImageName), vol.CapacityBytes)
+		return p.sizeImage(id, vol.CapacityBytes)
 	}
 	return nil
 }
 
-// sizeImage creates or grows a block volume's sparse image file. Block
-// volumes get no filesystem limit: copy-on-write after a snapshot may take
-// more blocks than the image's size, and a limit would turn that into I/O
-// errors on the device.
-func sizeImage(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+// sizeImage creates or grows a block volume's sparse image file, opened
+// beneath the pool's root: a symlink or device planted as the image is
+// refused (ErrForeign), never resized. Block volumes get no filesystem
+// limit: copy-on-write after a snapshot may take more blocks than the
+// image's size, and a limit would turn that into I/O errors on the device
+// (their snapshots are counted against the pool's capacity instead).
+func (p *Pool) sizeImage(id string, size int64) error {
+	f, err := p.openRegular("volumes/"+id+"/"+ImageName, unix.O_RDWR, 0o600)
 	if err != nil {
-		return fmt.Errorf("open block image: %w", err)
+		return fmt.Errorf("open block image of %s: %w", id, err)
 	}
 	defer f.Close()
 	info, err := f.Stat()
@@ -251,7 +251,7 @@ func (p *Pool) runFill(j *job, lock, lease *objectLock, vol Volume, src *Source)
 		klog.InfoS("Volume filled", "volume", vol.ID, "name", vol.Name, "source", src.id(),
 			"bytes", j.copied.Load(), "duration", time.Since(start))
 	case j.ctx.Err() != nil:
-		_ = p.backend.Delete(p.tempPath(vol.ID))
+		_ = p.removeTemp(vol.ID)
 		klog.InfoS("Volume fill interrupted", "volume", vol.ID, "name", vol.Name, "err", err)
 	default:
 		klog.ErrorS(err, "Volume fill failed", "volume", vol.ID, "name", vol.Name, "source", src.id())
@@ -268,11 +268,21 @@ func (p *Pool) fill(j *job, vol Volume, src *Source) error {
 	if vol.Block {
 		limit = 0
 	}
-	if err := p.backend.Clone(j.ctx, src.dir(), p.tempPath(vol.ID), p.VolumeDir(vol.ID), limit, j.progress); err != nil {
+	srcHeld, srcPath, err := src.hold()
+	if err != nil {
+		return err
+	}
+	defer srcHeld.close()
+	held, err := p.holdDirs("tmp", "volumes")
+	if err != nil {
+		return fmt.Errorf("fill volume %s: %w", vol.ID, err)
+	}
+	defer held.close()
+	if err := p.backend.Clone(j.ctx, srcPath, held.path("tmp", p.tempName(vol.ID)), held.path("volumes", vol.ID), limit, j.progress); err != nil {
 		return fmt.Errorf("fill volume from %s: %w", src.id(), err)
 	}
 	if vol.Block {
-		if err := sizeImage(filepath.Join(p.VolumeDir(vol.ID), ImageName), vol.CapacityBytes); err != nil {
+		if err := p.sizeImage(vol.ID, vol.CapacityBytes); err != nil {
 			return err
 		}
 	}
@@ -337,10 +347,35 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 }
 
 func (p *Pool) removeVolumeFiles(id string) error {
-	for _, dir := range []string{p.tempPath(id), p.VolumeDir(id)} {
-		if err := p.backend.Delete(dir); err != nil {
-			return fmt.Errorf("remove %s: %w", dir, err)
-		}
+	return p.removeObjectFiles("volumes", id)
+}
+
+// removeObjectFiles removes id's temporary work and its files in the pool
+// subdirectory sub, through held descriptors (see heldDirs).
+func (p *Pool) removeObjectFiles(sub, id string) error {
+	held, err := p.holdDirs("tmp", sub)
+	if err != nil {
+		return fmt.Errorf("remove files of %s: %w", id, err)
+	}
+	defer held.close()
+	if err := p.backend.Delete(held.path("tmp", p.tempName(id))); err != nil {
+		return fmt.Errorf("remove %s: %w", p.tempPath(id), err)
+	}
+	if err := p.backend.Delete(held.path(sub, id)); err != nil {
+		return fmt.Errorf("remove %s: %w", filepath.Join(p.cfg.Dir, sub, id), err)
+	}
+	return nil
+}
+
+// removeTemp removes this process's temporary work on id.
+func (p *Pool) removeTemp(id string) error {
+	held, err := p.holdDirs("tmp")
+	if err != nil {
+		return fmt.Errorf("remove temporary work on %s: %w", id, err)
+	}
+	defer held.close()
+	if err := p.backend.Delete(held.path("tmp", p.tempName(id))); err != nil {
+		return fmt.Errorf("remove %s: %w", p.tempPath(id), err)
 	}
 	return nil
 }
@@ -368,8 +403,8 @@ func (p *Pool) ExpandVolume(id string, capacity int64) (Volume, error) {
 	}
 	var used int64
 	if p.backend.Enforced() {
-		if used, err = p.backend.Usage(p.VolumeDir(id)); err != nil {
-			return Volume{}, fmt.Errorf("usage of volume %s: %w", id, err)
+		if used, err = p.VolumeUsage(id); err != nil {
+			return Volume{}, err
 		}
 	}
 	err = p.withPoolLock(func() error {
@@ -390,11 +425,13 @@ func (p *Pool) ExpandVolume(id string, capacity int64) (Volume, error) {
 // applySize gives the volume its recorded size: its limit, or a block
 // volume's image size.
 func (p *Pool) applySize(vol Volume) error {
-	var err error
 	if vol.Block {
-		err = sizeImage(filepath.Join(p.VolumeDir(vol.ID), ImageName), vol.CapacityBytes)
-	} else {
-		err = p.backend.Expand(p.VolumeDir(vol.ID), vol.CapacityBytes)
+		return p.sizeImage(vol.ID, vol.CapacityBytes)
+	}
+	held, err := p.holdDirs("volumes")
+	if err == nil {
+		err = p.backend.Expand(held.path("volumes", vol.ID), vol.CapacityBytes)
+		held.close()
 	}
 	if err != nil {
 		return fmt.Errorf("expand volume %s: %w", vol.ID, err)
@@ -405,5 +442,14 @@ func (p *Pool) applySize(vol Volume) error {
 // VolumeUsage is the bytes a ready volume holds, by its backend's measure
 // (a walk for directory pools).
 func (p *Pool) VolumeUsage(id string) (int64, error) {
-	return p.backend.Usage(p.VolumeDir(id))
+	held, err := p.holdDirs("volumes")
+	if err != nil {
+		return 0, fmt.Errorf("usage of volume %s: %w", id, err)
+	}
+	defer held.close()
+	used, err := p.backend.Usage(held.path("volumes", id))
+	if err != nil {
+		return 0, fmt.Errorf("usage of volume %s: %w", id, err)
+	}
+	return used, nil
 }
