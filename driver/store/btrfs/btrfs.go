@@ -6,17 +6,25 @@
 //
 // Quotas. The backend enables simple quotas (squota, Linux 6.7+) on a
 // filesystem whose quotas are off. Each volume V gets a level-1 qgroup 1/V
-// holding its subvolume's qgroup 0/V and the limit. Simple quotas make every
+// holding its subvolume's qgroup 0/V and the limit. Simple quotas make a
 // subvolume a pod creates inside V join V's parent qgroups on creation, so
-// nested subvolumes count against V's limit from their first byte: a pod
-// cannot escape its size that way. Simple quotas charge each extent to the
-// subvolume that wrote it, for as long as the extent exists:
+// it counts against V's limit from its first byte, unless the pod passes
+// its own qgroup inheritance list to the create ioctl, which any user may:
+// then it joins the qgroups the pod names, or none (not closed yet; see
+// issue 19). Simple quotas charge each extent to the subvolume that wrote
+// it, for as long as the extent exists:
 //
 //   - a snapshot's blocks count against its volume's limit (ZFS "quota", not
 //     "refquota"): data a volume overwrote or deleted while a snapshot still
 //     holds it stays charged to the volume until the snapshot is deleted;
 //   - a restore or clone starts with nothing charged (its data is charged to
 //     the volume that wrote it) and is limited in what it writes itself.
+//
+// Nested subvolumes. btrfs snapshots are not recursive: a snapshot shows an
+// empty directory where its source had a nested subvolume. Snapshot and
+// Clone refuse such a source with a NestedSubvolumeError naming them, also
+// when one appears while the snapshot is cut. Delete lifts the limits that
+// would make removing nested subvolumes fail with EDQUOT.
 //
 // On a filesystem whose quotas an administrator already enabled in full
 // (traditional) mode, the limit goes on the volume's own qgroup 0/V instead
@@ -167,6 +175,11 @@ func (b *Backend) Clone(ctx context.Context, source, tmp, final string, limit in
 // subvolume of this filesystem, and reports whether it did. The check
 // matters: the kernel snapshots the subvolume holding whatever directory it
 // is given, so a plain directory would silently yield its whole subvolume.
+//
+// A source holding nested subvolumes is refused with a
+// NestedSubvolumeError (the snapshot would show empty directories in their
+// place), and so is one where a nested subvolume appeared while the
+// snapshot was cut: see refuseHoles.
 func (b *Backend) trySnapshot(source, path string, readOnly bool) (bool, error) {
 	src, err := os.OpenFile(source, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -189,11 +202,88 @@ func (b *Backend) trySnapshot(source, path string, readOnly bool) (bool, error) 
 		return false, fmt.Errorf("open %s: %w", filepath.Dir(path), err)
 	}
 	defer parent.Close()
+	mark, err := b.refuseNested(src, source)
+	if err != nil {
+		return false, err
+	}
+	if testHookBeforeSnapshot != nil {
+		testHookBeforeSnapshot(source)
+	}
 	err = snapshot(src, parent, filepath.Base(path), readOnly)
 	if errors.Is(err, unix.EXDEV) {
 		return false, nil // another btrfs filesystem
 	}
-	return err == nil, err
+	if err != nil {
+		return false, err
+	}
+	if err := b.refuseHoles(source, path, mark); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// testHookBeforeSnapshot, when set by a test, runs between the look for
+// nested subvolumes and the snapshot: where a tenant's race would strike.
+var testHookBeforeSnapshot func(source string)
+
+// refuseNested refuses a source holding nested subvolumes, and returns the
+// filesystem generation read before it looked: a subvolume nested after
+// the look is linked in a transaction no older than that mark.
+func (b *Backend) refuseNested(src *os.File, source string) (uint64, error) {
+	mark, err := fsGeneration(src)
+	if err != nil {
+		return 0, err
+	}
+	id, err := subvolumeID(src)
+	if err != nil {
+		return 0, err
+	}
+	refs, err := rootRefs(src, id)
+	if err != nil {
+		return 0, fmt.Errorf("list subvolumes nested in %s: %w", source, err)
+	}
+	if len(refs) == 0 {
+		return mark, nil
+	}
+	nested := &NestedSubvolumeError{Source: source}
+	for _, ref := range refs {
+		dir, err := inodePath(src, id, ref.dirID)
+		if err != nil {
+			return 0, err
+		}
+		nested.Paths = append(nested.Paths, dir+ref.name)
+	}
+	return 0, nested
+}
+
+// refuseHoles closes the race refuseNested leaves open: a tenant may nest
+// a subvolume between that look and the snapshot. Any such link in the
+// snapshot sits in a leaf written at or after mark, so a search of the
+// snapshot's tree that skips older leaves finds it, at a cost that grows
+// with what changed since mark, not with the volume's size. A snapshot
+// with a link is deleted and refused.
+func (b *Backend) refuseHoles(source, path string, mark uint64) error {
+	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open snapshot %s: %w", path, err)
+	}
+	id, err := subvolumeID(f)
+	var links []string
+	if err == nil {
+		links, err = subvolumeLinksSince(f, id, mark)
+	}
+	f.Close()
+	if err == nil && len(links) == 0 {
+		return nil
+	}
+	checkErr := err
+	if err := b.Delete(path); err != nil {
+		return fmt.Errorf("remove snapshot %s with nested subvolumes: %w", path, err)
+	}
+	if checkErr != nil {
+		return fmt.Errorf("check snapshot %s for nested subvolumes: %w", path, checkErr)
+	}
+	return &NestedSubvolumeError{Source: source, Paths: links}
 }
 
 // copyTree copies source into tmp by file descriptor (see fscopy) and
@@ -329,6 +419,11 @@ func (b *Backend) Delete(path string) error {
 // recursion a tenant's nesting could exhaust. A subvolume created inside
 // meanwhile makes a parent's delete fail with ENOTEMPTY; the tree is then
 // listed again.
+//
+// Removing a nested subvolume's link reserves metadata against the quota
+// groups of the subvolume holding it, so a tenant that filled its volume
+// (or joined a nested subvolume to a full qgroup) would make the delete
+// fail with EDQUOT forever: the limits are lifted first (releaseLimits).
 func (b *Backend) deleteSubvolumeTree(id uint64) error {
 	for attempt := 0; ; attempt++ {
 		order := []uint64{id}
@@ -338,6 +433,9 @@ func (b *Backend) deleteSubvolumeTree(id uint64) error {
 				return err
 			}
 			order = append(order, children...)
+		}
+		if err := b.releaseLimits(order); err != nil {
+			return err
 		}
 		var err error
 		for i := len(order) - 1; i >= 0; i-- {
@@ -357,6 +455,42 @@ func (b *Backend) deleteSubvolumeTree(id uint64) error {
 		}
 		return err
 	}
+}
+
+// releaseLimits lifts what could make deleting the subvolume tree (the
+// volume first, then what is nested in it) fail with EDQUOT: the volume's
+// own limit (its level-1 qgroup's, or its qgroup's under full quotas), and
+// every membership of a nested subvolume's qgroup in a qgroup other than
+// the volume's, which is dropped rather than lifted: it is a neighbour's,
+// joined through an inheritance list, and its limit is not ours to lift.
+// Dropping it also returns the charge to the neighbour. Each step is
+// idempotent, so a delete that failed midway can simply be repeated.
+func (b *Backend) releaseLimits(tree []uint64) error {
+	volume := tree[0]
+	own := []uint64{qgroupID(0, volume)}
+	if b.simple {
+		own = append(own, qgroupID(1, volume))
+	}
+	for _, group := range own {
+		if err := limitQgroup(b.root, group, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err
+		}
+	}
+	for _, nested := range tree[1:] {
+		parents, err := qgroupParents(b.root, qgroupID(0, nested))
+		if err != nil {
+			return err
+		}
+		for _, parent := range parents {
+			if parent == qgroupID(1, volume) {
+				continue
+			}
+			if err := assignQgroup(b.root, qgroupID(0, nested), parent, false); err != nil && !errors.Is(err, unix.ENOENT) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // removeVolumeQgroup drops the level-1 qgroup 1/id after its members. The

@@ -1,6 +1,7 @@
 package btrfs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ const (
 	rootTreeID  = 1
 	quotaTreeID = 8
 
+	dirIndexKey       = 96
 	rootItemKey       = 132
 	rootRefKey        = 156
 	qgroupStatusKey   = 240
@@ -96,6 +98,25 @@ type searchArgs struct {
 	buf [4096 - 104]byte
 }
 
+// fsInfoArgs is struct btrfs_ioctl_fs_info_args (1024 bytes), of which
+// only flags (in: what to report) and generation are used here.
+type fsInfoArgs struct {
+	maxID, numDevices uint64
+	fsid              [16]byte
+	nodeSize          uint32
+	sectorSize        uint32
+	cloneAlignment    uint32
+	csumType          uint16
+	csumSize          uint16
+	flags             uint64
+	generation        uint64
+	metadataUUID      [16]byte
+	reserved          [944]byte
+}
+
+// fsInfoFlagGeneration asks FS_INFO for the generation (Linux 5.15+).
+const fsInfoFlagGeneration = 1 << 1
+
 type quotaCtlArgs struct {
 	cmd    uint64
 	status uint64
@@ -131,6 +152,7 @@ var (
 	iocSnapDestroyV2  = iow(63, unsafe.Sizeof(volArgsV2{}))
 	iocInoLookup      = iowr(18, unsafe.Sizeof(inoLookupArgs{}))
 	iocTreeSearch     = iowr(17, unsafe.Sizeof(searchArgs{}))
+	iocFsInfo         = ior(31, unsafe.Sizeof(fsInfoArgs{}))
 	iocQuotaCtl       = iowr(40, unsafe.Sizeof(quotaCtlArgs{}))
 	iocQgroupAssign   = iow(41, unsafe.Sizeof(qgroupAssignArgs{}))
 	iocQgroupCreate   = iow(42, unsafe.Sizeof(qgroupCreateArgs{}))
@@ -219,12 +241,21 @@ type searchItem struct {
 // treeSearch returns the items of tree with objectid in [minObj,maxObj],
 // type in [minType,maxType] and offset in [minOff,maxOff], in key order.
 func treeSearch(f *os.File, tree, minObj, maxObj uint64, minType, maxType uint32, minOff, maxOff uint64) ([]searchItem, error) {
-	var items []searchItem
-	var args searchArgs
-	args.key = searchKey{
+	return searchTree(f, searchKey{
 		treeID: tree, minObjectID: minObj, maxObjectID: maxObj, minOffset: minOff, maxOffset: maxOff,
 		maxTransID: ^uint64(0), minType: minType, maxType: maxType,
-	}
+	})
+}
+
+// searchTree returns the items key selects, in key order. With
+// key.minTransID set, the kernel skips every node and leaf last written
+// before that transaction, so the search costs what changed since then,
+// not the size of the tree.
+func searchTree(f *os.File, key searchKey) ([]searchItem, error) {
+	var items []searchItem
+	var args searchArgs
+	args.key = key
+	tree, maxObj, minType, maxType := key.treeID, key.maxObjectID, key.minType, key.maxType
 	for {
 		args.key.nrItems = 4096
 		if err := ioctl(f.Fd(), iocTreeSearch, unsafe.Pointer(&args)); err != nil {
@@ -282,6 +313,91 @@ func childSubvolumes(f *os.File, parent uint64) ([]uint64, error) {
 		ids = append(ids, item.offset)
 	}
 	return ids, nil
+}
+
+// rootRef is a ROOT_REF item: the subvolume id is linked as name in the
+// directory dirID of its parent subvolume.
+type rootRef struct {
+	id, dirID uint64
+	name      string
+}
+
+// rootRefs lists the subvolumes linked directly inside the subvolume
+// parent, with where they are linked.
+func rootRefs(f *os.File, parent uint64) ([]rootRef, error) {
+	items, err := treeSearch(f, rootTreeID, parent, parent, rootRefKey, rootRefKey, 0, ^uint64(0))
+	if err != nil {
+		return nil, err
+	}
+	refs := make([]rootRef, 0, len(items))
+	for _, item := range items {
+		// struct btrfs_root_ref: dirid, sequence (le64), name_len (le16), name.
+		if len(item.data) < 18 {
+			return nil, fmt.Errorf("short root ref %d/%d", parent, item.offset)
+		}
+		length := min(int(binary.LittleEndian.Uint16(item.data[16:])), len(item.data)-18)
+		refs = append(refs, rootRef{
+			id:    item.offset,
+			dirID: binary.LittleEndian.Uint64(item.data),
+			name:  string(item.data[18 : 18+length]),
+		})
+	}
+	return refs, nil
+}
+
+// subvolumeLinksSince lists, as paths relative to the subvolume tree's
+// root, the directory entries of tree that link a subvolume and sit in
+// leaves written in transaction minTrans or later.
+func subvolumeLinksSince(f *os.File, tree, minTrans uint64) ([]string, error) {
+	items, err := searchTree(f, searchKey{
+		treeID: tree, maxObjectID: ^uint64(0), maxOffset: ^uint64(0),
+		minTransID: minTrans, maxTransID: ^uint64(0), minType: dirIndexKey, maxType: dirIndexKey,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for _, item := range items {
+		// struct btrfs_dir_item: location (objectid le64, type u8, offset
+		// le64), transid le64, data_len le16, name_len le16, type u8, name.
+		if len(item.data) < 30 || item.data[8] != rootItemKey {
+			continue
+		}
+		length := min(int(binary.LittleEndian.Uint16(item.data[27:])), len(item.data)-30)
+		dir, err := inodePath(f, tree, item.objectID)
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, dir+string(item.data[30:30+length]))
+	}
+	return paths, nil
+}
+
+// inodePath is the path of the directory ino inside the subvolume tree,
+// relative to its root: "" for the root, else ending in "/".
+func inodePath(f *os.File, tree, ino uint64) (string, error) {
+	args := inoLookupArgs{treeID: tree, objectID: ino}
+	if err := ioctl(f.Fd(), iocInoLookup, unsafe.Pointer(&args)); err != nil {
+		return "", fmt.Errorf("look up directory %d of subvolume %d: %w", ino, tree, err)
+	}
+	name := args.name[:]
+	if end := bytes.IndexByte(name, 0); end >= 0 {
+		name = name[:end]
+	}
+	return string(name), nil
+}
+
+// fsGeneration is the id of the newest transaction the filesystem started:
+// whatever is written from now on is written in it or a later one.
+func fsGeneration(f *os.File) (uint64, error) {
+	args := fsInfoArgs{flags: fsInfoFlagGeneration}
+	if err := ioctl(f.Fd(), iocFsInfo, unsafe.Pointer(&args)); err != nil {
+		return 0, fmt.Errorf("read filesystem generation: %w", err)
+	}
+	if args.flags&fsInfoFlagGeneration == 0 {
+		return 0, errors.New("read filesystem generation: kernel does not report it")
+	}
+	return args.generation, nil
 }
 
 // subvolumeExists reports whether the root tree still holds the subvolume
@@ -369,6 +485,19 @@ func qgroupReferenced(f *os.File, id uint64) (uint64, bool, error) {
 	}
 	// struct btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr (le64).
 	return binary.LittleEndian.Uint64(items[0].data[8:]), true, nil
+}
+
+// qgroupParents lists the qgroups child is a member of.
+func qgroupParents(f *os.File, child uint64) ([]uint64, error) {
+	items, err := treeSearch(f, quotaTreeID, child, child, qgroupRelationKey, qgroupRelationKey, child+1, ^uint64(0))
+	if err != nil {
+		return nil, err
+	}
+	parents := make([]uint64, 0, len(items))
+	for _, item := range items {
+		parents = append(parents, item.offset)
+	}
+	return parents, nil
 }
 
 // qgroupChildren lists the qgroups that are members of parent.

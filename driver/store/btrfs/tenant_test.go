@@ -1,0 +1,229 @@
+package btrfs
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A tenant is a pod's process: uid 1000, no capabilities, in its volume
+// through a bind mount. Tests run the tenant's side as this test binary
+// re-executed with tenantEnv set, so every attack is made with a tenant's
+// rights, not root's.
+const (
+	tenantEnv = "TOPOSNAP_BTRFS_TENANT"
+	tenantUID = 1000
+)
+
+func TestMain(m *testing.M) {
+	if action := os.Getenv(tenantEnv); action != "" {
+		os.Exit(runTenant(action, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// tenantRequest is what the test asks the tenant to do.
+type tenantRequest struct {
+	Path string
+	// Size is how much "fill" writes at most.
+	Size int64
+	// Inherit is the qgroup list "subvolume-inherit" passes to the kernel
+	// (an empty one is a zeroed btrfs_qgroup_inherit).
+	Inherit []uint64
+}
+
+// tenantResult is what the tenant did.
+type tenantResult struct {
+	Written int64
+	Errno   int
+	Err     string
+}
+
+func (r tenantResult) err() error {
+	if r.Err == "" {
+		return nil
+	}
+	if r.Errno != 0 {
+		return fmt.Errorf("%s: %w", r.Err, syscall.Errno(r.Errno))
+	}
+	return errors.New(r.Err)
+}
+
+// runTenant does one action as the tenant and prints its result.
+func runTenant(action, request string) int {
+	var req tenantRequest
+	var res tenantResult
+	var err error
+	if err = json.Unmarshal([]byte(request), &req); err == nil {
+		switch action {
+		case "fill":
+			res.Written, err = fill(req.Path, req.Size)
+		case "subvolume":
+			err = CreateSubvolume(req.Path)
+		case "subvolume-inherit":
+			err = createSubvolumeInherit(req.Path, req.Inherit)
+		default:
+			err = fmt.Errorf("unknown tenant action %q", action)
+		}
+	}
+	if err != nil {
+		res.Err = err.Error()
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			res.Errno = int(errno)
+		}
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	return 0
+}
+
+// tenantBinary is a copy of this test binary that uid 1000 may execute
+// (the one go test built sits in a directory only root can enter).
+func tenantBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "toposnap-tenant-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	bin := filepath.Join(dir, "tenant")
+	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// tenant is a pod's view of one volume.
+type tenant struct {
+	t   *testing.T
+	bin string
+	// Dir is the volume as the tenant sees it (a bind mount of it).
+	Dir string
+}
+
+// newTenant bind-mounts the volume at a place uid 1000 can reach, as the
+// kubelet does for a pod.
+func newTenant(t *testing.T, volume string) *tenant {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "toposnap-pod-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(volume, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mount %s: %v", volume, err)
+	}
+	p := &tenant{t: t, bin: tenantBinary(t), Dir: dir}
+	t.Cleanup(p.leave)
+	return p
+}
+
+// leave unmounts the volume, as unpublishing does (a mounted subvolume
+// stays on disk after its delete until it is unmounted).
+func (p *tenant) leave() {
+	if p.Dir == "" {
+		return
+	}
+	if err := unix.Unmount(p.Dir, unix.MNT_DETACH); err != nil {
+		p.t.Errorf("unmount %s: %v", p.Dir, err)
+	}
+	_ = os.Remove(p.Dir)
+	p.Dir = ""
+}
+
+// do runs action as uid 1000 on the relative path rel of the volume.
+func (p *tenant) do(action, rel string, req tenantRequest) tenantResult {
+	p.t.Helper()
+	req.Path = filepath.Join(p.Dir, rel)
+	arg, err := json.Marshal(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd := exec.Command(p.bin, "-test.run=^$", string(arg))
+	cmd.Env = append(os.Environ(), tenantEnv+"="+action)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tenantUID, Gid: tenantUID}}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
+	}
+	var res tenantResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		p.t.Fatalf("tenant %s %s answered %q: %v", action, rel, out, err)
+	}
+	return res
+}
+
+// must runs action and fails the test if the tenant's call failed.
+func (p *tenant) must(action, rel string, req tenantRequest) tenantResult {
+	p.t.Helper()
+	res := p.do(action, rel, req)
+	if err := res.err(); err != nil {
+		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
+	}
+	return res
+}
+
+// subvolQgroupInherit is BTRFS_SUBVOL_QGROUP_INHERIT.
+const subvolQgroupInherit = 1 << 2
+
+// createSubvolumeInherit creates a subvolume the way any user may: with
+// its own qgroup inheritance list (struct btrfs_qgroup_inherit: flags,
+// num_qgroups, num_ref_copies, num_excl_copies, a btrfs_qgroup_limit, then
+// the qgroup ids).
+func createSubvolumeInherit(path string, qgroups []uint64) error {
+	parent, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	inherit := make([]byte, 72+8*len(qgroups))
+	binary.NativeEndian.PutUint64(inherit[8:], uint64(len(qgroups)))
+	for i, id := range qgroups {
+		binary.NativeEndian.PutUint64(inherit[72+8*i:], id)
+	}
+	args := volArgsV2{flags: subvolQgroupInherit}
+	args.unused[0] = uint64(len(inherit))
+	args.unused[1] = uint64(uintptr(unsafe.Pointer(&inherit[0])))
+	if err := setName(args.name[:], filepath.Base(path)); err != nil {
+		return err
+	}
+	err = ioctl(parent.Fd(), iocSubvolCreateV2, unsafe.Pointer(&args))
+	runtime.KeepAlive(inherit) // the kernel reads it through a plain address
+	if err != nil {
+		return fmt.Errorf("create subvolume %s inheriting %v: %w", path, qgroups, err)
+	}
+	return nil
+}
