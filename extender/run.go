@@ -2,6 +2,7 @@ package extender
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -26,8 +27,12 @@ type Options struct {
 	Listen      string
 	TLSCertFile string
 	TLSKeyFile  string
-	DriverName  string
-	Resync      time.Duration
+	// ClientCAFile, when set, holds the CAs (PEM) whose client
+	// certificates the extender requires of every caller (kube-scheduler's
+	// extender tlsConfig certFile/keyFile); reloaded when it changes.
+	ClientCAFile string
+	DriverName   string
+	Resync       time.Duration
 	// ExplainPending posts the extender's reasons as FailedScheduling events
 	// on unschedulable pods whose volumes fit no node (see explainer).
 	ExplainPending bool
@@ -48,15 +53,14 @@ func Run(ctx context.Context, opts Options) error {
 	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
 		return errNoTLS
 	}
+	if opts.ClientCAFile != "" && opts.TLSCertFile == "" {
+		return errClientCAWithoutTLS
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var certificates *certs.Serving
-	if opts.TLSCertFile != "" {
-		var err error
-		if certificates, err = certs.NewServing(opts.TLSCertFile, opts.TLSKeyFile); err != nil {
-			return err
-		}
-		go certificates.Run(ctx)
+	tlsConfig, err := serverTLS(ctx, opts)
+	if err != nil {
+		return err
 	}
 	config, err := kube.RestConfig(opts.Kubeconfig)
 	if err != nil {
@@ -103,12 +107,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	server := NewServer(func() State { return state }, opts.DriverName)
-	httpServer := &http.Server{Handler: server.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: klog.NewStandardLogger("INFO")}
+	httpServer := newHTTPServer(server.Handler(), tlsConfig)
 	errs := make(chan error, 1)
 	go func() {
-		klog.InfoS("Extender serving", "address", listener.Addr().String(), "tls", certificates != nil, "driver", opts.DriverName)
-		if certificates != nil {
-			httpServer.TLSConfig = certificates.TLSConfig()
+		klog.InfoS("Extender serving", "address", listener.Addr().String(), "tls", tlsConfig != nil,
+			"clientCertificates", opts.ClientCAFile != "", "driver", opts.DriverName)
+		if tlsConfig != nil {
 			errs <- httpServer.ServeTLS(listener, "", "")
 		} else {
 			errs <- httpServer.Serve(listener)
@@ -122,6 +126,53 @@ func Run(ctx context.Context, opts Options) error {
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelShutdown()
 	return httpServer.Shutdown(shutdownCtx)
+}
+
+// How long a caller may take: to send its request headers, its whole
+// request (the TLS handshake included), to be answered, and between
+// requests on a kept-alive connection. kube-scheduler sends a request of
+// at most MaxBodyBytes at once and gives up after its httpTimeout (5 s by
+// default), so these only cut off callers who stall; a stalled body keeps
+// its in-flight slot (maxInFlight) no longer than readTimeout.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 15 * time.Second // from the end of the headers: reading the body, deciding, answering
+	idleTimeout       = 90 * time.Second // kube-scheduler's HTTP client keeps connections 90 s
+)
+
+// newHTTPServer serves handler (over TLS when tlsConfig is set) with the
+// timeouts above.
+func newHTTPServer(handler http.Handler, tlsConfig *tls.Config) *http.Server {
+	return &http.Server{
+		Handler: handler, TLSConfig: tlsConfig,
+		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, IdleTimeout: idleTimeout,
+		ErrorLog: klog.NewStandardLogger("INFO"),
+	}
+}
+
+// serverTLS loads the serving pair and, with opts.ClientCAFile, the CAs
+// callers' certificates must chain to, and follows their files until ctx
+// ends. nil: plain HTTP.
+func serverTLS(ctx context.Context, opts Options) (*tls.Config, error) {
+	if opts.TLSCertFile == "" {
+		return nil, nil
+	}
+	certificates, err := certs.NewServing(opts.TLSCertFile, opts.TLSKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ClientCAFile == "" {
+		go certificates.Run(ctx)
+		return certificates.TLSConfig(), nil
+	}
+	clients, err := certs.NewClientCAs(opts.ClientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	go certificates.Run(ctx)
+	go clients.Run(ctx)
+	return certificates.TLSConfigRequiring(clients), nil
 }
 
 // startExplainer watches pods not yet bound to a node and, once they and

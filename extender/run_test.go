@@ -3,6 +3,7 @@ package extender
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -138,5 +139,65 @@ func TestRunRefusesHalfATLSPair(t *testing.T) {
 	err := Run(context.Background(), Options{TLSCertFile: "tls.crt"})
 	if err == nil || !strings.Contains(err.Error(), "go together") {
 		t.Fatalf("Run with a certificate and no key: %v", err)
+	}
+}
+
+func TestRunWithAClientCARequiresClientCertificates(t *testing.T) {
+	serving, ca, otherCA := certstest.NewPair(t, "extender"), certstest.NewCA(t, "scheduler-ca"), certstest.NewCA(t, "other-ca")
+	files := certstest.NewFiles(t)
+	files.WriteInPlace(t, serving)
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	address := startRun(t, Options{Kubeconfig: unreachableKubeconfig(t), DriverName: driver, Resync: time.Minute,
+		TLSCertFile: files.Cert, TLSKeyFile: files.Key, ClientCAFile: caFile})
+	scheduler, intruder := certstest.NewClient(t, ca, "kube-scheduler").Certificate(t), certstest.NewClient(t, otherCA, "intruder").Certificate(t)
+	post := func(client *tls.Certificate) (int, error) {
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(serving.CertPEM)
+		config := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		if client != nil {
+			config.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return client, nil }
+		}
+		httpClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: config, DisableKeepAlives: true}}
+		response, err := httpClient.Post("https://"+address+"/filter", "application/json",
+			strings.NewReader(`{"pod":{"metadata":{"name":"p","namespace":"default"}},"nodenames":["node1"]}`))
+		if err != nil {
+			return 0, err
+		}
+		response.Body.Close()
+		return response.StatusCode, nil
+	}
+	// Serving at all: retried until the listener is up.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, err := post(&scheduler)
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the scheduler's certificate: %d, %v; want 200", code, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, tt := range []struct {
+		name    string
+		client  *tls.Certificate
+		refusal string
+	}{
+		{"no client certificate", nil, "certificate required"},
+		{"a certificate of another CA", &intruder, "unknown certificate authority"},
+	} {
+		if code, err := post(tt.client); err == nil || !strings.Contains(err.Error(), tt.refusal) {
+			t.Errorf("%s: %d, %v; want the handshake refused (%s)", tt.name, code, err, tt.refusal)
+		}
+	}
+}
+
+func TestRunRefusesAClientCAWithoutTLS(t *testing.T) {
+	err := Run(context.Background(), Options{ClientCAFile: "ca.crt"})
+	if err == nil || !strings.Contains(err.Error(), "--client-ca-file needs --tls-cert-file") {
+		t.Fatalf("Run with a client CA and plain HTTP: %v", err)
 	}
 }

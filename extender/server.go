@@ -17,10 +17,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/inflight"
 )
 
-// MaxBodyBytes bounds a request: a pod plus 5,000 node names fits easily.
-const MaxBodyBytes = 4 << 20
+// MaxBodyBytes bounds a request's body. With nodeCacheCapable the
+// scheduler sends the pod and node names only: 5,000 names of the longest
+// kind (253 characters, quoted, comma) are 1.3 MB, and the largest pod the
+// API server stores is 1.5 MiB (etcd's default request limit), so 3 MiB
+// holds any real request. Whole Node objects (no nodeCacheCapable) would
+// not fit at this size and are not what the extender is configured for.
+const MaxBodyBytes = 3 << 20
+
+// Requests the extender reads and decides at once, and how long another
+// waits for one of them before it is answered 503. kube-scheduler calls
+// its extender one pod at a time, so a scheduler or two use one or two
+// slots; the bound is what stalled callers can make the extender hold:
+// maxInFlight bodies of MaxBodyBytes (held until the read timeout).
+// kube-scheduler takes a 503 as a failed scheduling attempt and retries
+// the pod with backoff.
+const (
+	maxInFlight = 8
+	slotWait    = time.Second
+)
 
 // Server is the extender's HTTP edge: decode with a body limit, decide with
 // Filter/Prioritize over the current State, encode.
@@ -31,6 +50,8 @@ type Server struct {
 	latency  *prometheus.HistogramVec
 	outcomes *prometheus.CounterVec
 	panics   *prometheus.CounterVec
+	busy     prometheus.Counter
+	inFlight *inflight.Limit
 }
 
 // NewServer serves decisions over state() for the driver's volumes.
@@ -47,8 +68,13 @@ func NewServer(state func() State, driver string) *Server {
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "toposnap_extender_panics_total", Help: "Requests answered with an error because deciding them panicked, by verb.",
 		}, []string{"verb"}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "toposnap_extender_busy_rejections_total",
+			Help: fmt.Sprintf("Requests answered 503 because %d others were being read or decided.", maxInFlight),
+		}),
 	}
-	s.registry.MustRegister(s.latency, s.outcomes, s.panics, collectors.NewGoCollector(),
+	s.inFlight = inflight.New(maxInFlight, slotWait, s.busy.Inc)
+	s.registry.MustRegister(s.latency, s.outcomes, s.panics, s.busy, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return s
 }
@@ -60,8 +86,10 @@ func NewServer(state func() State, driver string) *Server {
 func (s *Server) Handler() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.POST("/filter", s.filter, s.recoverPanics)
-	e.POST("/prioritize", s.prioritize, s.recoverPanics)
+	// The slot is taken before the body is read: what it bounds is the
+	// bodies held in memory.
+	e.POST("/filter", s.filter, s.inFlight.Middleware, s.recoverPanics)
+	e.POST("/prioritize", s.prioritize, s.inFlight.Middleware, s.recoverPanics)
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok") })
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{})))
@@ -127,6 +155,9 @@ func (r *request) release() {
 // table, refusing oversized or malformed bodies with a message that says
 // what was wrong.
 func (r *request) decode(c echo.Context, index *indexSnapshot) (*corev1.Pod, error) {
+	if c.Request().ContentLength > MaxBodyBytes {
+		return nil, echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes exceeds %d bytes", c.Request().ContentLength, MaxBodyBytes))
+	}
 	if _, err := r.body.ReadFrom(io.LimitReader(c.Request().Body, MaxBodyBytes+1)); err != nil {
 		return nil, echo.NewHTTPError(http.StatusBadRequest, "read request body: "+err.Error())
 	}
@@ -208,3 +239,6 @@ func (s *Server) countDecisions(verdicts []nodeVerdict) {
 
 // errNoTLS is returned when only one of the TLS files is given.
 var errNoTLS = errors.New("--tls-cert-file and --tls-key-file go together")
+
+// errClientCAWithoutTLS is returned for --client-ca-file without a serving pair.
+var errClientCAWithoutTLS = errors.New("--client-ca-file needs --tls-cert-file and --tls-key-file: client certificates are checked in the TLS handshake")

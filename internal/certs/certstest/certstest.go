@@ -58,6 +58,75 @@ func NewPair(t testing.TB, name string) Pair {
 	}
 }
 
+// NewCA makes a self-signed CA named name that may sign certificates for
+// any use (no extended key usage of its own to narrow its leaves').
+func NewCA(t testing.TB, name string) Pair {
+	t.Helper()
+	return newCertificate(t, name, nil, nil)
+}
+
+// NewClient makes a client certificate (extended key usage client auth)
+// named name, signed by ca (a pair made by NewCA).
+func NewClient(t testing.TB, ca Pair, name string) Pair {
+	t.Helper()
+	signer, err := tls.X509KeyPair(ca.CertPEM, ca.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newCertificate(t, name, &signer, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+}
+
+// newCertificate makes a certificate named name with usages, signed by
+// signer, or a self-signed CA when signer is nil.
+func newCertificate(t testing.TB, name string, signer *tls.Certificate, usages []x509.ExtKeyUsage) Pair {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	template := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usages, BasicConstraintsValid: true,
+	}
+	parent, signingKey := template, any(key)
+	if signer == nil {
+		template.IsCA, template.KeyUsage = true, template.KeyUsage|x509.KeyUsageCertSign
+	} else {
+		if parent, err = x509.ParseCertificate(signer.Certificate[0]); err != nil {
+			t.Fatal(err)
+		}
+		signingKey = signer.PrivateKey
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, parent, &key.PublicKey, signingKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Pair{
+		Name:    name,
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}
+}
+
+// Certificate is the pair as crypto/tls presents it.
+func (p Pair) Certificate(t testing.TB) tls.Certificate {
+	t.Helper()
+	certificate, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certificate
+}
+
 // Files are where a process reads its pair.
 type Files struct{ Cert, Key string }
 
