@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -196,6 +197,16 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err != nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
+	// A block volume staged here is still in use (CSI: unstage first), and
+	// deleting it would leave its device holding the deleted image's blocks.
+	attached, err := attachedDevices(pool, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(attached) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"volume %q is still staged on node %s: its image backs %s; unstage it first", id, d.location.Node, strings.Join(attached, ", "))
+	}
 	if err := pool.DeleteVolume(ctx, id); err != nil {
 		return nil, storeStatus(err, "delete volume %q", id)
 	}
@@ -354,7 +365,7 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 		// Already at least that large: nothing to do (volumes never shrink).
 		return &csi.ControllerExpandVolumeResponse{CapacityBytes: vol.CapacityBytes}, nil
 	}
-	vol, err = pool.ExpandVolume(vol.ID, size)
+	vol, err = pool.ExpandVolume(req.GetVolumeId(), size)
 	if err != nil {
 		return nil, storeStatus(err, "expand volume %q to %d bytes", req.GetVolumeId(), size)
 	}

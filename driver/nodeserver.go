@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
+	"github.com/toposnap/toposnap/driver/store"
 	"github.com/toposnap/toposnap/internal/loop"
 )
 
@@ -28,7 +29,11 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 	if req.GetVolumeCapability() == nil {
 		return nil, status.Error(codes.InvalidArgument, "volume capability is required")
 	}
-	pool, vol, err := d.lookupVolume(req.GetVolumeId())
+	// Every pool path is built from the request's ID (validated by
+	// locate), never from the metadata's "id": a zone pool's files are
+	// written by every node of the zone.
+	id := req.GetVolumeId()
+	pool, vol, err := d.lookupVolume(id)
 	if err != nil {
 		return nil, err
 	}
@@ -36,12 +41,17 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	if vol.Block {
-		if _, err := attachImage(imagePath(pool, vol)); err != nil {
+		if _, err := attachImage(pool, id); err != nil {
 			return nil, err
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	if err := d.bindMount(pool.VolumeDir(vol.ID), req.GetStagingTargetPath(), false); err != nil {
+	dir, err := pool.OpenVolumeDir(id)
+	if err != nil {
+		return nil, storeStatus(err, "volume %q", id)
+	}
+	defer dir.Close()
+	if err := d.mountDescriptor(dir, req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -56,8 +66,10 @@ func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolume
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
 	}
-	if pool, vol, err := d.lookupVolume(req.GetVolumeId()); err == nil && vol.Block {
-		if err := detachImage(imagePath(pool, vol)); err != nil {
+	// Detached by what backs the devices, not by the metadata: a volume
+	// whose metadata is gone or that is being deleted may still have one.
+	if pool, err := d.locate(req.GetVolumeId(), store.KindVolume); err == nil {
+		if err := detachVolume(pool, req.GetVolumeId()); err != nil {
 			return nil, err
 		}
 	}
@@ -88,14 +100,14 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 		return nil, err
 	}
 	if vol.Block {
-		if err := d.publishBlock(imagePath(pool, vol), req.GetTargetPath(), req.GetReadonly()); err != nil {
+		if err := d.publishBlock(pool, req.GetVolumeId(), req.GetTargetPath(), req.GetReadonly()); err != nil {
 			return nil, err
 		}
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
 	staged, err := d.mounter.IsMountPoint(req.GetStagingTargetPath())
 	if err != nil || !staged {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; call NodeStageVolume first", vol.ID, req.GetStagingTargetPath())
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; call NodeStageVolume first", req.GetVolumeId(), req.GetStagingTargetPath())
 	}
 	if err := d.bindMount(req.GetStagingTargetPath(), req.GetTargetPath(), req.GetReadonly()); err != nil {
 		return nil, err
@@ -112,31 +124,62 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, status.Error(codes.InvalidArgument, "target path is required")
 	}
 	// A read-only block publish has a loop device of its own, found by what
-	// is mounted at the target before it is unmounted.
-	readOnlyDevice := readOnlyLoopAt(req.GetTargetPath())
+	// is mounted at the target before it is unmounted, or by its tag when a
+	// publish failed or crashed before mounting it.
+	readOnlyDevices := readOnlyDevicesFor(req.GetVolumeId(), req.GetTargetPath())
 	if err := d.unmountAndRemove(req.GetTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount target path %s: %v", req.GetTargetPath(), err)
 	}
-	if readOnlyDevice != "" {
-		if err := loop.Detach(readOnlyDevice); err != nil {
-			return nil, status.Errorf(codes.Internal, "detach read-only device %s: %v", readOnlyDevice, err)
+	for _, device := range readOnlyDevices {
+		if err := loop.Detach(device); err != nil {
+			return nil, status.Errorf(codes.Internal, "detach read-only device %s: %v", device, err)
 		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-// bindMount mounts source at target (creating target), idempotently: a
-// target that is already a mount point is left as it is.
-func (d *Driver) bindMount(source, target string, readOnly bool) error {
+// mountPoint creates the directory target and reports whether it is
+// already a mount point (then a mount step is done: idempotence).
+func (d *Driver) mountPoint(target string) (bool, error) {
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return status.Errorf(codes.Internal, "create mount point %s: %v", target, err)
+		return false, status.Errorf(codes.Internal, "create mount point %s: %v", target, err)
 	}
 	mounted, err := d.mounter.IsMountPoint(target)
 	if err != nil {
-		return status.Errorf(codes.Internal, "check mount point %s: %v", target, err)
+		return false, status.Errorf(codes.Internal, "check mount point %s: %v", target, err)
 	}
-	if mounted {
-		return nil
+	return mounted, nil
+}
+
+// mountDescriptor bind-mounts the directory open as dir at target
+// (creating target), idempotently. The mount is cloned from the descriptor
+// (open_tree) and attached (move_mount): no path is resolved again between
+// the pool's check and the mount, and a clone that fails to attach is gone
+// when its descriptor closes. (mount(2) of /proc/self/fd/N would resolve a
+// magic link through /proc instead, with a half-done mount to undo.)
+func (d *Driver) mountDescriptor(dir *os.File, target string) error {
+	mounted, err := d.mountPoint(target)
+	if err != nil || mounted {
+		return err
+	}
+	tree, err := unix.OpenTree(int(dir.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return status.Errorf(codes.Internal, "clone the mount of %s: %v", dir.Name(), err)
+	}
+	defer unix.Close(tree)
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return status.Errorf(codes.Internal, "bind-mount %s at %s: %v", dir.Name(), target, err)
+	}
+	return nil
+}
+
+// bindMount mounts source at target (creating target), idempotently: a
+// target that is already a mount point is left as it is. Both are the
+// CO's paths (staging and target), never a pool's.
+func (d *Driver) bindMount(source, target string, readOnly bool) error {
+	mounted, err := d.mountPoint(target)
+	if err != nil || mounted {
+		return err
 	}
 	// mount(2) itself, not mount(8): the image holds no mount binary.
 	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
@@ -201,9 +244,9 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	}
 	// Measured in the pool, not at the path the caller gave: the pool's
 	// copy is the volume, and the walk never follows the tenant's links.
-	usedBytes, err := pool.VolumeUsage(vol.ID)
+	usedBytes, err := pool.VolumeUsage(req.GetVolumeId())
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "measure volume %s: %v", vol.ID, err)
+		return nil, status.Errorf(codes.Internal, "measure volume %s: %v", req.GetVolumeId(), err)
 	}
 	var fsStat unix.Statfs_t
 	if err := unix.Statfs(req.GetVolumePath(), &fsStat); err != nil {
@@ -230,9 +273,15 @@ func (d *Driver) NodeExpandVolume(_ context.Context, req *csi.NodeExpandVolumeRe
 		return nil, err
 	}
 	if vol.Block {
-		device, err := loop.Find(imagePath(pool, vol), false)
+		identity, ok, err := imageIdentity(pool, req.GetVolumeId())
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "find the loop device of volume %s: %v", vol.ID, err)
+			return nil, err
+		}
+		device := ""
+		if ok {
+			if device, err = loop.Find(identity, false); err != nil {
+				return nil, status.Errorf(codes.Internal, "find the loop device of volume %s: %v", req.GetVolumeId(), err)
+			}
 		}
 		if device != "" {
 			if err := loop.Resize(device); err != nil {

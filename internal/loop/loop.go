@@ -26,21 +26,25 @@ type Options struct {
 	AutoClear bool
 	// ReadOnly attaches the file read-only.
 	ReadOnly bool
+	// Tag is kept as the device's file name (lo_file_name, at most 63
+	// bytes; the backing file's name when empty) and read back by List: it
+	// says what the device was attached for, after the file is deleted.
+	Tag string
 }
 
-// Attach binds file to a free loop device and returns the device's path
-// (/dev/loopN) with the device opened, so that an AutoClear device lives
-// until the caller closes it (after mounting it, say).
-func Attach(file string, opts Options) (string, *os.File, error) {
-	flags := os.O_RDWR
-	if opts.ReadOnly {
-		flags = os.O_RDONLY
+// nameSize is the kernel's LO_NAME_SIZE, NUL included.
+const nameSize = 64
+
+// Attach binds the open backing file to a free loop device and returns the
+// device's path (/dev/loopN) with the device opened, so that an AutoClear
+// device lives until the caller closes it (after mounting it, say). The
+// kernel attaches the descriptor, never a path: the caller decides how the
+// file is reached (beneath a root, without symlinks) and that it is a
+// regular file. Open it read-only for a ReadOnly attachment.
+func Attach(backing *os.File, opts Options) (string, *os.File, error) {
+	if len(opts.Tag) >= nameSize {
+		return "", nil, fmt.Errorf("tag %q is longer than %d bytes", opts.Tag, nameSize-1)
 	}
-	backing, err := os.OpenFile(file, flags, 0)
-	if err != nil {
-		return "", nil, fmt.Errorf("open backing file %s: %w", file, err)
-	}
-	defer backing.Close()
 	control, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("open /dev/loop-control: %w", err)
@@ -48,7 +52,11 @@ func Attach(file string, opts Options) (string, *os.File, error) {
 	defer control.Close()
 
 	config := unix.LoopConfig{Fd: uint32(backing.Fd())}
-	copy(config.Info.File_name[:], file)
+	name := opts.Tag
+	if name == "" {
+		name = backing.Name()
+	}
+	copy(config.Info.File_name[:nameSize-1], name)
 	if opts.AutoClear {
 		config.Info.Flags |= unix.LO_FLAGS_AUTOCLEAR
 	}
@@ -73,11 +81,11 @@ func Attach(file string, opts Options) (string, *os.File, error) {
 		}
 		if err != nil {
 			device.Close()
-			return "", nil, fmt.Errorf("attach %s to %s: %w", file, path, err)
+			return "", nil, fmt.Errorf("attach %s to %s: %w", backing.Name(), path, err)
 		}
 		return path, device, nil
 	}
-	return "", nil, fmt.Errorf("attach %s: every free loop device was taken before it could be configured", file)
+	return "", nil, fmt.Errorf("attach %s: every free loop device was taken before it could be configured", backing.Name())
 }
 
 // openDevice opens /dev/loopN, creating the node where no devtmpfs did
@@ -111,18 +119,46 @@ func Detach(device string) error {
 	return nil
 }
 
-// Find returns a loop device backed by file ("" when none is), matching the
-// backing file by device and inode number, not by name, and attached
-// read-only or read-write as asked.
-func Find(file string, readOnly bool) (string, error) {
+// Identity names a file by its device and inode numbers: what a loop
+// device records of its backing file, and what outlives the file's name.
+type Identity struct {
+	Device, Inode uint64
+}
+
+// IdentityOf returns the identity of an open file.
+func IdentityOf(f *os.File) (Identity, error) {
 	var st unix.Stat_t
-	if err := unix.Stat(file, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", file, err)
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Identity{}, fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
+	return Identity{Device: st.Dev, Inode: st.Ino}, nil
+}
+
+// Device is an attached loop device.
+type Device struct {
+	// Path is /dev/loopN.
+	Path string
+	// Backing is the identity of the file behind it.
+	Backing Identity
+	// BackingPath is the backing file's path as the kernel shows it (it
+	// ends in " (deleted)" once the file is unlinked); informative only:
+	// it is resolved in the mount namespace of whoever attached it.
+	BackingPath string
+	// Tag is Options.Tag of the attachment.
+	Tag      string
+	ReadOnly bool
+}
+
+// BackingDeleted reports whether the backing file was unlinked.
+func (d Device) BackingDeleted() bool { return strings.HasSuffix(d.BackingPath, " (deleted)") }
+
+// List returns every attached loop device.
+func List() ([]Device, error) {
 	entries, err := os.ReadDir("/sys/block")
 	if err != nil {
-		return "", fmt.Errorf("list block devices: %w", err)
+		return nil, fmt.Errorf("list block devices: %w", err)
 	}
+	var devices []Device
 	for _, entry := range entries {
 		index, ok := strings.CutPrefix(entry.Name(), "loop")
 		if !ok {
@@ -131,16 +167,36 @@ func Find(file string, readOnly bool) (string, error) {
 		if _, err := strconv.Atoi(index); err != nil {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join("/sys/block", entry.Name(), "loop")); err != nil {
+		backing, err := os.ReadFile(filepath.Join("/sys/block", entry.Name(), "loop", "backing_file"))
+		if err != nil {
 			continue // not attached
 		}
 		device := "/dev/" + entry.Name()
 		info, err := status(device)
 		if err != nil {
-			continue
+			continue // detached meanwhile
 		}
-		if info.Inode == st.Ino && info.Device == st.Dev && (info.Flags&unix.LO_FLAGS_READ_ONLY != 0) == readOnly {
-			return device, nil
+		devices = append(devices, Device{
+			Path:        device,
+			Backing:     Identity{Device: info.Device, Inode: info.Inode},
+			BackingPath: strings.TrimSuffix(string(backing), "\n"),
+			Tag:         unix.ByteSliceToString(info.File_name[:]),
+			ReadOnly:    info.Flags&unix.LO_FLAGS_READ_ONLY != 0,
+		})
+	}
+	return devices, nil
+}
+
+// Find returns a loop device backed by the file of that identity ("" when
+// none is), attached read-only or read-write as asked.
+func Find(backing Identity, readOnly bool) (string, error) {
+	devices, err := List()
+	if err != nil {
+		return "", err
+	}
+	for _, device := range devices {
+		if device.Backing == backing && device.ReadOnly == readOnly {
+			return device.Path, nil
 		}
 	}
 	return "", nil

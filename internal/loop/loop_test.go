@@ -3,6 +3,7 @@ package loop
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -34,17 +35,26 @@ func TestAttachFindResizeDetach(t *testing.T) {
 	if err := os.Truncate(image, 8<<20); err != nil {
 		t.Fatal(err)
 	}
-	device, held, err := Attach(image, Options{})
+	backing, err := os.OpenFile(image, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backing.Close()
+	identity, err := IdentityOf(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, held, err := Attach(backing, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	held.Close()
 	t.Cleanup(func() { _ = Detach(device) })
 
-	if found, err := Find(image, false); err != nil || found != device {
+	if found, err := Find(identity, false); err != nil || found != device {
 		t.Fatalf("Find = %q, %v; want %s", found, err, device)
 	}
-	if found, err := Find(image, true); err != nil || found != "" {
+	if found, err := Find(identity, true); err != nil || found != "" {
 		t.Fatalf("Find read-only = %q, %v; want none", found, err)
 	}
 	if got := deviceSize(t, device); got != 8<<20 {
@@ -59,7 +69,7 @@ func TestAttachFindResizeDetach(t *testing.T) {
 	if got := deviceSize(t, device); got != 16<<20 {
 		t.Fatalf("device size after resize %d, want 16 MiB", got)
 	}
-	readOnly, roHeld, err := Attach(image, Options{ReadOnly: true})
+	readOnly, roHeld, err := Attach(backing, Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +86,57 @@ func TestAttachFindResizeDetach(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if found, err := Find(image, false); err != nil || found != "" {
+	if found, err := Find(identity, false); err != nil || found != "" {
 		t.Fatalf("after detach Find = %q, %v; want none", found, err)
+	}
+}
+
+// A device is found again by its tag and its backing file's identity after
+// the file is deleted: what a driver needs to detach what it leaked.
+func TestListShowsTagAndDeletedBacking(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("loop devices need root")
+	}
+	image := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(image, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backing, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backing.Close()
+	identity, err := IdentityOf(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, held, err := Attach(backing, Options{ReadOnly: true, Tag: "toposnap:vn-0123456789abcdef-fedcba9876543210"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.Close()
+	t.Cleanup(func() { _ = Detach(device) })
+	if err := os.Remove(image); err != nil {
+		t.Fatal(err)
+	}
+	devices, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devices {
+		if d.Path != device {
+			continue
+		}
+		if d.Backing != identity || d.Tag != "toposnap:vn-0123456789abcdef-fedcba9876543210" || !d.ReadOnly || !d.BackingDeleted() {
+			t.Fatalf("List shows %+v; want identity %v, the tag, read-only, backing deleted", d, identity)
+		}
+		return
+	}
+	t.Fatalf("List does not show %s", device)
+}
+
+func TestAttachRefusesATagTooLong(t *testing.T) {
+	if _, _, err := Attach(os.Stdin, Options{Tag: strings.Repeat("x", 64)}); err == nil {
+		t.Fatal("a 64-byte tag was accepted; the kernel keeps 63")
 	}
 }

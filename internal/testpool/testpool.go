@@ -101,7 +101,13 @@ func NewBtrfs(workDir string, size int64) (*Btrfs, error) {
 	}
 	// The device detaches itself once the filesystem is unmounted; our
 	// descriptor keeps it until the mount holds it.
-	device, held, err := loop.Attach(b.Image, loop.Options{AutoClear: true})
+	backing, err := os.OpenFile(b.Image, os.O_RDWR, 0)
+	if err != nil {
+		os.Remove(b.Image)
+		return nil, err
+	}
+	device, held, err := loop.Attach(backing, loop.Options{AutoClear: true})
+	backing.Close() // the device holds the file now
 	if err != nil {
 		os.Remove(b.Image)
 		return nil, err
