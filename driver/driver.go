@@ -118,6 +118,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 			return nil, fmt.Errorf("open zone pool: %w", err)
 		}
 	}
+	m.watchRecovery(map[string]*store.Pool{"node": d.nodePool, "zone": d.zonePool})
 	d.detachLeakedDevices()
 	return d, nil
 }

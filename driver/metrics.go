@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/driver/store"
 )
 
 // metrics are the driver's Prometheus series.
@@ -33,6 +35,23 @@ func newMetrics() *metrics {
 	}
 	m.registry.MustRegister(m.operations, m.duration)
 	return m
+}
+
+// watchRecovery exports, per pool, how many objects the pool could not
+// recover (an interrupted delete it cannot finish, a file it did not
+// write): the driver serves the rest meanwhile and the pool retries them,
+// so an alert on this gauge is how an operator learns of them.
+func (m *metrics) watchRecovery(pools map[string]*store.Pool) {
+	for name, pool := range pools {
+		if pool == nil {
+			continue
+		}
+		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "toposnap_driver_unrecovered_objects",
+			Help:        "Objects (or pool subdirectories) whose crash recovery has not succeeded yet; retried with backoff.",
+			ConstLabels: prometheus.Labels{"pool": name},
+		}, func() float64 { return float64(len(pool.Unrecovered())) }))
+	}
 }
 
 // intercept logs every call (secrets stripped) and records its metrics.
