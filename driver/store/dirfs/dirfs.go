@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/toposnap/toposnap/internal/atomicfile"
 	"github.com/toposnap/toposnap/internal/fscopy"
 )
@@ -31,8 +33,15 @@ func (Backend) Create(_, final string, _ int64) error {
 	if err := os.Mkdir(final, 0o777); err != nil {
 		return fmt.Errorf("create volume directory: %w", err)
 	}
-	// Mkdir applies the umask.
-	if err := os.Chmod(final, 0o777); err != nil {
+	// Mkdir applies the umask. Chmod through a descriptor opened without
+	// following a symlink: one swapped in for the new directory must not
+	// make a file elsewhere world-writable.
+	dir, err := os.OpenFile(final, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open volume directory: %w", err)
+	}
+	defer dir.Close()
+	if err := dir.Chmod(0o777); err != nil {
 		return fmt.Errorf("chmod volume directory: %w", err)
 	}
 	return atomicfile.SyncDir(filepath.Dir(final))
@@ -76,13 +85,14 @@ func copyTree(ctx context.Context, source, tmp, final string, progress func(copi
 // Expand has nothing to do: the directory grows with its pool.
 func (Backend) Expand(string, int64) error { return nil }
 
-// Delete removes the tree at path. os.RemoveAll descends with openat and
-// O_NOFOLLOW, so a symlink swapped in is removed, never followed.
+// Delete removes the tree at path, whatever its tenant left in it: with
+// fscopy.RemoveTree, which never follows a symlink (one at path itself is
+// unlinked), holds a bounded number of descriptors however deep the tree
+// (os.RemoveAll holds one per level, and fails forever on a chain deeper
+// than the open-file limit) and clears the immutable and append-only flags
+// that would make it fail with EPERM.
 func (Backend) Delete(path string) error {
-	if err := os.RemoveAll(path); err != nil {
-		return fmt.Errorf("remove %s: %w", path, err)
-	}
-	return nil
+	return fscopy.RemoveTree(path)
 }
 
 // Usage walks the tree and sums the bytes allocated to it.
