@@ -31,6 +31,10 @@ type Options struct {
 	// certificates the extender requires of every caller (kube-scheduler's
 	// extender tlsConfig certFile/keyFile); reloaded when it changes.
 	ClientCAFile string
+	// HealthListen, when set, also serves /healthz, /readyz and /metrics
+	// (only those) in plain HTTP there: the kubelet's probes and
+	// Prometheus present no client certificate.
+	HealthListen string
 	DriverName   string
 	Resync       time.Duration
 	// ExplainPending posts the extender's reasons as FailedScheduling events
@@ -85,6 +89,13 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
 	}
+	var healthListener net.Listener
+	if opts.HealthListen != "" {
+		if healthListener, err = net.Listen("tcp", opts.HealthListen); err != nil {
+			listener.Close()
+			return fmt.Errorf("listen on %s: %w", opts.HealthListen, err)
+		}
+	}
 	go snapshotAPI.Run(ctx)
 	go snapshots.Run(ctx)
 	kubeInformers.Start(ctx.Done())
@@ -101,14 +112,26 @@ func Run(ctx context.Context, opts Options) error {
 		stopExplaining, err := startExplainer(ctx, client, state, opts)
 		if err != nil {
 			listener.Close()
+			if healthListener != nil {
+				healthListener.Close()
+			}
 			return err
 		}
 		defer stopExplaining()
 	}
 
 	server := NewServer(func() State { return state }, opts.DriverName)
-	httpServer := newHTTPServer(server.Handler(), tlsConfig)
-	errs := make(chan error, 1)
+	handler := server.Handler()
+	httpServer := newHTTPServer(handler, tlsConfig)
+	errs := make(chan error, 2)
+	var healthServer *http.Server
+	if healthListener != nil {
+		healthServer = newHTTPServer(probesOnly(handler), nil)
+		go func() {
+			klog.InfoS("Extender serving probes and metrics", "address", healthListener.Addr().String())
+			errs <- healthServer.Serve(healthListener)
+		}()
+	}
 	go func() {
 		klog.InfoS("Extender serving", "address", listener.Addr().String(), "tls", tlsConfig != nil,
 			"clientCertificates", opts.ClientCAFile != "", "driver", opts.DriverName)
@@ -120,12 +143,35 @@ func Run(ctx context.Context, opts Options) error {
 	}()
 	select {
 	case err := <-errs:
-		return fmt.Errorf("serve %s: %w", opts.Listen, err)
+		httpServer.Close()
+		if healthServer != nil {
+			healthServer.Close()
+		}
+		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelShutdown()
+	if healthServer != nil {
+		defer healthServer.Shutdown(shutdownCtx) //nolint:errcheck // the main server's result is the one that counts
+	}
 	return httpServer.Shutdown(shutdownCtx)
+}
+
+// probesOnly lets through to handler the GETs of /healthz, /readyz and
+// /metrics, and nothing else: the port it serves needs no client
+// certificate.
+func probesOnly(handler http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz", "/readyz", "/metrics":
+			if r.Method == http.MethodGet {
+				handler.ServeHTTP(w, r)
+				return
+			}
+		}
+		http.Error(w, r.URL.Path+" is not served on the probe port", http.StatusNotFound)
+	})
 }
 
 // How long a caller may take: to send its request headers, its whole

@@ -150,8 +150,14 @@ func TestRunWithAClientCARequiresClientCertificates(t *testing.T) {
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	probes, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probeAddress := probes.Addr().String()
+	probes.Close()
 	address := startRun(t, Options{Kubeconfig: unreachableKubeconfig(t), DriverName: driver, Resync: time.Minute,
-		TLSCertFile: files.Cert, TLSKeyFile: files.Key, ClientCAFile: caFile})
+		TLSCertFile: files.Cert, TLSKeyFile: files.Key, ClientCAFile: caFile, HealthListen: probeAddress})
 	scheduler, intruder := certstest.NewClient(t, ca, "kube-scheduler").Certificate(t), certstest.NewClient(t, otherCA, "intruder").Certificate(t)
 	post := func(client *tls.Certificate) (int, error) {
 		roots := x509.NewCertPool()
@@ -192,6 +198,20 @@ func TestRunWithAClientCARequiresClientCertificates(t *testing.T) {
 		if code, err := post(tt.client); err == nil || !strings.Contains(err.Error(), tt.refusal) {
 			t.Errorf("%s: %d, %v; want the handshake refused (%s)", tt.name, code, err, tt.refusal)
 		}
+	}
+	// The kubelet's probes present no certificate: they have a port of
+	// their own, which serves nothing else.
+	client := &http.Client{Timeout: 5 * time.Second}
+	if code, body := get(t, client, "http://"+probeAddress+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "waiting for the caches") {
+		t.Errorf("/readyz on the probe port = %d %q, want 503 saying what it waits for", code, body)
+	}
+	response, err := client.Post("http://"+probeAddress+"/filter", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	response.Body.Close()
+	if response.StatusCode != http.StatusNotFound {
+		t.Errorf("/filter on the probe port = %d, want 404", response.StatusCode)
 	}
 }
 

@@ -16,6 +16,7 @@ const (
 	resultDenied     = "denied"
 	resultBadRequest = "bad_request"
 	resultTooLarge   = "too_large"
+	resultBusy       = "busy"
 	resultError      = "error"
 )
 
@@ -33,7 +34,7 @@ func newMetrics(registry prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "toposnap_webhook_requests_total",
-			Help: "Admission requests by route path and result (allowed, patched, denied, bad_request, too_large, error).",
+			Help: "Admission requests by route path and result (allowed, patched, denied, bad_request, too_large, busy, error).",
 		}, []string{"path", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "toposnap_webhook_request_duration_seconds",
@@ -71,6 +72,8 @@ func requestResult(c echo.Context, err error) string {
 		return resultTooLarge
 	case errors.As(err, &httpErr) && httpErr.Code == http.StatusBadRequest:
 		return resultBadRequest
+	case errors.As(err, &httpErr) && httpErr.Code == http.StatusServiceUnavailable:
+		return resultBusy
 	}
 	return resultError
 }

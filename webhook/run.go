@@ -32,6 +32,15 @@ type Options struct {
 	// TLSCertFile and TLSKeyFile hold the serving pair (PEM); both are
 	// required and reloaded when they change.
 	TLSCertFile, TLSKeyFile string
+	// ClientCAFile, when set, holds the CAs (PEM) whose client
+	// certificates the webhook requires of every caller: the API server
+	// presents one when its AdmissionConfiguration gives it a kubeconfig
+	// for this webhook (docs/security.md). Reloaded when it changes.
+	ClientCAFile string
+	// HealthListen, when set, also serves /healthz, /readyz and /metrics
+	// (only those) in plain HTTP there: the kubelet's probes present no
+	// client certificate.
+	HealthListen string
 	// Kubeconfig is the kubeconfig path; empty means in-cluster.
 	Kubeconfig string
 	// ShutdownGrace is how long requests in flight may take after SIGTERM.
@@ -59,6 +68,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	var clients *certs.ClientCAs
+	if opts.ClientCAFile != "" {
+		if clients, err = certs.NewClientCAs(opts.ClientCAFile); err != nil {
+			return err
+		}
+	}
 	config, err := kube.RestConfig(opts.Kubeconfig)
 	if err != nil {
 		return err
@@ -78,12 +93,26 @@ func Run(ctx context.Context, opts Options) error {
 	certCtx, stopCertificates := context.WithCancel(ctx)
 	defer stopCertificates()
 	go certificates.Run(certCtx)
+	tlsConfig := certificates.TLSConfig()
+	if clients != nil {
+		go clients.Run(certCtx)
+		tlsConfig = certificates.TLSConfigRequiring(clients)
+	}
 	state, stopInformers := startInformers(ctx, client, snapshots)
 	defer stopInformers()
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(),
+	handler := NewServer(state, registry, opts.Pods)
+	if opts.HealthListen != "" {
+		healthListener, err := net.Listen("tcp", opts.HealthListen)
+		if err != nil {
+			listener.Close()
+			return fmt.Errorf("listen on %s: %w", opts.HealthListen, err)
+		}
+		go servePlain(certCtx, healthListener, probesOnly(handler))
+	}
+	klog.InfoS("Serving admission webhooks", "address", listener.Addr().String(), "clientCertificates", clients != nil,
 		"routes", []string{PathMutateStorageClass, PathValidateClaim, PathValidateSnapshotClass, PathMutatePod},
 		"schedulerName", opts.Pods.SchedulerName, "volumeResource", opts.Pods.VolumeResource, "resourceSchedulers", opts.Pods.ResourceSchedulers)
-	return serve(ctx, listener, NewServer(state, registry, opts.Pods), certificates.TLSConfig(), opts.ShutdownGrace)
+	return serve(ctx, listener, handler, tlsConfig, opts.ShutdownGrace)
 }

@@ -12,6 +12,19 @@ import (
 	"k8s.io/klog/v2"
 )
 
+// How long a caller may take: to send its request headers, its whole
+// request (the TLS handshake included), to be answered, and between
+// requests on a kept-alive connection. The API server sends an
+// AdmissionReview at once and waits at most the hook's timeoutSeconds (30
+// at most), so these only cut off callers who stall; a stalled body keeps
+// its in-flight slot (maxInFlight) no longer than readTimeout.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 30 * time.Second // from the end of the headers: reading the body, deciding, answering
+	idleTimeout       = 2 * time.Minute
+)
+
 // serve answers HTTPS on listener with handler until ctx ends, then shuts
 // down gracefully: it stops accepting, lets requests in flight finish for
 // up to grace, and returns nil. It returns an error if serving fails.
@@ -19,10 +32,10 @@ func serve(ctx context.Context, listener net.Listener, handler http.Handler, tls
 	server := &http.Server{
 		Handler:           handler,
 		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
 		ErrorLog:          klog.NewStandardLogger("INFO"),
 	}
 	served := make(chan error, 1)
@@ -42,4 +55,35 @@ func serve(ctx context.Context, listener net.Listener, handler http.Handler, tls
 		return fmt.Errorf("serve HTTPS on %s: %w", listener.Addr(), err)
 	}
 	return nil
+}
+
+// servePlain answers plain HTTP on listener with handler until ctx ends
+// (the probe port: what it serves is not worth a graceful shutdown).
+func servePlain(ctx context.Context, listener net.Listener, handler http.Handler) {
+	server := &http.Server{Handler: handler, ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout,
+		WriteTimeout: writeTimeout, IdleTimeout: idleTimeout, ErrorLog: klog.NewStandardLogger("INFO")}
+	go func() {
+		<-ctx.Done()
+		_ = server.Close()
+	}()
+	klog.InfoS("Serving probes and metrics", "address", listener.Addr().String())
+	if err := server.Serve(listener); !errors.Is(err, http.ErrServerClosed) {
+		klog.ErrorS(err, "Probe port stopped", "address", listener.Addr().String())
+	}
+}
+
+// probesOnly lets through to handler the GETs of /healthz, /readyz and
+// /metrics, and nothing else: the port it serves needs no client
+// certificate.
+func probesOnly(handler http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case PathHealthz, PathReadyz, PathMetrics:
+			if r.Method == http.MethodGet {
+				handler.ServeHTTP(w, r)
+				return
+			}
+		}
+		http.Error(w, r.URL.Path+" is not served on the probe port", http.StatusNotFound)
+	})
 }

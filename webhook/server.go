@@ -6,12 +6,15 @@ import (
 	"io"
 	"net/http"
 	"runtime/debug"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/inflight"
 )
 
 // Route paths, as the webhook configurations' clientConfig names them.
@@ -24,6 +27,17 @@ const (
 	PathReadyz                      = "/readyz"
 	PathMetrics                     = "/metrics"
 	maxBodyBytes              int64 = 1 << 20
+)
+
+// Admission requests the webhook reads and decides at once, and how long
+// another waits for one of them before it is answered 503 (the API server
+// then applies the hook's failurePolicy). Deciding takes microseconds from
+// informer caches, so 16 is far more than the API server's calls need; the
+// bound is what stalled callers can make the webhook hold: 16 bodies of
+// maxBodyBytes, each for at most the read timeout.
+const (
+	maxInFlight = 16
+	slotWait    = time.Second
 )
 
 // NewServer is the webhook's HTTP edge: it routes, bounds and decodes
@@ -40,10 +54,13 @@ func NewServer(state State, registry *prometheus.Registry, pods PodOptions) *ech
 	e.HTTPErrorHandler = writeError
 	e.Use(recoverPanics)
 	m := newMetrics(registry)
-	e.POST(PathMutateStorageClass, review(decideStorageClass(state)), m.instrument)
-	e.POST(PathValidateClaim, review(decideClaim(state)), m.instrument)
-	e.POST(PathValidateSnapshotClass, review(decideSnapshotClass(state)), m.instrument)
-	e.POST(PathMutatePod, review(decidePod(state, pods)), m.instrument)
+	// The slot is taken before the body is read: what it bounds is the
+	// bodies held in memory.
+	limit := inflight.New(maxInFlight, slotWait, nil).Middleware
+	e.POST(PathMutateStorageClass, review(decideStorageClass(state)), m.instrument, limit)
+	e.POST(PathValidateClaim, review(decideClaim(state)), m.instrument, limit)
+	e.POST(PathValidateSnapshotClass, review(decideSnapshotClass(state)), m.instrument, limit)
+	e.POST(PathMutatePod, review(decidePod(state, pods)), m.instrument, limit)
 	e.GET(PathHealthz, func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET(PathReadyz, func(c echo.Context) error {
 		if err := state.Ready(); err != nil {

@@ -29,6 +29,7 @@ func main() {
 	flag.StringVar(&opts.TLSCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), reloaded when it changes (empty: plain HTTP)")
 	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "key of --tls-cert-file (PEM), reloaded when it changes")
 	flag.StringVar(&opts.ClientCAFile, "client-ca-file", "", "require of every caller a client certificate signed by a CA in this bundle (PEM), reloaded when it changes; needs --tls-cert-file (empty: any caller)")
+	flag.StringVar(&opts.HealthListen, "health-listen", "", "also serve /healthz, /readyz and /metrics (only those) in plain HTTP on this address, for probes and scrapers that present no client certificate (empty: only on --listen)")
 	flag.StringVar(&opts.DriverName, "driver-name", "csi.toposnap.io", "CSI driver whose capacity and snapshots are considered")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
 	flag.BoolVar(&opts.LeaderElect, "leader-elect", false, "with several replicas: only the holder of a Lease explains pending pods")

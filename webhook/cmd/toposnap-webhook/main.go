@@ -21,6 +21,9 @@ func main() {
 	flag.StringVar(&opts.Listen, "listen", ":9443", "HTTPS address to serve the webhooks, /healthz and /metrics on")
 	flag.StringVar(&opts.TLSCertFile, "tls-cert-file", "", "serving certificate (PEM), reloaded when it changes; required")
 	flag.StringVar(&opts.TLSKeyFile, "tls-key-file", "", "serving private key (PEM), reloaded when it changes; required")
+	flag.StringVar(&opts.ClientCAFile, "client-ca-file", "", "require of every caller a client certificate signed by a CA in this bundle (PEM), reloaded when it changes; "+
+		"the API server presents one only when its AdmissionConfiguration names a kubeconfig for this webhook (empty: any caller)")
+	flag.StringVar(&opts.HealthListen, "health-listen", "", "also serve /healthz, /readyz and /metrics (only those) in plain HTTP on this address, for probes that present no client certificate (empty: only on --listen)")
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig (empty: in-cluster)")
 	flag.DurationVar(&opts.ShutdownGrace, "shutdown-grace", 10*time.Second, "how long requests in flight may take after SIGTERM")
 	flag.StringVar(&opts.Pods.SchedulerName, "scheduler-name", "", "scheduler (configured with toposnap's extender) that "+webhook.PathMutatePod+
