@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // emptySubvolDirIno is the inode a snapshot shows where its source had a
@@ -348,5 +350,41 @@ func TestDeleteFullVolumeWithNestedSubvolumes(t *testing.T) {
 				t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", volID, exists, err)
 			}
 		})
+	}
+}
+
+// A nested subvolume the tenant joined to a neighbour's qgroup and filled
+// until the neighbour's limit: the volume is still deleted, and the
+// neighbour gets its charge back rather than having its limit lifted.
+func TestDeleteVolumeWhoseNestedSubvolumeFilledANeighbour(t *testing.T) {
+	b, dir := openTestBackend(t)
+	vol, victim := filepath.Join(dir, "vol"), filepath.Join(dir, "victim")
+	if err := b.Create("", vol, 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Create("", victim, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	victimID, err := SubvolumeID(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := newTenant(t, vol)
+	pod.must("subvolume-inherit", "sub", tenantRequest{Inherit: []uint64{qgroupID(1, victimID)}})
+	if res := pod.do("fill", "sub/data.bin", tenantRequest{Size: 64 << 20}); !isQuotaError(res.err()) {
+		t.Fatalf("the tenant wrote %d bytes through a neighbour's 32 MiB qgroup (%v)", res.Written, res.err())
+	}
+	pod.leave()
+	if err := b.Delete(vol); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := unix.Syncfs(int(b.root.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	if used, err := b.Usage(victim); err != nil || used > 1<<20 {
+		t.Errorf("neighbour usage after the delete: %d (%v), want its charge back", used, err)
+	}
+	if res := newTenant(t, victim).do("fill", "mine.bin", tenantRequest{Size: 16 << 20}); res.err() != nil {
+		t.Errorf("the neighbour wrote only %d bytes: %v", res.Written, res.err())
 	}
 }
