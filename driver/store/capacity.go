@@ -10,13 +10,18 @@ import (
 type Capacity struct {
 	// Total is --capacity, or the filesystem's size when that is smaller.
 	Total int64
-	// Allocated is the sum of the sizes of the pool's volumes, in any state.
+	// Allocated is the sum of the sizes of the pool's volumes, in any
+	// state, and of its snapshots of block volumes (each may pin up to its
+	// volume's size, which no filesystem limit bounds).
 	Allocated int64
 	// FilesystemFree is what statfs says an unprivileged writer can still
 	// use on the pool's filesystem.
 	FilesystemFree int64
 	// Unwritten is what the pool's volumes may still write within their
-	// sizes (size minus usage, summed); 0 where sizes are not enforced.
+	// sizes (size minus usage, summed), plus the size of each snapshot of a
+	// block volume (what it may still pin: an upper bound, since blocks it
+	// already pins are charged to its volume's usage too); 0 where sizes
+	// are not enforced.
 	Unwritten int64
 }
 
@@ -46,9 +51,10 @@ func (p *Pool) TotalCapacity() (int64, error) {
 	return min(p.cfg.Capacity, size), nil
 }
 
-// capacityExcept measures the pool, leaving the volume except out of the
-// sums (it is the one being sized). O(volumes): metadata reads and, where
-// sizes are enforced, one cheap usage query per volume; never a walk.
+// capacityExcept measures the pool, leaving the volume or snapshot except
+// out of the sums (it is the one being sized). O(objects): metadata reads
+// and, where sizes are enforced, one cheap usage query per volume; never a
+// walk.
 func (p *Pool) capacityExcept(except string) (Capacity, error) {
 	size, free, err := p.statfs()
 	if err != nil {
@@ -82,6 +88,19 @@ func (p *Pool) capacityExcept(except string) (Capacity, error) {
 		}
 		c.Unwritten += max(vol.CapacityBytes-used, 0)
 	}
+	snapshots, err := p.ListSnapshots()
+	if err != nil {
+		return Capacity{}, err
+	}
+	for _, snap := range snapshots {
+		if !snap.Block || snap.ID == except {
+			continue
+		}
+		c.Allocated += snap.SizeBytes
+		if p.backend.Enforced() {
+			c.Unwritten += snap.SizeBytes
+		}
+	}
 	return c, nil
 }
 
@@ -97,8 +116,8 @@ func (p *Pool) Available() (int64, error) {
 	return c.Available(), nil
 }
 
-// fits checks (under the pool lock) that the volume except, holding used
-// bytes, may be given size bytes: within the promise, and within what the
+// fits checks (under the pool lock) that the volume or block snapshot
+// except, holding used bytes, may be given size bytes: within the promise, and within what the
 // filesystem still holds besides what the other volumes may write.
 func (p *Pool) fits(except string, size, used int64) error {
 	c, err := p.capacityExcept(except)

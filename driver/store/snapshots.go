@@ -73,7 +73,7 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 		ID: id, Name: name, SourceVolumeID: source.ID, SizeBytes: source.CapacityBytes,
 		Segment: p.cfg.Segment, State: StateCreating, CreatedAt: time.Now().UTC(), Block: source.Block,
 	}
-	if err := p.writeMeta(id, snap); err != nil {
+	if err := p.reserveSnapshot(snap); err != nil {
 		lease.unlock()
 		lock.unlock()
 		return Snapshot{}, err
@@ -81,6 +81,25 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 	j := p.startJob(id, snap)
 	go p.runSnapshot(j, lock, lease, snap, sourceRef)
 	return snap, nil
+}
+
+// reserveSnapshot records a new snapshot's metadata. A snapshot of a block
+// volume is first counted against the pool's capacity, under the pool
+// lock as a volume is: block volumes have no filesystem limit (see
+// sizeImage), so what each of their snapshots pins as the device is
+// overwritten, up to the image's size, is bounded by nothing else. A
+// snapshot of a filesystem volume is bounded by its volume's limit.
+func (p *Pool) reserveSnapshot(snap Snapshot) error {
+	if !snap.Block {
+		return p.writeMeta(snap.ID, snap)
+	}
+	return p.withPoolLock(func() error {
+		if err := p.fits(snap.ID, snap.SizeBytes, 0); err != nil {
+			return fmt.Errorf("pool %s cannot hold snapshot %s (%q) of block volume %s, which may pin up to %d bytes: %w",
+				p.cfg.Dir, snap.ID, snap.Name, snap.SourceVolumeID, snap.SizeBytes, err)
+		}
+		return p.writeMeta(snap.ID, snap)
+	})
 }
 
 // runSnapshot has the backend leave the snapshot, complete, in snapshots/
