@@ -307,3 +307,22 @@ func equalStrings(a, b []string) bool {
 	}
 	return true
 }
+
+// Temporary work whose lock file was replaced by a symlink is left alone
+// and reported, not skipped in silence.
+func TestTemporaryWithForeignLockIsReported(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, "node1", 100)
+	id := p.VolumeID("v")
+	if err := os.Mkdir(p.tempPath(id), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, filepath.Join(t.TempDir(), "elsewhere"), filepath.Join(dir, "locks", id))
+	reopened := openPool(t, dir, "node1", 100)
+	if !reported(reopened, "tmp/") {
+		t.Fatalf("a temporary behind a foreign lock is not reported: %+v", reopened.Unrecovered())
+	}
+	if _, err := os.Stat(reopened.tempPath(id)); err != nil {
+		t.Fatalf("the temporary was removed without its lock: %v", err)
+	}
+}

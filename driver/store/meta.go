@@ -225,8 +225,12 @@ func (p *Pool) cleanMetaTemps() error {
 			continue
 		}
 		lock, err := p.tryLock(id)
-		if err != nil {
+		if errors.Is(err, ErrInFlight) {
 			continue // being written right now
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stale metadata temporary %s: %w", name, err))
+			continue
 		}
 		err = unix.Unlinkat(int(dir.Fd()), name, 0)
 		lock.unlock()

@@ -235,8 +235,12 @@ func (p *Pool) cleanTemp() error {
 			continue // not ours; leave it alone
 		}
 		lock, err := p.tryLock(id)
-		if err != nil {
+		if errors.Is(err, ErrInFlight) {
 			continue // in progress elsewhere
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stale temporary %s: %w", name, err))
+			continue
 		}
 		err = p.backend.Delete(held.path("tmp", name))
 		lock.unlock()
