@@ -43,7 +43,7 @@ type valueSet struct {
 // commonKinds are what every set renders unless it says otherwise.
 var commonKinds = map[string]int{
 	"CSIDriver": 1, "ServiceAccount": 3, "ClusterRole": 5, "ClusterRoleBinding": 5, "Role": 2, "RoleBinding": 2,
-	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 2,
+	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 3,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
 	"ValidatingAdmissionPolicy": 6, "ValidatingAdmissionPolicyBinding": 6,
@@ -69,10 +69,11 @@ func merge(a, b map[string]int) map[string]int {
 	return merged
 }
 
-// schedulerKinds are the second scheduler's objects added to commonKinds.
+// schedulerKinds are the second scheduler's objects added to commonKinds,
+// with the extender's NetworkPolicy (its only caller is then known).
 var schedulerKinds = map[string]int{
 	"ServiceAccount": 4, "ConfigMap": 1, "ClusterRoleBinding": 7, "Role": 3, "RoleBinding": 4,
-	"Deployment": 3, "PodDisruptionBudget": 3,
+	"Deployment": 3, "PodDisruptionBudget": 3, "NetworkPolicy": 1,
 }
 
 func valueSets() []valueSet {
@@ -82,7 +83,7 @@ func valueSets() []valueSet {
 			name:        "cert-manager",
 			args:        []string{"--set", "webhook.certManager.enabled=true"},
 			apiVersions: []string{"cert-manager.io/v1"},
-			kinds:       with(map[string]int{"Secret": 1, "Issuer": 2, "Certificate": 2}),
+			kinds:       with(map[string]int{"Secret": 2, "Issuer": 2, "Certificate": 2}),
 		},
 		{name: "second scheduler", args: []string{"--set", "scheduler.enabled=true"}, kinds: with(schedulerKinds)},
 		{
@@ -100,7 +101,7 @@ func valueSets() []valueSet {
 			name:        "cert-manager for webhook and extender with the second scheduler",
 			args:        []string{"--set", "webhook.certManager.enabled=true", "--set", "extender.tls.certManager.enabled=true", "--set", "scheduler.enabled=true"},
 			apiVersions: []string{"cert-manager.io/v1"},
-			kinds:       with(merge(schedulerKinds, map[string]int{"Secret": 0, "Issuer": 3, "Certificate": 4})),
+			kinds:       with(merge(schedulerKinds, map[string]int{"Secret": 0, "Issuer": 3, "Certificate": 5})),
 		},
 		{
 			name:  "plain HTTP extender and no node admission policies",
@@ -111,6 +112,11 @@ func valueSets() []valueSet {
 			name:  "extender NetworkPolicy with the second scheduler and peers",
 			args:  []string{"-f", "test/chart/testdata/networkpolicy.yaml"},
 			kinds: with(merge(schedulerKinds, map[string]int{"NetworkPolicy": 1})),
+		},
+		{
+			name:  "webhook NetworkPolicy and client CA",
+			args:  []string{"-f", "test/chart/testdata/webhook-callers.yaml"},
+			kinds: with(map[string]int{"NetworkPolicy": 1, "ConfigMap": 1}),
 		},
 	}
 }

@@ -2,6 +2,9 @@ package chart
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"slices"
 	"strings"
 	"testing"
@@ -80,17 +83,26 @@ func TestExtenderServesHTTPSWithItsOwnCA(t *testing.T) {
 	}
 }
 
-// TestExtenderAndWebhookProbes: both servers are probed alike, over
-// their scheme: liveness on /healthz (the process serves), readiness on
-// /readyz (503 until it can decide: caches filled, snapshot API known).
+// TestExtenderAndWebhookProbes: both servers are probed alike, on their
+// plain-HTTP probe port (the kubelet presents no client certificate, which
+// the main port may require): liveness on /healthz (the process serves),
+// readiness on /readyz (503 until it can decide: caches filled, snapshot
+// API known).
 func TestExtenderAndWebhookProbes(t *testing.T) {
 	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "defaults"))
 	for _, component := range []string{"extender", "webhook"} {
 		var deployment appsv1.Deployment
 		convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-"+component), &deployment)
 		container := deployment.Spec.Template.Spec.Containers[0]
-		checkProbe(t, component+" readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTPS, "https")
-		checkProbe(t, component+" liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTPS, "https")
+		checkProbe(t, component+" readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTP, "health")
+		checkProbe(t, component+" liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTP, "health")
+		port := map[string]string{"extender": "8098", "webhook": "9444"}[component]
+		if !slices.Contains(container.Args, "--health-listen=:"+port) ||
+			!slices.ContainsFunc(container.Ports, func(p corev1.ContainerPort) bool {
+				return p.Name == "health" && p.ContainerPort == intstr.Parse(port).IntVal
+			}) {
+			t.Errorf("%s does not serve its probe port %s: args %v, ports %+v", component, port, container.Args, container.Ports)
+		}
 	}
 }
 
@@ -126,8 +138,11 @@ func TestExtenderPlainHTTPWhenTLSIsOff(t *testing.T) {
 	if len(pod.Volumes) != 0 || len(container.VolumeMounts) != 0 {
 		t.Errorf("extender has volumes %+v with TLS off", pod.Volumes)
 	}
-	checkProbe(t, "readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTP, "http")
-	checkProbe(t, "liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTP, "http")
+	checkProbe(t, "readiness", container.ReadinessProbe, "/readyz", corev1.URISchemeHTTP, "health")
+	checkProbe(t, "liveness", container.LivenessProbe, "/healthz", corev1.URISchemeHTTP, "health")
+	if slices.ContainsFunc(container.Args, func(arg string) bool { return strings.HasPrefix(arg, "--client-ca-file") }) {
+		t.Errorf("extender args %v require client certificates with TLS off", container.Args)
+	}
 	extender := schedulerConfig(t, objects).Extenders[0]
 	if !strings.HasPrefix(extender.URLPrefix, "http://") || extender.TLSConfig != nil {
 		t.Errorf("scheduler's extender entry %s with tlsConfig %+v, want plain http", extender.URLPrefix, extender.TLSConfig)
@@ -194,8 +209,8 @@ func TestNotesPrintTheSchedulerSnippet(t *testing.T) {
 // TestExtenderNetworkPolicyLetsOnlySchedulersIn: the policy selects the
 // extender's pods, isolates ingress only (the extender must still reach
 // the API server), and lets in, on the extender's port only, the chart's
-// scheduler pods by their labels, the configured scheduler peers and, in a
-// rule of their own, the metrics peers.
+// scheduler pods by their labels and the configured scheduler peers, and in
+// a rule of their own, on the probe port only, the metrics peers.
 func TestExtenderNetworkPolicyLetsOnlySchedulersIn(t *testing.T) {
 	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "extender NetworkPolicy with the second scheduler and peers"))
 	var policy networkingv1.NetworkPolicy
@@ -218,9 +233,9 @@ func TestExtenderNetworkPolicyLetsOnlySchedulersIn(t *testing.T) {
 	if len(policy.Spec.Ingress) != 2 {
 		t.Fatalf("%d ingress rules, want 2 (schedulers, metrics)", len(policy.Spec.Ingress))
 	}
-	for i, rule := range policy.Spec.Ingress {
-		if len(rule.Ports) != 1 || ptr.Deref(rule.Ports[0].Port, intstr.IntOrString{}) != intstr.FromInt32(8099) {
-			t.Errorf("rule %d opens ports %+v, want 8099 only", i, rule.Ports)
+	for i, port := range []int32{8099, 8098} {
+		if rule := policy.Spec.Ingress[i]; len(rule.Ports) != 1 || ptr.Deref(rule.Ports[0].Port, intstr.IntOrString{}) != intstr.FromInt32(port) {
+			t.Errorf("rule %d opens ports %+v, want %d only", i, rule.Ports, port)
 		}
 	}
 	schedulers := policy.Spec.Ingress[0].From
@@ -242,14 +257,99 @@ func TestExtenderNetworkPolicyLetsOnlySchedulersIn(t *testing.T) {
 	}
 }
 
-// TestNetworkPolicyWithoutAnySchedulerIsRefused: enabling the policy with
-// neither the second scheduler nor scheduler peers would cut every
-// scheduler off (and, the extender not being ignorable, stop scheduling):
-// the chart refuses to render it.
-func TestNetworkPolicyWithoutAnySchedulerIsRefused(t *testing.T) {
-	_, err := runHelm(ctxFor(t, time.Minute), "template", releaseName, chartDir, "--set", "extender.networkPolicy.enabled=true")
-	if err == nil || !strings.Contains(err.Error(), "no scheduler could reach the extender") {
-		t.Fatalf("helm template with a NetworkPolicy and no scheduler: %v, want the chart to refuse", err)
+// TestNetworkPoliciesAreOnWhereTheirCallersAreKnown: the policies are on
+// by default, and rendered wherever the chart knows who calls: the
+// extender's when toposnap-scheduler is its only scheduler or scheduler
+// peers are listed, the webhook's when the API server's source is given.
+// Where it does not know (your kube-scheduler, your API server), no policy
+// is rendered rather than one that would shut the caller out (the
+// extender is not ignorable; the webhook fails closed).
+func TestNetworkPoliciesAreOnWhereTheirCallersAreKnown(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"defaults: neither caller known", nil, nil},
+		{"toposnap-scheduler alone", []string{"--set", "scheduler.enabled=true"}, []string{"extender"}},
+		{"toposnap-scheduler beside the default scheduler", []string{"--set", "scheduler.enabled=true", "--set", "extender.managedResource.defaultScheduler=true"}, nil},
+		{"scheduler peers", []string{"--set", "extender.networkPolicy.schedulerPeers[0].ipBlock.cidr=10.0.0.10/32"}, []string{"extender"}},
+		{"API server peers", []string{"--set", "webhook.networkPolicy.apiServerPeers[0].ipBlock.cidr=10.0.0.0/24"}, []string{"webhook"}},
+		{"turned off", []string{"--set", "scheduler.enabled=true", "--set", "extender.networkPolicy.enabled=false",
+			"--set", "webhook.networkPolicy.enabled=false", "--set", "webhook.networkPolicy.apiServerPeers[0].ipBlock.cidr=10.0.0.0/24"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objects := render(t, ctxFor(t, time.Minute), valueSet{name: tc.name, args: tc.args})
+			var got []string
+			for _, o := range objects {
+				if o.GetKind() == "NetworkPolicy" {
+					got = append(got, strings.TrimPrefix(o.GetName(), releaseName+"-toposnap-"))
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("NetworkPolicies %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestWebhookNetworkPolicyLetsOnlyTheAPIServerIn: the webhook's policy
+// selects its pods, isolates ingress only, lets the API server's peers in
+// on the webhook's port and the metrics peers on the probe port only.
+func TestWebhookNetworkPolicyLetsOnlyTheAPIServerIn(t *testing.T) {
+	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "webhook NetworkPolicy and client CA"))
+	var policy networkingv1.NetworkPolicy
+	convert(t, find(t, objects, "NetworkPolicy", releaseName+"-toposnap-webhook"), &policy)
+	var deployment appsv1.Deployment
+	convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-webhook"), &deployment)
+	if selector, err := metav1.LabelSelectorAsSelector(&policy.Spec.PodSelector); err != nil || selector.Empty() ||
+		!selector.Matches(labels.Set(deployment.Spec.Template.Labels)) {
+		t.Errorf("policy selector %v does not select the webhook's pods", policy.Spec.PodSelector)
+	}
+	if !slices.Equal(policy.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+		t.Errorf("policyTypes %v, want [Ingress]", policy.Spec.PolicyTypes)
+	}
+	if len(policy.Spec.Ingress) != 2 {
+		t.Fatalf("%d ingress rules, want 2 (API server, metrics)", len(policy.Spec.Ingress))
+	}
+	for i, want := range []struct {
+		port int32
+		cidr string
+	}{{9443, "10.0.0.0/24"}, {9444, ""}} {
+		rule := policy.Spec.Ingress[i]
+		if len(rule.Ports) != 1 || ptr.Deref(rule.Ports[0].Port, intstr.IntOrString{}) != intstr.FromInt32(want.port) {
+			t.Errorf("rule %d opens ports %+v, want %d only", i, rule.Ports, want.port)
+		}
+		if want.cidr != "" && (len(rule.From) != 2 || rule.From[0].IPBlock == nil || rule.From[0].IPBlock.CIDR != want.cidr) {
+			t.Errorf("rule %d peers %+v, want the control plane's %s first", i, rule.From, want.cidr)
+		}
+	}
+}
+
+// TestWebhookRequiresTheAPIServersCertificateWhenGivenItsCA: with
+// webhook.clientAuth.caBundle the webhook reads that CA from a ConfigMap
+// (--client-ca-file); without it, it takes no such flag.
+func TestWebhookRequiresTheAPIServersCertificateWhenGivenItsCA(t *testing.T) {
+	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "webhook NetworkPolicy and client CA"))
+	var deployment appsv1.Deployment
+	convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-webhook"), &deployment)
+	container := deployment.Spec.Template.Spec.Containers[0]
+	var configMap corev1.ConfigMap
+	convert(t, find(t, objects, "ConfigMap", releaseName+"-toposnap-webhook-client-ca"), &configMap)
+	if block, _ := pem.Decode([]byte(configMap.Data["ca.crt"])); block == nil || block.Type != "CERTIFICATE" {
+		t.Errorf("ConfigMap's ca.crt is not the PEM given: %q", configMap.Data["ca.crt"])
+	}
+	if !slices.Contains(container.Args, "--client-ca-file=/client-ca/ca.crt") ||
+		!slices.ContainsFunc(container.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "client-ca" && m.MountPath == "/client-ca" }) ||
+		!slices.ContainsFunc(deployment.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool {
+			return v.Name == "client-ca" && v.ConfigMap != nil && v.ConfigMap.Name == configMap.Name
+		}) {
+		t.Errorf("webhook does not read the client CA: args %v, mounts %+v", container.Args, container.VolumeMounts)
+	}
+	objects = render(t, ctxFor(t, time.Minute), valueSetNamed(t, "defaults"))
+	convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-webhook"), &deployment)
+	if args := deployment.Spec.Template.Spec.Containers[0].Args; slices.ContainsFunc(args, func(arg string) bool { return strings.HasPrefix(arg, "--client-ca-file") }) {
+		t.Errorf("webhook args %v require client certificates by default", args)
 	}
 }
 
@@ -324,5 +424,83 @@ func TestNodeAdmissionPoliciesBindToTheNodeServiceAccount(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExtenderRequiresTheSchedulersClientCertificate: the chart issues the
+// schedulers' client pair (under a CA of its own, usable for client auth
+// only by what that CA signs); with toposnap-scheduler as the only
+// scheduler the extender requires it (--client-ca-file, the Secret's CA
+// alone mounted) and the scheduler presents it (certFile/keyFile, the pair
+// mounted where they point). With your own scheduler (the default) the
+// pair is issued but not yet required, so an upgrade cannot lock it out.
+func TestExtenderRequiresTheSchedulersClientCertificate(t *testing.T) {
+	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "second scheduler"))
+	var client corev1.Secret
+	convert(t, find(t, objects, "Secret", releaseName+"-toposnap-extender-client-tls"), &client)
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(client.Data["ca.crt"]) {
+		t.Fatal("client Secret's ca.crt holds no certificate")
+	}
+	pair, err := tls.X509KeyPair(client.Data["tls.crt"], client.Data["tls.key"])
+	if err != nil {
+		t.Fatalf("client Secret's pair: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("client certificate does not verify for client auth against the Secret's CA: %v", err)
+	}
+	var serving corev1.Secret
+	convert(t, find(t, objects, "Secret", releaseName+"-toposnap-extender-tls"), &serving)
+	if bytes.Equal(serving.Data["ca.crt"], client.Data["ca.crt"]) {
+		t.Error("the client CA is the serving CA: it should vouch for nothing else")
+	}
+
+	pod, container := extenderContainer(t, objects)
+	if !slices.Contains(container.Args, "--client-ca-file=/client-ca/ca.crt") {
+		t.Errorf("extender args %v do not require client certificates", container.Args)
+	}
+	volume := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == "client-ca" })
+	if volume < 0 || pod.Volumes[volume].Secret == nil || pod.Volumes[volume].Secret.SecretName != client.Name ||
+		len(pod.Volumes[volume].Secret.Items) != 1 || pod.Volumes[volume].Secret.Items[0].Key != "ca.crt" {
+		t.Errorf("extender volumes %+v, want client-ca: only ca.crt of %s", pod.Volumes, client.Name)
+	}
+
+	tlsConfig := schedulerConfig(t, objects).Extenders[0].TLSConfig
+	var scheduler appsv1.Deployment
+	convert(t, find(t, objects, "Deployment", releaseName+"-toposnap-scheduler"), &scheduler)
+	mounts := scheduler.Spec.Template.Spec.Containers[0].VolumeMounts
+	mount := slices.IndexFunc(mounts, func(m corev1.VolumeMount) bool { return m.Name == "extender-client" })
+	if mount < 0 || tlsConfig == nil || tlsConfig.CertFile != mounts[mount].MountPath+"/tls.crt" || tlsConfig.KeyFile != mounts[mount].MountPath+"/tls.key" {
+		t.Fatalf("scheduler's tlsConfig %+v does not name the mounted client pair (mounts %+v)", tlsConfig, mounts)
+	}
+	if secretVolume(scheduler.Spec.Template.Spec, "extender-client") != client.Name {
+		t.Errorf("scheduler mounts %q as extender-client, want %s", secretVolume(scheduler.Spec.Template.Spec, "extender-client"), client.Name)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"your own scheduler (defaults)", nil},
+		{"toposnap-scheduler beside the default scheduler", []string{"--set", "scheduler.enabled=true", "--set", "extender.managedResource.defaultScheduler=true"}},
+		{"turned off", []string{"--set", "scheduler.enabled=true", "--set", "extender.tls.clientAuth.required=false"}},
+	} {
+		objects := render(t, ctxFor(t, time.Minute), valueSet{name: tc.name, args: tc.args})
+		find(t, objects, "Secret", releaseName+"-toposnap-extender-client-tls")
+		if _, container := extenderContainer(t, objects); slices.ContainsFunc(container.Args, func(arg string) bool { return strings.HasPrefix(arg, "--client-ca-file") }) {
+			t.Errorf("%s: extender args %v require client certificates", tc.name, container.Args)
+		}
+	}
+	objects = render(t, ctxFor(t, time.Minute), valueSet{args: []string{"--set", "extender.tls.clientAuth.required=true"}})
+	if _, container := extenderContainer(t, objects); !slices.Contains(container.Args, "--client-ca-file=/client-ca/ca.crt") {
+		t.Errorf("required=true: extender args %v do not require client certificates", container.Args)
+	}
+	if _, err := runHelm(ctxFor(t, time.Minute), "template", releaseName, chartDir, "--set", "extender.tls.enabled=false",
+		"--set", "extender.tls.clientAuth.required=true"); err == nil || !strings.Contains(err.Error(), "needs extender.tls.enabled=true") {
+		t.Errorf("client certificates required over plain HTTP: %v, want the chart to refuse", err)
 	}
 }

@@ -280,7 +280,9 @@ func TestSchedulerConfiguration(t *testing.T) {
 		ManagedResources: []schedulerv1.ExtenderManagedResource{{Name: string(webhook.VolumeResource), IgnoredByScheduler: true}},
 		// The extender's own CA, inline; no enableHTTPS (which would skip
 		// verification without a CA).
-		TLSConfig: &schedulerv1.ExtenderTLSConfig{CAData: extenderTLS.Data["ca.crt"]},
+		// and the client pair it presents (TestExtenderRequiresTheSchedulersClientCertificate).
+		TLSConfig: &schedulerv1.ExtenderTLSConfig{CAData: extenderTLS.Data["ca.crt"],
+			CertFile: "/etc/kubernetes/toposnap-extender-client/tls.crt", KeyFile: "/etc/kubernetes/toposnap-extender-client/tls.key"},
 	}
 	if len(config.Extenders) != 1 || !equality.Semantic.DeepEqual(config.Extenders[0], want) {
 		t.Errorf("extenders %+v, want [%+v]", config.Extenders, want)

@@ -127,7 +127,8 @@ Computed once per render (kept in the root context under .key) so the
 Secret and everything that trusts the CA agree. The CA's key is never
 kept: nothing signs with it after this render. Call with (dict "root" $
 "service" name "secret" name "days" n "key" cacheKey); returns YAML with
-caCert, cert, key.
+caCert, cert, key. With "client" name: a client pair of that common name
+under a CA of its own instead (<service>-client-ca).
 */}}
 {{- define "toposnap.servingCerts" -}}
 {{- $root := .root -}}
@@ -142,10 +143,16 @@ caCert, cert, key.
 {{- $service := .service -}}
 {{- $namespace := $root.Release.Namespace -}}
 {{- $days := int .days -}}
+{{- if .client -}}
+{{- $ca := genCA (printf "%s-client-ca" $service) $days -}}
+{{- $client := genSignedCert .client nil nil $days $ca -}}
+{{- $certs = dict "caCert" $ca.Cert "cert" $client.Cert "key" $client.Key -}}
+{{- else -}}
 {{- $ca := genCA (printf "%s-ca" $service) $days -}}
 {{- $dnsNames := list $service (printf "%s.%s" $service $namespace) (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.cluster.local" $service $namespace) -}}
 {{- $serving := genSignedCert (printf "%s.%s.svc" $service $namespace) nil $dnsNames $days $ca -}}
 {{- $certs = dict "caCert" $ca.Cert "cert" $serving.Cert "key" $serving.Key -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $root .key $certs -}}
 {{- end -}}
@@ -167,6 +174,41 @@ nothing else).
 {{- include "toposnap.servingCerts" (dict "root" . "service" (include "toposnap.extenderService" .) "secret" (include "toposnap.extenderTLSSecret" .) "days" .Values.extender.tls.certValidityDays "key" "toposnapExtenderCerts") -}}
 {{- end -}}
 
+{{- define "toposnap.extenderClientSecret" -}}
+{{- include "toposnap.componentName" (dict "root" . "component" "extender-client-tls") -}}
+{{- end -}}
+
+{{/*
+The schedulers' chart-made client CA and pair: a CA of its own that signs
+nothing but this one certificate (its key is not kept), so the extender,
+trusting it, admits only holders of this pair.
+*/}}
+{{- define "toposnap.extenderClientCerts" -}}
+{{- include "toposnap.servingCerts" (dict "root" . "service" (include "toposnap.extenderService" .) "secret" (include "toposnap.extenderClientSecret" .) "days" .Values.extender.tls.certValidityDays "key" "toposnapExtenderClientCerts" "client" "toposnap-scheduler") -}}
+{{- end -}}
+
+{{/*
+Non-empty when the extender requires a client certificate
+(extender.tls.clientAuth.required; auto: when toposnap-scheduler, which
+the chart configures to present one, is the only scheduler it knows of).
+dig: a release upgraded with --reuse-values has no clientAuth key.
+*/}}
+{{- define "toposnap.extenderClientAuth" -}}
+{{- $required := toString (dig "clientAuth" "required" "auto" .Values.extender.tls) -}}
+{{- if include "toposnap.extenderTLS" . -}}
+{{- if or (eq $required "true") (and (eq $required "auto") .Values.scheduler.enabled (not .Values.extender.managedResource.defaultScheduler)) -}}true{{- end -}}
+{{- else if and .Values.extender.enabled (eq $required "true") -}}
+{{- fail "extender.tls.clientAuth.required=true needs extender.tls.enabled=true: client certificates are checked in the TLS handshake" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where toposnap-scheduler reads its client pair for the extender. */}}
+{{- define "toposnap.extenderClientDir" -}}/etc/kubernetes/toposnap-extender-client{{- end -}}
+
+{{/* The probe and metrics ports (dig: --reuse-values releases lack them). */}}
+{{- define "toposnap.extenderHealthPort" -}}{{- dig "healthPort" 8098 .Values.extender -}}{{- end -}}
+{{- define "toposnap.webhookHealthPort" -}}{{- dig "healthPort" 9444 .Values.webhook -}}{{- end -}}
+
 {{/*
 Where toposnap-scheduler reads the extender's CA with cert-manager (the
 CA is not known when rendering): ca.crt of the serving Secret, which
@@ -178,14 +220,19 @@ under it: a mount point cannot be made inside a configMap volume.
 {{/*
 The tlsConfig of the scheduler's extender entry: the chart-made CA inline
 (caData, so a new CA changes the configuration and rolls the scheduler),
-or the CA file cert-manager keeps in the mounted Secret.
+or the CA file cert-manager keeps in the mounted Secret; and the client
+pair toposnap-scheduler presents.
 */}}
 {{- define "toposnap.extenderTLSConfig" -}}
 {{- if .Values.extender.tls.certManager.enabled -}}
 caFile: {{ include "toposnap.extenderCADir" . }}/ca.crt
 {{- else -}}
 caData: {{ (include "toposnap.extenderCerts" . | fromYaml).caCert | b64enc }}
-{{- end -}}
+{{- end }}
+# The client pair the extender may require (extender.tls.clientAuth),
+# mounted from Secret {{ include "toposnap.extenderClientSecret" . }}; reloaded when it changes.
+certFile: {{ include "toposnap.extenderClientDir" . }}/tls.crt
+keyFile: {{ include "toposnap.extenderClientDir" . }}/tls.key
 {{- end -}}
 
 {{/*
