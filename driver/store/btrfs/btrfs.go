@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +57,11 @@ type Backend struct {
 	root *os.File
 	// simple is true when the filesystem uses simple quotas.
 	simple bool
+	// membership serialises the changes of nested subvolumes' qgroup
+	// memberships (Watch, Reconcile) with Delete, which removes them: a
+	// watcher joining a nested subvolume to a volume's limit group as it
+	// is deleted would keep the group from being removed.
+	membership sync.Mutex
 }
 
 // IsBtrfs reports whether dir is on btrfs.
@@ -404,6 +410,8 @@ func (b *Backend) Delete(path string) error {
 	if err != nil {
 		return err
 	}
+	b.membership.Lock()
+	defer b.membership.Unlock()
 	if err := b.deleteSubvolumeTree(id); err != nil {
 		return fmt.Errorf("delete %s: %w", path, err)
 	}

@@ -31,6 +31,7 @@ const (
 
 	dirIndexKey       = 96
 	rootItemKey       = 132
+	rootBackrefKey    = 144
 	rootRefKey        = 156
 	qgroupStatusKey   = 240
 	qgroupInfoKey     = 242
@@ -331,18 +332,71 @@ func rootRefs(f *os.File, parent uint64) ([]rootRef, error) {
 	}
 	refs := make([]rootRef, 0, len(items))
 	for _, item := range items {
-		// struct btrfs_root_ref: dirid, sequence (le64), name_len (le16), name.
-		if len(item.data) < 18 {
+		dirID, name, ok := parseRootRef(item.data)
+		if !ok {
 			return nil, fmt.Errorf("short root ref %d/%d", parent, item.offset)
 		}
-		length := min(int(binary.LittleEndian.Uint16(item.data[16:])), len(item.data)-18)
-		refs = append(refs, rootRef{
-			id:    item.offset,
-			dirID: binary.LittleEndian.Uint64(item.data),
-			name:  string(item.data[18 : 18+length]),
-		})
+		refs = append(refs, rootRef{id: item.offset, dirID: dirID, name: name})
 	}
 	return refs, nil
+}
+
+// parseRootRef decodes struct btrfs_root_ref, the body of both ROOT_REF
+// and ROOT_BACKREF items: dirid, sequence (le64), name_len (le16), name.
+func parseRootRef(data []byte) (dirID uint64, name string, ok bool) {
+	if len(data) < 18 {
+		return 0, "", false
+	}
+	length := min(int(binary.LittleEndian.Uint16(data[16:])), len(data)-18)
+	return binary.LittleEndian.Uint64(data), string(data[18 : 18+length]), true
+}
+
+// subvolumeLink is where the subvolume id is linked: as name in the
+// directory dirID of the subvolume parent (a ROOT_BACKREF item).
+type subvolumeLink struct {
+	id, parent, dirID uint64
+	name              string
+}
+
+// linksOf decodes ROOT_BACKREF items (key: child, ROOT_BACKREF, parent).
+func linksOf(items []searchItem) []subvolumeLink {
+	links := make([]subvolumeLink, 0, len(items))
+	for _, item := range items {
+		if dirID, name, ok := parseRootRef(item.data); ok {
+			links = append(links, subvolumeLink{id: item.objectID, parent: item.offset, dirID: dirID, name: name})
+		}
+	}
+	return links
+}
+
+// linksChangedSince lists the links of the subvolumes whose ROOT_BACKREF
+// sits in a leaf of the root tree written in transaction minTrans or
+// later: every subvolume created (or moved) since, and the neighbours
+// sharing those leaves. Its cost follows what changed, not how many
+// subvolumes the filesystem holds.
+func linksChangedSince(f *os.File, minTrans uint64) ([]subvolumeLink, error) {
+	items, err := searchTree(f, searchKey{
+		treeID: rootTreeID, maxObjectID: ^uint64(0), maxOffset: ^uint64(0),
+		minTransID: minTrans, maxTransID: ^uint64(0), minType: rootBackrefKey, maxType: rootBackrefKey,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return linksOf(items), nil
+}
+
+// linkOf returns where the subvolume id is linked; false for the top-level
+// subvolume and for one already unlinked.
+func linkOf(f *os.File, id uint64) (subvolumeLink, bool, error) {
+	items, err := treeSearch(f, rootTreeID, id, id, rootBackrefKey, rootBackrefKey, 0, ^uint64(0))
+	if err != nil {
+		return subvolumeLink{}, false, err
+	}
+	links := linksOf(items)
+	if len(links) == 0 {
+		return subvolumeLink{}, false, nil
+	}
+	return links[0], true, nil
 }
 
 // subvolumeLinksSince lists, as paths relative to the subvolume tree's
@@ -398,6 +452,15 @@ func fsGeneration(f *os.File) (uint64, error) {
 		return 0, errors.New("read filesystem generation: kernel does not report it")
 	}
 	return args.generation, nil
+}
+
+// filesystemID is the btrfs filesystem's UUID.
+func filesystemID(f *os.File) ([16]byte, error) {
+	var args fsInfoArgs
+	if err := ioctl(f.Fd(), iocFsInfo, unsafe.Pointer(&args)); err != nil {
+		return [16]byte{}, fmt.Errorf("read filesystem id of %s: %w", f.Name(), err)
+	}
+	return args.fsid, nil
 }
 
 // subvolumeExists reports whether the root tree still holds the subvolume

@@ -38,9 +38,12 @@ type tenantRequest struct {
 	Path string
 	// Size is how much "fill" writes at most.
 	Size int64
-	// Inherit is the qgroup list "subvolume-inherit" passes to the kernel
-	// (an empty one is a zeroed btrfs_qgroup_inherit).
+	// Inherit is the qgroup list "subvolume-inherit", "escape" and
+	// "snapshot-inherit" pass to the kernel (an empty one is a zeroed
+	// btrfs_qgroup_inherit).
 	Inherit []uint64
+	// Source is the subvolume "snapshot-inherit" snapshots.
+	Source string
 }
 
 // tenantResult is what the tenant did.
@@ -73,6 +76,14 @@ func runTenant(action, request string) int {
 			err = CreateSubvolume(req.Path)
 		case "subvolume-inherit":
 			err = createSubvolumeInherit(req.Path, req.Inherit)
+		case "snapshot-inherit":
+			err = createInherit(req.Path, req.Source, req.Inherit)
+		case "escape":
+			// The attack at full speed: nest with an inheritance list,
+			// then write into it at once, in one process.
+			if err = createSubvolumeInherit(req.Path, req.Inherit); err == nil {
+				res.Written, err = fill(filepath.Join(req.Path, "data.bin"), req.Size)
+			}
 		default:
 			err = fmt.Errorf("unknown tenant action %q", action)
 		}
@@ -200,10 +211,16 @@ func (p *tenant) must(action, rel string, req tenantRequest) tenantResult {
 const subvolQgroupInherit = 1 << 2
 
 // createSubvolumeInherit creates a subvolume the way any user may: with
-// its own qgroup inheritance list (struct btrfs_qgroup_inherit: flags,
-// num_qgroups, num_ref_copies, num_excl_copies, a btrfs_qgroup_limit, then
-// the qgroup ids).
+// its own qgroup inheritance list.
 func createSubvolumeInherit(path string, qgroups []uint64) error {
+	return createInherit(path, "", qgroups)
+}
+
+// createInherit creates a subvolume at path, or a writable snapshot of the
+// subvolume source when source is set, passing a qgroup inheritance list
+// (struct btrfs_qgroup_inherit: flags, num_qgroups, num_ref_copies,
+// num_excl_copies, a btrfs_qgroup_limit, then the qgroup ids).
+func createInherit(path, source string, qgroups []uint64) error {
 	parent, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
@@ -220,7 +237,17 @@ func createSubvolumeInherit(path string, qgroups []uint64) error {
 	if err := setName(args.name[:], filepath.Base(path)); err != nil {
 		return err
 	}
-	err = ioctl(parent.Fd(), iocSubvolCreateV2, unsafe.Pointer(&args))
+	request := iocSubvolCreateV2
+	if source != "" {
+		src, err := os.Open(source)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		args.fd = int64(src.Fd())
+		request = iocSnapCreateV2
+	}
+	err = ioctl(parent.Fd(), request, unsafe.Pointer(&args))
 	runtime.KeepAlive(inherit) // the kernel reads it through a plain address
 	if err != nil {
 		return fmt.Errorf("create subvolume %s inheriting %v: %w", path, qgroups, err)

@@ -1,0 +1,301 @@
+package btrfs
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Watch keeps every subvolume nested in a volume of volumesDir counted
+// against that volume's limit, whatever inheritance list the pod that
+// created it passed, until ctx ends. A volume is a subvolume linked
+// directly in volumesDir (a restore or clone is one too; snapshots, kept
+// elsewhere, are read-only and hold nothing nested). Each nested
+// subvolume put back under its volume's limit is reported.
+//
+// It reconciles every volume once at start (subvolumes nested while the
+// driver was down), then each subvolume created since its last pass: it
+// wakes on fanotify's report of a directory created anywhere on the
+// filesystem (btrfs reports subvolume and snapshot creation as one), and
+// every second in any case. A pass searches only the root tree's leaves
+// written since the previous pass, so it costs what changed, not how many
+// subvolumes the pool holds.
+//
+// What this bounds, and what it cannot: the kernel lets any user name the
+// qgroups a new subvolume joins, and Watch only acts after the create
+// ioctl returns. Until its pass runs (microseconds after a fanotify
+// event, up to a second when polling), the pod writes outside its limit,
+// or against the neighbour it named; the pass then moves all of it, with
+// the relation, onto the pod's volume, which refuses writes until it is
+// back below its limit. See TestWatchBoundsInheritanceEscape for the
+// measured overshoot.
+//
+// It returns nil when ctx ends, and an error only when it cannot start
+// (volumesDir not on this backend's filesystem). Under full quotas nested
+// subvolumes are not counted at all, and Watch returns at once.
+func (b *Backend) Watch(ctx context.Context, volumesDir string, report func(Correction)) error {
+	return b.watch(ctx, volumesDir, report, watchOptions{notify: true, interval: time.Second})
+}
+
+// watchOptions lets tests measure the poll alone.
+type watchOptions struct {
+	// notify uses fanotify to wake on directory creation.
+	notify bool
+	// interval is the poll period.
+	interval time.Duration
+	// started, when set, is called once the first full pass is done.
+	started func()
+}
+
+// volumesWatch is what one Watch knows of its volumes directory.
+type volumesWatch struct {
+	b      *Backend
+	dir    string
+	report func(Correction)
+	// tree and dirID place volumesDir: a volume is a subvolume linked in
+	// the directory dirID of the subvolume tree.
+	tree, dirID uint64
+}
+
+func (b *Backend) watch(ctx context.Context, volumesDir string, report func(Correction), opts watchOptions) error {
+	if !b.simple {
+		return nil
+	}
+	dir, err := os.OpenFile(volumesDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volumes directory: %w", err)
+	}
+	defer dir.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(dir.Fd()), &st); err != nil {
+		return fmt.Errorf("stat %s: %w", volumesDir, err)
+	}
+	tree, err := subvolumeID(dir)
+	if err != nil {
+		return err
+	}
+	if ok, err := sameFilesystem(dir, b.root); err != nil || !ok {
+		return errors.Join(fmt.Errorf("%s is not on the pool's btrfs filesystem", volumesDir), err)
+	}
+	w := &volumesWatch{b: b, dir: volumesDir, report: report, tree: tree, dirID: st.Ino}
+
+	wake := make(chan struct{}, 1)
+	if opts.notify {
+		events, err := watchDirectoryCreation(dir)
+		if err != nil {
+			klog.InfoS("No fanotify on the pool: nested subvolumes are found by polling only", "dir", volumesDir, "interval", opts.interval, "err", err)
+		} else {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				readDirectoryCreation(events, wake)
+			}()
+			defer func() {
+				_ = events.Close() // ends the reader's blocked Read
+				<-done
+			}()
+		}
+	}
+
+	full := true
+	var mark uint64
+	ticker := time.NewTicker(opts.interval)
+	defer ticker.Stop()
+	for {
+		// Taken before the pass looks: a subvolume created while it runs
+		// is in a leaf written at or after next, found by the next pass.
+		next, err := fsGeneration(b.root)
+		if err == nil {
+			if full {
+				err = w.fullPass()
+			} else {
+				err = w.passSince(mark)
+			}
+		}
+		if err != nil {
+			// Nothing is lost: the same range is searched again.
+			klog.ErrorS(err, "Reconciling nested subvolumes failed; retrying", "dir", volumesDir)
+		} else {
+			if full && opts.started != nil {
+				opts.started()
+			}
+			full, mark = false, next
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-ticker.C:
+		}
+	}
+}
+
+// sameFilesystem reports whether a and b are on the same btrfs filesystem
+// (subvolumes have device numbers of their own, so st_dev cannot tell).
+func sameFilesystem(a, b *os.File) (bool, error) {
+	idA, err := filesystemID(a)
+	if err != nil {
+		return false, err
+	}
+	idB, err := filesystemID(b)
+	return idA == idB, err
+}
+
+// fullPass reconciles every volume.
+func (w *volumesWatch) fullPass() error {
+	refs, err := rootRefs(w.b.root, w.tree)
+	if err != nil {
+		return fmt.Errorf("list volumes in %s: %w", w.dir, err)
+	}
+	var errs []error
+	for _, ref := range refs {
+		if ref.dirID != w.dirID {
+			continue // linked elsewhere in the same subvolume (snapshots/, ...)
+		}
+		if err := w.b.reconcileVolume(w.dir+"/"+ref.name, w.report); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// passSince reconciles each subvolume nested in a volume whose link was
+// written in transaction since or later.
+func (w *volumesWatch) passSince(since uint64) error {
+	links, err := linksChangedSince(w.b.root, since)
+	if err != nil {
+		return fmt.Errorf("search new subvolumes: %w", err)
+	}
+	known := make(map[uint64]subvolumeLink, len(links))
+	for _, link := range links {
+		known[link.id] = link
+	}
+	volumes := make(map[uint64]volumeOf, len(links))
+	var errs []error
+	for _, link := range links {
+		volume, err := w.volumeOf(link.id, known, volumes)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if volume.id == 0 || volume.id == link.id {
+			continue // not in a volume, or a volume itself
+		}
+		if err := w.b.reconcileNested(w.dir+"/"+volume.name, volume.id, link.id, w.report); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// volumeOf names the volume a subvolume is in: id 0 when none.
+type volumeOf struct {
+	id   uint64
+	name string
+}
+
+// volumeOf walks the links of the subvolume id upwards to the volume it
+// is nested in (or is): the subvolume linked directly in the volumes
+// directory. known holds links already read; found memoises each
+// subvolume's volume, so a deep chain created in one go costs one walk.
+func (w *volumesWatch) volumeOf(id uint64, known map[uint64]subvolumeLink, found map[uint64]volumeOf) (volumeOf, error) {
+	var chain []uint64
+	var result volumeOf
+	for current := id; ; {
+		if v, ok := found[current]; ok {
+			result = v
+			break
+		}
+		if len(chain) >= maxNestingWalk {
+			return volumeOf{}, fmt.Errorf("subvolume %d: nested deeper than %d", id, maxNestingWalk)
+		}
+		link, ok := known[current]
+		if !ok {
+			var err error
+			if link, ok, err = linkOf(w.b.root, current); err != nil {
+				return volumeOf{}, err
+			}
+			if ok {
+				known[current] = link
+			}
+		}
+		chain = append(chain, current)
+		if !ok {
+			break // the top level, or unlinked meanwhile
+		}
+		if link.parent == w.tree && link.dirID == w.dirID {
+			result = volumeOf{id: current, name: link.name}
+			break
+		}
+		current = link.parent
+	}
+	for _, walked := range chain {
+		found[walked] = result
+	}
+	return result, nil
+}
+
+// watchDirectoryCreation asks fanotify for every directory created on the
+// filesystem dir is on. Subvolumes nested in a volume have fsids of their
+// own, and a filesystem mark covers them all; a mount mark would not do
+// (the kernel refuses directory-entry events on one). The mark must be
+// placed from a directory with the filesystem's own fsid (not inside a
+// subvolume: EXDEV), and needs CAP_SYS_ADMIN.
+func watchDirectoryCreation(dir *os.File) (*os.File, error) {
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK|unix.FAN_REPORT_DFID_NAME, unix.O_RDONLY)
+	if err != nil {
+		return nil, fmt.Errorf("fanotify_init: %w", err)
+	}
+	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_CREATE|unix.FAN_ONDIR, int(dir.Fd()), ""); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("fanotify_mark %s: %w", dir.Name(), err)
+	}
+	// Non-blocking: the runtime's poller waits for it, and Close ends a Read.
+	return os.NewFile(uintptr(fd), "fanotify"), nil
+}
+
+// readDirectoryCreation signals wake (without blocking: one pending wake
+// covers any number of creations) for each batch of events that holds a
+// directory creation or an overflow, until events is closed. Files
+// created do not wake the watcher; the events only say when to look, the
+// pass finds what is new.
+func readDirectoryCreation(events *os.File, wake chan<- struct{}) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := events.Read(buf)
+		if err != nil {
+			return
+		}
+		if batchCreatesDirectory(buf[:n]) {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// batchCreatesDirectory reports whether a batch of fanotify events (struct
+// fanotify_event_metadata: event_len u32, vers u8, reserved u8,
+// metadata_len u16, mask u64, fd s32, pid s32, then info records) holds a
+// directory creation or a queue overflow.
+func batchCreatesDirectory(batch []byte) bool {
+	for len(batch) >= 24 {
+		length := int(binary.NativeEndian.Uint32(batch))
+		mask := binary.NativeEndian.Uint64(batch[8:])
+		if mask&(unix.FAN_ONDIR|unix.FAN_Q_OVERFLOW) != 0 {
+			return true
+		}
+		if length < 24 || length > len(batch) {
+			return true // not understood: look anyway
+		}
+		batch = batch[length:]
+	}
+	return false
+}
