@@ -2,6 +2,7 @@ package btrfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -163,4 +164,77 @@ func syncedUsage(t *testing.T, b *Backend, volume string) int64 {
 		t.Fatal(err)
 	}
 	return used
+}
+
+// maxOvershoot bounds what a tenant writes past its limit through a
+// subvolume nested with its own inheritance list while the watcher runs
+// with fanotify. Measured on Linux 6.18, 2 busy cores: 0 MiB in every
+// trial (the watcher moves the subvolume ~0.1-2 ms after the create
+// ioctl returns, before the tenant's first 1 MiB write is reserved); the
+// bound leaves room for a loaded node. Polling alone (once a second) lets
+// the tenant write all of escapeSize: 96 MiB past a 32 MiB limit.
+const maxOvershoot = 8 << 20
+
+// escapeSize is what the hostile tenant tries to write: four times its
+// limit.
+const escapeSize = 128 << 20
+
+// A hostile tenant (uid 1000) nests a subvolume with its own inheritance
+// list and writes into it at once, as fast as it can. With the watcher
+// running it gets at most maxOvershoot past its limit before its writes
+// fail with EDQUOT, and a neighbour it named (whose limit is larger, so
+// that the window's writes are not cut short by it) gets its charge back
+// and can write its full size. Fails without the watcher: the tenant
+// writes all of escapeSize with a zeroed list, the neighbour's 64 MiB
+// with its group, and nothing is corrected.
+func TestWatchBoundsInheritanceEscape(t *testing.T) {
+	const limit, neighbourLimit, trials = 32 << 20, 64 << 20, 3
+	for _, tt := range []struct {
+		name  string
+		named bool // the list names the neighbour's limit group
+	}{{"zeroed inheritance list", false}, {"neighbour's limit group", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, dir := openTestBackend(t)
+			volumes := filepath.Join(dir, "volumes")
+			if err := os.Mkdir(volumes, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			seen := startWatch(t, b, volumes, notified)
+			for trial := range trials {
+				vol := filepath.Join(volumes, fmt.Sprintf("vol%d", trial))
+				neighbour := filepath.Join(volumes, fmt.Sprintf("neighbour%d", trial))
+				if err := b.Create("", vol, limit); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Create("", neighbour, neighbourLimit); err != nil {
+					t.Fatal(err)
+				}
+				inherit := []uint64{}
+				if tt.named {
+					inherit = append(inherit, qgroupID(1, mustSubvolumeID(t, neighbour)))
+				}
+				room := limit - syncedUsage(t, b, vol)
+
+				res := newTenant(t, vol).do("escape", "escape", tenantRequest{Size: escapeSize, Inherit: inherit})
+				overshoot := res.Written - room
+				c := awaitCorrection(t, seen, mustSubvolumeID(t, filepath.Join(vol, "escape")), 5*time.Second)
+				t.Logf("trial %d: tenant wrote %d MiB into a %d MiB volume (%v): %.1f MiB past its limit; moved %d committed bytes from %v",
+					trial, res.Written>>20, limit>>20, res.err(), float64(overshoot)/(1<<20), c.Bytes, c.Detached)
+				if overshoot > maxOvershoot || !isQuotaError(res.err()) {
+					t.Errorf("tenant wrote %.1f MiB past its limit (%v), want at most %d MiB, then EDQUOT",
+						float64(overshoot)/(1<<20), res.err(), maxOvershoot>>20)
+				}
+				if used := syncedUsage(t, b, vol); used < res.Written {
+					t.Errorf("volume charged %d bytes, want all %d the tenant wrote", used, res.Written)
+				}
+				if used := syncedUsage(t, b, neighbour); used > 1<<20 {
+					t.Errorf("neighbour still charged %d bytes", used)
+				}
+				mine := newTenant(t, neighbour).do("fill", "mine.bin", tenantRequest{Size: neighbourLimit - 1<<20})
+				if err := mine.err(); err != nil {
+					t.Errorf("neighbour could write %d MiB of its %d MiB: %v", mine.Written>>20, neighbourLimit>>20, err)
+				}
+			}
+		})
+	}
 }
