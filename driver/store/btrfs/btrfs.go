@@ -9,10 +9,22 @@
 // holding its subvolume's qgroup 0/V and the limit. Simple quotas make a
 // subvolume a pod creates inside V join V's parent qgroups on creation, so
 // it counts against V's limit from its first byte, unless the pod passes
-// its own qgroup inheritance list to the create ioctl, which any user may:
-// then it joins the qgroups the pod names, or none (not closed yet; see
-// issue 19). Simple quotas charge each extent to the subvolume that wrote
-// it, for as long as the extent exists:
+// its own qgroup inheritance list to the create or snapshot ioctl, which
+// any user may: then it joins the qgroups the pod names (a neighbour's
+// 1/N), or none. Watch undoes that: it makes the qgroup of every subvolume
+// nested in a volume a member of exactly 1/V, for all of them when it
+// starts and for each new one as it appears (woken by fanotify, measured
+// 0.1-2 ms after the ioctl returns; by a poll once a second where fanotify
+// is unavailable). The charge moves with the relation: what the pod wrote
+// meanwhile lands on V, which refuses writes until it is back under its
+// limit, and a neighbour gets its charge back. What holds, measured
+// (TestWatchBoundsInheritanceEscape): with fanotify, a pod writing at once
+// and as fast as it can got no byte past its limit; by polling alone, up
+// to a second of writes (96 MiB past a 32 MiB limit). Not closed, as the
+// kernel offers no hook before the create: that window, and the probe (an
+// inheritance list naming a qgroup that does not exist answers ENOENT,
+// which tells a pod which volume ids exist). Simple quotas charge each
+// extent to the subvolume that wrote it, for as long as the extent exists:
 //
 //   - a snapshot's blocks count against its volume's limit (ZFS "quota", not
 //     "refquota"): data a volume overwrote or deleted while a snapshot still

@@ -36,6 +36,16 @@ import (
 // back below its limit. See TestWatchBoundsInheritanceEscape for the
 // measured overshoot.
 //
+// The probe stays open, and cannot be closed from here: the kernel looks
+// up each qgroup of an inheritance list before it creates anything, and
+// answers ENOENT for one that does not exist, so a pod learns which
+// volume ids (1/N) the pool holds. Nothing is created, so there is nothing
+// to watch. Closing it (and the window) takes the kernel (a capability
+// check on BTRFS_SUBVOL_QGROUP_INHERIT) or a seccomp profile on the pod
+// refusing BTRFS_IOC_SUBVOL_CREATE_V2 and BTRFS_IOC_SNAP_CREATE_V2 (the
+// flag sits behind a pointer a filter cannot read; the v1 ioctls, which
+// take no inheritance list, still let a pod nest subvolumes).
+//
 // It returns nil when ctx ends, and an error only when it cannot start
 // (volumesDir not on this backend's filesystem). Under full quotas nested
 // subvolumes are not counted at all, and Watch returns at once.
