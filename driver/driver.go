@@ -96,7 +96,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 	d.nodePool, err = store.Open(store.Config{
 		Scope: topology.ScopeNode, Dir: opts.DataDir, Owner: location.Node,
 		Capacity: opts.Capacity, Segment: location.VolumeSegment(topology.ScopeNode), Holder: opts.NodeID,
-		BackendKind: opts.Backend,
+		BackendKind: opts.Backend, OnNestedCorrection: m.nestedCorrection("node"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open node pool: %w", err)
@@ -112,7 +112,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 		d.zonePool, err = store.Open(store.Config{
 			Scope: topology.ScopeZone, Dir: opts.ZoneDataDir, Owner: location.Region + "/" + location.Zone,
 			Capacity: capacity, Segment: location.VolumeSegment(topology.ScopeZone), Holder: opts.NodeID,
-			BackendKind: opts.ZoneBackend,
+			BackendKind: opts.ZoneBackend, OnNestedCorrection: m.nestedCorrection("zone"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open zone pool: %w", err)

@@ -18,6 +18,10 @@ type metrics struct {
 	registry   *prometheus.Registry
 	operations *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
+	// corrections counts subvolumes tenants nested outside their volume's
+	// limit, put back under it: an attempt to escape, or a tool (podman,
+	// snapper) that names qgroups of its own.
+	corrections *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -32,9 +36,18 @@ func newMetrics() *metrics {
 			Help:    "Latency of CSI calls, by method.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}, []string{"method"}),
+		corrections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "toposnap_driver_nested_subvolume_corrections_total",
+			Help: "Subvolumes a tenant nested in its volume outside the volume's limit (own qgroup inheritance list), put back under it, by pool.",
+		}, []string{"pool"}),
 	}
-	m.registry.MustRegister(m.operations, m.duration)
+	m.registry.MustRegister(m.operations, m.duration, m.corrections)
 	return m
+}
+
+// nestedCorrection counts one correction of the pool's watcher.
+func (m *metrics) nestedCorrection(pool string) func(store.NestedCorrection) {
+	return func(store.NestedCorrection) { m.corrections.WithLabelValues(pool).Inc() }
 }
 
 // watchRecovery exports, per pool, how many objects the pool could not

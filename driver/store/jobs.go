@@ -114,6 +114,7 @@ func (p *Pool) stopJob(ctx context.Context, id string) error {
 func (p *Pool) Close() {
 	p.closeOnce.Do(func() {
 		p.recovery.stopRetries()
+		p.stopNestedWatch()
 		p.jobsMu.Lock()
 		jobs := make([]*job, 0, len(p.jobs))
 		for _, j := range p.jobs {

@@ -19,6 +19,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -117,6 +118,10 @@ type Config struct {
 	// from the goroutine that tried: the driver raises events and metrics.
 	// object is an ID, or a pool subdirectory ("tmp/") for pool-wide work.
 	OnUnrecovered func(object string, err error)
+	// OnNestedCorrection, when set, is called for each subvolume a tenant
+	// nested outside its volume's limit and the backend put back under it
+	// (see nested.go), from the watcher's goroutine: return quickly.
+	OnNestedCorrection func(NestedCorrection)
 }
 
 // Pool is one pool directory. Safe for concurrent use, also by several
@@ -136,6 +141,10 @@ type Pool struct {
 
 	recovery  recovery
 	closeOnce sync.Once
+
+	// stopWatch and watchDone run the backend's nested-subvolume watcher.
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
 }
 
 // Open prepares a pool directory and sets about finishing the work crashed
@@ -174,6 +183,7 @@ func Open(cfg Config) (*Pool, error) {
 	p := &Pool{cfg: cfg, ownerHash: hash16(cfg.Owner), root: root, backend: backend, jobs: map[string]*job{}}
 	p.recovery.init(cfg.RecoveryBackoff)
 	p.recover()
+	p.startNestedWatch()
 	return p, nil
 }
 
