@@ -192,6 +192,9 @@ const (
 func newHTTPServer(handler http.Handler, tlsConfig *tls.Config) *http.Server {
 	return &http.Server{
 		Handler: handler, TLSConfig: tlsConfig,
+		// HTTP/1.1 only (see internal/certs): a non-nil empty map keeps
+		// net/http from adding HTTP/2.
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ReadHeaderTimeout: readHeaderTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, IdleTimeout: idleTimeout,
 		ErrorLog: klog.NewStandardLogger("INFO"),
 	}

@@ -30,8 +30,11 @@ const (
 // up to grace, and returns nil. It returns an error if serving fails.
 func serve(ctx context.Context, listener net.Listener, handler http.Handler, tlsConfig *tls.Config, grace time.Duration) error {
 	server := &http.Server{
-		Handler:           handler,
-		TLSConfig:         tlsConfig,
+		Handler:   handler,
+		TLSConfig: tlsConfig,
+		// HTTP/1.1 only (see internal/certs): a non-nil empty map keeps
+		// net/http from adding HTTP/2.
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,

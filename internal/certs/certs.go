@@ -74,5 +74,13 @@ func (s *Serving) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
 // TLSConfig serves the current pair with TLS 1.2 or newer.
 func (s *Serving) TLSConfig() *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.GetCertificate}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.GetCertificate, NextProtos: httpOneOnly}
 }
+
+// httpOneOnly offers HTTP/1.1 alone: an HTTP/2 connection holds up to its
+// flow-control window (1 MiB in Go) of request data whether or not a
+// handler reads it, outside the servers' in-flight bound, and opens the
+// rapid-reset class of attacks (CVE-2023-44487); controller-runtime's
+// webhook server turns HTTP/2 off for the same reasons. kube-scheduler
+// and the API server speak HTTP/1.1 to extenders and webhooks alike.
+var httpOneOnly = []string{"http/1.1"}

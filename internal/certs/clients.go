@@ -56,7 +56,7 @@ func (s *Serving) TLSConfigRequiring(clients *ClientCAs) *tls.Config {
 				ClientAuth:     tls.RequireAndVerifyClientCert,
 				ClientCAs:      clients.pool(),
 				GetCertificate: s.GetCertificate,
-				NextProtos:     []string{"h2", "http/1.1"},
+				NextProtos:     httpOneOnly,
 			}, nil
 		},
 	}

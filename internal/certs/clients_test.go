@@ -138,3 +138,26 @@ func TestNewClientCAsRefusesAFileWithoutCertificates(t *testing.T) {
 		t.Fatal("a missing file is accepted")
 	}
 }
+
+func TestServersOfferHTTPOneOnly(t *testing.T) {
+	files := certstest.NewFiles(t)
+	files.WriteInPlace(t, certstest.NewPair(t, "serving"))
+	s := running(t, files)
+	clients, err := NewClientCAs(func() string {
+		path := filepath.Join(t.TempDir(), "ca.crt")
+		writeFile(t, path, certstest.NewCA(t, "ca").CertPEM)
+		return path
+	}())
+	if err != nil {
+		t.Fatal(err)
+	}
+	perConnection, err := s.TLSConfigRequiring(clients).GetConfigForClient(&tls.ClientHelloInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, config := range map[string]*tls.Config{"TLSConfig": s.TLSConfig(), "TLSConfigRequiring": perConnection} {
+		if len(config.NextProtos) != 1 || config.NextProtos[0] != "http/1.1" {
+			t.Errorf("%s offers %v, want http/1.1 alone (no HTTP/2)", name, config.NextProtos)
+		}
+	}
+}

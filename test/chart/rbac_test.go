@@ -88,15 +88,24 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-extender", &extender)
 	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-webhook", &webhookDeployment)
 	extenderTLS, extenderCA := writeTLSFiles(t, ctx, dir, "extender")
+	// The schedulers' client pair and its CA, which the extender requires
+	// (toposnap-scheduler is the release's only scheduler).
+	extenderClient, _ := writeTLSFiles(t, ctx, dir, "extender-client")
 	extenderContainer := extender.Spec.Template.Spec.Containers[0]
 	extenderProc := startComponent(t, dir, built.dir, extenderContainer, extender.Spec.Template.Spec.ServiceAccountName, nil,
-		nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", extenderTLS+"/") })
+		nil, func(arg string) string {
+			return strings.NewReplacer("/tls/", extenderTLS+"/", "/client-ca/", extenderClient+"/").Replace(arg)
+		})
+	schedulerCertificate, err := tls.LoadX509KeyPair(filepath.Join(extenderClient, "tls.crt"), filepath.Join(extenderClient, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	webhookTLS, webhookCA := writeTLSFiles(t, ctx, dir, "webhook")
 	webhookContainer := webhookDeployment.Spec.Template.Spec.Containers[0]
 	webhookProc := startComponent(t, dir, built.dir, webhookContainer, webhookDeployment.Spec.Template.Spec.ServiceAccountName,
 		nil, nil, func(arg string) string { return strings.ReplaceAll(arg, "/tls/", webhookTLS+"/") })
 	extenderHost := rbacRelease + "-toposnap-extender." + rbacNamespace + ".svc"
-	scheduler := startScheduler(t, ctx, dir, extenderProc.listen, extenderHost)
+	scheduler := startScheduler(t, ctx, dir, extenderProc.listen, extenderHost, extenderClient)
 	procs = append(procs, extenderProc, webhookProc, scheduler)
 	placed := createPod(t, ctx, "placed-through-the-extender", "toposnap-scheduler")
 	readiness := extenderContainer.ReadinessProbe.HTTPGet
@@ -108,11 +117,18 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 		what  string
 		check func() bool
 	}{
-		{"extender ready over the chart's TLS (probe " + string(readiness.Scheme) + " " + readiness.Path + ")", func() bool {
-			return verifiedOK(strings.ToLower(string(readiness.Scheme))+"://"+extenderProc.listen+readiness.Path, extenderCA, extenderHost)
+		{"extender ready on its probe port (probe " + string(readiness.Scheme) + " " + readiness.Path + ")", func() bool {
+			return verifiedOK(strings.ToLower(string(readiness.Scheme))+"://"+extenderProc.health+readiness.Path, extenderCA, extenderHost, nil)
 		}},
-		{"webhook ready over the chart's TLS (probe " + string(webhookReadiness.Scheme) + " " + webhookReadiness.Path + ")", func() bool {
-			return verifiedOK(strings.ToLower(string(webhookReadiness.Scheme))+"://"+webhookProc.listen+webhookReadiness.Path, webhookCA, webhookHost)
+		{"extender serving the schedulers' certificate over the chart's TLS, and refusing a caller without it", func() bool {
+			url := "https://" + extenderProc.listen + "/healthz"
+			return verifiedOK(url, extenderCA, extenderHost, &schedulerCertificate) && !verifiedOK(url, extenderCA, extenderHost, nil)
+		}},
+		{"webhook ready on its probe port (probe " + string(webhookReadiness.Scheme) + " " + webhookReadiness.Path + ")", func() bool {
+			return verifiedOK(strings.ToLower(string(webhookReadiness.Scheme))+"://"+webhookProc.health+webhookReadiness.Path, webhookCA, webhookHost, nil)
+		}},
+		{"webhook serving over the chart's TLS", func() bool {
+			return verifiedOK("https://"+webhookProc.listen+"/healthz", webhookCA, webhookHost, nil)
 		}},
 		{"provisioner holding zone Lease " + zoneLease, func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, zoneLease, metav1.GetOptions{})
@@ -161,6 +177,7 @@ type process struct {
 	cmd     *exec.Cmd
 	logPath string
 	listen  string // the address it serves on, when it is a server
+	health  string // the address of its probe port (--health-listen), if any
 	done    chan struct{}
 }
 
@@ -209,6 +226,9 @@ func startComponent(t *testing.T, dir, binDir string, container corev1.Container
 		case "--listen", "--metrics-address":
 			p.listen = freeAddress(t)
 			arg = flagName + "=" + p.listen
+		case "--health-listen":
+			p.health = freeAddress(t)
+			arg = flagName + "=" + p.health
 		}
 		args = append(args, arg)
 	}
@@ -220,7 +240,7 @@ func startComponent(t *testing.T, dir, binDir string, container corev1.Container
 // extender is reached at extenderAddress, its certificate still checked
 // for extenderHost (the Service's name), as NOTES.txt advises for a
 // scheduler that uses the ClusterIP.
-func startScheduler(t *testing.T, ctx context.Context, dir, extenderAddress, extenderHost string) *process {
+func startScheduler(t *testing.T, ctx context.Context, dir, extenderAddress, extenderHost, clientDir string) *process {
 	t.Helper()
 	var configMap corev1.ConfigMap
 	getInto(t, ctx, "configmap", rbacNamespace, rbacRelease+"-toposnap-scheduler", &configMap)
@@ -247,6 +267,14 @@ func startScheduler(t *testing.T, ctx context.Context, dir, extenderAddress, ext
 		t.Fatal("the chart's scheduler configuration has no extender tlsConfig")
 	}
 	tlsConfig["serverName"] = extenderHost
+	// The client pair, where the pod mounts it, is in clientDir here.
+	for _, key := range []string{"certFile", "keyFile"} {
+		file, _ := tlsConfig[key].(string)
+		if file == "" {
+			t.Fatalf("the chart's scheduler configuration presents no client certificate (%s)", key)
+		}
+		tlsConfig[key] = filepath.Join(clientDir, filepath.Base(file))
+	}
 	data, err := yaml.Marshal(config)
 	if err != nil {
 		t.Fatal(err)
@@ -305,7 +333,7 @@ func writeTLSFiles(t *testing.T, ctx context.Context, dir, component string) (st
 		t.Fatal(err)
 	}
 	tlsDir := filepath.Join(dir, component+"-tls")
-	for _, key := range []string{"tls.crt", "tls.key"} {
+	for _, key := range []string{"ca.crt", "tls.crt", "tls.key"} {
 		writeFile(t, filepath.Join(tlsDir, key), secret.Data[key])
 	}
 	return tlsDir, secret.Data["ca.crt"]
@@ -377,12 +405,14 @@ func containerNamed(t *testing.T, containers []corev1.Container, name string) co
 
 // verifiedOK reports whether url answers 200 over a connection whose
 // certificate caPEM signs for serverName (plain http needs neither).
-func verifiedOK(url string, caPEM []byte, serverName string) bool {
+func verifiedOK(url string, caPEM []byte, serverName string, clientCertificate *tls.Certificate) bool {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12},
-	}}
+	config := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if clientCertificate != nil {
+		config.Certificates = []tls.Certificate{*clientCertificate}
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: config, DisableKeepAlives: true}}
 	return answersOK(client, url)
 }
 
