@@ -153,7 +153,15 @@ func (b *Backend) Create(_, final string, limit int64) error {
 		return err
 	}
 	// A fresh filesystem's root is world-writable; the subvolume's is not.
-	if err := os.Chmod(final, 0o777); err != nil {
+	// Made so through a descriptor of what was just created: a chmod by
+	// path would follow a symlink swapped in at final.
+	fd, err := unix.Openat(int(parent.Fd()), filepath.Base(final), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open new subvolume %s: %w", final, err)
+	}
+	err = unix.Fchmod(fd, 0o777)
+	unix.Close(fd)
+	if err != nil {
 		return fmt.Errorf("chmod %s: %w", final, err)
 	}
 	return b.setLimit(final, limit)
@@ -392,7 +400,7 @@ func (b *Backend) Usage(path string) (int64, error) {
 
 // Delete removes the volume or snapshot at path with every subvolume nested
 // in it, deepest first, and its level-1 qgroup. A path that is not a
-// subvolume (partial work) is removed as a directory tree.
+// subvolume (partial work) is removed as a directory tree (fscopy.RemoveTree).
 func (b *Backend) Delete(path string) error {
 	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
@@ -411,11 +419,10 @@ func (b *Backend) Delete(path string) error {
 		return fmt.Errorf("stat %s: %w", path, err)
 	}
 	if st.Ino != firstFreeObjectID {
+		// Partial work, or a tenant's tree: its depth and flags are theirs,
+		// so the removal holds a bounded number of descriptors.
 		f.Close()
-		if err := os.RemoveAll(path); err != nil {
-			return fmt.Errorf("remove %s: %w", path, err)
-		}
-		return nil
+		return fscopy.RemoveTree(path)
 	}
 	id, err := subvolumeID(f)
 	f.Close()
