@@ -1,0 +1,557 @@
+package driver
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/toposnap/toposnap/driver/store/btrfs"
+)
+
+// Issue 19 items 1-3, through the CSI socket on a real btrfs node pool,
+// with every attack made by a tenant: a pod's process, uid 1000 without
+// capabilities, in its volume through the target path the driver
+// published. The tenant's side is this test binary re-executed with
+// tenantEnv naming the action.
+const (
+	tenantEnv = "TOPOSNAP_DRIVER_TENANT"
+	tenantUID = 1000
+	// pastLimit is how far past its size a tenant's write may get before
+	// EDQUOT: the watcher's window (0 measured with fanotify).
+	pastLimit = 8 << 20
+)
+
+func TestMain(m *testing.M) {
+	if action := os.Getenv(tenantEnv); action != "" {
+		os.Exit(runTenant(action, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// tenantRequest is what the test asks the tenant to do.
+type tenantRequest struct {
+	// Path is absolute: inside a published target path.
+	Path string
+	// Size is how much "fill" and "escape" write at most.
+	Size int64
+	// Inherit is the qgroup inheritance list "escape" passes (empty: a
+	// zeroed btrfs_qgroup_inherit).
+	Inherit []uint64
+}
+
+// tenantResult is what the tenant did: how much it wrote and how its last
+// call failed.
+type tenantResult struct {
+	Written int64
+	Errno   int
+	Err     string
+}
+
+func (r tenantResult) err() error {
+	if r.Err == "" {
+		return nil
+	}
+	return tenantError{message: r.Err, errno: syscall.Errno(r.Errno)}
+}
+
+// tenantError is a tenant's failure as its process told it: the message,
+// and the errno for errors.Is.
+type tenantError struct {
+	message string
+	errno   syscall.Errno
+}
+
+func (e tenantError) Error() string { return e.message }
+func (e tenantError) Unwrap() error {
+	if e.errno == 0 {
+		return nil
+	}
+	return e.errno
+}
+
+// runTenant does one action as the tenant and prints its result.
+func runTenant(action, request string) int {
+	var req tenantRequest
+	var res tenantResult
+	err := json.Unmarshal([]byte(request), &req)
+	if err == nil {
+		switch action {
+		case "fill":
+			res.Written, err = writeUpTo(req.Path, req.Size)
+		case "subvolume":
+			err = createSubvolumeV1(req.Path)
+		case "escape":
+			// At full speed, in one process: nest with an inheritance
+			// list, then write into it at once.
+			if err = createSubvolumeInherit(req.Path, req.Inherit); err == nil {
+				res.Written, err = writeUpTo(filepath.Join(req.Path, "data.bin"), req.Size)
+			}
+		case "flatten":
+			err = flatten(req.Path)
+		default:
+			err = fmt.Errorf("unknown tenant action %q", action)
+		}
+	}
+	if err != nil {
+		res.Err = err.Error()
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			res.Errno = int(errno)
+		}
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	return 0
+}
+
+// Subvolume-create ioctls as any user may call them (include/uapi/linux/btrfs.h).
+const (
+	iocSubvolCreate     = 1<<30 | 4096<<16 | 0x94<<8 | 14 // _IOW(0x94, 14, btrfs_ioctl_vol_args)
+	iocSubvolCreateV2   = 1<<30 | 4096<<16 | 0x94<<8 | 24 // _IOW(0x94, 24, btrfs_ioctl_vol_args_v2)
+	subvolQgroupInherit = 1 << 2                          // BTRFS_SUBVOL_QGROUP_INHERIT
+	qgroupInheritSize   = 72                              // btrfs_qgroup_inherit without its qgroups
+)
+
+// createSubvolumeV1 is `btrfs subvolume create`: BTRFS_IOC_SUBVOL_CREATE.
+func createSubvolumeV1(path string) error {
+	var args struct {
+		fd   int64
+		name [4088]byte
+	}
+	copy(args.name[:len(args.name)-1], filepath.Base(path))
+	return subvolumeIoctl(filepath.Dir(path), iocSubvolCreate, unsafe.Pointer(&args))
+}
+
+// createSubvolumeInherit is BTRFS_IOC_SUBVOL_CREATE_V2 with the tenant's
+// own qgroup inheritance list (struct btrfs_qgroup_inherit: flags,
+// num_qgroups, num_ref_copies, num_excl_copies, a btrfs_qgroup_limit, then
+// the qgroup ids).
+func createSubvolumeInherit(path string, qgroups []uint64) error {
+	inherit := make([]byte, qgroupInheritSize+8*len(qgroups))
+	binary.NativeEndian.PutUint64(inherit[8:], uint64(len(qgroups)))
+	for i, id := range qgroups {
+		binary.NativeEndian.PutUint64(inherit[qgroupInheritSize+8*i:], id)
+	}
+	var args struct {
+		fd, transid, flags uint64
+		size               uint64
+		inherit            uintptr
+		unused             [2]uint64
+		name               [4040]byte
+	}
+	args.flags, args.size = subvolQgroupInherit, uint64(len(inherit))
+	args.inherit = uintptr(unsafe.Pointer(&inherit[0]))
+	copy(args.name[:len(args.name)-1], filepath.Base(path))
+	err := subvolumeIoctl(filepath.Dir(path), iocSubvolCreateV2, unsafe.Pointer(&args))
+	runtime.KeepAlive(inherit) // the kernel reads it through a plain address
+	return err
+}
+
+func subvolumeIoctl(dir string, request uintptr, args unsafe.Pointer) error {
+	parent, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, parent.Fd(), request, uintptr(args)); errno != 0 {
+		return fmt.Errorf("create subvolume in %s: %w", dir, errno)
+	}
+	return nil
+}
+
+// flatten is what a tenant told that its nested subvolume blocks snapshots
+// does: it turns the subvolume at path into a plain directory holding the
+// same files (copied: a rename across subvolumes is EXDEV), removing the
+// emptied subvolume with rmdir, which its owner may.
+func flatten(path string) error {
+	plain := path + ".plain"
+	if err := os.Mkdir(plain, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return err
+	}
+	for _, entry := range entries {
+		if err := moveFile(filepath.Join(path, entry.Name()), filepath.Join(plain, entry.Name())); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("rmdir the emptied subvolume: %w", err)
+	}
+	return os.Rename(plain, path)
+}
+
+func moveFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Remove(from)
+}
+
+// tenantBinary is a copy of this test binary that uid 1000 may execute
+// (the one go test built is in a directory only root may enter).
+func tenantBinary(t *testing.T) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := worldReadableDir(t, "toposnap-tenant-")
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	bin := filepath.Join(dir, "tenant")
+	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// worldReadableDir is a temporary directory uid 1000 may enter (t.TempDir's
+// are root's only), removed at cleanup.
+func worldReadableDir(t *testing.T, pattern string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// pod is a tenant's view of one volume: staged and published by the
+// driver, as the kubelet asks, at a target path uid 1000 can reach.
+type pod struct {
+	t                 *testing.T
+	h                 *harness
+	bin               string
+	volumeID          string
+	staging, target   string
+	published, staged bool
+}
+
+// runPod stages and publishes volumeID for a tenant; the pod leaves
+// (unpublish, unstage) at cleanup unless it left before.
+func runPod(t *testing.T, h *harness, bin, volumeID string) *pod {
+	t.Helper()
+	base := worldReadableDir(t, "toposnap-pod-")
+	p := &pod{t: t, h: h, bin: bin, volumeID: volumeID,
+		staging: filepath.Join(base, "staging"), target: filepath.Join(base, "target")}
+	ctx := ctxT(t)
+	if _, err := h.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volumeID,
+		StagingTargetPath: p.staging, VolumeCapability: mountCap()}); err != nil {
+		t.Fatalf("stage %s: %v", volumeID, err)
+	}
+	p.staged = true
+	t.Cleanup(p.leave) // before the directory's removal: cleanups run last first
+	if _, err := h.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volumeID,
+		StagingTargetPath: p.staging, TargetPath: p.target, VolumeCapability: mountCap()}); err != nil {
+		t.Fatalf("publish %s: %v", volumeID, err)
+	}
+	p.published = true
+	return p
+}
+
+// leave unpublishes and unstages the volume, as the kubelet does when the
+// pod is gone.
+func (p *pod) leave() {
+	p.t.Helper()
+	ctx := ctxT(p.t)
+	if p.published {
+		if _, err := p.h.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: p.volumeID, TargetPath: p.target}); err != nil {
+			p.t.Errorf("unpublish %s: %v", p.volumeID, err)
+		}
+		p.published = false
+	}
+	if p.staged {
+		if _, err := p.h.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: p.volumeID, StagingTargetPath: p.staging}); err != nil {
+			p.t.Errorf("unstage %s: %v", p.volumeID, err)
+		}
+		p.staged = false
+	}
+}
+
+// do runs action as uid 1000 on rel, a path relative to the published
+// volume.
+func (p *pod) do(action, rel string, req tenantRequest) tenantResult {
+	p.t.Helper()
+	req.Path = filepath.Join(p.target, rel)
+	arg, err := json.Marshal(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd := exec.Command(p.bin, "-test.run=^$", string(arg))
+	cmd.Env = append(os.Environ(), tenantEnv+"="+action)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tenantUID, Gid: tenantUID}}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
+	}
+	var res tenantResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		p.t.Fatalf("tenant %s %s answered %q: %v", action, rel, out, err)
+	}
+	return res
+}
+
+// must runs action and fails the test if the tenant's call failed.
+func (p *pod) must(action, rel string, req tenantRequest) tenantResult {
+	p.t.Helper()
+	res := p.do(action, rel, req)
+	if err := res.err(); err != nil {
+		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
+	}
+	return res
+}
+
+// usage is the volume's used bytes as NodeGetVolumeStats reports them.
+func (p *pod) usage() int64 {
+	p.t.Helper()
+	resp, err := p.h.node.NodeGetVolumeStats(ctxT(p.t), &csi.NodeGetVolumeStatsRequest{VolumeId: p.volumeID, VolumePath: p.target})
+	if err != nil {
+		p.t.Fatalf("stats of %s: %v", p.volumeID, err)
+	}
+	for _, u := range resp.GetUsage() {
+		if u.GetUnit() == csi.VolumeUsage_BYTES {
+			return u.GetUsed()
+		}
+	}
+	p.t.Fatalf("stats of %s report no bytes: %v", p.volumeID, resp)
+	return 0
+}
+
+// eventually polls check, committing the pool's filesystem between polls
+// (usage is as of the last commit; a commit wakes the cleaner), until it
+// holds or the deadline passes; it returns whether it held.
+func eventually(t *testing.T, pool string, deadline time.Duration, check func() bool) bool {
+	t.Helper()
+	dir, err := os.Open(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	for end := time.Now().Add(deadline); ; {
+		if check() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+		_ = unix.Syncfs(int(dir.Fd()))
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// nestedCorrections reads toposnap_driver_nested_subvolume_corrections_total
+// for the node pool.
+func nestedCorrections(t *testing.T, h *harness) float64 {
+	t.Helper()
+	families, err := h.driver.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, family := range families {
+		if family.GetName() != "toposnap_driver_nested_subvolume_corrections_total" {
+			continue
+		}
+		for _, metric := range family.GetMetric() {
+			for _, label := range metric.GetLabel() {
+				if label.GetName() == "pool" && label.GetValue() == "node" {
+					return metric.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func isQuotaError(err error) bool { return errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC) }
+
+// TestNestedSubvolumeInheritanceListCannotEscapeTheVolume (item 1): a
+// tenant creates a subvolume in its 32 MiB volume with its own qgroup
+// inheritance list and writes 96 MiB into it at once. Whatever list it
+// passes, its writes stop at its size, its usage shows them, the
+// correction is counted, and its 64 MiB neighbour can still write its own
+// size.
+func TestNestedSubvolumeInheritanceListCannotEscapeTheVolume(t *testing.T) {
+	h, pool := startBtrfsDriver(t, 2<<30, 100<<30)
+	bin := tenantBinary(t)
+	const tenantSize, neighbourSize, attack = 32 << 20, 64 << 20, 96 << 20
+	for i, tt := range []struct {
+		name string
+		// inherit is the tenant's list, given the neighbour's subvolume id
+		// (which a tenant learns by probing: a qgroup that does not exist
+		// answers ENOENT).
+		inherit func(neighbour uint64) []uint64
+	}{
+		{"no qgroup at all is held to the volume's size", func(uint64) []uint64 { return nil }},
+		{"the neighbour's qgroup is held to the volume's size and spares the neighbour",
+			func(neighbour uint64) []uint64 { return []uint64{1<<48 | neighbour} }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			suffix := strconv.Itoa(i)
+			tenant := runPod(t, h, bin, mustCreate(t, h, volumeRequest("tenant-"+suffix, "node", tenantSize, nil, nil)))
+			neighbourID := mustCreate(t, h, volumeRequest("neighbour-"+suffix, "node", neighbourSize, nil, nil))
+			neighbour := runPod(t, h, bin, neighbourID)
+			neighbourSubvolume, err := btrfs.SubvolumeID(h.driver.nodePool.VolumeDir(neighbourID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			corrections := nestedCorrections(t, h)
+
+			res := tenant.do("escape", "escape", tenantRequest{Size: attack, Inherit: tt.inherit(neighbourSubvolume)})
+			t.Logf("the tenant wrote %.1f MiB into its nested subvolume: %v", float64(res.Written)/(1<<20), res.err())
+			if !isQuotaError(res.err()) || res.Written > tenantSize+pastLimit {
+				t.Errorf("a 32 MiB volume took %.1f MiB through a nested subvolume (err %v); want EDQUOT within %d MiB past its size",
+					float64(res.Written)/(1<<20), res.err(), pastLimit>>20)
+			}
+			if !eventually(t, pool, 30*time.Second, func() bool { return tenant.usage() >= res.Written }) {
+				t.Errorf("NodeGetVolumeStats reports %d bytes used; the tenant wrote %d", tenant.usage(), res.Written)
+			}
+			if !eventually(t, pool, 10*time.Second, func() bool { return nestedCorrections(t, h) > corrections }) {
+				t.Error("toposnap_driver_nested_subvolume_corrections_total{pool=\"node\"} did not count the correction")
+			}
+			own := neighbour.do("fill", "own.bin", tenantRequest{Size: neighbourSize})
+			if own.Written < neighbourSize-pastLimit {
+				t.Errorf("the 64 MiB neighbour could write only %.1f MiB (%v)", float64(own.Written)/(1<<20), own.err())
+			}
+		})
+	}
+}
+
+// TestNestedSubvolumeRefusesCopiesUntilFlattened (item 2): a tenant nests
+// a plain subvolume holding 4 MiB in its volume. A snapshot or a clone of
+// the volume, which would show an empty directory in its place, is refused
+// with FAILED_PRECONDITION naming it; once the tenant made it a plain
+// directory, the same call succeeds and the copy holds the data.
+func TestNestedSubvolumeRefusesCopiesUntilFlattened(t *testing.T) {
+	h, _ := startBtrfsDriver(t, 2<<30, 100<<30)
+	bin := tenantBinary(t)
+	const size, nested = 64 << 20, "containers"
+	for _, tt := range []struct {
+		name string
+		// copyOf makes the copy named name of source and returns its
+		// volume: the first error is the call that may refuse.
+		copyOf func(ctx context.Context, source, name string) (string, error)
+	}{
+		{"snapshot, then restore", func(ctx context.Context, source, name string) (string, error) {
+			snapshot, err := h.controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: source})
+			if err != nil {
+				return "", err
+			}
+			restored := mustCreate(t, h, restoreRequest(name+"-restored", size, snapshot.GetSnapshot().GetSnapshotId()))
+			return restored, nil
+		}},
+		{"clone", func(ctx context.Context, source, name string) (string, error) {
+			req := volumeRequest(name, "node", size, nil, nil)
+			req.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: source}}}
+			resp, err := h.controller.CreateVolume(ctx, req)
+			return resp.GetVolume().GetVolumeId(), err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			name := strings.ReplaceAll(tt.name, ", ", "-")
+			name = strings.ReplaceAll(name, " ", "-")
+			source := mustCreate(t, h, volumeRequest(name+"-source", "node", size, nil, nil))
+			tenant := runPod(t, h, bin, source)
+			tenant.must("subvolume", nested, tenantRequest{})
+			tenant.must("fill", filepath.Join(nested, "data.bin"), tenantRequest{Size: 4 << 20})
+			want := hashFile(t, filepath.Join(tenant.target, nested, "data.bin"))
+
+			_, err := tt.copyOf(ctxT(t), source, name)
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), strconv.Quote(nested)) {
+				t.Fatalf("a copy of a volume holding the nested subvolume %q: %v; want FAILED_PRECONDITION naming it", nested, err)
+			}
+			t.Logf("refused: %v", status.Convert(err).Message())
+
+			tenant.must("flatten", nested, tenantRequest{})
+			copied, err := tt.copyOf(ctxT(t), source, name)
+			if err != nil {
+				t.Fatalf("the same copy once the subvolume is a plain directory: %v", err)
+			}
+			if got := hashFile(t, filepath.Join(publish(t, h, copied, true), nested, "data.bin")); got != want {
+				t.Fatalf("the copy's %s/data.bin differs from what the tenant wrote", nested)
+			}
+		})
+	}
+}
+
+// TestFullVolumeWithNestedSubvolumeIsDeleted (item 3): a tenant fills a
+// nested subvolume of its volume until EDQUOT; once the pod is gone,
+// DeleteVolume succeeds and the pool's capacity is what it was before the
+// volume.
+func TestFullVolumeWithNestedSubvolumeIsDeleted(t *testing.T) {
+	h, pool := startBtrfsDriver(t, 2<<30, 100<<30)
+	bin := tenantBinary(t)
+	ctx := ctxT(t)
+	capacity := func() int64 {
+		resp, err := h.controller.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"scope": "node"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAvailableCapacity()
+	}
+	before := capacity()
+	volume := mustCreate(t, h, volumeRequest("full", "node", 64<<20, nil, nil))
+	tenant := runPod(t, h, bin, volume)
+	tenant.must("subvolume", "nested", tenantRequest{})
+	if res := tenant.do("fill", "nested/fill.bin", tenantRequest{Size: 256 << 20}); !isQuotaError(res.err()) {
+		t.Fatalf("filling the nested subvolume of a 64 MiB volume: %.1f MiB written, %v; want EDQUOT", float64(res.Written)/(1<<20), res.err())
+	}
+	tenant.leave()
+	if _, err := h.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volume}); err != nil {
+		t.Fatalf("delete the full volume: %v", err)
+	}
+	// The space comes back once the cleaner dropped the subvolumes.
+	const slack = 1 << 20
+	if !eventually(t, pool, time.Minute, func() bool { return capacity() >= before-slack }) {
+		t.Fatalf("capacity after the delete: %d bytes, %d before the volume", capacity(), before)
+	}
+	t.Logf("capacity %d before the volume, %d after its delete", before, capacity())
+}
