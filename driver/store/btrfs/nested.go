@@ -2,6 +2,7 @@ package btrfs
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -22,7 +23,10 @@ type NestedSubvolumeError struct {
 const maxNamedPaths = 5
 
 func (e *NestedSubvolumeError) Error() string {
-	return fmt.Sprintf("%s: %s", e.Source, e.Refusal())
+	// Source is a path the pool chose (through a held descriptor, say:
+	// /proc/self/fd/N/<id>); its last element names the object, which is
+	// all a user needs.
+	return fmt.Sprintf("%s: %s", filepath.Base(e.Source), e.Refusal())
 }
 
 // Refusal says what the user can do about it; the paths are quoted, as a
