@@ -52,6 +52,7 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -70,9 +71,10 @@ type Backend struct {
 	// simple is true when the filesystem uses simple quotas.
 	simple bool
 	// membership serialises the changes of nested subvolumes' qgroup
-	// memberships (Watch, Reconcile) with Delete, which removes them: a
-	// watcher joining a nested subvolume to a volume's limit group as it
-	// is deleted would keep the group from being removed.
+	// memberships (Watch, Reconcile) with Delete's, one subvolume at a
+	// time: a watcher joining a nested subvolume to a volume's limit group
+	// between Delete listing the group's members and removing it would
+	// keep the group from being removed.
 	membership sync.Mutex
 }
 
@@ -413,8 +415,7 @@ func (b *Backend) Delete(path string) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	}
 	var st unix.Stat_t
-	err = unix.Fstat(int(f.Fd()), &st)
-	if err != nil {
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()
 		return fmt.Errorf("stat %s: %w", path, err)
 	}
@@ -424,14 +425,12 @@ func (b *Backend) Delete(path string) error {
 		f.Close()
 		return fscopy.RemoveTree(path)
 	}
+	defer f.Close()
 	id, err := subvolumeID(f)
-	f.Close()
 	if err != nil {
 		return err
 	}
-	b.membership.Lock()
-	defer b.membership.Unlock()
-	if err := b.deleteSubvolumeTree(id); err != nil {
+	if err := b.deleteSubvolumeTree(f, id); err != nil {
 		return fmt.Errorf("delete %s: %w", path, err)
 	}
 	if b.simple {
@@ -440,18 +439,29 @@ func (b *Backend) Delete(path string) error {
 	return nil
 }
 
-// deleteSubvolumeTree deletes the subvolume id and every subvolume nested
-// in it, at any depth: it lists the whole tree breadth first and deletes it
-// in reverse, so children always go before their parents, with no
-// recursion a tenant's nesting could exhaust. A subvolume created inside
-// meanwhile makes a parent's delete fail with ENOTEMPTY; the tree is then
-// listed again.
+// deleteSubvolumeTree deletes the subvolume id, held open as volume, and
+// every subvolume nested in it, at any depth: it lists the whole tree
+// breadth first and deletes it in reverse, so children always go before
+// their parents, with no recursion a tenant's nesting could exhaust. A
+// subvolume created inside meanwhile makes a parent's delete fail with
+// ENOTEMPTY; the tree is then listed again.
 //
 // Removing a nested subvolume's link reserves metadata against the quota
 // groups of the subvolume holding it, so a tenant that filled its volume
 // (or joined a nested subvolume to a full qgroup) would make the delete
 // fail with EDQUOT forever: the limits are lifted first (releaseLimits).
-func (b *Backend) deleteSubvolumeTree(id uint64) error {
+// A tenant owns the subvolumes it nests and may make one read-only (then
+// removing what is linked in it fails with EROFS), a privileged one may
+// make a subvolume's root or the directory holding it immutable (EPERM):
+// a destroy refused so has those flags cleared (unlockForDestroy) and is
+// retried. Clearing only on refusal costs nothing for the usual tree.
+//
+// The membership lock is taken per step, not for the whole tree: a tenant's
+// huge tree must not stall every reconcile. What it guards is a qgroup's
+// list-then-change sequences (releaseLimits' per subvolume, and
+// removeVolumeQgroup's list-detach-remove, which a watcher joining a member
+// in between would make fail); destroying a subvolume changes no relation.
+func (b *Backend) deleteSubvolumeTree(volume *os.File, id uint64) error {
 	for attempt := 0; ; attempt++ {
 		order := []uint64{id}
 		for i := 0; i < len(order); i++ {
@@ -466,11 +476,7 @@ func (b *Backend) deleteSubvolumeTree(id uint64) error {
 		}
 		var err error
 		for i := len(order) - 1; i >= 0; i-- {
-			err = destroySubvolume(b.root, order[i])
-			if errors.Is(err, unix.ENOENT) {
-				err = nil
-			}
-			if err != nil {
+			if err = b.destroyUnlocking(volume, id, order[i]); err != nil {
 				break
 			}
 			if b.simple && i > 0 {
@@ -482,6 +488,168 @@ func (b *Backend) deleteSubvolumeTree(id uint64) error {
 		}
 		return err
 	}
+}
+
+// maxUnlocks bounds the retries of a destroy refused for a flag: a tenant
+// still in its volume could set the flag again after each clearing.
+const maxUnlocks = 3
+
+// destroyUnlocking destroys the subvolume id of the tree of the volume
+// (subvolume volumeID, held open as volume); one gone already is fine. A
+// destroy refused with EROFS or EPERM is retried after unlockForDestroy.
+func (b *Backend) destroyUnlocking(volume *os.File, volumeID, id uint64) error {
+	for unlocks := 0; ; unlocks++ {
+		err := destroySubvolume(b.root, id)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if (!errors.Is(err, unix.EROFS) && !errors.Is(err, unix.EPERM)) || unlocks == maxUnlocks {
+			return err
+		}
+		if unlockErr := b.unlockForDestroy(volume, volumeID, id); unlockErr != nil {
+			return errors.Join(err, unlockErr)
+		}
+	}
+}
+
+// unlockForDestroy clears what makes destroying the subvolume id (nested
+// in the volume, or the volume itself) fail: the read-only flag of the
+// subvolume holding its link (EROFS) and FS_IMMUTABLE_FL/FS_APPEND_FL on
+// the directory holding the link (EPERM); and on id itself its read-only
+// flag, which would refuse clearing its root's immutable flag, and that
+// flag (EPERM). The volume's own parent is the pool's, not the tenant's,
+// and is left alone. Every subvolume is opened beneath the volume's
+// descriptor without following symlinks (openNested), by the names its
+// links hold, not by a path a tenant could swap.
+func (b *Backend) unlockForDestroy(volume *os.File, volumeID, id uint64) error {
+	if id != volumeID {
+		link, linked, err := linkOf(b.root, id)
+		if err != nil || !linked {
+			return err // unlinked meanwhile: the retry answers ENOENT
+		}
+		parent, err := openNested(b.root, volume, volumeID, link.parent)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(parent)
+		if err := clearReadOnly(parent); err != nil {
+			return err
+		}
+		dir, err := inodePath(b.root, link.parent, link.dirID)
+		if err != nil {
+			return err
+		}
+		holder := parent
+		if dir != "" {
+			if holder, err = openBeneath(parent, dir); err != nil {
+				return fmt.Errorf("open directory holding subvolume %d: %w", id, err)
+			}
+			defer unix.Close(holder)
+		}
+		if err := clearImmutable(holder); err != nil {
+			return err
+		}
+	}
+	self, err := openNested(b.root, volume, volumeID, id)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(self)
+	if err := clearReadOnly(self); err != nil {
+		return err
+	}
+	return clearImmutable(self)
+}
+
+// openNested opens the root directory of the subvolume id, nested at any
+// depth in the volume (subvolume volumeID, held open as volume), by
+// following its links from the volume down, one subvolume at a time,
+// beneath the volume's descriptor without following symlinks; and checks
+// that what it opened is that subvolume's root.
+func openNested(fsFile, volume *os.File, volumeID, id uint64) (int, error) {
+	var chain []subvolumeLink
+	for current := id; current != volumeID; {
+		if len(chain) >= maxNestingWalk {
+			return -1, fmt.Errorf("subvolume %d: nested deeper than %d", id, maxNestingWalk)
+		}
+		link, linked, err := linkOf(fsFile, current)
+		if err != nil {
+			return -1, err
+		}
+		if !linked {
+			return -1, fmt.Errorf("subvolume %d is not nested in subvolume %d", id, volumeID)
+		}
+		chain = append(chain, link)
+		current = link.parent
+	}
+	fd, err := openBeneath(int(volume.Fd()), ".")
+	if err != nil {
+		return -1, fmt.Errorf("reopen volume %d: %w", volumeID, err)
+	}
+	for i := len(chain) - 1; i >= 0; i-- {
+		dir, err := inodePath(fsFile, chain[i].parent, chain[i].dirID)
+		if err == nil {
+			var next int
+			next, err = openBeneath(fd, dir+chain[i].name)
+			unix.Close(fd)
+			fd = next
+		}
+		if err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("open subvolume %d: %w", chain[i].id, err)
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Ino != firstFreeObjectID {
+		unix.Close(fd)
+		return -1, errors.Join(fmt.Errorf("open subvolume %d: not a subvolume root", id), err)
+	}
+	args := inoLookupArgs{objectID: firstFreeObjectID}
+	if err := ioctl(uintptr(fd), iocInoLookup, unsafe.Pointer(&args)); err != nil || args.treeID != id {
+		unix.Close(fd)
+		return -1, errors.Join(fmt.Errorf("open subvolume %d: found subvolume %d", id, args.treeID), err)
+	}
+	return fd, nil
+}
+
+// openBeneath opens the directory rel beneath dirfd, refusing symlinks,
+// magic links, mount crossings and any escape from dirfd.
+func openBeneath(dirfd int, rel string) (int, error) {
+	return unix.Openat2(dirfd, rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+}
+
+// clearReadOnly makes the subvolume whose root directory fd is writable.
+func clearReadOnly(fd int) error {
+	flags, err := subvolumeFlags(fd)
+	if err != nil || flags&subvolReadOnly == 0 {
+		return err
+	}
+	return setSubvolumeFlags(fd, flags&^subvolReadOnly)
+}
+
+// FS_IMMUTABLE_FL and FS_APPEND_FL (linux/fs.h).
+const (
+	fsImmutable = 0x10
+	fsAppend    = 0x20
+)
+
+// clearImmutable clears FS_IMMUTABLE_FL and FS_APPEND_FL on the directory
+// fd (CAP_LINUX_IMMUTABLE, which the driver holds as root).
+func clearImmutable(fd int) error {
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return fmt.Errorf("read inode flags: %w", err)
+	}
+	if flags&(fsImmutable|fsAppend) == 0 {
+		return nil
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags&^(fsImmutable|fsAppend))); err != nil {
+		return fmt.Errorf("clear immutable and append-only flags: %w", err)
+	}
+	return nil
 }
 
 // releaseLimits lifts what could make deleting the subvolume tree (the
@@ -504,17 +672,28 @@ func (b *Backend) releaseLimits(tree []uint64) error {
 		}
 	}
 	for _, nested := range tree[1:] {
-		parents, err := qgroupParents(b.root, qgroupID(0, nested))
-		if err != nil {
+		if err := b.leaveForeignQgroups(volume, nested); err != nil {
 			return err
 		}
-		for _, parent := range parents {
-			if parent == qgroupID(1, volume) {
-				continue
-			}
-			if err := assignQgroup(b.root, qgroupID(0, nested), parent, false); err != nil && !errors.Is(err, unix.ENOENT) {
-				return err
-			}
+	}
+	return nil
+}
+
+// leaveForeignQgroups drops every membership of the nested subvolume's
+// qgroup in a qgroup other than the volume's limit group.
+func (b *Backend) leaveForeignQgroups(volume, nested uint64) error {
+	b.membership.Lock()
+	defer b.membership.Unlock()
+	parents, err := qgroupParents(b.root, qgroupID(0, nested))
+	if err != nil {
+		return err
+	}
+	for _, parent := range parents {
+		if parent == qgroupID(1, volume) {
+			continue
+		}
+		if err := assignQgroup(b.root, qgroupID(0, nested), parent, false); err != nil && !errors.Is(err, unix.ENOENT) {
+			return err
 		}
 	}
 	return nil
@@ -525,6 +704,8 @@ func (b *Backend) releaseLimits(tree []uint64) error {
 // charged to them are freed (simple quotas keep a charge while a snapshot
 // holds the blocks). Failures are logged: a leftover qgroup holds no data.
 func (b *Backend) removeVolumeQgroup(id uint64) {
+	b.membership.Lock()
+	defer b.membership.Unlock()
 	group := qgroupID(1, id)
 	children, err := qgroupChildren(b.root, group)
 	if err != nil {

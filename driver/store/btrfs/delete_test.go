@@ -1,10 +1,13 @@
 package btrfs
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,3 +68,91 @@ func makeChain(t *testing.T, dir string, depth int) {
 	}
 	unix.Close(fd)
 }
+
+// A tenant owns the subvolumes it nests, so it may make one read-only
+// (BTRFS_IOC_SUBVOL_SETFLAGS): removing a subvolume linked inside it then
+// fails with EROFS. A privileged pod may also set the immutable flag on a
+// nested subvolume's root (EPERM). Neither makes the volume undeletable:
+// Delete succeeds, and leaves no subvolume and no limit group. A snapshot,
+// read-only itself, is deleted as before.
+func TestDeleteVolumeWithReadOnlyNestedSubvolumes(t *testing.T) {
+	b, dir := openTestBackend(t)
+	for i, tt := range []struct {
+		name     string
+		nested   []string
+		readOnly []string // made read-only by the tenant, in this order
+		// immutable are given FS_IMMUTABLE_FL on their root by root (a
+		// privileged pod holds CAP_LINUX_IMMUTABLE).
+		immutable []string
+		// snapshot deletes a read-only snapshot of the volume instead.
+		snapshot bool
+	}{
+		{name: "read-only subvolume holding another", nested: []string{"a", "a/b"}, readOnly: []string{"a"}},
+		{name: "read-only at two levels", nested: []string{"a", "a/b", "a/b/c", "a/d"}, readOnly: []string{"a/b", "a"}},
+		{name: "immutable nested roots", nested: []string{"a", "a/b"}, immutable: []string{"a/b", "a"}},
+		{name: "read-only snapshot of the volume", snapshot: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			vol := filepath.Join(dir, fmt.Sprintf("ro%d", i))
+			if err := b.Create("", vol, 64<<20); err != nil {
+				t.Fatal(err)
+			}
+			target := vol
+			if tt.snapshot {
+				target = vol + "-snap"
+				if err := b.Snapshot(context.Background(), vol, vol+"-tmp", target, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids := []uint64{mustSubvolumeID(t, target)}
+			pod := newTenant(t, vol)
+			for _, path := range tt.nested {
+				pod.must("subvolume", path, tenantRequest{})
+				ids = append(ids, mustSubvolumeID(t, filepath.Join(vol, path)))
+			}
+			for _, path := range tt.readOnly {
+				pod.must("read-only", path, tenantRequest{})
+			}
+			for _, path := range tt.immutable {
+				setImmutable(t, filepath.Join(vol, path))
+			}
+			pod.leave()
+			if err := b.Delete(target); err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+			if err := b.Delete(target); err != nil {
+				t.Fatalf("delete again: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for _, id := range ids {
+				if err := b.WaitCleaned(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if exists, err := b.QgroupExists(ids[0]); err != nil || exists {
+				t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", ids[0], exists, err)
+			}
+		})
+	}
+}
+
+// setImmutable sets FS_IMMUTABLE_FL on path, as root.
+func setImmutable(t *testing.T, path string) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsImmutableFl)); err != nil {
+		t.Fatalf("chattr +i %s: %v", path, err)
+	}
+}
+
+// fsImmutableFl is FS_IMMUTABLE_FL.
+const fsImmutableFl = 0x10

@@ -154,6 +154,8 @@ var (
 	iocInoLookup      = iowr(18, unsafe.Sizeof(inoLookupArgs{}))
 	iocTreeSearch     = iowr(17, unsafe.Sizeof(searchArgs{}))
 	iocFsInfo         = ior(31, unsafe.Sizeof(fsInfoArgs{}))
+	iocSubvolGetflags = ior(25, 8)
+	iocSubvolSetflags = iow(26, 8)
 	iocQuotaCtl       = iowr(40, unsafe.Sizeof(quotaCtlArgs{}))
 	iocQgroupAssign   = iow(41, unsafe.Sizeof(qgroupAssignArgs{}))
 	iocQgroupCreate   = iow(42, unsafe.Sizeof(qgroupCreateArgs{}))
@@ -219,6 +221,26 @@ func destroySubvolume(fsFile *os.File, id uint64) error {
 	binary.NativeEndian.PutUint64(args.name[:8], id) // the union's subvolid
 	if err := ioctl(fsFile.Fd(), iocSnapDestroyV2, unsafe.Pointer(&args)); err != nil {
 		return fmt.Errorf("delete subvolume %d: %w", id, err)
+	}
+	return nil
+}
+
+// subvolumeFlags reads the flags (subvolReadOnly) of the subvolume whose
+// root directory fd is.
+func subvolumeFlags(fd int) (uint64, error) {
+	var flags uint64
+	if err := ioctl(uintptr(fd), iocSubvolGetflags, unsafe.Pointer(&flags)); err != nil {
+		return 0, fmt.Errorf("read subvolume flags: %w", err)
+	}
+	return flags, nil
+}
+
+// setSubvolumeFlags sets the flags of the subvolume whose root directory
+// fd is: the owner of that directory may, which is how a tenant makes a
+// subvolume it nested read-only.
+func setSubvolumeFlags(fd int, flags uint64) error {
+	if err := ioctl(uintptr(fd), iocSubvolSetflags, unsafe.Pointer(&flags)); err != nil {
+		return fmt.Errorf("set subvolume flags %#x: %w", flags, err)
 	}
 	return nil
 }

@@ -74,6 +74,8 @@ func runTenant(action, request string) int {
 			res.Written, err = fill(req.Path, req.Size)
 		case "subvolume":
 			err = CreateSubvolume(req.Path)
+		case "read-only":
+			err = makeReadOnly(req.Path)
 		case "subvolume-inherit":
 			err = createSubvolumeInherit(req.Path, req.Inherit)
 		case "snapshot-inherit":
@@ -253,4 +255,15 @@ func createInherit(path, source string, qgroups []uint64) error {
 		return fmt.Errorf("create subvolume %s inheriting %v: %w", path, qgroups, err)
 	}
 	return nil
+}
+
+// makeReadOnly makes the subvolume at path read-only, as its owner may
+// (BTRFS_IOC_SUBVOL_SETFLAGS).
+func makeReadOnly(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return setSubvolumeFlags(int(f.Fd()), subvolReadOnly)
 }
