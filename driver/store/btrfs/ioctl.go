@@ -275,6 +275,15 @@ func treeSearch(f *os.File, tree, minObj, maxObj uint64, minType, maxType uint32
 // before that transaction, so the search costs what changed since then,
 // not the size of the tree.
 func searchTree(f *os.File, key searchKey) ([]searchItem, error) {
+	items, _, err := searchTreeUpTo(f, key, 0)
+	return items, err
+}
+
+// searchTreeUpTo is searchTree returning at most limit items (0: all),
+// and, when it stopped at the limit, the objectid to resume from (0 when
+// it reached the end). A resumed search starts at that objectid, so items
+// of the last objectid returned may be returned again.
+func searchTreeUpTo(f *os.File, key searchKey, limit int) ([]searchItem, uint64, error) {
 	var items []searchItem
 	var args searchArgs
 	args.key = key
@@ -282,11 +291,11 @@ func searchTree(f *os.File, key searchKey) ([]searchItem, error) {
 	for {
 		args.key.nrItems = 4096
 		if err := ioctl(f.Fd(), iocTreeSearch, unsafe.Pointer(&args)); err != nil {
-			return nil, fmt.Errorf("search tree %d: %w", tree, err)
+			return nil, 0, fmt.Errorf("search tree %d: %w", tree, err)
 		}
 		n := args.key.nrItems
 		if n == 0 {
-			return items, nil
+			return items, 0, nil
 		}
 		pos := 0
 		var last searchItem
@@ -316,10 +325,18 @@ func searchTree(f *os.File, key searchKey) ([]searchItem, error) {
 		case last.objectID < ^uint64(0):
 			args.key.minObjectID, args.key.minType, args.key.minOffset = last.objectID+1, 0, 0
 		default:
-			return items, nil
+			return items, 0, nil
 		}
 		if args.key.minObjectID > maxObj {
-			return items, nil
+			return items, 0, nil
+		}
+		if limit > 0 && len(items) >= limit {
+			// Resume at the next objectid: the rest of the last one's
+			// items come again then, which callers tolerate.
+			if last.objectID == ^uint64(0) {
+				return items, 0, nil
+			}
+			return items, last.objectID + 1, nil
 		}
 	}
 }
@@ -396,15 +413,18 @@ func linksOf(items []searchItem) []subvolumeLink {
 // later: every subvolume created (or moved) since, and the neighbours
 // sharing those leaves. Its cost follows what changed, not how many
 // subvolumes the filesystem holds.
-func linksChangedSince(f *os.File, minTrans uint64) ([]subvolumeLink, error) {
-	items, err := searchTree(f, searchKey{
-		treeID: rootTreeID, maxObjectID: ^uint64(0), maxOffset: ^uint64(0),
+//
+// It starts at the subvolume id from and returns at most about limit links
+// (0: all), with the id to resume from (0: it reached the end).
+func linksChangedSince(f *os.File, minTrans, from uint64, limit int) ([]subvolumeLink, uint64, error) {
+	items, resume, err := searchTreeUpTo(f, searchKey{
+		treeID: rootTreeID, minObjectID: from, maxObjectID: ^uint64(0), maxOffset: ^uint64(0),
 		minTransID: minTrans, maxTransID: ^uint64(0), minType: rootBackrefKey, maxType: rootBackrefKey,
-	})
+	}, limit)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return linksOf(items), nil
+	return linksOf(items), resume, nil
 }
 
 // linkOf returns where the subvolume id is linked; false for the top-level

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -74,6 +75,8 @@ func runTenant(action, request string) int {
 			res.Written, err = fill(req.Path, req.Size)
 		case "subvolume":
 			err = CreateSubvolume(req.Path)
+		case "churn":
+			res.Written, err = churn(req.Path, time.Duration(req.Size)*time.Millisecond)
 		case "read-only":
 			err = makeReadOnly(req.Path)
 		case "subvolume-inherit":
@@ -266,4 +269,20 @@ func makeReadOnly(path string) error {
 	}
 	defer f.Close()
 	return setSubvolumeFlags(int(f.Fd()), subvolReadOnly)
+}
+
+// churn creates and removes a directory in dir for as long as lasts, as a
+// busy build or a hostile tenant would, and returns how many it created.
+func churn(dir string, lasts time.Duration) (int64, error) {
+	var created int64
+	path := filepath.Join(dir, "churn")
+	for deadline := time.Now().Add(lasts); time.Now().Before(deadline); created++ {
+		if err := os.Mkdir(path, 0o755); err != nil {
+			return created, err
+		}
+		if err := os.Remove(path); err != nil {
+			return created, err
+		}
+	}
+	return created, nil
 }

@@ -50,8 +50,22 @@ import (
 // (volumesDir not on this backend's filesystem). Under full quotas nested
 // subvolumes are not counted at all, and Watch returns at once.
 func (b *Backend) Watch(ctx context.Context, volumesDir string, report func(Correction)) error {
-	return b.watch(ctx, volumesDir, report, watchOptions{notify: true, interval: time.Second})
+	return b.watch(ctx, volumesDir, report, watchOptions{notify: true, interval: time.Second, minInterval: minPassInterval, passLimit: maxPassLinks})
 }
+
+const (
+	// minPassInterval spaces passes: the fanotify mark covers the whole
+	// filesystem (the host's, when the pool is on its root btrfs), so a
+	// tenant's mkdir loop, or any busy directory creation, would otherwise
+	// keep passes running back to back at a full core. The first event
+	// after a quiet spell is acted on at once; events during the interval
+	// are coalesced into one pass at its end.
+	minPassInterval = 10 * time.Millisecond
+	// maxPassLinks bounds the subvolume links one pass reconciles; a pass
+	// that finds more leaves a cursor, and the next one (after
+	// minPassInterval) continues from it.
+	maxPassLinks = 1024
+)
 
 // watchOptions lets tests measure the poll alone.
 type watchOptions struct {
@@ -59,8 +73,14 @@ type watchOptions struct {
 	notify bool
 	// interval is the poll period.
 	interval time.Duration
+	// minInterval is the least time from one pass's start to the next's.
+	minInterval time.Duration
+	// passLimit bounds the links one incremental pass reconciles (0: no bound).
+	passLimit int
 	// started, when set, is called once the first full pass is done.
 	started func()
+	// passed, when set, is called after each pass.
+	passed func()
 }
 
 // volumesWatch is what one Watch knows of its volumes directory.
@@ -104,7 +124,7 @@ func (b *Backend) watch(ctx context.Context, volumesDir string, report func(Corr
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				readDirectoryCreation(events, wake)
+				readDirectoryCreation(events, wake, opts.minInterval)
 			}()
 			defer func() {
 				_ = events.Close() // ends the reader's blocked Read
@@ -114,28 +134,58 @@ func (b *Backend) watch(ctx context.Context, volumesDir string, report func(Corr
 	}
 
 	full := true
-	var mark uint64
+	// mark is the generation the current sweep searches from; sweepStart
+	// the one taken before the sweep's first pass, adopted as the next
+	// mark once a sweep (one pass, or several when passLimit cut them
+	// short) has reached the end of the tree; cursor is where the next pass
+	// of an unfinished sweep resumes.
+	var mark, sweepStart, cursor uint64
+	var lastPass time.Time
 	ticker := time.NewTicker(opts.interval)
 	defer ticker.Stop()
 	for {
+		if wait := opts.minInterval - time.Since(lastPass); !lastPass.IsZero() && wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		lastPass = time.Now()
 		// Taken before the pass looks: a subvolume created while it runs
-		// is in a leaf written at or after next, found by the next pass.
+		// is in a leaf written at or after it, found by the next sweep.
 		next, err := fsGeneration(b.root)
+		if err == nil && cursor == 0 {
+			sweepStart = next
+		}
+		more := false
 		if err == nil {
 			if full {
 				err = w.fullPass()
 			} else {
-				err = w.passSince(mark)
+				cursor, err = w.passSince(mark, cursor, opts.passLimit)
+				more = cursor != 0
 			}
+		}
+		if opts.passed != nil {
+			opts.passed()
 		}
 		if err != nil {
 			// Nothing is lost: the same range is searched again.
 			klog.ErrorS(err, "Reconciling nested subvolumes failed; retrying", "dir", volumesDir)
-		} else {
+		} else if !more {
 			if full && opts.started != nil {
 				opts.started()
 			}
-			full, mark = false, next
+			full, mark = false, sweepStart
+		}
+		if more && err == nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			default:
+				continue
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -176,11 +226,13 @@ func (w *volumesWatch) fullPass() error {
 }
 
 // passSince reconciles each subvolume nested in a volume whose link was
-// written in transaction since or later.
-func (w *volumesWatch) passSince(since uint64) error {
-	links, err := linksChangedSince(w.b.root, since)
+// written in transaction since or later, from the subvolume id from on,
+// at most limit of them (0: all). It returns the id the next pass resumes
+// from, 0 when it reached the end.
+func (w *volumesWatch) passSince(since, from uint64, limit int) (uint64, error) {
+	links, resume, err := linksChangedSince(w.b.root, since, from, limit)
 	if err != nil {
-		return fmt.Errorf("search new subvolumes: %w", err)
+		return from, fmt.Errorf("search new subvolumes: %w", err)
 	}
 	known := make(map[uint64]subvolumeLink, len(links))
 	for _, link := range links {
@@ -201,7 +253,10 @@ func (w *volumesWatch) passSince(since uint64) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return from, err
+	}
+	return resume, nil
 }
 
 // volumeOf names the volume a subvolume is in: id 0 when none.
@@ -274,8 +329,11 @@ func watchDirectoryCreation(dir *os.File) (*os.File, error) {
 // covers any number of creations) for each batch of events that holds a
 // directory creation or an overflow, until events is closed. Files
 // created do not wake the watcher; the events only say when to look, the
-// pass finds what is new.
-func readDirectoryCreation(events *os.File, wake chan<- struct{}) {
+// pass finds what is new. After a wake it reads nothing for pause, the
+// passes' own spacing: under a flood of creations the kernel's queue
+// fills and overflows (one overflow event, a wake like any other) rather
+// than this reader spinning on events that would change nothing.
+func readDirectoryCreation(events *os.File, wake chan<- struct{}, pause time.Duration) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := events.Read(buf)
@@ -287,6 +345,7 @@ func readDirectoryCreation(events *os.File, wake chan<- struct{}) {
 			case wake <- struct{}{}:
 			default:
 			}
+			time.Sleep(pause)
 		}
 	}
 }

@@ -63,7 +63,7 @@ func awaitCorrection(t *testing.T, seen <-chan seenCorrection, id uint64, within
 }
 
 var (
-	notified = watchOptions{notify: true, interval: time.Second}
+	notified = watchOptions{notify: true, interval: time.Second, minInterval: minPassInterval, passLimit: maxPassLinks}
 	polled   = watchOptions{interval: time.Second}
 )
 
@@ -236,5 +236,76 @@ func TestWatchBoundsInheritanceEscape(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A tenant creating directories as fast as it can (or any busy directory
+// creation on the filesystem, which the fanotify mark covers whole) does
+// not keep the watcher busy: passes are spaced, and the watcher uses a
+// small share of one core.
+func TestWatchStaysIdleUnderDirectoryChurn(t *testing.T) {
+	b, dir := openTestBackend(t)
+	volumes := filepath.Join(dir, "volumes")
+	if err := os.Mkdir(volumes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vol := filepath.Join(volumes, "vol")
+	if err := b.Create("", vol, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	startWatch(t, b, volumes, notified)
+	pod := newTenant(t, vol)
+	const churnFor = 2 * time.Second
+	before := cpuTime(t)
+	res := pod.must("churn", "", tenantRequest{Size: churnFor.Milliseconds()})
+	used := cpuTime(t) - before
+	t.Logf("%d directories created in %v; the watcher used %v of CPU", res.Written, churnFor, used)
+	if limit := churnFor / 10; used > limit {
+		t.Errorf("the watcher used %v of CPU during %v of directory churn, want at most %v", used, churnFor, limit)
+	}
+}
+
+// cpuTime is the CPU time this process (the watcher, here) has used.
+func cpuTime(t *testing.T) time.Duration {
+	t.Helper()
+	var usage unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &usage); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
+}
+
+// A pass bounded to a few links leaves a cursor, and the next passes
+// continue from it: every nested subvolume is corrected however many
+// appear at once.
+func TestWatchPassResumesAfterItsLimit(t *testing.T) {
+	b, dir := openTestBackend(t)
+	volumes := filepath.Join(dir, "volumes")
+	if err := os.Mkdir(volumes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vol := filepath.Join(volumes, "vol")
+	if err := b.Create("", vol, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	opts := notified
+	opts.passLimit = 2
+	seen := startWatch(t, b, volumes, opts)
+	pending := map[uint64]bool{}
+	for i := range 7 {
+		path := filepath.Join(vol, fmt.Sprintf("escape%d", i))
+		if err := createSubvolumeInherit(path, []uint64{}); err != nil {
+			t.Fatal(err)
+		}
+		pending[mustSubvolumeID(t, path)] = true
+	}
+	deadline := time.After(10 * time.Second)
+	for len(pending) > 0 {
+		select {
+		case c := <-seen:
+			delete(pending, c.ID)
+		case <-deadline:
+			t.Fatalf("subvolumes %v never corrected", pending)
+		}
 	}
 }
