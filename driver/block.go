@@ -196,10 +196,15 @@ func detachVolume(pool *store.Pool, id string) error {
 		if !servesVolume(device, pool, id, image) {
 			continue
 		}
-		if err := loop.Detach(device.Path); err != nil {
+		// Checked again on the descriptor that detaches it: since List the
+		// device may have been freed and attached for another volume.
+		detached, err := loop.DetachIf(device.Path, func(now loop.Device) bool { return servesVolume(now, pool, id, image) })
+		if err != nil {
 			return status.Errorf(codes.Internal, "detach the loop device of volume %q: %v", id, err)
 		}
-		klog.V(2).InfoS("Detached loop device", "volume", id, "device", device.Path, "readOnly", device.ReadOnly)
+		if detached {
+			klog.V(2).InfoS("Detached loop device", "volume", id, "device", device.Path, "readOnly", device.ReadOnly)
+		}
 	}
 	return nil
 }
@@ -261,30 +266,37 @@ func (d *Driver) publishBlock(pool *store.Pool, id, target string, readOnly bool
 		return status.Errorf(codes.Internal, "create target file %s: %v", target, err)
 	}
 	f.Close()
-	device, attached := staged, false
+	device, attached, tag := staged, false, readOnlyTag(id, target)
 	if readOnly {
-		if device, attached, err = readOnlyDevice(image, identity, readOnlyTag(id, target)); err != nil {
+		if device, attached, err = readOnlyDevice(image, identity, tag); err != nil {
 			return status.Errorf(codes.Internal, "attach volume %q read-only: %v", id, err)
 		}
 	}
 	if err := unix.Mount(device, target, "", unix.MS_BIND, ""); err != nil {
 		if attached {
-			_ = loop.Detach(device)
+			_, _ = loop.DetachIf(device, func(now loop.Device) bool { return isReadOnlyDevice(now, identity, tag) })
 		}
 		return status.Errorf(codes.Internal, "bind-mount %s at %s: %v", device, target, err)
 	}
 	return nil
 }
 
+// isReadOnlyDevice reports whether device is the read-only device tagged
+// tag serving the image of that identity, and not detaching lazily.
+func isReadOnlyDevice(device loop.Device, identity loop.Identity, tag string) bool {
+	return device.Backing == identity && device.ReadOnly && device.Tag == tag && !device.AutoClear
+}
+
 // readOnlyDevice returns the read-only device tagged tag serving the image,
-// attaching one when there is none (attached reports that).
+// attaching one when there is none (attached reports that). A device
+// detaching lazily is not reused: it would vanish under the new mount.
 func readOnlyDevice(image *os.File, identity loop.Identity, tag string) (device string, attached bool, err error) {
 	devices, err := loop.List()
 	if err != nil {
 		return "", false, err
 	}
 	for _, dev := range devices {
-		if dev.Backing == identity && dev.ReadOnly && dev.Tag == tag {
+		if isReadOnlyDevice(dev, identity, tag) {
 			return dev.Path, false, nil
 		}
 	}
@@ -296,17 +308,16 @@ func readOnlyDevice(image *os.File, identity loop.Identity, tag string) (device 
 	return device, true, nil
 }
 
-// readOnlyDevicesFor returns the read-only loop devices of a publish of
-// volume id at target: the one mounted there, and any a failed or crashed
-// publish attached for it without mounting it.
+// readOnlyDevicesFor returns the loop devices that may be the read-only
+// devices of a publish of volume id at target: the one mounted there, and
+// any a failed or crashed publish attached for it without mounting it. They
+// are candidates only: detachReadOnlyDevices checks each before detaching.
 func readOnlyDevicesFor(id, target string) []string {
 	var devices []string
 	var st unix.Stat_t
 	if err := unix.Stat(target, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
 		if device := loop.ByNumber(st.Rdev); device != "" {
-			if readOnly, err := loop.IsReadOnly(device); err == nil && readOnly {
-				devices = append(devices, device)
-			}
+			devices = append(devices, device)
 		}
 	}
 	all, err := loop.List()
@@ -320,6 +331,39 @@ func readOnlyDevicesFor(id, target string) []string {
 		}
 	}
 	return devices
+}
+
+// detachReadOnlyDevices detaches those of the candidate devices that are
+// read-only devices of volume id published at target: tagged so, or (a
+// device attached before tags) backed by the volume's image. Whatever else
+// is at a candidate's number now, a device of another volume say (a target
+// may hold a stale node; a device may be freed and reused since it was
+// found), is left alone. Each is checked on the descriptor that detaches
+// it.
+func (d *Driver) detachReadOnlyDevices(id, target string, candidates []string) error {
+	if len(candidates) == 0 {
+		return nil
+	}
+	var image *loop.Identity
+	if pool, err := d.locate(id, store.KindVolume); err == nil {
+		if identity, ok, err := imageIdentity(pool, id); err == nil && ok {
+			image = &identity
+		}
+	}
+	tag := readOnlyTag(id, target)
+	ours := func(device loop.Device) bool {
+		return device.ReadOnly && (device.Tag == tag || (image != nil && device.Backing == *image))
+	}
+	for _, device := range candidates {
+		detached, err := loop.DetachIf(device, ours)
+		if err != nil {
+			return status.Errorf(codes.Internal, "detach read-only device %s: %v", device, err)
+		}
+		if !detached {
+			klog.V(2).InfoS("Left a loop device that is no read-only device of the unpublished volume", "volume", id, "target", target, "device", device)
+		}
+	}
+	return nil
 }
 
 // detachLeakedDevices runs at start-up: it detaches the loop devices of
@@ -336,6 +380,9 @@ func (d *Driver) detachLeakedDevices() {
 		return
 	}
 	for _, device := range devices {
+		if device.AutoClear {
+			continue // going away on its own
+		}
 		id := taggedVolume(device.Tag)
 		if id == "" {
 			id = pathVolume(device.BackingPath)
@@ -348,8 +395,16 @@ func (d *Driver) detachLeakedDevices() {
 		if reason == "" {
 			continue
 		}
-		if err := loop.Detach(device.Path); err != nil {
+		// Only the attachment judged here: a device freed since and
+		// attached again serves another file, or carries another tag.
+		detached, err := loop.DetachIf(device.Path, func(now loop.Device) bool {
+			return now.Backing == device.Backing && now.Tag == device.Tag
+		})
+		if err != nil {
 			klog.ErrorS(err, "Cannot detach leaked loop device", "device", device.Path, "volume", id, "reason", reason)
+			continue
+		}
+		if !detached {
 			continue
 		}
 		klog.InfoS("Detached leaked loop device", "device", device.Path, "volume", id, "reason", reason)

@@ -130,10 +130,8 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 	if err := d.unmountAndRemove(req.GetTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "unmount target path %s: %v", req.GetTargetPath(), err)
 	}
-	for _, device := range readOnlyDevices {
-		if err := loop.Detach(device); err != nil {
-			return nil, status.Errorf(codes.Internal, "detach read-only device %s: %v", device, err)
-		}
+	if err := d.detachReadOnlyDevices(req.GetVolumeId(), req.GetTargetPath(), readOnlyDevices); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

@@ -105,18 +105,40 @@ func openDevice(index int) (string, *os.File, error) {
 	return path, device, nil
 }
 
-// Detach unbinds a loop device from its file. A device that is already
-// free counts as detached.
-func Detach(device string) error {
-	f, err := os.OpenFile(device, os.O_RDONLY, 0)
+// DetachIf detaches the loop device at path if want accepts what it serves
+// now, and reports whether it did. A device is chosen (by List, by a
+// device number) before it is detached, and may since have been freed and
+// handed to another volume by LOOP_CTL_GET_FREE: so it is opened once, and
+// what it serves is read and checked, and the device detached, through
+// that one descriptor. While it is open the device cannot finish detaching
+// and be attached again, so the check holds until the detach. A free
+// device, or one already detaching lazily (LO_FLAGS_AUTOCLEAR pending:
+// detached while someone held it open), is left alone: nothing to do.
+func DetachIf(path string, want func(Device) bool) (bool, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", device, err)
+		return false, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
-	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
-		return fmt.Errorf("detach %s: %w", device, err)
+	device, err := read(f, path)
+	if errors.Is(err, unix.ENXIO) {
+		return false, nil // free
 	}
-	return nil
+	if err != nil {
+		return false, err
+	}
+	if device.AutoClear || !want(device) {
+		return false, nil
+	}
+	// With our descriptor open the kernel only marks the device
+	// LO_FLAGS_AUTOCLEAR; it detaches when the last opener closes it.
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil {
+		if errors.Is(err, unix.ENXIO) {
+			return false, nil
+		}
+		return false, fmt.Errorf("detach %s: %w", path, err)
+	}
+	return true, nil
 }
 
 // Identity names a file by its device and inode numbers: what a loop
@@ -147,12 +169,19 @@ type Device struct {
 	// Tag is Options.Tag of the attachment.
 	Tag      string
 	ReadOnly bool
+	// AutoClear is LO_FLAGS_AUTOCLEAR: the device detaches when its last
+	// opener closes it. It was attached with Options.AutoClear, or it was
+	// detached while held open and is going away (a lazy detach): either
+	// way it is no device to hand out again.
+	AutoClear bool
 }
 
 // BackingDeleted reports whether the backing file was unlinked.
 func (d Device) BackingDeleted() bool { return strings.HasSuffix(d.BackingPath, " (deleted)") }
 
-// List returns every attached loop device.
+// List returns every attached loop device, those detaching lazily
+// included (AutoClear). What it reads of a device is a snapshot: act on a
+// device through DetachIf, which checks it again.
 func List() ([]Device, error) {
 	entries, err := os.ReadDir("/sys/block")
 	if err != nil {
@@ -167,48 +196,68 @@ func List() ([]Device, error) {
 		if _, err := strconv.Atoi(index); err != nil {
 			continue
 		}
-		backing, err := os.ReadFile(filepath.Join("/sys/block", entry.Name(), "loop", "backing_file"))
-		if err != nil {
-			continue // not attached
-		}
-		device := "/dev/" + entry.Name()
-		info, err := status(device)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		devices = append(devices, Device{
-			Path:        device,
-			Backing:     Identity{Device: info.Device, Inode: info.Inode},
-			BackingPath: strings.TrimSuffix(string(backing), "\n"),
-			Tag:         unix.ByteSliceToString(info.File_name[:]),
-			ReadOnly:    info.Flags&unix.LO_FLAGS_READ_ONLY != 0,
-		})
+		if device, err := Stat("/dev/" + entry.Name()); err == nil {
+			devices = append(devices, device)
+		} // else free, or detached meanwhile
 	}
 	return devices, nil
 }
 
+// Stat reads what the loop device at path serves; unix.ENXIO when it is
+// free.
+func Stat(path string) (Device, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return Device{}, err
+	}
+	defer f.Close()
+	return read(f, path)
+}
+
+// read reads what the open loop device f (at path) serves. The backing
+// path comes from sysfs, found by the descriptor's device number, not by
+// path: while f is open the device cannot be detached and attached again,
+// so both describe one attachment.
+func read(f *os.File, path string) (Device, error) {
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return Device{}, fmt.Errorf("status of %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return Device{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK || unix.Major(st.Rdev) != loopMajor {
+		return Device{}, fmt.Errorf("%s is not a loop device", path)
+	}
+	backing, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/loop/backing_file", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	if err != nil {
+		return Device{}, fmt.Errorf("backing file of %s: %w", path, err)
+	}
+	return Device{
+		Path:        path,
+		Backing:     Identity{Device: info.Device, Inode: info.Inode},
+		BackingPath: strings.TrimSuffix(string(backing), "\n"),
+		Tag:         unix.ByteSliceToString(info.File_name[:]),
+		ReadOnly:    info.Flags&unix.LO_FLAGS_READ_ONLY != 0,
+		AutoClear:   info.Flags&unix.LO_FLAGS_AUTOCLEAR != 0,
+	}, nil
+}
+
 // Find returns a loop device backed by the file of that identity ("" when
-// none is), attached read-only or read-write as asked.
+// none is), attached read-only or read-write as asked. A device detaching
+// lazily is not one: it would vanish under whoever it was handed to.
 func Find(backing Identity, readOnly bool) (string, error) {
 	devices, err := List()
 	if err != nil {
 		return "", err
 	}
 	for _, device := range devices {
-		if device.Backing == backing && device.ReadOnly == readOnly {
+		if device.Backing == backing && device.ReadOnly == readOnly && !device.AutoClear {
 			return device.Path, nil
 		}
 	}
 	return "", nil
-}
-
-func status(device string) (*unix.LoopInfo64, error) {
-	f, err := os.OpenFile(device, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return unix.IoctlLoopGetStatus64(int(f.Fd()))
 }
 
 // Resize makes the device see its backing file's current size (after the
@@ -223,15 +272,6 @@ func Resize(device string) error {
 		return fmt.Errorf("resize %s: %w", device, err)
 	}
 	return nil
-}
-
-// IsReadOnly reports whether the loop device is attached read-only.
-func IsReadOnly(device string) (bool, error) {
-	info, err := status(device)
-	if err != nil {
-		return false, err
-	}
-	return info.Flags&unix.LO_FLAGS_READ_ONLY != 0, nil
 }
 
 // ByNumber names the loop device with the given device number ("" when the
