@@ -1,6 +1,7 @@
 package fscopy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -23,28 +24,59 @@ const (
 // over from the top.
 var ErrMoved = errors.New("a directory was moved while the tree was being removed")
 
-// RemoveTree removes path and everything beneath it, a tree someone else
-// controls (a tenant's volume); a missing path is not an error.
+// ErrContended means a directory kept being written to while the tree was
+// being removed (a pod that still has the volume mounted): the removal
+// gives up rather than race the writer forever. What was removed stays
+// removed; the caller retries later.
+var ErrContended = errors.New("a directory kept changing while the tree was being removed")
+
+// maxRelists bounds how often one directory is listed again because
+// something was written into it, or swapped in it, after the walk had
+// emptied it: past it, ErrContended. Listing again once the walk comes
+// back up from a subdirectory it emptied is the normal course and not
+// counted.
+const maxRelists = 64
+
+// maxAttempts bounds how often the whole tree is walked again because its
+// top directory was not empty when the walk came back up to remove it.
+const maxAttempts = 10
+
+// RemoveTree is RemoveTreeContext without a deadline.
+func RemoveTree(path string) error {
+	return RemoveTreeContext(context.Background(), path)
+}
+
+// RemoveTreeContext removes path and everything beneath it, a tree
+// someone else controls (a tenant's volume); a missing path is not an
+// error. ctx is checked between entries: once it is done, the removal
+// stops with ctx's error, and what was removed stays removed.
 //
 // os.RemoveAll holds one descriptor per level, so a chain of directories
 // deeper than the open-file limit makes it fail, forever: a tenant could
-// make its volume undeletable. RemoveTree holds one directory descriptor
-// (plus path's parent and, briefly, a child): it goes down into the first
-// subdirectory it finds, and back up with openat(fd, ".."), checking that
-// what it reached is the directory it came from (device and inode, kept on
-// a stack in memory), so a directory moved meanwhile is noticed
-// (ErrMoved), never mistaken for another. It follows no symlink (a symlink
-// is unlinked), opens no FIFO or device node, and crosses no mount (a
-// mount inside the tree is an error, and what it holds is left alone).
-// Where unlink or rmdir fails with EPERM it clears FS_IMMUTABLE_FL and
-// FS_APPEND_FL on the entry and its directory (which needs
-// CAP_LINUX_IMMUTABLE) and tries again.
+// make its volume undeletable. RemoveTreeContext holds one directory
+// descriptor (plus path's parent and, briefly, a child), and per level of
+// the walk only the directory's identity (device and inode) and a counter,
+// never its name: a chain of 255-byte names costs no more memory than one
+// of 1-byte names. It goes down into the first subdirectory that is not
+// empty (an empty one is removed on sight), and back up with
+// openat(fd, ".."), checking that what it reached is the directory it
+// came from, so a directory moved meanwhile is noticed (ErrMoved), never
+// mistaken for another. Back up, it lists the directory again from the
+// start, and removes the subdirectory it emptied when it meets it, by
+// the name it then reads. It follows no symlink (a symlink is unlinked),
+// opens no FIFO or device node, and crosses no mount (a mount inside the
+// tree is an error, and what it holds is left alone). Where unlink or
+// rmdir fails with EPERM it clears FS_IMMUTABLE_FL and FS_APPEND_FL on the
+// entry and its directory (which needs CAP_LINUX_IMMUTABLE) and tries
+// again. A directory that keeps being written to after it was emptied
+// ends the removal with ErrContended (see maxRelists); a writer that only
+// ever adds new names is stopped by ctx.
 //
 // The price is a directory's listing read again from the start each time
 // the walk comes back up into it; only entries not yet removed are left in
 // it, so that stays cheap (BenchmarkRemoveTree compares it with
 // os.RemoveAll).
-func RemoveTree(path string) error {
+func RemoveTreeContext(ctx context.Context, path string) error {
 	parent, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -53,24 +85,33 @@ func RemoveTree(path string) error {
 		return fmt.Errorf("remove %s: open its directory: %w", path, err)
 	}
 	defer closeFd(parent)
-	if err := removeEntry(parent, filepath.Base(path)); err != nil {
+	if err := removeEntry(ctx, parent, filepath.Base(path)); err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return nil
 }
 
-// frame is a directory on the way down: its name in its parent and its
-// identity.
-type frame struct {
-	name string
-	id   inodeKey
+// level is a directory on the way down: its identity, and how often it
+// was listed again because it changed after the walk had emptied it. It
+// holds no name (see RemoveTreeContext).
+type level struct {
+	id       inodeKey
+	relisted uint32
 }
+
+// testHookDescended, when set by a test, is called each time the walk has
+// gone down a level, with the number of levels it holds.
+var testHookDescended func(levels int)
+
+// testHookAscended, when set by a test, is called each time the walk has
+// come back up a level, before it lists that directory again.
+var testHookAscended func()
 
 func identity(st *unix.Stat_t) inodeKey { return inodeKey{dev: st.Dev, ino: st.Ino} }
 
 // removeEntry removes name, in the directory parent, with everything
 // beneath it.
-func removeEntry(parent int, name string) error {
+func removeEntry(ctx context.Context, parent int, name string) error {
 	var st unix.Stat_t
 	if err := unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if gone(err) {
@@ -81,72 +122,100 @@ func removeEntry(parent int, name string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return unlinkEntry(parent, name, &st)
 	}
-	for attempt := 0; ; attempt++ {
-		err := removeDirTree(parent, name, &st)
+	for attempt := 1; ; attempt++ {
+		err := removeDirTree(ctx, parent, name, &st)
 		// ENOTEMPTY: something was created in the tree while it was
-		// removed; walk it again (a bounded number of times).
-		if !errors.Is(err, unix.ENOTEMPTY) || attempt == 10 {
+		// removed; walk it again, a bounded number of times.
+		if !errors.Is(err, unix.ENOTEMPTY) {
 			return err
+		}
+		if attempt == maxAttempts {
+			return fmt.Errorf("%w: still not empty after %d walks: %w", ErrContended, attempt, err)
 		}
 	}
 }
 
 // removeDirTree removes the directory name, which st describes, from
-// parent: down into the first subdirectory found, up with "..".
-func removeDirTree(parent int, name string, st *unix.Stat_t) error {
+// parent: down into the first subdirectory that is not empty, up with
+// "..".
+func removeDirTree(ctx context.Context, parent int, name string, st *unix.Stat_t) error {
 	cur, err := openDirChecked(parent, name, st)
 	if err != nil || cur == nil {
 		return err
 	}
-	stack := []frame{{name: name, id: identity(st)}}
+	stack := []level{{id: identity(st)}}
+	// cameFrom is the directory the walk just came up from: meeting it
+	// again, still not empty, means someone wrote into it.
+	var cameFrom inodeKey
 	for {
-		sub, subStat, err := clearDir(cur)
+		top := &stack[len(stack)-1]
+		if top.relisted > maxRelists {
+			cur.Close()
+			return fmt.Errorf("%s: %w: listed again %d times", where(len(stack)), ErrContended, top.relisted)
+		}
+		sub, subStat, err := clearDir(ctx, cur)
 		if err != nil {
 			cur.Close()
-			return fmt.Errorf("%s: %w", stackPath(stack), err)
+			return fmt.Errorf("%s: %w", where(len(stack)), err)
 		}
 		if sub != "" {
+			if identity(subStat) == cameFrom {
+				top.relisted++
+			}
+			cameFrom = inodeKey{}
 			child, err := openDirChecked(int(cur.Fd()), sub, subStat)
 			if err == nil && child == nil {
 				// It changed meanwhile: list cur again from the start
 				// (clearDir stopped in the middle of a batch).
+				top.relisted++
 				child, err = reopenDir(cur)
 				cur.Close()
 				cur = child
 				if err != nil {
-					return fmt.Errorf("%s: %w", stackPath(stack), err)
+					return fmt.Errorf("%s: %w", where(len(stack)), err)
 				}
 				continue
 			}
 			if err != nil {
 				cur.Close()
-				return fmt.Errorf("%s/%s: %w", stackPath(stack), sub, err)
+				return fmt.Errorf("%s: %w", where(len(stack)), err)
 			}
 			cur.Close()
 			cur = child
-			stack = append(stack, frame{name: sub, id: identity(subStat)})
+			stack = append(stack, level{id: identity(subStat)})
+			if testHookDescended != nil {
+				testHookDescended(len(stack))
+			}
 			continue
 		}
-		// cur is empty: leave it, and remove it from its parent.
+		// cur is empty: leave it. Its parent, listed again from the
+		// start, meets it and removes it.
 		done := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		if len(stack) == 0 {
 			cur.Close()
-			return removeDir(parent, done)
+			return removeDir(parent, name, done.id)
 		}
 		up, err := openParent(cur, stack[len(stack)-1].id)
 		cur.Close()
 		if err != nil {
-			return fmt.Errorf("%s: %w", stackPath(append(stack, done)), err)
+			return fmt.Errorf("%s: %w", where(len(stack)+1), err)
 		}
 		cur = up
-		if err := removeDir(int(cur.Fd()), done); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
-			cur.Close()
-			return fmt.Errorf("%s/%s: %w", stackPath(stack), done.name, err)
+		cameFrom = done.id
+		if testHookAscended != nil {
+			testHookAscended()
 		}
-		// ENOTEMPTY: something was created in it meanwhile; cur, freshly
-		// opened, is listed from the start and the walk goes down again.
 	}
+}
+
+// where names a directory of the walk in errors by its depth: the walk
+// keeps no names (a path there may be far longer than PATH_MAX anyway).
+func where(depth int) string {
+	if depth == 1 {
+		return "the top directory"
+	}
+	return "a directory " + strconv.Itoa(depth-1) + " levels down"
 }
 
 // reopenDir opens dir again, to list it from the start.
@@ -156,21 +225,6 @@ func reopenDir(dir *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("reopen directory: %w", err)
 	}
 	return os.NewFile(uintptr(fd), dir.Name()), nil
-}
-
-// stackPath names a directory by the names on the way down, for errors.
-func stackPath(stack []frame) string {
-	if len(stack) > 8 {
-		return stackPath(stack[:4]) + "/... (" + strconv.Itoa(len(stack)-8) + " more)/" + stackPath(stack[len(stack)-4:])
-	}
-	out := ""
-	for i, f := range stack {
-		if i > 0 {
-			out += "/"
-		}
-		out += f.name
-	}
-	return out
 }
 
 // openDirChecked opens the directory name in dir, without following a
@@ -217,13 +271,18 @@ func openParent(dir *os.File, want inodeKey) (*os.File, error) {
 	return os.NewFile(uintptr(fd), ".."), nil
 }
 
-// clearDir unlinks what is not a directory in dir and returns the first
-// subdirectory it meets, with its stat, or "" once dir holds none. dir is
-// read from where its offset is: a directory freshly opened is read from
-// the start, and holds only what has not been removed yet.
-func clearDir(dir *os.File) (string, *unix.Stat_t, error) {
+// clearDir unlinks what is not a directory in dir, removes the empty
+// subdirectories, and returns the first subdirectory it meets that is not
+// empty, with its stat, or "" once dir holds none. dir is read from where
+// its offset is: a directory freshly opened is read from the start, and
+// holds only what has not been removed yet. ctx is checked before each
+// batch of entries.
+func clearDir(ctx context.Context, dir *os.File) (string, *unix.Stat_t, error) {
 	fd := int(dir.Fd())
 	for {
+		if err := ctx.Err(); err != nil {
+			return "", nil, err
+		}
 		names, err := dir.Readdirnames(256)
 		for _, name := range names {
 			var st unix.Stat_t
@@ -234,7 +293,14 @@ func clearDir(dir *os.File) (string, *unix.Stat_t, error) {
 				return "", nil, fmt.Errorf("stat %s: %w", name, err)
 			}
 			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				return name, &st, nil
+				removed, err := removeEmptyDir(fd, name, &st)
+				if err != nil {
+					return "", nil, err
+				}
+				if !removed {
+					return name, &st, nil
+				}
+				continue
 			}
 			if err := unlinkEntry(fd, name, &st); err != nil {
 				return "", nil, err
@@ -246,6 +312,27 @@ func clearDir(dir *os.File) (string, *unix.Stat_t, error) {
 		if err != nil {
 			return "", nil, fmt.Errorf("read directory: %w", err)
 		}
+	}
+}
+
+// removeEmptyDir removes the subdirectory name of dir if it is empty, and
+// reports whether it did; false means the walk is to go down into it
+// (it is not empty, is a mount point, or is no longer a directory: the
+// checked open finds out which). Whatever directory is at name now is
+// beneath the tree, so it is removed by name.
+func removeEmptyDir(dir int, name string, st *unix.Stat_t) (bool, error) {
+	err := unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
+	if errors.Is(err, unix.EPERM) && clearFlags(dir, name, st) {
+		err = unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
+	}
+	switch {
+	case err == nil || gone(err):
+		return true, nil
+	case errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) ||
+		errors.Is(err, unix.EBUSY) || errors.Is(err, unix.ENOTDIR):
+		return false, nil
+	default:
+		return false, fmt.Errorf("remove directory %s: %w", name, err)
 	}
 }
 
@@ -262,26 +349,27 @@ func unlinkEntry(dir int, name string, st *unix.Stat_t) error {
 	return nil
 }
 
-// removeDir removes the empty directory f.name from dir, if it is still
-// the directory removed from beneath (an entry swapped in meanwhile is left
-// for the next listing), clearing inode flags that forbid it.
-func removeDir(dir int, f frame) error {
+// removeDir removes the empty directory name from dir, if it is still
+// the directory id removed from beneath (an entry swapped in meanwhile is
+// left alone: dir is outside the tree), clearing inode flags that forbid
+// it.
+func removeDir(dir int, name string, id inodeKey) error {
 	var st unix.Stat_t
-	if err := unix.Fstatat(dir, f.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if gone(err) {
 			return nil
 		}
-		return fmt.Errorf("stat %s: %w", f.name, err)
+		return fmt.Errorf("stat %s: %w", name, err)
 	}
-	if identity(&st) != f.id {
+	if identity(&st) != id {
 		return nil
 	}
-	err := unix.Unlinkat(dir, f.name, unix.AT_REMOVEDIR)
-	if errors.Is(err, unix.EPERM) && clearFlags(dir, f.name, &st) {
-		err = unix.Unlinkat(dir, f.name, unix.AT_REMOVEDIR)
+	err := unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
+	if errors.Is(err, unix.EPERM) && clearFlags(dir, name, &st) {
+		err = unix.Unlinkat(dir, name, unix.AT_REMOVEDIR)
 	}
 	if err != nil && !gone(err) {
-		return fmt.Errorf("remove directory %s: %w", f.name, err)
+		return fmt.Errorf("remove directory %s: %w", name, err)
 	}
 	return nil
 }
