@@ -85,12 +85,11 @@ func (p *Pool) recover() {
 		case "tmp":
 			step = p.cleanTemp
 		case "meta":
-			step = func() error {
-				if err := p.cleanMetaTemps(); err != nil {
-					return err
-				}
-				return p.finishDeletes()
-			}
+			// A metadata temporary that cannot be removed (behind a
+			// lock another node of the zone replaced with a symlink,
+			// say) is reported, but must not hold up every delete
+			// that had begun: both run, and both failures are told.
+			step = func() error { return errors.Join(p.cleanMetaTemps(), p.finishDeletes()) }
 		}
 		p.attempt(sub+"/", step)
 	}

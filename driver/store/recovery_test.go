@@ -177,3 +177,32 @@ func TestCloseStopsRecoveryRetries(t *testing.T) {
 		t.Fatal("Close did not stop the retries")
 	}
 }
+
+// A metadata temporary behind a lock the pool did not write (a symlink a
+// compromised node of the zone planted) is reported, and does not keep
+// the interrupted deletes of the pool from being finished.
+func TestForeignMetadataTemporaryDoesNotBlockInterruptedDeletes(t *testing.T) {
+	dir := t.TempDir()
+	p := openPool(t, dir, "node1", 100)
+	deleting, err := p.CreateVolume(context.Background(), VolumeRequest{Name: "deleting", CapacityBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleting.State = StateDeleting
+	if err := p.writeMeta(deleting.ID, deleting); err != nil {
+		t.Fatal(err)
+	}
+	planted := p.VolumeID("planted")
+	writeFile(t, filepath.Join(dir, "meta", "."+planted+".json.tmp-x"), "{}")
+	symlink(t, filepath.Join(t.TempDir(), "elsewhere"), filepath.Join(dir, "locks", planted))
+	p.Close()
+
+	reopened := openPool(t, dir, "node1", 100)
+	if !reported(reopened, "meta/") {
+		t.Fatalf("a metadata temporary behind a foreign lock is not reported: %+v", reopened.Unrecovered())
+	}
+	await(t, "the interrupted delete is finished", func() bool {
+		_, err := reopened.LookupVolume(deleting.ID)
+		return errors.Is(err, ErrNotFound)
+	})
+}
