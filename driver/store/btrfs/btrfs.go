@@ -17,7 +17,14 @@
 // 0.1-2 ms after the ioctl returns; by a poll once a second where fanotify
 // is unavailable). The charge moves with the relation: what the pod wrote
 // meanwhile lands on V, which refuses writes until it is back under its
-// limit, and a neighbour gets its charge back. What holds, measured
+// limit, and a neighbour gets its charge back, provided the subvolume is
+// still there when the pass runs. A pod that wins the race outright does
+// escape for good: nest N in no qgroup, write into it, reflink the data
+// into V (`cp --reflink=always`), remove the file and N, all before the
+// pass; the extents stay charged to the removed N's qgroup, in no limit
+// group, and V is charged nothing for them. No pass can find where N was
+// (its link is gone); Watch reports the orphaned charge (OrphanedCharge,
+// logged) so an operator sees it. What holds, measured
 // (TestWatchBoundsInheritanceEscape): with fanotify, a pod writing at once
 // and as fast as it can got no byte past its limit; by polling alone, up
 // to a second of writes (96 MiB past a 32 MiB limit). Not closed, as the
@@ -76,6 +83,13 @@ type Backend struct {
 	// between Delete listing the group's members and removing it would
 	// keep the group from being removed.
 	membership sync.Mutex
+
+	// deletedMu guards deleted: the subvolumes Delete destroyed, whose
+	// qgroups keep a charge while a snapshot or reflink holds their blocks
+	// and are no escape (see Watch's orphan report). An entry goes once
+	// the watcher sees its qgroup's charge at zero.
+	deletedMu sync.Mutex
+	deleted   map[uint64]bool
 }
 
 // IsBtrfs reports whether dir is on btrfs.
@@ -479,6 +493,7 @@ func (b *Backend) deleteSubvolumeTree(volume *os.File, id uint64) error {
 			if err = b.destroyUnlocking(volume, id, order[i]); err != nil {
 				break
 			}
+			b.noteDeleted(order[i])
 			if b.simple && i > 0 {
 				b.removeVolumeQgroup(order[i]) // a nested subvolume's own, if it had one
 			}
@@ -488,6 +503,28 @@ func (b *Backend) deleteSubvolumeTree(volume *os.File, id uint64) error {
 		}
 		return err
 	}
+}
+
+// noteDeleted records that Delete destroyed the subvolume id.
+func (b *Backend) noteDeleted(id uint64) {
+	b.deletedMu.Lock()
+	defer b.deletedMu.Unlock()
+	if b.deleted == nil {
+		b.deleted = make(map[uint64]bool)
+	}
+	b.deleted[id] = true
+}
+
+// deletedByDriver reports whether Delete destroyed the subvolume id, and
+// forgets it when its qgroup's charge is gone.
+func (b *Backend) deletedByDriver(id uint64, charged bool) bool {
+	b.deletedMu.Lock()
+	defer b.deletedMu.Unlock()
+	deleted := b.deleted[id]
+	if deleted && !charged {
+		delete(b.deleted, id)
+	}
+	return deleted
 }
 
 // maxUnlocks bounds the retries of a destroy refused for a flag: a tenant

@@ -592,6 +592,15 @@ func qgroupReferenced(f *os.File, id uint64) (uint64, bool, error) {
 	return binary.LittleEndian.Uint64(items[0].data[8:]), true, nil
 }
 
+// highestQgroup is the highest level-0 qgroup id (0: none).
+func highestQgroup(f *os.File) (uint64, error) {
+	items, err := treeSearch(f, quotaTreeID, 0, 0, qgroupInfoKey, qgroupInfoKey, 0, qgroupID(1, 0)-1)
+	if err != nil || len(items) == 0 {
+		return 0, err
+	}
+	return items[len(items)-1].offset, nil
+}
+
 // qgroupParents lists the qgroups child is a member of.
 func qgroupParents(f *os.File, child uint64) ([]uint64, error) {
 	items, err := treeSearch(f, quotaTreeID, child, child, qgroupRelationKey, qgroupRelationKey, child+1, ^uint64(0))

@@ -77,6 +77,8 @@ func runTenant(action, request string) int {
 			err = CreateSubvolume(req.Path)
 		case "churn":
 			res.Written, err = churn(req.Path, time.Duration(req.Size)*time.Millisecond)
+		case "reflink-escape":
+			res.Written, err = reflinkEscape(req.Path, req.Size)
 		case "read-only":
 			err = makeReadOnly(req.Path)
 		case "subvolume-inherit":
@@ -285,4 +287,36 @@ func churn(dir string, lasts time.Duration) (int64, error) {
 		}
 	}
 	return created, nil
+}
+
+// reflinkEscape is the escape Watch can report, not undo: nest a
+// subvolume in no limit group, write size bytes into it, reflink them into
+// the volume, remove the file and the subvolume. The extents stay charged
+// to the removed subvolume's qgroup, which is in no limit group.
+func reflinkEscape(path string, size int64) (int64, error) {
+	if err := createSubvolumeInherit(path, []uint64{}); err != nil {
+		return 0, err
+	}
+	data := filepath.Join(path, "f")
+	written, err := fill(data, size)
+	if err != nil {
+		return written, err
+	}
+	src, err := os.Open(data)
+	if err != nil {
+		return written, err
+	}
+	defer src.Close()
+	dst, err := os.Create(filepath.Join(filepath.Dir(path), "kept"))
+	if err != nil {
+		return written, err
+	}
+	defer dst.Close()
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
+		return written, fmt.Errorf("reflink: %w", err)
+	}
+	if err := os.Remove(data); err != nil {
+		return written, err
+	}
+	return written, os.Remove(path)
 }

@@ -25,16 +25,29 @@ import (
 // filesystem (btrfs reports subvolume and snapshot creation as one), and
 // every second in any case. A pass searches only the root tree's leaves
 // written since the previous pass, so it costs what changed, not how many
-// subvolumes the pool holds.
+// subvolumes the pool holds; it handles at most maxPassLinks links and
+// leaves a cursor for the next. Passes start at least minPassInterval
+// apart (the first event after a quiet spell is acted on at once): the
+// mark covers the whole filesystem, and directory churn anywhere on it
+// must not keep the watcher at a full core.
 //
 // What this bounds, and what it cannot: the kernel lets any user name the
 // qgroups a new subvolume joins, and Watch only acts after the create
 // ioctl returns. Until its pass runs (microseconds after a fanotify
 // event, up to a second when polling), the pod writes outside its limit,
-// or against the neighbour it named; the pass then moves all of it, with
-// the relation, onto the pod's volume, which refuses writes until it is
-// back below its limit. See TestWatchBoundsInheritanceEscape for the
-// measured overshoot.
+// or against the neighbour it named. If the subvolume is still there,
+// the pass moves what it holds, with the relation, onto the pod's volume,
+// which refuses writes until it is back below its limit (see
+// TestWatchBoundsInheritanceEscape for the measured overshoot). If the
+// pod reflinked the data into its volume and removed the subvolume before
+// the pass, nothing moves: the data stays charged to the removed
+// subvolume's qgroup, in no limit group, and the volume is charged
+// nothing for it, for as long as the data lives. A pass finds no link to
+// say which volume it came from; it reports each such charge instead
+// (OrphanedCharge, logged): a level-0 qgroup changed since the previous
+// pass, of a subvolume made since Watch started and since removed and
+// cleaned, in no limit group, still charged, and not one Delete removed.
+// Closing this takes closing the window (below).
 //
 // The probe stays open, and cannot be closed from here: the kernel looks
 // up each qgroup of an inheritance list before it creates anything, and
@@ -81,6 +94,18 @@ type watchOptions struct {
 	started func()
 	// passed, when set, is called after each pass.
 	passed func()
+	// orphaned, when set, replaces the log of each orphaned charge.
+	orphaned func(OrphanedCharge)
+}
+
+// logOrphanedCharge is how Watch reports an orphaned charge: an operator
+// can see the escape, not undo it.
+func logOrphanedCharge(volumesDir string) func(OrphanedCharge) {
+	return func(o OrphanedCharge) {
+		klog.InfoS("A removed subvolume's qgroup is charged and counted against no volume: a tenant may have escaped its limit "+
+			"(nested with an empty inheritance list, reflinked, removed before the watcher saw it)",
+			"dir", volumesDir, "qgroup", qgroupName(qgroupID(0, o.ID)), "bytes", o.Bytes)
+	}
 }
 
 // volumesWatch is what one Watch knows of its volumes directory.
@@ -91,6 +116,27 @@ type volumesWatch struct {
 	// tree and dirID place volumesDir: a volume is a subvolume linked in
 	// the directory dirID of the subvolume tree.
 	tree, dirID uint64
+	// baseline is the highest level-0 qgroup id when the watch started:
+	// subvolume ids only grow, so a higher one is a subvolume made since.
+	baseline uint64
+	// orphaned reports a charge no volume holds (findOrphans); reported
+	// holds the ids already reported, so each is reported once.
+	orphaned func(OrphanedCharge)
+	reported map[uint64]bool
+}
+
+// OrphanedCharge is the qgroup of a subvolume created since the watch
+// started and gone before any pass saw it, in no limit group, still
+// charged: a tenant's escape (a subvolume nested with an empty
+// inheritance list, written, its data reflinked into the volume, then
+// removed, all between two passes) or a subvolume made and removed
+// elsewhere on the filesystem whose data is still referenced. It cannot be
+// attributed to a volume: the link that said where it was is gone.
+type OrphanedCharge struct {
+	// ID is the subvolume's id (its qgroup is 0/ID).
+	ID uint64
+	// Bytes is the charge as of the last transaction commit.
+	Bytes uint64
 }
 
 func (b *Backend) watch(ctx context.Context, volumesDir string, report func(Correction), opts watchOptions) error {
@@ -113,7 +159,15 @@ func (b *Backend) watch(ctx context.Context, volumesDir string, report func(Corr
 	if ok, err := sameFilesystem(dir, b.root); err != nil || !ok {
 		return errors.Join(fmt.Errorf("%s is not on the pool's btrfs filesystem", volumesDir), err)
 	}
-	w := &volumesWatch{b: b, dir: volumesDir, report: report, tree: tree, dirID: st.Ino}
+	baseline, err := highestQgroup(b.root)
+	if err != nil {
+		return err
+	}
+	w := &volumesWatch{b: b, dir: volumesDir, report: report, tree: tree, dirID: st.Ino,
+		baseline: baseline, orphaned: opts.orphaned, reported: map[uint64]bool{}}
+	if w.orphaned == nil {
+		w.orphaned = logOrphanedCharge(volumesDir)
+	}
 
 	wake := make(chan struct{}, 1)
 	if opts.notify {
@@ -256,7 +310,59 @@ func (w *volumesWatch) passSince(since, from uint64, limit int) (uint64, error) 
 	if err := errors.Join(errs...); err != nil {
 		return from, err
 	}
+	if resume == 0 {
+		if err := w.findOrphans(since); err != nil {
+			return from, err
+		}
+	}
 	return resume, nil
+}
+
+// findOrphans reports each level-0 qgroup whose info was written in
+// transaction since or later (so it was created or charged meanwhile), of
+// a subvolume made since the watch started that is now gone from the root
+// tree (removed and cleaned), with no parent qgroup and a charge, which
+// then is data referenced elsewhere: what a pass never saw linked, so never put
+// under a limit. Subvolumes Delete destroyed are not reported (their
+// qgroups keep a charge while a snapshot holds their blocks).
+func (w *volumesWatch) findOrphans(since uint64) error {
+	items, err := searchTree(w.b.root, searchKey{
+		treeID: quotaTreeID, maxOffset: qgroupID(1, 0) - 1,
+		minTransID: since, maxTransID: ^uint64(0), minType: qgroupInfoKey, maxType: qgroupInfoKey,
+	})
+	if err != nil {
+		return fmt.Errorf("search changed qgroups: %w", err)
+	}
+	for _, item := range items {
+		id := item.offset
+		if id <= w.baseline || w.reported[id] || len(item.data) < 16 {
+			continue
+		}
+		// struct btrfs_qgroup_info_item: generation, rfer (le64), ...
+		bytes := binary.LittleEndian.Uint64(item.data[8:])
+		if w.b.deletedByDriver(id, bytes > 0) || bytes == 0 {
+			continue
+		}
+		// Still in the root tree: linked (a pass reconciles it where it
+		// is), or removed and waiting for the cleaner, when its own tree
+		// is still charged; the cleaner's drop rewrites the qgroup, and a
+		// later pass looks again.
+		if exists, err := subvolumeExists(w.b.root, id); err != nil || exists {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if parents, err := qgroupParents(w.b.root, qgroupID(0, id)); err != nil || len(parents) > 0 {
+			if err != nil {
+				return err
+			}
+			continue // counted against a limit group
+		}
+		w.reported[id] = true
+		w.orphaned(OrphanedCharge{ID: id, Bytes: bytes})
+	}
+	return nil
 }
 
 // volumeOf names the volume a subvolume is in: id 0 when none.
