@@ -568,7 +568,7 @@ func (b *Backend) unlockForDestroy(volume *os.File, volumeID, id uint64) error {
 		if err != nil {
 			return err
 		}
-		defer unix.Close(parent)
+		defer closeFd(parent)
 		if err := clearReadOnly(parent); err != nil {
 			return err
 		}
@@ -581,7 +581,7 @@ func (b *Backend) unlockForDestroy(volume *os.File, volumeID, id uint64) error {
 			if holder, err = openBeneath(parent, dir); err != nil {
 				return fmt.Errorf("open directory holding subvolume %d: %w", id, err)
 			}
-			defer unix.Close(holder)
+			defer closeFd(holder)
 		}
 		if err := clearImmutable(holder); err != nil {
 			return err
@@ -591,7 +591,7 @@ func (b *Backend) unlockForDestroy(volume *os.File, volumeID, id uint64) error {
 	if err != nil {
 		return err
 	}
-	defer unix.Close(self)
+	defer closeFd(self)
 	if err := clearReadOnly(self); err != nil {
 		return err
 	}
@@ -628,22 +628,22 @@ func openNested(fsFile, volume *os.File, volumeID, id uint64) (int, error) {
 		if err == nil {
 			var next int
 			next, err = openBeneath(fd, dir+chain[i].name)
-			unix.Close(fd)
+			_ = unix.Close(fd)
 			fd = next
 		}
 		if err != nil {
-			unix.Close(fd)
+			_ = unix.Close(fd)
 			return -1, fmt.Errorf("open subvolume %d: %w", chain[i].id, err)
 		}
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Ino != firstFreeObjectID {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return -1, errors.Join(fmt.Errorf("open subvolume %d: not a subvolume root", id), err)
 	}
 	args := inoLookupArgs{objectID: firstFreeObjectID}
 	if err := ioctl(uintptr(fd), iocInoLookup, unsafe.Pointer(&args)); err != nil || args.treeID != id {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return -1, errors.Join(fmt.Errorf("open subvolume %d: found subvolume %d", id, args.treeID), err)
 	}
 	return fd, nil
@@ -657,6 +657,9 @@ func openBeneath(dirfd int, rel string) (int, error) {
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	})
 }
+
+// closeFd closes a directory descriptor opened for reading: nothing to report.
+func closeFd(fd int) { _ = unix.Close(fd) }
 
 // clearReadOnly makes the subvolume whose root directory fd is writable.
 func clearReadOnly(fd int) error {

@@ -144,7 +144,7 @@ func setImmutable(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
+	defer closeFd(fd)
 	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
 	if err != nil {
 		t.Fatal(err)
