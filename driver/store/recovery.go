@@ -19,6 +19,22 @@ import (
 // the pool is closed; every other object is served meanwhile. One
 // undeletable volume must not take a node's CSI service down, nor, on a
 // zone pool, every node's of the zone.
+//
+// Nor may one that takes long: Open waits for the first attempts of
+// recovery for at most recoveryOpenWait, all together. Work still running
+// then (a delete of a huge tree, or one a writer keeps filling) goes on in
+// the background, listed by Unrecovered with ErrRecovering until it ends,
+// and is retried with backoff if it fails; Open returns and the pool
+// serves meanwhile. Tests of what Open finishes rely on it finishing
+// within the wait, which work of test size does.
+
+// recoveryOpenWait bounds how long Open waits for recovery's first
+// attempts before leaving them to the background (a variable for tests).
+var recoveryOpenWait = 10 * time.Second
+
+// ErrRecovering is the Err of an Unrecovered entry whose first attempt
+// was still running when Open stopped waiting for it.
+var ErrRecovering = errors.New("first recovery attempt still running in the background")
 
 // Backoff bounds the waits between retries: Initial, doubling up to Max.
 type Backoff struct {
@@ -43,6 +59,10 @@ type recovery struct {
 	stuck   map[string]*Unrecovered
 	stop    chan struct{}
 	retries sync.WaitGroup
+	// openDeadline is when Open stops waiting for first attempts; zero
+	// once Open has returned (attempts then run where they are called,
+	// in a retry's goroutine).
+	openDeadline time.Time
 }
 
 func (r *recovery) init(backoff Backoff) {
@@ -79,6 +99,14 @@ func (p *Pool) Unrecovered() []Unrecovered {
 // are listed, and the CO's retry of CreateVolume completes them, as
 // external-provisioner retries a create whose outcome it did not learn.
 func (p *Pool) recover() {
+	p.recovery.mu.Lock()
+	p.recovery.openDeadline = time.Now().Add(recoveryOpenWait)
+	p.recovery.mu.Unlock()
+	defer func() {
+		p.recovery.mu.Lock()
+		p.recovery.openDeadline = time.Time{}
+		p.recovery.mu.Unlock()
+	}()
 	for _, sub := range poolDirs {
 		step := func() error { return p.checkDir(sub) }
 		switch sub {
@@ -146,18 +174,73 @@ func (p *Pool) finishDelete(kind Kind, id string) error {
 
 // attempt runs step for object; if it fails, the object is reported and
 // step retried in the background (unless a retry of it already runs).
+// While Open waits, a step still running at its deadline is left to run
+// in the background instead, listed as ErrRecovering (see
+// recoveryOpenWait).
 func (p *Pool) attempt(object string, step func() error) {
 	r := &p.recovery
 	r.mu.Lock()
 	_, retrying := r.stuck[object]
+	deadline := r.openDeadline
 	r.mu.Unlock()
 	if retrying {
 		return
 	}
-	err := step()
+	if deadline.IsZero() {
+		p.attempted(object, step, step())
+		return
+	}
+	result := make(chan error, 1)
+	go func() { result <- step() }()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case err := <-result:
+		p.attempted(object, step, err)
+		return
+	case <-timer.C:
+	}
+	since := time.Now()
+	r.mu.Lock()
+	if _, retrying := r.stuck[object]; retrying {
+		r.mu.Unlock()
+		return
+	}
+	r.stuck[object] = &Unrecovered{Object: object, Err: ErrRecovering, Since: since}
+	r.retries.Add(1)
+	r.mu.Unlock()
+	klog.InfoS("Recovery is taking long; serving the pool while it runs", "pool", p.cfg.Dir, "object", object)
+	p.reportRecovery(object, ErrRecovering)
+	go func() {
+		err := <-result
+		r.mu.Lock()
+		if err == nil {
+			delete(r.stuck, object)
+		} else {
+			r.stuck[object].Err = err
+			r.stuck[object].Attempts = 1
+		}
+		r.mu.Unlock()
+		p.reportRecovery(object, err)
+		if err == nil {
+			klog.InfoS("Finished what a crash left", "pool", p.cfg.Dir, "object", object)
+			r.retries.Done()
+			return
+		}
+		klog.ErrorS(err, "Cannot finish what a crash left; serving the rest of the pool and retrying",
+			"pool", p.cfg.Dir, "object", object, "retryIn", r.backoff.Initial)
+		p.retry(object, step) // its Done is this goroutine's
+	}()
+}
+
+// attempted records the outcome of a first attempt of step for object:
+// if it failed, the object is reported and step retried
+// in the background (unless a retry of it already runs).
+func (p *Pool) attempted(object string, step func() error, err error) {
 	if err == nil {
 		return
 	}
+	r := &p.recovery
 	r.mu.Lock()
 	if _, retrying := r.stuck[object]; retrying {
 		r.mu.Unlock()

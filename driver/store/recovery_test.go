@@ -206,3 +206,87 @@ func TestForeignMetadataTemporaryDoesNotBlockInterruptedDeletes(t *testing.T) {
 		return errors.Is(err, ErrNotFound)
 	})
 }
+
+// slowDeleteBackend's Delete of the object named slow (a huge tree, or one a
+// writer keeps filling) runs until released.
+type slowDeleteBackend struct {
+	dirfs.Backend
+	slow     string
+	released chan struct{}
+}
+
+func (b *slowDeleteBackend) Delete(path string) error {
+	if filepath.Base(path) == b.slow {
+		<-b.released
+	}
+	return b.Backend.Delete(path)
+}
+
+// An interrupted delete that takes long does not keep the pool from
+// opening: Open stops waiting for it, it is listed as still recovering,
+// the rest is served, and it is finished in the background.
+func TestSlowInterruptedDeleteDoesNotDelayOpen(t *testing.T) {
+	defer func(wait time.Duration) { recoveryOpenWait = wait }(recoveryOpenWait)
+	recoveryOpenWait = 50 * time.Millisecond
+	dir := t.TempDir()
+	backend := &slowDeleteBackend{released: make(chan struct{})}
+	rec := &recorder{}
+	p, err := openStubborn(t, dir, backend, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	slow, err := p.CreateVolume(ctx, VolumeRequest{Name: "slow", CapacityBytes: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.CreateVolume(ctx, VolumeRequest{Name: "fine", CapacityBytes: 10}); err != nil {
+		t.Fatal(err)
+	}
+	slow.State = StateDeleting
+	if err := p.writeMeta(slow.ID, slow); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+
+	backend.slow = slow.ID
+	opened := make(chan *Pool, 1)
+	go func() {
+		reopened, err := openStubborn(t, dir, backend, rec)
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- reopened
+	}()
+	var reopened *Pool
+	select {
+	case reopened = <-opened:
+	case <-time.After(10 * time.Second):
+		close(backend.released) // let Open return, to end the test
+		if reopened = <-opened; reopened != nil {
+			reopened.Close()
+		}
+		t.Fatal("Open waited for an interrupted delete that takes long")
+	}
+	if reopened == nil {
+		t.FailNow()
+	}
+	t.Cleanup(reopened.Close)
+	var listed *Unrecovered
+	for _, u := range reopened.Unrecovered() {
+		if u.Object == slow.ID {
+			listed = &u
+		}
+	}
+	if listed == nil || !errors.Is(listed.Err, ErrRecovering) {
+		t.Fatalf("the delete still running is not listed as recovering: %+v", reopened.Unrecovered())
+	}
+	if _, err := reopened.LookupVolume(reopened.VolumeID("fine")); err != nil {
+		t.Fatalf("the other volume is not served: %v", err)
+	}
+	close(backend.released)
+	await(t, "the slow delete is finished", func() bool { return !reported(reopened, slow.ID) })
+	if _, err := reopened.LookupVolume(slow.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the slow volume after its delete finished: %v, want ErrNotFound", err)
+	}
+}
