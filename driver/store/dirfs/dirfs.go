@@ -89,8 +89,13 @@ func (Backend) Expand(string, int64) error { return nil }
 // fscopy.RemoveTree, which never follows a symlink (one at path itself is
 // unlinked), holds a bounded number of descriptors however deep the tree
 // (os.RemoveAll holds one per level, and fails forever on a chain deeper
-// than the open-file limit) and clears the immutable and append-only flags
-// that would make it fail with EPERM.
+// than the open-file limit) and memory that does not grow with the names
+// on the way down, and clears the immutable and append-only flags that
+// would make it fail with EPERM. A tree its tenant keeps writing into
+// (still mounted) fails with fscopy.ErrContended rather than run forever;
+// the store retries it. Backend.Delete takes no context, so a writer that
+// only ever adds new names is not cut short here (RemoveTreeContext
+// would, given one).
 func (Backend) Delete(path string) error {
 	return fscopy.RemoveTree(path)
 }
