@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/toposnap/toposnap/internal/loop"
 )
 
 // Root on one node of a zone is root on the zone's shared pool: these tests
@@ -90,44 +92,28 @@ func traversal(t *testing.T, poolDir, dir string) string {
 }
 
 // loopDevicesOf lists the loop devices whose backing file is the file at
-// path (by device and inode number), read with the loop ioctls directly.
+// path (by device and inode number).
 func loopDevicesOf(t *testing.T, path string) []string {
 	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		t.Fatal(err)
 	}
-	return loopDevicesWith(t, func(info *unix.LoopInfo64, _ string) bool {
-		return info.Device == st.Dev && info.Inode == st.Ino
-	})
+	backing := loop.Identity{Device: st.Dev, Inode: st.Ino}
+	return loopDevicesWith(t, func(device loop.Device) bool { return device.Backing == backing })
 }
 
-// loopDevicesWith lists the attached loop devices that match, given their
-// status and their backing file's path as /sys shows it.
-func loopDevicesWith(t *testing.T, match func(info *unix.LoopInfo64, backing string) bool) []string {
+// loopDevicesWith lists the attached loop devices that match.
+func loopDevicesWith(t *testing.T, match func(loop.Device) bool) []string {
 	t.Helper()
-	entries, err := os.ReadDir("/sys/block")
+	attached, err := loop.List()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var devices []string
-	for _, entry := range entries {
-		index, ok := strings.CutPrefix(entry.Name(), "loop")
-		if _, err := strconv.Atoi(index); !ok || err != nil {
-			continue
-		}
-		backing, err := os.ReadFile(filepath.Join("/sys/block", entry.Name(), "loop", "backing_file"))
-		if err != nil {
-			continue // not attached
-		}
-		f, err := os.Open("/dev/" + entry.Name())
-		if err != nil {
-			continue
-		}
-		info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
-		f.Close()
-		if err == nil && match(info, strings.TrimSpace(string(backing))) {
-			devices = append(devices, "/dev/"+entry.Name())
+	for _, device := range attached {
+		if match(device) {
+			devices = append(devices, device.Path)
 		}
 	}
 	return devices
@@ -138,8 +124,8 @@ func loopDevicesWith(t *testing.T, match func(info *unix.LoopInfo64, backing str
 func loopDevicesOfVolume(t *testing.T, id string) []string {
 	t.Helper()
 	suffix := "/volumes/" + id + "/disk.img"
-	return loopDevicesWith(t, func(_ *unix.LoopInfo64, backing string) bool {
-		return strings.HasSuffix(strings.TrimSuffix(backing, " (deleted)"), suffix)
+	return loopDevicesWith(t, func(device loop.Device) bool {
+		return strings.HasSuffix(strings.TrimSuffix(device.BackingPath, " (deleted)"), suffix)
 	})
 }
 
@@ -303,8 +289,8 @@ func TestBlockAttachesOnlyThePoolsImage(t *testing.T) {
 			}
 			var planted unix.Stat_t
 			if err := unix.Lstat(filepath.Join(zoneDir, "volumes", id, "disk.img"), &planted); err == nil && planted.Mode&unix.S_IFMT != unix.S_IFREG {
-				attached := loopDevicesWith(t, func(info *unix.LoopInfo64, _ string) bool {
-					return info.Device == planted.Dev && info.Inode == planted.Ino
+				attached := loopDevicesWith(t, func(device loop.Device) bool {
+					return device.Backing == loop.Identity{Device: planted.Dev, Inode: planted.Ino}
 				})
 				if len(attached) > 0 {
 					t.Fatalf("what was planted as disk.img (mode %#o) was attached to %v", planted.Mode&unix.S_IFMT, attached)

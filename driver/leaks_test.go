@@ -154,8 +154,8 @@ func TestReadOnlyPublishDoesNotLeakADevice(t *testing.T) {
 	staging := filepath.Join(base, "staging")
 	st, _ := stageBlock(t, h, h.dataDir, id, staging)
 	readOnlyDevices := func() []string {
-		return loopDevicesWith(t, func(info *unix.LoopInfo64, _ string) bool {
-			return info.Device == st.Dev && info.Inode == st.Ino && info.Flags&unix.LO_FLAGS_READ_ONLY != 0
+		return loopDevicesWith(t, func(device loop.Device) bool {
+			return device.Backing == loop.Identity{Device: st.Dev, Inode: st.Ino} && device.ReadOnly
 		})
 	}
 	t.Cleanup(func() {

@@ -22,6 +22,7 @@ import (
 	"github.com/toposnap/toposnap/driver/store"
 	"github.com/toposnap/toposnap/driver/store/btrfs"
 	"github.com/toposnap/toposnap/internal/fscopy/treetest"
+	"github.com/toposnap/toposnap/internal/tenantops"
 	"github.com/toposnap/toposnap/internal/testpool"
 )
 
@@ -53,26 +54,6 @@ func hashFile(t *testing.T, path string) [32]byte {
 	return sha256.Sum256(data)
 }
 
-// writeUpTo writes up to size bytes to path through the published volume
-// and returns how much was written before the first error.
-func writeUpTo(path string, size int64) (int64, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	chunk := bytes.Repeat([]byte{0x5a}, 1<<20)
-	var written int64
-	for written < size {
-		n, err := f.Write(chunk[:min(int64(len(chunk)), size-written)])
-		written += int64(n)
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, f.Sync()
-}
-
 // TestSizeIsEnforced: on a btrfs pool, a write past a volume's size fails
 // (ENOSPC/EDQUOT) and its neighbour is untouched: its data is unchanged and
 // it can still write.
@@ -81,12 +62,12 @@ func TestSizeIsEnforced(t *testing.T) {
 	small := mustCreate(t, h, volumeRequest("small", "node", 64<<20, nil, nil))
 	neighbour := mustCreate(t, h, volumeRequest("neighbour", "node", 64<<20, nil, nil))
 	smallPath, neighbourPath := publish(t, h, small, false), publish(t, h, neighbour, false)
-	if _, err := writeUpTo(filepath.Join(neighbourPath, "kept"), 16<<20); err != nil {
+	if _, err := tenantops.Fill(filepath.Join(neighbourPath, "kept"), 16<<20); err != nil {
 		t.Fatal(err)
 	}
 	before := hashFile(t, filepath.Join(neighbourPath, "kept"))
 
-	written, err := writeUpTo(filepath.Join(smallPath, "flood"), 512<<20)
+	written, err := tenantops.Fill(filepath.Join(smallPath, "flood"), 512<<20)
 	if !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
 		t.Fatalf("writing 512 MiB into a 64 MiB volume: %d bytes written, err %v; want ENOSPC or EDQUOT", written, err)
 	}
@@ -97,7 +78,7 @@ func TestSizeIsEnforced(t *testing.T) {
 	if after := hashFile(t, filepath.Join(neighbourPath, "kept")); after != before {
 		t.Fatal("the neighbour's data changed")
 	}
-	if n, err := writeUpTo(filepath.Join(neighbourPath, "more"), 16<<20); err != nil {
+	if n, err := tenantops.Fill(filepath.Join(neighbourPath, "more"), 16<<20); err != nil {
 		t.Fatalf("the neighbour cannot write any more: %d bytes, %v", n, err)
 	}
 }
@@ -279,7 +260,7 @@ func TestDeleteVolumeWithNestedSubvolumes(t *testing.T) {
 		if err := btrfs.CreateSubvolume(nested); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := writeUpTo(filepath.Join(nested, "data"), 2<<20); err != nil {
+		if _, err := tenantops.Fill(filepath.Join(nested, "data"), 2<<20); err != nil {
 			t.Fatal(err)
 		}
 		id, err := btrfs.SubvolumeID(nested)

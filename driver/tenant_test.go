@@ -2,21 +2,15 @@ package driver
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -24,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/toposnap/toposnap/driver/store/btrfs"
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // Issue 19 items 1-3, through the CSI socket on a real btrfs node pool,
@@ -40,140 +35,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if action := os.Getenv(tenantEnv); action != "" {
-		os.Exit(runTenant(action, os.Args[len(os.Args)-1]))
-	}
-	os.Exit(m.Run())
-}
-
-// tenantRequest is what the test asks the tenant to do.
-type tenantRequest struct {
-	// Path is absolute: inside a published target path.
-	Path string
-	// Size is how much "fill" and "escape" write at most.
-	Size int64
-	// Inherit is the qgroup inheritance list "escape" passes (empty: a
-	// zeroed btrfs_qgroup_inherit).
-	Inherit []uint64
-}
-
-// tenantResult is what the tenant did: how much it wrote and how its last
-// call failed.
-type tenantResult struct {
-	Written int64
-	Errno   int
-	Err     string
-}
-
-func (r tenantResult) err() error {
-	if r.Err == "" {
-		return nil
-	}
-	return tenantError{message: r.Err, errno: syscall.Errno(r.Errno)}
-}
-
-// tenantError is a tenant's failure as its process told it: the message,
-// and the errno for errors.Is.
-type tenantError struct {
-	message string
-	errno   syscall.Errno
-}
-
-func (e tenantError) Error() string { return e.message }
-func (e tenantError) Unwrap() error {
-	if e.errno == 0 {
-		return nil
-	}
-	return e.errno
-}
-
-// runTenant does one action as the tenant and prints its result.
-func runTenant(action, request string) int {
-	var req tenantRequest
-	var res tenantResult
-	err := json.Unmarshal([]byte(request), &req)
-	if err == nil {
-		switch action {
-		case "fill":
-			res.Written, err = writeUpTo(req.Path, req.Size)
-		case "subvolume":
-			err = createSubvolumeV1(req.Path)
-		case "escape":
-			// At full speed, in one process: nest with an inheritance
-			// list, then write into it at once.
-			if err = createSubvolumeInherit(req.Path, req.Inherit); err == nil {
-				res.Written, err = writeUpTo(filepath.Join(req.Path, "data.bin"), req.Size)
-			}
-		case "flatten":
-			err = flatten(req.Path)
-		default:
-			err = fmt.Errorf("unknown tenant action %q", action)
-		}
-	}
-	if err != nil {
-		res.Err = err.Error()
-		var errno syscall.Errno
-		if errors.As(err, &errno) {
-			res.Errno = int(errno)
-		}
-	}
-	_ = json.NewEncoder(os.Stdout).Encode(res)
-	return 0
-}
-
-// Subvolume-create ioctls as any user may call them (include/uapi/linux/btrfs.h).
-const (
-	iocSubvolCreate     = 1<<30 | 4096<<16 | 0x94<<8 | 14 // _IOW(0x94, 14, btrfs_ioctl_vol_args)
-	iocSubvolCreateV2   = 1<<30 | 4096<<16 | 0x94<<8 | 24 // _IOW(0x94, 24, btrfs_ioctl_vol_args_v2)
-	subvolQgroupInherit = 1 << 2                          // BTRFS_SUBVOL_QGROUP_INHERIT
-	qgroupInheritSize   = 72                              // btrfs_qgroup_inherit without its qgroups
-)
-
-// createSubvolumeV1 is `btrfs subvolume create`: BTRFS_IOC_SUBVOL_CREATE.
-func createSubvolumeV1(path string) error {
-	var args struct {
-		fd   int64
-		name [4088]byte
-	}
-	copy(args.name[:len(args.name)-1], filepath.Base(path))
-	return subvolumeIoctl(filepath.Dir(path), iocSubvolCreate, unsafe.Pointer(&args))
-}
-
-// createSubvolumeInherit is BTRFS_IOC_SUBVOL_CREATE_V2 with the tenant's
-// own qgroup inheritance list (struct btrfs_qgroup_inherit: flags,
-// num_qgroups, num_ref_copies, num_excl_copies, a btrfs_qgroup_limit, then
-// the qgroup ids).
-func createSubvolumeInherit(path string, qgroups []uint64) error {
-	inherit := make([]byte, qgroupInheritSize+8*len(qgroups))
-	binary.NativeEndian.PutUint64(inherit[8:], uint64(len(qgroups)))
-	for i, id := range qgroups {
-		binary.NativeEndian.PutUint64(inherit[qgroupInheritSize+8*i:], id)
-	}
-	var args struct {
-		fd, transid, flags uint64
-		size               uint64
-		inherit            uintptr
-		unused             [2]uint64
-		name               [4040]byte
-	}
-	args.flags, args.size = subvolQgroupInherit, uint64(len(inherit))
-	args.inherit = uintptr(unsafe.Pointer(&inherit[0]))
-	copy(args.name[:len(args.name)-1], filepath.Base(path))
-	err := subvolumeIoctl(filepath.Dir(path), iocSubvolCreateV2, unsafe.Pointer(&args))
-	runtime.KeepAlive(inherit) // the kernel reads it through a plain address
-	return err
-}
-
-func subvolumeIoctl(dir string, request uintptr, args unsafe.Pointer) error {
-	parent, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer parent.Close()
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, parent.Fd(), request, uintptr(args)); errno != 0 {
-		return fmt.Errorf("create subvolume in %s: %w", dir, errno)
-	}
-	return nil
+	os.Exit(tenantops.ServeOr(tenantEnv, map[string]tenantops.Action{
+		"flatten": func(req tenantops.Request) (int64, error) { return 0, flatten(req.Path) },
+	}, m.Run))
 }
 
 // flatten is what a tenant told that its nested subvolume blocks snapshots
@@ -220,29 +84,11 @@ func moveFile(from, to string) error {
 	return os.Remove(from)
 }
 
-// tenantBinary is a copy of this test binary that uid 1000 may execute
-// (the one go test built is in a directory only root may enter).
+// tenantBinary is a copy of this test binary that uid 1000 may execute.
 func tenantBinary(t *testing.T) string {
 	t.Helper()
-	self, err := os.Executable()
+	bin, err := tenantops.CopyExecutable(worldReadableDir(t, "toposnap-tenant-"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	dir := worldReadableDir(t, "toposnap-tenant-")
-	in, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	bin := filepath.Join(dir, "tenant")
-	out, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return bin
@@ -315,38 +161,20 @@ func (p *pod) leave() {
 	}
 }
 
-// do runs action as uid 1000 on rel, a path relative to the published
-// volume.
-func (p *pod) do(action, rel string, req tenantRequest) tenantResult {
+// do runs action as uid 1000 on rel, a path relative to the volume.
+func (p *pod) do(action, rel string, req tenantops.Request) tenantops.Result {
 	p.t.Helper()
-	req.Path = filepath.Join(p.target, rel)
-	arg, err := json.Marshal(req)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	cmd := exec.Command(p.bin, "-test.run=^$", string(arg))
-	cmd.Env = append(os.Environ(), tenantEnv+"="+action)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tenantUID, Gid: tenantUID}}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
-	}
-	var res tenantResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		p.t.Fatalf("tenant %s %s answered %q: %v", action, rel, out, err)
-	}
-	return res
+	return p.tenant().Do(p.t, action, filepath.Join(p.target, rel), req)
 }
 
 // must runs action and fails the test if the tenant's call failed.
-func (p *pod) must(action, rel string, req tenantRequest) tenantResult {
+func (p *pod) must(action, rel string, req tenantops.Request) tenantops.Result {
 	p.t.Helper()
-	res := p.do(action, rel, req)
-	if err := res.err(); err != nil {
-		p.t.Fatalf("tenant %s %s: %v", action, rel, err)
-	}
-	return res
+	return p.tenant().Must(p.t, action, filepath.Join(p.target, rel), req)
+}
+
+func (p *pod) tenant() tenantops.Tenant {
+	return tenantops.Tenant{Bin: p.bin, Env: tenantEnv, UID: tenantUID}
 }
 
 // usage is the volume's used bytes as NodeGetVolumeStats reports them.
@@ -444,11 +272,11 @@ func TestNestedSubvolumeInheritanceListCannotEscapeTheVolume(t *testing.T) {
 			}
 			corrections := nestedCorrections(t, h)
 
-			res := tenant.do("escape", "escape", tenantRequest{Size: attack, Inherit: tt.inherit(neighbourSubvolume)})
-			t.Logf("the tenant wrote %.1f MiB into its nested subvolume: %v", float64(res.Written)/(1<<20), res.err())
-			if !isQuotaError(res.err()) || res.Written > tenantSize+pastLimit {
+			res := tenant.do("escape", "escape", tenantops.Request{Size: attack, Inherit: tt.inherit(neighbourSubvolume)})
+			t.Logf("the tenant wrote %.1f MiB into its nested subvolume: %v", float64(res.Written)/(1<<20), res.Failure())
+			if !isQuotaError(res.Failure()) || res.Written > tenantSize+pastLimit {
 				t.Errorf("a 32 MiB volume took %.1f MiB through a nested subvolume (err %v); want EDQUOT within %d MiB past its size",
-					float64(res.Written)/(1<<20), res.err(), pastLimit>>20)
+					float64(res.Written)/(1<<20), res.Failure(), pastLimit>>20)
 			}
 			if !eventually(t, pool, 30*time.Second, func() bool { return tenant.usage() >= res.Written }) {
 				t.Errorf("NodeGetVolumeStats reports %d bytes used; the tenant wrote %d", tenant.usage(), res.Written)
@@ -456,9 +284,9 @@ func TestNestedSubvolumeInheritanceListCannotEscapeTheVolume(t *testing.T) {
 			if !eventually(t, pool, 10*time.Second, func() bool { return nestedCorrections(t, h) > corrections }) {
 				t.Error("toposnap_driver_nested_subvolume_corrections_total{pool=\"node\"} did not count the correction")
 			}
-			own := neighbour.do("fill", "own.bin", tenantRequest{Size: neighbourSize})
+			own := neighbour.do("fill", "own.bin", tenantops.Request{Size: neighbourSize})
 			if own.Written < neighbourSize-pastLimit {
-				t.Errorf("the 64 MiB neighbour could write only %.1f MiB (%v)", float64(own.Written)/(1<<20), own.err())
+				t.Errorf("the 64 MiB neighbour could write only %.1f MiB (%v)", float64(own.Written)/(1<<20), own.Failure())
 			}
 		})
 	}
@@ -500,8 +328,8 @@ func TestNestedSubvolumeRefusesCopiesUntilFlattened(t *testing.T) {
 			name = strings.ReplaceAll(name, " ", "-")
 			source := mustCreate(t, h, volumeRequest(name+"-source", "node", size, nil, nil))
 			tenant := runPod(t, h, bin, source)
-			tenant.must("subvolume", nested, tenantRequest{})
-			tenant.must("fill", filepath.Join(nested, "data.bin"), tenantRequest{Size: 4 << 20})
+			tenant.must("subvolume", nested, tenantops.Request{})
+			tenant.must("fill", filepath.Join(nested, "data.bin"), tenantops.Request{Size: 4 << 20})
 			want := hashFile(t, filepath.Join(tenant.target, nested, "data.bin"))
 
 			_, err := tt.copyOf(ctxT(t), source, name)
@@ -510,7 +338,7 @@ func TestNestedSubvolumeRefusesCopiesUntilFlattened(t *testing.T) {
 			}
 			t.Logf("refused: %v", status.Convert(err).Message())
 
-			tenant.must("flatten", nested, tenantRequest{})
+			tenant.must("flatten", nested, tenantops.Request{})
 			copied, err := tt.copyOf(ctxT(t), source, name)
 			if err != nil {
 				t.Fatalf("the same copy once the subvolume is a plain directory: %v", err)
@@ -540,9 +368,9 @@ func TestFullVolumeWithNestedSubvolumeIsDeleted(t *testing.T) {
 	before := capacity()
 	volume := mustCreate(t, h, volumeRequest("full", "node", 64<<20, nil, nil))
 	tenant := runPod(t, h, bin, volume)
-	tenant.must("subvolume", "nested", tenantRequest{})
-	if res := tenant.do("fill", "nested/fill.bin", tenantRequest{Size: 256 << 20}); !isQuotaError(res.err()) {
-		t.Fatalf("filling the nested subvolume of a 64 MiB volume: %.1f MiB written, %v; want EDQUOT", float64(res.Written)/(1<<20), res.err())
+	tenant.must("subvolume", "nested", tenantops.Request{})
+	if res := tenant.do("fill", "nested/fill.bin", tenantops.Request{Size: 256 << 20}); !isQuotaError(res.Failure()) {
+		t.Fatalf("filling the nested subvolume of a 64 MiB volume: %.1f MiB written, %v; want EDQUOT", float64(res.Written)/(1<<20), res.Failure())
 	}
 	tenant.leave()
 	if _, err := h.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volume}); err != nil {

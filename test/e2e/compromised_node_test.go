@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/toposnap/toposnap/internal/loop"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/test/cluster"
 	"github.com/toposnap/toposnap/test/harness"
@@ -389,33 +389,15 @@ func loopDevicesBackedBy(t *testing.T, file string) []string {
 	if err := unix.Stat(file, &want); err != nil {
 		t.Fatal(err)
 	}
-	entries, err := os.ReadDir("/sys/block")
+	attached, err := loop.List()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var devices []string
-	for _, entry := range entries {
-		index, ok := strings.CutPrefix(entry.Name(), "loop")
-		if _, err := strconv.Atoi(index); !ok || err != nil {
-			continue
-		}
-		backing, err := os.ReadFile(filepath.Join("/sys/block", entry.Name(), "loop", "backing_file"))
-		if err != nil {
-			continue // not attached
-		}
-		device := "/dev/" + entry.Name()
-		if strings.TrimSuffix(strings.TrimSpace(string(backing)), " (deleted)") == file {
-			devices = append(devices, device)
-			continue
-		}
-		f, err := os.Open(device)
-		if err != nil {
-			continue
-		}
-		loopInfo, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
-		f.Close()
-		if err == nil && loopInfo.Device == want.Dev && loopInfo.Inode == want.Ino {
-			devices = append(devices, device)
+	for _, device := range attached {
+		if strings.TrimSuffix(device.BackingPath, " (deleted)") == file ||
+			device.Backing == (loop.Identity{Device: want.Dev, Inode: want.Ino}) {
+			devices = append(devices, device.Path)
 		}
 	}
 	return devices

@@ -359,18 +359,14 @@ func (b *Backend) Expand(path string, limit int64) error { return b.setLimit(pat
 // created here, with the volume's own qgroup as its member) or on the
 // volume's qgroup itself (full quotas).
 func (b *Backend) setLimit(path string, limit int64) error {
-	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	f, id, isRoot, err := openSubvolume(path)
 	if err != nil {
-		return fmt.Errorf("open volume %s: %w", path, err)
+		return err
 	}
 	defer f.Close()
-	if root, err := isSubvolumeRoot(f); err != nil || !root {
+	if !isRoot {
 		// A directory made before the pool was btrfs: nothing to limit.
-		return err
-	}
-	id, err := subvolumeID(f)
-	if err != nil {
-		return err
+		return nil
 	}
 	target := qgroupID(0, id)
 	if b.simple {
@@ -388,20 +384,14 @@ func (b *Backend) setLimit(path string, limit int64) error {
 // Usage is the bytes charged against the volume's limit, as of the last
 // transaction commit (at most the filesystem's commit interval old).
 func (b *Backend) Usage(path string) (int64, error) {
-	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	f, id, isRoot, err := openSubvolume(path)
 	if err != nil {
-		return 0, fmt.Errorf("open volume %s: %w", path, err)
+		return 0, err
 	}
 	defer f.Close()
-	if root, err := isSubvolumeRoot(f); err != nil {
-		return 0, err
-	} else if !root {
+	if !isRoot {
 		bytes, _, err := fscopy.Usage(path) // a directory made before the pool was btrfs
 		return bytes, err
-	}
-	id, err := subvolumeID(f)
-	if err != nil {
-		return 0, err
 	}
 	group := qgroupID(0, id)
 	if b.simple {
@@ -760,6 +750,25 @@ func (b *Backend) removeVolumeQgroup(id uint64) {
 	if err := removeQgroup(b.root, group); err != nil && !errors.Is(err, unix.ENOENT) {
 		klog.InfoS("Leaving an empty qgroup behind", "qgroup", qgroupName(group), "err", err)
 	}
+}
+
+// openSubvolume opens the volume directory at path, not following a
+// symlink, and reports whether it is a subvolume's root directory and, if
+// so, the subvolume's id (0 for a plain directory: one made before the pool
+// was btrfs). The caller closes f; on an error nothing is left open.
+func openSubvolume(path string) (f *os.File, id uint64, isRoot bool, err error) {
+	f, err = os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("open volume %s: %w", path, err)
+	}
+	if isRoot, err = isSubvolumeRoot(f); err == nil && isRoot {
+		id, err = subvolumeID(f)
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, 0, false, err
+	}
+	return f, id, isRoot, nil
 }
 
 // isSubvolumeRoot reports whether f is a subvolume's root directory.

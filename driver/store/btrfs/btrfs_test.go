@@ -1,7 +1,6 @@
 package btrfs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/toposnap/toposnap/internal/tenantops"
 	"github.com/toposnap/toposnap/internal/testpool"
 )
 
@@ -60,26 +60,6 @@ func openTestBackend(t *testing.T) (*Backend, string) {
 	return b, dir
 }
 
-// fill writes up to size bytes of data into path, synced, and returns
-// how much was written before the first error.
-func fill(path string, size int64) (int64, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	chunk := bytes.Repeat([]byte{0xab}, 1<<20)
-	var written int64
-	for written < size {
-		n, err := f.Write(chunk[:min(int64(len(chunk)), size-written)])
-		written += int64(n)
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, f.Sync()
-}
-
 func isQuotaError(err error) bool {
 	return errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC)
 }
@@ -95,24 +75,24 @@ func TestLimitStopsWrites(t *testing.T) {
 	if err := b.Create("", neighbour, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	written, err := fill(filepath.Join(small, "big"), 256<<20)
+	written, err := tenantops.Fill(filepath.Join(small, "big"), 256<<20)
 	if !isQuotaError(err) {
 		t.Fatalf("writing 256 MiB into a 64 MiB volume: wrote %d bytes, err %v; want a quota error", written, err)
 	}
 	if written > 64<<20 || written < 32<<20 {
 		t.Fatalf("the volume stopped at %d bytes, want close to 64 MiB", written)
 	}
-	if n, err := fill(filepath.Join(neighbour, "data"), 32<<20); err != nil {
+	if n, err := tenantops.Fill(filepath.Join(neighbour, "data"), 32<<20); err != nil {
 		t.Fatalf("the neighbour cannot write after its neighbour hit its limit: %d bytes, %v", n, err)
 	}
-	if n, err := fill(filepath.Join(dir, "pool-file"), 64<<20); err != nil {
+	if n, err := tenantops.Fill(filepath.Join(dir, "pool-file"), 64<<20); err != nil {
 		t.Fatalf("the pool cannot take more data: %d bytes, %v", n, err)
 	}
 	// Expanding raises the limit.
 	if err := b.Expand(small, 256<<20); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := fill(filepath.Join(small, "more"), 64<<20); err != nil {
+	if n, err := tenantops.Fill(filepath.Join(small, "more"), 64<<20); err != nil {
 		t.Fatalf("write after expanding: %d bytes, %v", n, err)
 	}
 }
@@ -133,10 +113,10 @@ func TestNestedSubvolumeCountsAgainstTheLimit(t *testing.T) {
 	if err := CreateSubvolume(deeper); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fill(filepath.Join(vol, "a"), 32<<20); err != nil {
+	if _, err := tenantops.Fill(filepath.Join(vol, "a"), 32<<20); err != nil {
 		t.Fatal(err)
 	}
-	written, err := fill(filepath.Join(deeper, "b"), 256<<20)
+	written, err := tenantops.Fill(filepath.Join(deeper, "b"), 256<<20)
 	if !isQuotaError(err) || written > 64<<20 {
 		t.Fatalf("a nested subvolume took %d bytes past its volume's 64 MiB limit (err %v)", written, err)
 	}
@@ -172,7 +152,7 @@ func TestSnapshotAndClone(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(clone, "f")); string(got) != "before" {
 		t.Fatalf("clone shows %q, want %q", got, "before")
 	}
-	if written, err := fill(filepath.Join(clone, "big"), 128<<20); !isQuotaError(err) || written > 32<<20 {
+	if written, err := tenantops.Fill(filepath.Join(clone, "big"), 128<<20); !isQuotaError(err) || written > 32<<20 {
 		t.Fatalf("clone limited to 32 MiB took %d bytes (err %v)", written, err)
 	}
 }
@@ -199,7 +179,7 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		if level < 3 {
-			if _, err := fill(filepath.Join(nested, "data"), 4<<20); err != nil {
+			if _, err := tenantops.Fill(filepath.Join(nested, "data"), 4<<20); err != nil {
 				t.Fatal(err)
 			}
 		}

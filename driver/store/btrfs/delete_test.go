@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // TestDeletePartialWorkDeeperThanTheFileLimit: a path that is not a
@@ -107,11 +109,11 @@ func TestDeleteVolumeWithReadOnlyNestedSubvolumes(t *testing.T) {
 			ids := []uint64{mustSubvolumeID(t, target)}
 			pod := newTenant(t, vol)
 			for _, path := range tt.nested {
-				pod.must("subvolume", path, tenantRequest{})
+				pod.must("subvolume", path, tenantops.Request{})
 				ids = append(ids, mustSubvolumeID(t, filepath.Join(vol, path)))
 			}
 			for _, path := range tt.readOnly {
-				pod.must("read-only", path, tenantRequest{})
+				pod.must("read-only", path, tenantops.Request{})
 			}
 			for _, path := range tt.immutable {
 				setImmutable(t, filepath.Join(vol, path))

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // emptySubvolDirIno is the inode a snapshot shows where its source had a
@@ -76,8 +78,8 @@ func TestSnapshotOfNestedSubvolumesIsRefused(t *testing.T) {
 					}
 					continue
 				}
-				pod.must("subvolume", path, tenantRequest{})
-				pod.must("fill", filepath.Join(path, "data.bin"), tenantRequest{Size: 4 << 20})
+				pod.must("subvolume", path, tenantops.Request{})
+				pod.must("fill", filepath.Join(path, "data.bin"), tenantops.Request{Size: 4 << 20})
 			}
 			target := vol + "-copy"
 			var err error
@@ -126,7 +128,7 @@ func TestSnapshotRacingNestedSubvolumesHasNoHole(t *testing.T) {
 	if err := b.Create("", vol, 256<<20); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fill(filepath.Join(vol, "base"), 1<<20); err != nil {
+	if _, err := tenantops.Fill(filepath.Join(vol, "base"), 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})
@@ -321,16 +323,16 @@ func TestDeleteFullVolumeWithNestedSubvolumes(t *testing.T) {
 			ids := []uint64{volID}
 			pod := newTenant(t, vol)
 			for _, path := range tt.nested {
-				pod.must("subvolume", path, tenantRequest{})
+				pod.must("subvolume", path, tenantops.Request{})
 				id, err := SubvolumeID(filepath.Join(vol, path))
 				if err != nil {
 					t.Fatal(err)
 				}
 				ids = append(ids, id)
 			}
-			res := pod.do("fill", tt.full, tenantRequest{Size: 1 << 30})
-			if !isQuotaError(res.err()) {
-				t.Fatalf("the tenant wrote %d bytes into a 256 MiB volume (err %v), want a quota error", res.Written, res.err())
+			res := pod.do("fill", tt.full, tenantops.Request{Size: 1 << 30})
+			if !isQuotaError(res.Failure()) {
+				t.Fatalf("the tenant wrote %d bytes into a 256 MiB volume (err %v), want a quota error", res.Written, res.Failure())
 			}
 			pod.leave()
 			if err := b.Delete(vol); err != nil {
@@ -370,9 +372,9 @@ func TestDeleteVolumeWhoseNestedSubvolumeFilledANeighbour(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := newTenant(t, vol)
-	pod.must("subvolume-inherit", "sub", tenantRequest{Inherit: []uint64{qgroupID(1, victimID)}})
-	if res := pod.do("fill", "sub/data.bin", tenantRequest{Size: 64 << 20}); !isQuotaError(res.err()) {
-		t.Fatalf("the tenant wrote %d bytes through a neighbour's 32 MiB qgroup (%v)", res.Written, res.err())
+	pod.must("subvolume-inherit", "sub", tenantops.Request{Inherit: []uint64{qgroupID(1, victimID)}})
+	if res := pod.do("fill", "sub/data.bin", tenantops.Request{Size: 64 << 20}); !isQuotaError(res.Failure()) {
+		t.Fatalf("the tenant wrote %d bytes through a neighbour's 32 MiB qgroup (%v)", res.Written, res.Failure())
 	}
 	pod.leave()
 	if err := b.Delete(vol); err != nil {
@@ -384,7 +386,7 @@ func TestDeleteVolumeWhoseNestedSubvolumeFilledANeighbour(t *testing.T) {
 	if used, err := b.Usage(victim); err != nil || used > 1<<20 {
 		t.Errorf("neighbour usage after the delete: %d (%v), want its charge back", used, err)
 	}
-	if res := newTenant(t, victim).do("fill", "mine.bin", tenantRequest{Size: 16 << 20}); res.err() != nil {
-		t.Errorf("the neighbour wrote only %d bytes: %v", res.Written, res.err())
+	if res := newTenant(t, victim).do("fill", "mine.bin", tenantops.Request{Size: 16 << 20}); res.Failure() != nil {
+		t.Errorf("the neighbour wrote only %d bytes: %v", res.Written, res.Failure())
 	}
 }

@@ -3,7 +3,6 @@ package btrfs
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path"
 
 	"golang.org/x/sys/unix"
@@ -60,17 +59,13 @@ func (b *Backend) reconcileVolume(path string, report func(Correction)) error {
 	if !b.simple {
 		return nil
 	}
-	f, err := os.OpenFile(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	f, volume, isRoot, err := openSubvolume(path)
 	if err != nil {
-		return fmt.Errorf("open volume %s: %w", path, err)
+		return err
 	}
 	defer f.Close()
-	if root, err := isSubvolumeRoot(f); err != nil || !root {
-		return err
-	}
-	volume, err := subvolumeID(f)
-	if err != nil {
-		return err
+	if !isRoot {
+		return nil
 	}
 	tree := []uint64{volume}
 	for i := 0; i < len(tree); i++ {

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // A tenant's subvolumes made with its own inheritance list (none, or a
@@ -25,10 +27,10 @@ func TestReconcileReturnsChargesToTheVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := newTenant(t, vol)
-	pod.must("subvolume-inherit", "none", tenantRequest{Inherit: []uint64{}})
-	pod.must("subvolume-inherit", "neighbours", tenantRequest{Inherit: []uint64{qgroupID(1, victimID)}})
-	pod.must("fill", "none/data.bin", tenantRequest{Size: 16 << 20})
-	pod.must("fill", "neighbours/data.bin", tenantRequest{Size: 24 << 20})
+	pod.must("subvolume-inherit", "none", tenantops.Request{Inherit: []uint64{}})
+	pod.must("subvolume-inherit", "neighbours", tenantops.Request{Inherit: []uint64{qgroupID(1, victimID)}})
+	pod.must("fill", "none/data.bin", tenantops.Request{Size: 16 << 20})
+	pod.must("fill", "neighbours/data.bin", tenantops.Request{Size: 24 << 20})
 
 	if changed, err := b.Reconcile(vol); err != nil || changed != 3 {
 		t.Fatalf("Reconcile changed %d memberships (%v), want 3", changed, err)
@@ -42,11 +44,11 @@ func TestReconcileReturnsChargesToTheVolume(t *testing.T) {
 	if used, err := b.Usage(victim); err != nil || used > 1<<20 {
 		t.Errorf("neighbour usage after Reconcile: %d (%v), want its charge back", used, err)
 	}
-	if res := pod.do("fill", "none/more.bin", tenantRequest{Size: 1 << 20}); !isQuotaError(res.err()) {
-		t.Errorf("the tenant wrote %d more bytes over its limit (%v)", res.Written, res.err())
+	if res := pod.do("fill", "none/more.bin", tenantops.Request{Size: 1 << 20}); !isQuotaError(res.Failure()) {
+		t.Errorf("the tenant wrote %d more bytes over its limit (%v)", res.Written, res.Failure())
 	}
-	if res := newTenant(t, victim).do("fill", "mine.bin", tenantRequest{Size: 16 << 20}); res.err() != nil {
-		t.Errorf("the neighbour wrote only %d bytes: %v", res.Written, res.err())
+	if res := newTenant(t, victim).do("fill", "mine.bin", tenantops.Request{Size: 16 << 20}); res.Failure() != nil {
+		t.Errorf("the neighbour wrote only %d bytes: %v", res.Written, res.Failure())
 	}
 	if changed, err := b.Reconcile(vol); err != nil || changed != 0 {
 		t.Errorf("second Reconcile changed %d (%v), want nothing", changed, err)

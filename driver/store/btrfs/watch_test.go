@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // seenCorrection is a Correction and when the watcher reported it.
@@ -91,7 +93,7 @@ func TestWatchCorrectsNestedSubvolumes(t *testing.T) {
 				}
 			}
 			neighbourID := mustSubvolumeID(t, neighbour)
-			if err := createSubvolumeInherit(filepath.Join(vol, "before"), []uint64{}); err != nil {
+			if err := tenantops.CreateSubvolumeInheriting(filepath.Join(vol, "before"), []uint64{}); err != nil {
 				t.Fatal(err)
 			}
 			seen := startWatch(t, b, volumes, mode.opts)
@@ -108,20 +110,24 @@ func TestWatchCorrectsNestedSubvolumes(t *testing.T) {
 				detached             []string
 			}{
 				{name: "zeroed inheritance list", volume: vol, nested: "escape",
-					create: func(path string) error { return createSubvolumeInherit(path, []uint64{}) }},
+					create: func(path string) error { return tenantops.CreateSubvolumeInheriting(path, []uint64{}) }},
 				{name: "neighbour's limit group", volume: vol, nested: "charge",
-					create:   func(path string) error { return createSubvolumeInherit(path, []uint64{qgroupID(1, neighbourID)}) },
+					create: func(path string) error {
+						return tenantops.CreateSubvolumeInheriting(path, []uint64{qgroupID(1, neighbourID)})
+					},
 					detached: []string{qgroupName(qgroupID(1, neighbourID))}},
 				{name: "nested in a nested subvolume", volume: vol, nested: "escape/deeper",
-					create: func(path string) error { return createSubvolumeInherit(path, []uint64{}) }},
+					create: func(path string) error { return tenantops.CreateSubvolumeInheriting(path, []uint64{}) }},
 				{name: "snapshot with an inheritance list", volume: vol, nested: "dir/snap",
-					create: func(path string) error { return createInherit(path, filepath.Join(vol, "escape"), []uint64{}) }},
+					create: func(path string) error {
+						return tenantops.SnapshotInheriting(path, filepath.Join(vol, "escape"), []uint64{})
+					}},
 				{name: "in a restore", volume: restore, nested: "escape",
 					create: func(path string) error {
 						if err := b.Clone(context.Background(), vol+"/escape/deeper", "", restore, 32<<20, nil); err != nil {
 							return err
 						}
-						return createSubvolumeInherit(path, []uint64{})
+						return tenantops.CreateSubvolumeInheriting(path, []uint64{})
 					}},
 			} {
 				path := filepath.Join(tt.volume, tt.nested)
@@ -215,14 +221,14 @@ func TestWatchBoundsInheritanceEscape(t *testing.T) {
 				}
 				room := limit - syncedUsage(t, b, vol)
 
-				res := newTenant(t, vol).do("escape", "escape", tenantRequest{Size: escapeSize, Inherit: inherit})
+				res := newTenant(t, vol).do("escape", "escape", tenantops.Request{Size: escapeSize, Inherit: inherit})
 				overshoot := res.Written - room
 				c := awaitCorrection(t, seen, mustSubvolumeID(t, filepath.Join(vol, "escape")), 5*time.Second)
 				t.Logf("trial %d: tenant wrote %d MiB into a %d MiB volume (%v): %.1f MiB past its limit; moved %d committed bytes from %v",
-					trial, res.Written>>20, limit>>20, res.err(), float64(overshoot)/(1<<20), c.Bytes, c.Detached)
-				if overshoot > maxOvershoot || !isQuotaError(res.err()) {
+					trial, res.Written>>20, limit>>20, res.Failure(), float64(overshoot)/(1<<20), c.Bytes, c.Detached)
+				if overshoot > maxOvershoot || !isQuotaError(res.Failure()) {
 					t.Errorf("tenant wrote %.1f MiB past its limit (%v), want at most %d MiB, then EDQUOT",
-						float64(overshoot)/(1<<20), res.err(), maxOvershoot>>20)
+						float64(overshoot)/(1<<20), res.Failure(), maxOvershoot>>20)
 				}
 				if used := syncedUsage(t, b, vol); used < res.Written {
 					t.Errorf("volume charged %d bytes, want all %d the tenant wrote", used, res.Written)
@@ -230,8 +236,8 @@ func TestWatchBoundsInheritanceEscape(t *testing.T) {
 				if used := syncedUsage(t, b, neighbour); used > 1<<20 {
 					t.Errorf("neighbour still charged %d bytes", used)
 				}
-				mine := newTenant(t, neighbour).do("fill", "mine.bin", tenantRequest{Size: neighbourLimit - 1<<20})
-				if err := mine.err(); err != nil {
+				mine := newTenant(t, neighbour).do("fill", "mine.bin", tenantops.Request{Size: neighbourLimit - 1<<20})
+				if err := mine.Failure(); err != nil {
 					t.Errorf("neighbour could write %d MiB of its %d MiB: %v", mine.Written>>20, neighbourLimit>>20, err)
 				}
 			}
@@ -257,7 +263,7 @@ func TestWatchStaysIdleUnderDirectoryChurn(t *testing.T) {
 	pod := newTenant(t, vol)
 	const churnFor = 2 * time.Second
 	before := cpuTime(t)
-	res := pod.must("churn", "", tenantRequest{Size: churnFor.Milliseconds()})
+	res := pod.must("churn", "", tenantops.Request{Size: churnFor.Milliseconds()})
 	used := cpuTime(t) - before
 	t.Logf("%d directories created in %v; the watcher used %v of CPU", res.Written, churnFor, used)
 	if limit := churnFor / 10; used > limit {
@@ -294,7 +300,7 @@ func TestWatchPassResumesAfterItsLimit(t *testing.T) {
 	pending := map[uint64]bool{}
 	for i := range 7 {
 		path := filepath.Join(vol, fmt.Sprintf("escape%d", i))
-		if err := createSubvolumeInherit(path, []uint64{}); err != nil {
+		if err := tenantops.CreateSubvolumeInheriting(path, []uint64{}); err != nil {
 			t.Fatal(err)
 		}
 		pending[mustSubvolumeID(t, path)] = true
@@ -330,7 +336,7 @@ func TestWatchReportsChargeOrphanedByReflinkAndRemove(t *testing.T) {
 	opts := watchOptions{interval: 2 * time.Second, orphaned: func(o OrphanedCharge) { orphans <- o }}
 	startWatch(t, b, volumes, opts)
 	const size = 64 << 20
-	newTenant(t, vol).must("reflink-escape", "escape", tenantRequest{Size: size})
+	newTenant(t, vol).must("reflink-escape", "escape", tenantops.Request{Size: size})
 	if err := unix.Syncfs(int(b.root.Fd())); err != nil {
 		t.Fatal(err)
 	}
@@ -362,10 +368,10 @@ func TestWatchDoesNotReportWhatDeleteLeftCharged(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := newTenant(t, vol)
-	pod.must("subvolume", "nested", tenantRequest{})
-	pod.must("fill", "nested/data.bin", tenantRequest{Size: 8 << 20})
-	pod.must("fill", "data.bin", tenantRequest{Size: 8 << 20})
-	pod.must("subvolume", "gone", tenantRequest{})
+	pod.must("subvolume", "nested", tenantops.Request{})
+	pod.must("fill", "nested/data.bin", tenantops.Request{Size: 8 << 20})
+	pod.must("fill", "data.bin", tenantops.Request{Size: 8 << 20})
+	pod.must("subvolume", "gone", tenantops.Request{})
 	pod.leave()
 	if err := os.Remove(filepath.Join(vol, "gone")); err != nil { // no data: nothing reported
 		t.Fatal(err)
@@ -376,7 +382,7 @@ func TestWatchDoesNotReportWhatDeleteLeftCharged(t *testing.T) {
 		t.Fatal(err)
 	}
 	plainPod := newTenant(t, plain)
-	plainPod.must("fill", "data.bin", tenantRequest{Size: 8 << 20})
+	plainPod.must("fill", "data.bin", tenantops.Request{Size: 8 << 20})
 	plainPod.leave()
 	if err := b.Snapshot(context.Background(), plain, filepath.Join(dir, "snap-tmp"), filepath.Join(dir, "snap"), nil); err != nil {
 		t.Fatal(err)

@@ -3,8 +3,9 @@
 // seccomp profile), it tries from inside its volume what any user may do on
 // btrfs to escape its size limit or to leave a hole in its snapshots, and
 // prints one JSON line per step saying what it did and what the kernel
-// answered. It imports nothing of the project's, so that it proves what a
-// pod could do, not what our code allows.
+// answered. Of the project's it imports only internal/tenantops, which
+// knows no component, so that it proves what a pod could do, not what our
+// code allows.
 //
 //	tenant '<steps as a JSON list>'
 //
@@ -24,8 +25,13 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/toposnap/toposnap/internal/tenantops"
 )
 
 // step is one thing to try.
@@ -73,17 +79,17 @@ func run(s step) outcome {
 	var err error
 	switch s.Action {
 	case "subvolume-id":
-		result.Subvolume, err = subvolumeID(s.Path)
+		result.Subvolume, err = tenantops.SubvolumeID(s.Path)
 	case "escape":
-		if err = createSubvolumeInheriting(s.Path, s.Inherit); err == nil {
-			result.Written, err = fill(s.Path+"/data.bin", s.Size)
+		if err = tenantops.CreateSubvolumeInheriting(s.Path, s.Inherit); err == nil {
+			result.Written, err = tenantops.Fill(s.Path+"/data.bin", s.Size)
 		}
 	case "nest":
-		if err = createSubvolume(s.Path); err == nil {
+		if err = tenantops.CreateSubvolume(s.Path); err == nil {
 			err = os.WriteFile(s.Path+"/data.txt", []byte("written by the tenant inside a nested subvolume\n"), 0o644)
 		}
 	case "fill":
-		result.Written, err = fill(s.Path, s.Size)
+		result.Written, err = tenantops.Fill(s.Path, s.Size)
 	default:
 		err = fmt.Errorf("unknown action %q", s.Action)
 	}
@@ -92,4 +98,13 @@ func run(s step) outcome {
 		result.Errno = errnoName(err)
 	}
 	return result
+}
+
+// errnoName names the errno err carries ("EDQUOT"), or is empty.
+func errnoName(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	return ""
 }
