@@ -272,19 +272,26 @@ func TestSlowInterruptedDeleteDoesNotDelayOpen(t *testing.T) {
 		t.FailNow()
 	}
 	t.Cleanup(reopened.Close)
-	var listed *Unrecovered
-	for _, u := range reopened.Unrecovered() {
-		if u.Object == slow.ID {
-			listed = &u
+	// Cleanups run last first: a failure below releases the slow delete
+	// before Close waits for it.
+	var release sync.Once
+	releaseSlow := func() { release.Do(func() { close(backend.released) }) }
+	t.Cleanup(releaseSlow)
+	// The interrupted delete is attempted from within the pool-wide step
+	// that lists deletes, which may itself be what Open stopped waiting
+	// for: the object is listed a moment after Open returns.
+	await(t, "the delete still running is listed as recovering", func() bool {
+		for _, u := range reopened.Unrecovered() {
+			if u.Object == slow.ID {
+				return errors.Is(u.Err, ErrRecovering)
+			}
 		}
-	}
-	if listed == nil || !errors.Is(listed.Err, ErrRecovering) {
-		t.Fatalf("the delete still running is not listed as recovering: %+v", reopened.Unrecovered())
-	}
+		return false
+	})
 	if _, err := reopened.LookupVolume(reopened.VolumeID("fine")); err != nil {
 		t.Fatalf("the other volume is not served: %v", err)
 	}
-	close(backend.released)
+	releaseSlow()
 	await(t, "the slow delete is finished", func() bool { return !reported(reopened, slow.ID) })
 	if _, err := reopened.LookupVolume(slow.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the slow volume after its delete finished: %v, want ErrNotFound", err)
