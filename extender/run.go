@@ -143,9 +143,9 @@ func Run(ctx context.Context, opts Options) error {
 	}()
 	select {
 	case err := <-errs:
-		httpServer.Close()
+		_ = httpServer.Close() // serving already failed; its error is the one to return
 		if healthServer != nil {
-			healthServer.Close()
+			_ = healthServer.Close()
 		}
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():

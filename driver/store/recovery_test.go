@@ -54,14 +54,14 @@ func (r *recorder) report(object string, err error) {
 	r.reports[object] = append(r.reports[object], err)
 }
 
-func (r *recorder) last(object string) (error, int) {
+func (r *recorder) last(object string) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	reports := r.reports[object]
 	if len(reports) == 0 {
-		return nil, 0
+		return 0, nil
 	}
-	return reports[len(reports)-1], len(reports)
+	return len(reports), reports[len(reports)-1]
 }
 
 func openStubborn(t *testing.T, dir string, backend Backend, rec *recorder) (*Pool, error) {
@@ -119,7 +119,7 @@ func TestUndeletableVolumeDoesNotStopThePool(t *testing.T) {
 	if !reported(reopened, stuck.ID) {
 		t.Fatalf("the undeletable volume is not listed: Unrecovered() = %+v", reopened.Unrecovered())
 	}
-	if err, _ := rec.last(stuck.ID); !errors.Is(err, unix.EPERM) {
+	if _, err := rec.last(stuck.ID); !errors.Is(err, unix.EPERM) {
 		t.Fatalf("OnUnrecovered got %v for the stuck volume, want its EPERM", err)
 	}
 	if _, err := reopened.LookupVolume(reopened.VolumeID("fine")); err != nil {
@@ -128,14 +128,14 @@ func TestUndeletableVolumeDoesNotStopThePool(t *testing.T) {
 	if _, err := reopened.CreateVolume(ctx, VolumeRequest{Name: "new", CapacityBytes: 30}); err != nil {
 		t.Fatalf("the pool does not serve new volumes: %v", err)
 	}
-	await(t, "the delete has been retried", func() bool { _, n := rec.last(stuck.ID); return n >= 3 })
+	await(t, "the delete has been retried", func() bool { n, _ := rec.last(stuck.ID); return n >= 3 })
 
 	backend.set("")
 	await(t, "the stuck volume is recovered", func() bool { return !reported(reopened, stuck.ID) })
 	if _, err := reopened.LookupVolume(stuck.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("the stuck volume after its retried delete: %v, want ErrNotFound", err)
 	}
-	if err, _ := rec.last(stuck.ID); err != nil {
+	if _, err := rec.last(stuck.ID); err != nil {
 		t.Fatalf("the last report of the recovered volume is %v, want nil (recovered)", err)
 	}
 	if avail, _ := reopened.Available(); avail != 60 {

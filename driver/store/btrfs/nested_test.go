@@ -171,7 +171,9 @@ func TestSnapshotRacingNestedSubvolumesHasNoHole(t *testing.T) {
 			whole++
 			if h := holes(t, snap); len(h) > 0 {
 				close(stop)
-				<-churned
+				if err := <-churned; err != nil {
+					t.Errorf("churn: %v", err)
+				}
 				t.Fatalf("snapshot %d has holes %q", i, h)
 			}
 		}

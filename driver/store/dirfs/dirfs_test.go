@@ -29,13 +29,13 @@ func TestDeleteRemovesWhatATenantCanLeave(t *testing.T) {
 					t.Fatal(err)
 				}
 				child, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-				unix.Close(fd)
+				_ = unix.Close(fd)
 				if err != nil {
 					t.Fatal(err)
 				}
 				fd = child
 			}
-			unix.Close(fd)
+			_ = unix.Close(fd)
 		}},
 		{"an immutable file", func(t *testing.T, volume string) {
 			path := filepath.Join(volume, "locked")
@@ -46,14 +46,14 @@ func TestDeleteRemovesWhatATenantCanLeave(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer unix.Close(fd)
+			defer func() { _ = unix.Close(fd) }()
 			if err := unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, fsImmutableFl); err != nil {
 				t.Skipf("no inode flags on the test filesystem: %v", err)
 			}
 			t.Cleanup(func() {
 				if fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
 					_ = unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, 0)
-					unix.Close(fd)
+					_ = unix.Close(fd)
 				}
 			})
 		}},
