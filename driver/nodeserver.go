@@ -164,7 +164,7 @@ func (d *Driver) mountDescriptor(dir *os.File, target string) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "clone the mount of %s: %v", dir.Name(), err)
 	}
-	defer unix.Close(tree)
+	defer func() { _ = unix.Close(tree) }()
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return status.Errorf(codes.Internal, "bind-mount %s at %s: %v", dir.Name(), target, err)
 	}

@@ -26,17 +26,17 @@ func longChain(t testing.TB, dir string, depth int) {
 	}
 	for range depth {
 		if err := unix.Mkdirat(fd, name, 0o755); err != nil {
-			unix.Close(fd)
+			_ = unix.Close(fd)
 			t.Fatal(err)
 		}
 		child, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fd = child
 	}
-	unix.Close(fd)
+	_ = unix.Close(fd)
 }
 
 // The memory RemoveTree holds does not grow with the names on the way

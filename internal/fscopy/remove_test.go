@@ -24,18 +24,18 @@ func deepChain(t testing.TB, dir string, depth int) {
 			t.Fatal(err)
 		}
 		child, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fd = child
 	}
 	file, err := unix.Openat(fd, "bottom", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
-	unix.Close(fd)
+	_ = unix.Close(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unix.Close(file)
+	_ = unix.Close(file)
 }
 
 // withFileLimit runs fn with the soft open-file limit lowered to limit.
@@ -64,7 +64,7 @@ func setFlags(t *testing.T, path string, flags int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }()
 	if err := unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, flags); err != nil {
 		if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EOPNOTSUPP) {
 			t.Skipf("the test filesystem has no inode flags: %v", err)
@@ -75,7 +75,7 @@ func setFlags(t *testing.T, path string, flags int) {
 		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err == nil {
 			_ = unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, 0)
-			unix.Close(fd)
+			_ = unix.Close(fd)
 		}
 	})
 }

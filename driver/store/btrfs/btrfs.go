@@ -176,7 +176,7 @@ func (b *Backend) Create(_, final string, limit int64) error {
 		return fmt.Errorf("open new subvolume %s: %w", final, err)
 	}
 	err = unix.Fchmod(fd, 0o777)
-	unix.Close(fd)
+	_ = unix.Close(fd)
 	if err != nil {
 		return fmt.Errorf("chmod %s: %w", final, err)
 	}

@@ -58,17 +58,17 @@ func makeChain(t *testing.T, dir string, depth int) {
 	}
 	for range depth {
 		if err := unix.Mkdirat(fd, "d", 0o755); err != nil {
-			unix.Close(fd)
+			_ = unix.Close(fd)
 			t.Fatal(err)
 		}
 		next, err := unix.Openat(fd, "d", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		if err != nil {
 			t.Fatal(err)
 		}
 		fd = next
 	}
-	unix.Close(fd)
+	_ = unix.Close(fd)
 }
 
 // A tenant owns the subvolumes it nests, so it may make one read-only

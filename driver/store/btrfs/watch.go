@@ -424,7 +424,7 @@ func watchDirectoryCreation(dir *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("fanotify_init: %w", err)
 	}
 	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD|unix.FAN_MARK_FILESYSTEM, unix.FAN_CREATE|unix.FAN_ONDIR, int(dir.Fd()), ""); err != nil {
-		unix.Close(fd)
+		_ = unix.Close(fd)
 		return nil, fmt.Errorf("fanotify_mark %s: %w", dir.Name(), err)
 	}
 	// Non-blocking: the runtime's poller waits for it, and Close ends a Read.
