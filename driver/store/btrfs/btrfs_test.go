@@ -213,6 +213,17 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 	if _, err := os.Lstat(vol); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("volume path survived: %v", err)
 	}
+	waitCleaned(t, b, ids...)
+	assertQgroupGone(t, b, volID)
+	if err := b.Delete(vol); err != nil {
+		t.Fatalf("deleting again: %v", err)
+	}
+}
+
+// waitCleaned waits, up to a minute, until the cleaner has dropped every
+// subvolume in ids.
+func waitCleaned(t *testing.T, b *Backend, ids ...uint64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, id := range ids {
@@ -220,10 +231,24 @@ func TestDeleteNestedLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if exists, err := b.QgroupExists(volID); err != nil || exists {
-		t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", volID, exists, err)
+}
+
+// deleteTwice deletes path and deletes it again: a repeated delete of
+// what is gone succeeds.
+func deleteTwice(t *testing.T, b *Backend, path string) {
+	t.Helper()
+	if err := b.Delete(path); err != nil {
+		t.Fatalf("delete: %v", err)
 	}
-	if err := b.Delete(vol); err != nil {
-		t.Fatalf("deleting again: %v", err)
+	if err := b.Delete(path); err != nil {
+		t.Fatalf("delete again: %v", err)
+	}
+}
+
+// assertQgroupGone fails when the level-1 qgroup of volume id survives.
+func assertQgroupGone(t *testing.T, b *Backend, id uint64) {
+	t.Helper()
+	if exists, err := b.QgroupExists(id); err != nil || exists {
+		t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", id, exists, err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -119,22 +118,9 @@ func TestDeleteVolumeWithReadOnlyNestedSubvolumes(t *testing.T) {
 				setImmutable(t, filepath.Join(vol, path))
 			}
 			pod.leave()
-			if err := b.Delete(target); err != nil {
-				t.Fatalf("delete: %v", err)
-			}
-			if err := b.Delete(target); err != nil {
-				t.Fatalf("delete again: %v", err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			for _, id := range ids {
-				if err := b.WaitCleaned(ctx, id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if exists, err := b.QgroupExists(ids[0]); err != nil || exists {
-				t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", ids[0], exists, err)
-			}
+			deleteTwice(t, b, target)
+			waitCleaned(t, b, ids...)
+			assertQgroupGone(t, b, ids[0])
 		})
 	}
 }

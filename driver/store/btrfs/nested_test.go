@@ -10,7 +10,6 @@ import (
 	"slices"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -337,22 +336,9 @@ func TestDeleteFullVolumeWithNestedSubvolumes(t *testing.T) {
 				t.Fatalf("the tenant wrote %d bytes into a 256 MiB volume (err %v), want a quota error", res.Written, res.Failure())
 			}
 			pod.leave()
-			if err := b.Delete(vol); err != nil {
-				t.Fatalf("delete a full volume: %v", err)
-			}
-			if err := b.Delete(vol); err != nil {
-				t.Fatalf("delete again: %v", err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			for _, id := range ids {
-				if err := b.WaitCleaned(ctx, id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if exists, err := b.QgroupExists(volID); err != nil || exists {
-				t.Fatalf("qgroup 1/%d of the deleted volume: exists=%v, %v", volID, exists, err)
-			}
+			deleteTwice(t, b, vol)
+			waitCleaned(t, b, ids...)
+			assertQgroupGone(t, b, volID)
 		})
 	}
 }

@@ -393,13 +393,7 @@ func TestWatchDoesNotReportWhatDeleteLeftCharged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for _, id := range ids {
-		if err := b.WaitCleaned(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitCleaned(t, b, ids...)
 	for range 3 {
 		if err := unix.Syncfs(int(b.root.Fd())); err != nil {
 			t.Fatal(err)
