@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -152,7 +153,7 @@ func decideAt(state State, index *indexSnapshot, driver string, pod *corev1.Pod,
 		}
 		return answer
 	}
-	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer}
+	run := &filterRun{state: state, index: index, driver: driver, own: ownClaims(pod), claims: claims, answer: answer, now: time.Now()}
 	for i, at := range nodes.nodes {
 		if at.node == nil {
 			answer.verdicts[i] = nodeVerdict{short, reasonUnknownNode, answer.text(fmt.Sprintf("node %s is not known to the extender yet", nodes.names[i]))}
@@ -258,6 +259,7 @@ type filterRun struct {
 	needs   [2]poolNeed // reused: what the pod asks of a node's pools
 	// zoneReserved memoizes reserved for zone pools, by zone.
 	zoneReserved map[string]int64
+	now          time.Time // when promises are judged (promiseHolds)
 }
 
 type reasonKind uint8
@@ -539,18 +541,18 @@ func (r *filterRun) checkCapacity(needs []poolNeed, at tableNode) string {
 // over the zone's nodes once per request.
 func (r *filterRun) reserved(node *corev1.Node, scope topology.Scope) int64 {
 	if scope != topology.ScopeZone {
-		return reservedOn(r.state, r.driver, r.own, node.Name, scope)
+		return reservedOn(r.state, r.driver, r.own, node.Name, scope, r.now)
 	}
 	zone := topology.LocationFromLabels(node.Name, node.Labels).Zone
 	if zone == "" {
-		return reservedOn(r.state, r.driver, r.own, node.Name, scope)
+		return reservedOn(r.state, r.driver, r.own, node.Name, scope, r.now)
 	}
 	if total, ok := r.zoneReserved[zone]; ok {
 		return total
 	}
 	var total int64
 	for _, name := range r.index.nodes.byZone[zone] {
-		total += reservedOn(r.state, r.driver, r.own, name, scope)
+		total += reservedOn(r.state, r.driver, r.own, name, scope, r.now)
 	}
 	if r.zoneReserved == nil {
 		r.zoneReserved = map[string]int64{}
@@ -587,11 +589,13 @@ func ownClaims(pod *corev1.Pod) map[string]bool {
 }
 
 // reservedOn sums the requests of claims of the driver promised to node but
-// not bound yet, other than the pod's own, of the given scope.
-func reservedOn(state State, driver string, own map[string]bool, node string, scope topology.Scope) int64 {
+// not bound yet, other than the pod's own, of the given scope, whose
+// promise still holds at now.
+func reservedOn(state State, driver string, own map[string]bool, node string, scope topology.Scope, now time.Time) int64 {
 	var total int64
+	ttl := state.PromiseTTL()
 	for _, claim := range state.PendingOnNode(node) {
-		if own[claim.Namespace+"/"+claim.Name] {
+		if own[claim.Namespace+"/"+claim.Name] || !promiseHolds(claim, now, ttl) {
 			continue
 		}
 		class, ok := state.Class(volumehelpers.GetPersistentVolumeClaimClass(claim))

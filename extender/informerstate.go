@@ -45,6 +45,7 @@ type informerState struct {
 	changed        chan struct{}
 	volumesChanged atomic.Bool // PVs or capacities changed since the last rebuild
 	nodesChanged   atomic.Bool
+	promiseTTL     time.Duration
 }
 
 // snapshotListers are the snapshot API's caches a decision reads.
@@ -226,6 +227,8 @@ func (s *informerState) Content(name string) (*snapv1.VolumeSnapshotContent, boo
 	content, err := listers.contents.Get(name)
 	return content, err == nil
 }
+
+func (s *informerState) PromiseTTL() time.Duration { return s.promiseTTL }
 
 func (s *informerState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	objs, _ := s.claimIndex.ByIndex(indexByPending, node)

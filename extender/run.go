@@ -37,6 +37,9 @@ type Options struct {
 	HealthListen string
 	DriverName   string
 	Resync       time.Duration
+	// PromiseTTL is how long a pending claim's selected-node holds its
+	// node's capacity (see promiseHolds; 0: for ever).
+	PromiseTTL time.Duration
 	// ExplainPending posts the extender's reasons as FailedScheduling events
 	// on unschedulable pods whose volumes fit no node (see explainer).
 	ExplainPending bool
@@ -78,13 +81,15 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("create snapshot API client: %w", err)
 	}
-	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields))
+	notes := &promiseNotes{now: time.Now}
+	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(notes.transform))
 	snapshotAPI := kube.NewSnapshotAPIWatch(client.Discovery())
 	snapshots := kube.NewSnapshotCaches(snapshotAPI, snapClient, opts.Resync, registerSnapshotInformers)
 	state, err := newInformerState(kubeInformers, snapshots)
 	if err != nil {
 		return err
 	}
+	notes.claims, state.promiseTTL = state.claimIndex, opts.PromiseTTL
 	listener, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)

@@ -9,6 +9,7 @@ package extender
 import (
 	"maps"
 	"slices"
+	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -35,6 +36,9 @@ type State interface {
 	// volume.kubernetes.io/selected-node) that are not bound yet. Read live,
 	// not from the snapshot: a burst of pods must see each other's claims.
 	PendingOnNode(node string) []*corev1.PersistentVolumeClaim
+	// PromiseTTL is how long such a promise holds its node's capacity
+	// after it was made (0: for ever); see promiseHolds.
+	PromiseTTL() time.Duration
 	// readiness says what the state still waits for: core, while not
 	// empty, is why nothing can be decided yet (its caches are filling);
 	// snapshots, why it is not known yet where snapshots live.
@@ -55,6 +59,8 @@ type MemState struct {
 	NoSnapshotAPI bool
 	// Loading and SnapshotsUnknown, when set, are what readiness says.
 	Loading, SnapshotsUnknown string
+	// PromiseExpiry is PromiseTTL's answer (0: promises never expire).
+	PromiseExpiry time.Duration
 	*volumeIndex
 	byPending map[string][]*corev1.PersistentVolumeClaim
 }
@@ -103,3 +109,4 @@ func (m *MemState) Content(name string) (*snapv1.VolumeSnapshotContent, bool) {
 func (m *MemState) PendingOnNode(node string) []*corev1.PersistentVolumeClaim {
 	return m.byPending[node]
 }
+func (m *MemState) PromiseTTL() time.Duration { return m.PromiseExpiry }

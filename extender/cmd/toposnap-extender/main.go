@@ -32,6 +32,7 @@ func main() {
 	flag.StringVar(&opts.HealthListen, "health-listen", "", "also serve /healthz, /readyz and /metrics (only those) in plain HTTP on this address, for probes and scrapers that present no client certificate (empty: only on --listen)")
 	flag.StringVar(&opts.DriverName, "driver-name", "csi.toposnap.io", "CSI driver whose capacity and snapshots are considered")
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
+	flag.DurationVar(&opts.PromiseTTL, "promise-ttl", extender.DefaultPromiseTTL, "how long a pending claim's volume.kubernetes.io/selected-node holds that node's capacity after it was written (0: until the claim is bound)")
 	flag.BoolVar(&opts.LeaderElect, "leader-elect", false, "with several replicas: only the holder of a Lease explains pending pods")
 	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the --leader-elect Lease")
 	flag.BoolVar(&opts.ExplainPending, "explain-pending", true, "post the extender's reasons as FailedScheduling events on unschedulable pods whose volumes fit no node")

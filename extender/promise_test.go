@@ -1,0 +1,156 @@
+package extender
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// managed is a managedFields entry of manager that owns the given
+// annotations, last changed at.
+func managed(manager string, at time.Time, annotations ...string) metav1.ManagedFieldsEntry {
+	fields := `{"f:metadata":{"f:annotations":{`
+	for i, a := range annotations {
+		if i > 0 {
+			fields += ","
+		}
+		fields += `"f:` + a + `":{}`
+	}
+	fields += `}}}`
+	return metav1.ManagedFieldsEntry{Manager: manager, Operation: metav1.ManagedFieldsOperationUpdate,
+		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(fields)}}
+}
+
+func TestPromisedAtIsWhenSelectedNodeWasLastSet(t *testing.T) {
+	scheduled := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	later := scheduled.Add(time.Hour)
+	for _, tt := range []struct {
+		name    string
+		entries []metav1.ManagedFieldsEntry
+		want    time.Time // zero: unknown
+	}{
+		{"set by the scheduler", []metav1.ManagedFieldsEntry{managed("kube-scheduler", scheduled, annSelectedNode)}, scheduled},
+		{"another manager's later change of other fields does not renew it",
+			[]metav1.ManagedFieldsEntry{managed("kube-scheduler", scheduled, annSelectedNode), managed("toposnap-provisioner", later, "other")}, scheduled},
+		{"rewritten by another manager", []metav1.ManagedFieldsEntry{managed("kube-scheduler", scheduled, "x"), managed("tenant", later, annSelectedNode, "y")}, later},
+		{"a key that merely contains the name", []metav1.ManagedFieldsEntry{managed("tenant", later, annSelectedNode+"-not")}, time.Time{}},
+		{"no managed fields", nil, time.Time{}},
+		{"fields not parsable", []metav1.ManagedFieldsEntry{{Manager: "x", Time: &metav1.Time{Time: later}, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{`)}}}, time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := claim("c", "topo-node", "1Gi")
+			c.Annotations = map[string]string{annSelectedNode: "node1"}
+			c.ManagedFields = tt.entries
+			got := promisedAt(c)
+			if !got.Equal(tt.want) {
+				t.Fatalf("promisedAt = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPromiseHoldsCapacityOnlyWhileYoung(t *testing.T) {
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	const ttl = 5 * time.Minute
+	for _, tt := range []struct {
+		name string
+		at   time.Time
+		ttl  time.Duration
+		want bool
+	}{
+		{"just made", now.Add(-time.Second), ttl, true},
+		{"at the limit", now.Add(-ttl), ttl, true},
+		{"expired", now.Add(-ttl - time.Second), ttl, false},
+		{"unknown age holds", time.Time{}, ttl, true},
+		{"no expiry configured", now.Add(-24 * time.Hour), 0, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := claim("c", "topo-node", "1Gi")
+			c.Annotations = map[string]string{annSelectedNode: "node1"}
+			if !tt.at.IsZero() {
+				c.Annotations[annPromisedAt] = tt.at.Format(time.RFC3339)
+			}
+			if got := promiseHolds(c, now, tt.ttl); got != tt.want {
+				t.Fatalf("promiseHolds = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A tenant writes volume.kubernetes.io/selected-node itself on a claim
+// no pool can ever make (or one that failed finally): the promise held
+// the node's capacity for ever and the extender refused every new volume
+// there. It now holds only for the promise TTL, measured from when the
+// API server recorded the annotation's write.
+func TestStalePromiseDoesNotBlockTheNode(t *testing.T) {
+	now := time.Now()
+	for _, tt := range []struct {
+		name      string
+		promised  time.Time
+		wantNodes []string
+	}{
+		{"fresh promise holds node1's capacity", now.Add(-time.Second), []string{"node2"}},
+		{"stale promise does not", now.Add(-time.Hour), []string{"node1", "node2"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			squatter := claim("squatter", "topo-node", "1Ti")
+			squatter.Namespace = "tenant"
+			squatter.Annotations = map[string]string{annSelectedNode: "node1"}
+			squatter.ManagedFields = []metav1.ManagedFieldsEntry{managed("kubectl-annotate", tt.promised, annSelectedNode)}
+			notes := &promiseNotes{now: time.Now}
+			if _, err := notes.transform(squatter); err != nil {
+				t.Fatal(err)
+			}
+			if squatter.ManagedFields != nil {
+				t.Fatal("the transform kept the managed fields")
+			}
+			state := seed(class("topo-node", driver, "node"), claim("a", "topo-node", "1Gi"), squatter,
+				capacity("topo-node", map[string]string{topology.NodeKey: "node1"}, "10Gi"),
+				capacity("topo-node", map[string]string{topology.NodeKey: "node2"}, "10Gi"))
+			state.PromiseExpiry = 5 * time.Minute
+			got := Filter(state, driver, podWith("a"), []string{"node1", "node2"})
+			if !slices.Equal(*got.NodeNames, tt.wantNodes) {
+				t.Fatalf("nodes = %v (failed: %v), want %v", *got.NodeNames, got.FailedNodes, tt.wantNodes)
+			}
+		})
+	}
+}
+
+// A tenant can clear a claim's managed fields (any client that may update
+// it can): its promise then dates from when the cache first saw it with
+// that node, and later events of the same promise keep that date.
+func TestPromiseWithoutManagedFieldsDatesFromFirstSight(t *testing.T) {
+	first := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	clock := first
+	claims := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	notes := &promiseNotes{now: func() time.Time { return clock }, claims: claims}
+	event := func(node string) *corev1.PersistentVolumeClaim {
+		c := claim("squatter", "topo-node", "1Ti")
+		c.UID = "uid-1"
+		c.Annotations = map[string]string{annSelectedNode: node}
+		obj, err := notes.transform(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := claims.Update(obj); err != nil {
+			t.Fatal(err)
+		}
+		return obj.(*corev1.PersistentVolumeClaim)
+	}
+	if got := event("node1").Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
+		t.Fatalf("first sight noted %q, want %v", got, first)
+	}
+	clock = first.Add(time.Hour)
+	if got := event("node1"); got.Annotations[annPromisedAt] != first.Format(time.RFC3339) || promiseHolds(got, clock, DefaultPromiseTTL) {
+		t.Fatalf("a later event of the same promise renewed it: noted %q", got.Annotations[annPromisedAt])
+	}
+	if got := event("node2").Annotations[annPromisedAt]; got != clock.Format(time.RFC3339) {
+		t.Fatalf("a promise to another node noted %q, want %v", got, clock)
+	}
+}
