@@ -12,6 +12,11 @@ etcd_version="v3.6.8"
 kwok_version="v0.8.0"
 bindir="$cache/bin/kube-${kube_version}_etcd-${etcd_version}_kwok-${kwok_version}"
 mkdir -p "$bindir"
+# One build at a time per cache: parallel test packages (each asks for
+# the binaries through test/cluster) wait for the first instead of
+# compiling the same binary into the same temporary file.
+exec 9>"$bindir/.lock"
+flock 9
 
 build() { # module-dir package output [ldflags]
   local dir="$1" pkg="$2" out="$3" ldflags="${4:-}"
