@@ -22,7 +22,11 @@ const (
 	FinalizerSnapshotBound = "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"
 	// FinalizerSnapshotAsSource keeps a VolumeSnapshot while a restore reads it.
 	FinalizerSnapshotAsSource = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
-	prefixReserved            = "csi.storage.k8s.io/"
+	// AnnSnapshotBeingDeleted marks a content whose VolumeSnapshot is being
+	// deleted: only then may a bound content's backend snapshot go. Upstream
+	// keeps it in its pkg/utils, not in the client API module.
+	AnnSnapshotBeingDeleted = "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"
+	prefixReserved          = "csi.storage.k8s.io/"
 )
 
 // ContentName is the name of the content of a dynamically cut snapshot.

@@ -241,9 +241,18 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	}
 	handle := contentHandle(content)
 	if content.DeletionTimestamp != nil {
-		return c.deleteContent(ctx, content, handle)
-	}
-	if deleted, err := c.deleteOrphan(ctx, content); deleted || err != nil {
+		unused, err := c.unusedContent(ctx, content)
+		switch {
+		case err != nil:
+			return err
+		case unused:
+			return c.deleteContent(ctx, content, handle)
+		case !slices.Contains(content.Finalizers, FinalizerContentBound):
+			return nil // nothing of ours holds it
+		}
+		// Deleted by hand while its VolumeSnapshot lives: as upstream, it
+		// stays intact (a cut in flight finishes) until that is deleted.
+	} else if deleted, err := c.deleteOrphan(ctx, content); deleted || err != nil {
 		return err // its deletion brings it back
 	}
 	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
@@ -368,6 +377,21 @@ func (c *Controller) contentFailed(ctx context.Context, content *snapv1.VolumeSn
 	return fmt.Errorf("content %s: %w", content.Name, cause)
 }
 
+// unusedContent is upstream's shouldDelete for a deleted content: its
+// backend snapshot may go (policy Delete) or be let go (Retain) only when no
+// VolumeSnapshot uses it any more: its VolumeSnapshot is being deleted (the
+// common half's annotation) or is gone, or it is a pre-provisioned content
+// never bound. A VolumeSnapshot that still reads it keeps it.
+func (c *Controller) unusedContent(ctx context.Context, content *snapv1.VolumeSnapshotContent) (bool, error) {
+	if metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) {
+		return true, nil
+	}
+	if content.Spec.VolumeSnapshotRef.UID == "" {
+		return content.Spec.Source.SnapshotHandle != nil, nil
+	}
+	return c.snapshotGone(ctx, content)
+}
+
 // deleteContent deletes the backend snapshot (policy Delete), then releases
 // the content. A snapshot deleted mid-copy is deleted too: the driver cancels
 // the copy and removes what it had.
@@ -456,6 +480,9 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 			// Cut already: the source may go, the snapshot stays.
 			return c.mirrorStatus(ctx, snap, content)
 		}
+		if snap.Status != nil && snap.Status.BoundVolumeSnapshotContentName != nil {
+			return c.contentMissing(ctx, snap)
+		}
 		return c.snapshotFailed(ctx, snap, fmt.Sprintf("source PersistentVolumeClaim %s/%s not found", namespace, *source))
 	}
 	if claim.Spec.VolumeName == "" {
@@ -472,6 +499,9 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 		return err
 	}
 	content, err := c.contents.Get(ContentName(snap))
+	if apierrors.IsNotFound(err) && snap.Status != nil && snap.Status.BoundVolumeSnapshotContentName != nil {
+		return c.contentMissing(ctx, snap)
+	}
 	if apierrors.IsNotFound(err) {
 		class, err := c.classFor(snap)
 		if err != nil {
@@ -487,6 +517,22 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 		return err
 	}
 	return c.mirrorStatus(ctx, snap, content)
+}
+
+// contentMissing fails a snapshot whose bound content is gone (deleted past
+// its finalizer), as upstream does. It is never cut again under the same
+// name: that would re-point a snapshot taken then at today's data. A cache
+// miss is confirmed by a read from the API server.
+func (c *Controller) contentMissing(ctx context.Context, snap *snapv1.VolumeSnapshot) error {
+	name := *snap.Status.BoundVolumeSnapshotContentName
+	_, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		return kube.ErrRequeue // the cache is behind
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("read content %s of %s/%s: %w", name, snap.Namespace, snap.Name, err)
+	}
+	return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is missing", name))
 }
 
 // syncDeletedSnapshot deletes a deleted snapshot's content (policy Delete)
@@ -719,10 +765,22 @@ func (c *Controller) snapshotFailed(ctx context.Context, snap *snapv1.VolumeSnap
 	return fmt.Errorf("%s/%s: %s", snap.Namespace, snap.Name, message)
 }
 
-// deleteSnapshot deletes the content (its finalizer makes the content half
-// delete the backend snapshot for policy Delete), waits for it to go, then
-// releases the snapshot. content nil: none of this snapshot's exists.
+// deleteSnapshot marks the content as its snapshot's being deleted (only
+// then may the content half let its backend snapshot go), deletes it (its
+// finalizer makes the content half delete the backend snapshot for policy
+// Delete), waits for it to go, then releases the snapshot. content nil:
+// none of this snapshot's exists.
 func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot, content *snapv1.VolumeSnapshotContent) error {
+	if content != nil && !metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) {
+		// Whatever the policy, as upstream: a Retain content deleted by hand
+		// meanwhile is then released.
+		marked := content.DeepCopy()
+		metav1.SetMetaDataAnnotation(&marked.ObjectMeta, AnnSnapshotBeingDeleted, "yes")
+		var err error
+		if content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, marked, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("mark content %s of deleted %s/%s: %w", marked.Name, snap.Namespace, snap.Name, err)
+		}
+	}
 	if content != nil && content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
 		if content.DeletionTimestamp == nil {
 			err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Delete(ctx, content.Name, metav1.DeleteOptions{

@@ -1,0 +1,167 @@
+package snapshotter
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/toposnap/toposnap/internal/fakeapi"
+	"github.com/toposnap/toposnap/internal/fakecsi"
+	"github.com/toposnap/toposnap/internal/topology"
+)
+
+// readySnapshot cuts VolumeSnapshot "snap" of a class with that deletion
+// policy on node1 and returns the world, the node and the ready content.
+func readySnapshot(t *testing.T, policy snapv1.DeletionPolicy) (*fakeapi.World, *node, *snapv1.VolumeSnapshotContent) {
+	t.Helper()
+	class := snapshotClass()
+	class.DeletionPolicy = policy
+	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), class, dynamicSnapshot("snap"))...)
+	n := startNode(t, w, "node1")
+	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
+	n.settle(t, ns, "snap", "snapcontent-uid-snap")
+	content := getContent(w, "snapcontent-uid-snap")
+	if snap := getSnapshot(w, ns, "snap"); snap.Status == nil || !ptr.Deref(snap.Status.ReadyToUse, false) || content == nil {
+		t.Fatalf("snapshot never became ready: %+v", snap.Status)
+	}
+	return w, n, content
+}
+
+// TestDeletedBoundContentKeepsItsSnapshot: `kubectl delete
+// volumesnapshotcontent` on the content of a ready VolumeSnapshot deletes
+// nothing: the content stays, terminating, with its backend snapshot, and
+// the VolumeSnapshot keeps reading it (upstream's contract). Only when the
+// VolumeSnapshot is deleted does the deletion policy decide.
+func TestDeletedBoundContentKeepsItsSnapshot(t *testing.T) {
+	cases := []struct {
+		name        string
+		policy      snapv1.DeletionPolicy
+		wantBackend bool // after the VolumeSnapshot is deleted too
+	}{
+		{"Delete policy: the backend snapshot goes with the VolumeSnapshot", snapv1.VolumeSnapshotContentDelete, false},
+		{"Retain policy: the backend snapshot outlives both", snapv1.VolumeSnapshotContentRetain, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w, n, before := readySnapshot(t, tc.policy)
+			handle := *before.Status.SnapshotHandle
+			ctx := context.Background()
+			if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(ctx, before.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			n.settle(t, ns, "snap", before.Name)
+			after := getContent(w, before.Name)
+			switch {
+			case n.csi.Count("DeleteSnapshot") != 0 || !slices.Contains(n.csi.SnapshotIDs(), handle):
+				t.Fatalf("backend snapshot %s of a live VolumeSnapshot was deleted (CSI calls %v)", handle, n.csi.Calls())
+			case after == nil || after.UID != before.UID:
+				t.Fatalf("content %s was replaced: uid %s, now %+v", before.Name, before.UID, after)
+			case after.DeletionTimestamp == nil || !slices.Contains(after.Finalizers, FinalizerContentBound):
+				t.Fatalf("content lost its deletion or its finalizer: %+v", after.ObjectMeta)
+			case n.csi.Count("CreateSnapshot") != 1:
+				t.Fatalf("snapshot cut again: CSI calls %v", n.csi.Calls())
+			}
+			if snap := getSnapshot(w, ns, "snap"); ptr.Deref(snap.Status.BoundVolumeSnapshotContentName, "") != before.Name {
+				t.Fatalf("VolumeSnapshot re-pointed: %+v", snap.Status)
+			}
+
+			if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "snap", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			n.settle(t, ns, "snap", before.Name)
+			if snap, content := getSnapshot(w, ns, "snap"), getContent(w, before.Name); snap != nil || content != nil {
+				t.Fatalf("VolumeSnapshot or content stuck: %v, %v", snap, content)
+			}
+			if kept := slices.Contains(n.csi.SnapshotIDs(), handle); kept != tc.wantBackend {
+				t.Fatalf("backend snapshot kept = %v, want %v (CSI calls %v)", kept, tc.wantBackend, n.csi.Calls())
+			}
+		})
+	}
+}
+
+// TestBoundSnapshotIsNeverCutAgain: a VolumeSnapshot whose content vanished
+// (its finalizer stripped by hand) reports the content missing and is not
+// ready; it is never silently re-pointed at a new cut of today's data.
+func TestBoundSnapshotIsNeverCutAgain(t *testing.T) {
+	w, n, content := readySnapshot(t, snapv1.VolumeSnapshotContentDelete)
+	ctx := context.Background()
+	stripped := content.DeepCopy()
+	stripped.Finalizers = nil
+	if _, err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Update(ctx, stripped, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(ctx, content.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.settle(t, ns, "snap", content.Name)
+	if again := getContent(w, content.Name); again != nil {
+		t.Fatalf("a new content %s (uid %s) was created for a snapshot already bound", again.Name, again.UID)
+	}
+	snap := getSnapshot(w, ns, "snap")
+	if ptr.Deref(snap.Status.ReadyToUse, true) || snap.Status.Error == nil || !strings.Contains(ptr.Deref(snap.Status.Error.Message, ""), "missing") {
+		t.Fatalf("VolumeSnapshot does not report its content missing: %+v", snap.Status)
+	}
+	if n.csi.Count("CreateSnapshot") != 1 || n.csi.Count("DeleteSnapshot") != 0 {
+		t.Fatalf("CSI calls after the content vanished: %v", n.csi.Calls())
+	}
+}
+
+// TestWhichDeletedContentsLoseTheirSnapshot is the sidecar's rule: a
+// deleted content's backend snapshot is deleted (policy Delete) or let go
+// (Retain) only when no live VolumeSnapshot uses it.
+func TestWhichDeletedContentsLoseTheirSnapshot(t *testing.T) {
+	cases := []struct {
+		name         string
+		policy       snapv1.DeletionPolicy
+		boundUID     string // the content's volumeSnapshotRef.uid
+		snapshot     bool   // the VolumeSnapshot "imported" (uid-imported) exists
+		beingDeleted bool   // the common half marked the content: its VolumeSnapshot is being deleted
+		wantGone     bool   // the content is gone
+		wantBackend  bool   // the backend snapshot exists
+	}{
+		{"bound to a live VolumeSnapshot", snapv1.VolumeSnapshotContentDelete, "uid-imported", true, false, false, true},
+		{"bound to a VolumeSnapshot being deleted", snapv1.VolumeSnapshotContentDelete, "uid-imported", true, true, true, false},
+		{"bound to a VolumeSnapshot being deleted, Retain", snapv1.VolumeSnapshotContentRetain, "uid-imported", true, true, true, true},
+		{"bound to a VolumeSnapshot that is gone", snapv1.VolumeSnapshotContentDelete, "uid-imported", false, false, true, false},
+		{"pre-provisioned, never bound", snapv1.VolumeSnapshotContentDelete, "", false, false, true, false},
+		{"pre-provisioned, never bound, Retain", snapv1.VolumeSnapshotContentRetain, "", false, false, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound}},
+				Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: tc.policy,
+					VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported", UID: types.UID(tc.boundUID)},
+					Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
+			if tc.beingDeleted {
+				content.Annotations = map[string]string{AnnSnapshotBeingDeleted: "yes"}
+			}
+			objects := []runtime.Object{content}
+			if tc.snapshot {
+				objects = append(objects, &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
+					Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}})
+			}
+			w := fakeapi.NewWorld(t, objects...)
+			n := startNode(t, w, "node1")
+			n.csi.AddSnapshot("s", "vol-x", map[string]string{topology.NodeKey: "node1"})
+			if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), "precut", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				_ = n.syncContent("precut")
+			}
+			gone := getContent(w, "precut") == nil
+			backend := slices.Contains(n.csi.SnapshotIDs(), fakecsi.SnapshotID("s"))
+			if gone != tc.wantGone || backend != tc.wantBackend {
+				t.Fatalf("content gone = %v, backend snapshot kept = %v; want %v, %v (CSI calls %v)", gone, backend, tc.wantGone, tc.wantBackend, n.csi.Calls())
+			}
+		})
+	}
+}
