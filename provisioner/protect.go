@@ -12,11 +12,15 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/util/retry"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+
 	"github.com/toposnap/toposnap/internal/claimsource"
 )
 
 // Upstream's finalizers that keep a source alive while a volume is being
-// filled from it.
+// filled from it. The names are shared: another driver's provisioner puts
+// them on its own snapshots and claims, so toposnap acts only on sources
+// of its own driver (ownsSource).
 const (
 	FinalizerSnapshotAsSource = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
 	FinalizerCloneSource      = "provisioner.storage.kubernetes.io/cloning-protection"
@@ -74,9 +78,11 @@ func readsFrom(claim *corev1.PersistentVolumeClaim, source claimsource.Source) b
 // from it any more. Upstream keeps it while any pending claim names the
 // source, so a snapshot deleted while a restore of it waits unstarted is
 // never deleted; toposnap keeps it only while a volume is being made.
+// Another driver's source, or one whose driver is not known yet, is left
+// alone: its finalizer is that driver's to remove.
 func (c *Controller) syncSource(ctx context.Context, key string) error {
 	source, ok := parseSourceKey(key)
-	if !ok {
+	if !ok || !c.ownsSource(source) {
 		return nil
 	}
 	claims, err := c.claims.List(labels.Everything())
@@ -95,6 +101,43 @@ func (c *Controller) syncSource(ctx context.Context, key string) error {
 		return fmt.Errorf("unprotect %s: %w", source, err)
 	}
 	return nil
+}
+
+// ownsSource reads the cache: is the source this driver's, by the facts a
+// restore or clone checks before it protects its source (contentSource)?
+// A VolumeSnapshot must be bound to a content of this driver bound back to
+// it, a claim to a PV of this driver bound back to it. An unbound source,
+// or one whose content or PV the cache lacks, is not known to be ours.
+func (c *Controller) ownsSource(source claimsource.Source) bool {
+	switch {
+	case source.IsSnapshot():
+		snap, err := c.snapshots.VolumeSnapshots(source.Namespace).Get(source.Name)
+		if err != nil || snap.Status == nil || snap.Status.BoundVolumeSnapshotContentName == nil {
+			return false
+		}
+		content, err := c.contents.Get(*snap.Status.BoundVolumeSnapshotContentName)
+		return err == nil && content.Spec.Driver == c.driverName && contentBoundTo(content, snap)
+	case source.IsClaim():
+		claim, err := c.claims.PersistentVolumeClaims(source.Namespace).Get(source.Name)
+		if err != nil || claim.Spec.VolumeName == "" {
+			return false
+		}
+		pv, err := c.volumes.Get(claim.Spec.VolumeName)
+		return err == nil && pv.Spec.CSI != nil && pv.Spec.CSI.Driver == c.driverName && volumeBoundTo(pv, claim)
+	}
+	return false
+}
+
+// contentBoundTo: the content's volumeSnapshotRef names this very snapshot.
+func contentBoundTo(content *snapv1.VolumeSnapshotContent, snap *snapv1.VolumeSnapshot) bool {
+	bound := content.Spec.VolumeSnapshotRef
+	return bound.Namespace == snap.Namespace && bound.Name == snap.Name && bound.UID == snap.UID
+}
+
+// volumeBoundTo: the PV's claimRef names this very claim.
+func volumeBoundTo(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClaim) bool {
+	bound := pv.Spec.ClaimRef
+	return bound != nil && bound.Namespace == claim.Namespace && bound.Name == claim.Name && bound.UID == claim.UID
 }
 
 // sourceProtected reads the cache: does the source carry its finalizer?

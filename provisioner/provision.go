@@ -300,7 +300,8 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 		if err != nil {
 			return nil, fmt.Errorf("VolumeSnapshotContent %s: %w", *snap.Status.BoundVolumeSnapshotContentName, err)
 		}
-		if bound := content.Spec.VolumeSnapshotRef; bound.Namespace != snap.Namespace || bound.Name != snap.Name || bound.UID != snap.UID {
+		if !contentBoundTo(content, snap) {
+			bound := content.Spec.VolumeSnapshotRef
 			return nil, fmt.Errorf("VolumeSnapshotContent %s is bound to VolumeSnapshot %s/%s (uid %q), not to %s/%s (uid %q)",
 				content.Name, bound.Namespace, bound.Name, bound.UID, snap.Namespace, snap.Name, snap.UID)
 		}
@@ -333,7 +334,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 		if err != nil {
 			return nil, fmt.Errorf("source PV %s: %w", source.Spec.VolumeName, err)
 		}
-		if bound := pv.Spec.ClaimRef; bound == nil || bound.Namespace != source.Namespace || bound.Name != source.Name || bound.UID != source.UID {
+		if !volumeBoundTo(pv, source) {
 			return nil, fmt.Errorf("source claim %s/%s names PV %s, which is not bound to it", claim.Namespace, ref.Name, pv.Name)
 		}
 		if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.driverName {
