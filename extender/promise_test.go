@@ -24,7 +24,7 @@ func managed(manager string, at time.Time, annotations ...string) metav1.Managed
 	}
 	fields += `}}}`
 	return metav1.ManagedFieldsEntry{Manager: manager, Operation: metav1.ManagedFieldsOperationUpdate,
-		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(fields)}}
+		Time: &metav1.Time{Time: at}, FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(fields)}
 }
 
 func TestPromisedAtIsWhenSelectedNodeWasLastSet(t *testing.T) {
@@ -41,7 +41,7 @@ func TestPromisedAtIsWhenSelectedNodeWasLastSet(t *testing.T) {
 		{"rewritten by another manager", []metav1.ManagedFieldsEntry{managed("kube-scheduler", scheduled, "x"), managed("tenant", later, annSelectedNode, "y")}, later},
 		{"a key that merely contains the name", []metav1.ManagedFieldsEntry{managed("tenant", later, annSelectedNode+"-not")}, time.Time{}},
 		{"no managed fields", nil, time.Time{}},
-		{"fields not parsable", []metav1.ManagedFieldsEntry{{Manager: "x", Time: &metav1.Time{Time: later}, FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{`)}}}, time.Time{}},
+		{"fields not parsable", []metav1.ManagedFieldsEntry{{Manager: "x", Time: &metav1.Time{Time: later}, FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(`{`)}}, time.Time{}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := claim("c", "topo-node", "1Gi")
