@@ -8,7 +8,7 @@ COMMANDS  := $(wildcard driver/cmd/* provisioner/cmd/* snapshotter/cmd/* extende
 CLUSTER_DIR ?= $(HOME)/.cache/toposnap/cluster
 GOLANGCI_VERSION := v2.15.0
 
-.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm node-bins node-setup node-test conformance sidecars bench-interop bench-sched
+.PHONY: all build test unit-test lint bench fuzz chaos demo cluster-bins cluster-up cluster-down clean image chart-lint snapshot-crds helm node-bins node-setup node-test conformance sidecars bench-interop bench-sched bench-scale
 
 all: build
 
@@ -45,6 +45,10 @@ bench: ## Benchmarks, with the baselines they are compared against in the same r
 
 bench-sched: cluster-bins ## Scheduling throughput on 500 kwok nodes in 3 zones, same run: plain pods with the extender registered vs bare, zone-claim pods with vs without the extender; ratios (docs/operations.md).
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkScheduling -benchtime 1x -timeout 90m ./test/schedbench/
+
+BENCH_SCALE_TIMEOUT ?= 6h
+bench-scale: cluster-bins ## One node's toposnap processes plus the central ones, on kwok nodes with PVC+PV pairs made in bulk: each process's memory and Go heap, the API server's watches, PVC events per update and idle requests, per point of BENCH_SCALE_PAIRS x BENCH_SCALE_NODES; tables and JSON in bin/bench-scale/.
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkScale -benchtime 1x -timeout $(BENCH_SCALE_TIMEOUT) ./test/scalebench/
 
 bench-interop: cluster-bins sidecars ## toposnap's provisioner and snapshotter vs external-provisioner and csi-snapshotter + snapshot-controller, same drivers, same run: ratios (docs/interop.md).
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/interop/
