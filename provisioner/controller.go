@@ -165,7 +165,7 @@ func (c *Controller) enqueueClaim(obj any) {
 
 func (c *Controller) enqueueProtectedSnapshot(obj any) {
 	snap, ok := obj.(*snapv1.VolumeSnapshot)
-	if ok && slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) {
+	if ok && (slices.Contains(snap.Finalizers, FinalizerRestoreSource) || slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource)) {
 		c.sourceQueue.Add(sourceKey(claimsource.Source{
 			APIGroup: claimsource.SnapshotGroup, Kind: claimsource.KindSnapshot, Namespace: snap.Namespace, Name: snap.Name}))
 	}

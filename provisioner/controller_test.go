@@ -226,8 +226,8 @@ func TestClaimDeletedDuringProvisioning(t *testing.T) {
 				if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
 					t.Fatal(err)
 				}
-				if f := w.snapshotFinalizers(ns, "snap"); slices.Contains(f, FinalizerSnapshotAsSource) {
-					t.Fatalf("snapshot kept %s after its only restore was deleted", FinalizerSnapshotAsSource)
+				if f := w.snapshotFinalizers(ns, "snap"); slices.Contains(f, FinalizerRestoreSource) {
+					t.Fatalf("snapshot kept %s after its only restore was deleted", FinalizerRestoreSource)
 				}
 				if len(server.SnapshotIDs()) != 1 {
 					t.Fatalf("the snapshot was lost: %v", server.SnapshotIDs())
@@ -259,7 +259,7 @@ func TestSourceProtection(t *testing.T) {
 	if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerSnapshotAsSource) {
+	if !slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerRestoreSource) {
 		t.Fatal("protection removed while claim b's volume is still being made from the snapshot")
 	}
 	w.deleteClaim(ns, "b")
@@ -271,7 +271,7 @@ func TestSourceProtection(t *testing.T) {
 	if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerSnapshotAsSource) {
+	if slices.Contains(w.snapshotFinalizers(ns, "snap"), FinalizerRestoreSource) {
 		t.Fatal("protection left while only an unstarted restore names the snapshot")
 	}
 }

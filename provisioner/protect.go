@@ -17,13 +17,20 @@ import (
 	"github.com/toposnap/toposnap/internal/claimsource"
 )
 
-// Upstream's finalizers that keep a source alive while a volume is being
-// filled from it. The names are shared: another driver's provisioner puts
-// them on its own snapshots and claims, so toposnap acts only on sources
-// of its own driver (ownsSource).
+// Finalizers that keep a source alive while a volume is being filled from
+// it: toposnap's own on VolumeSnapshots, external-provisioner's on claims
+// (a name shared with other drivers' provisioners, so toposnap acts only on
+// claims bound to its own driver's PVs: ownsSource).
 const (
+	FinalizerRestoreSource = "toposnap.io/restore-source-protection"
+	FinalizerCloneSource   = "provisioner.storage.kubernetes.io/cloning-protection"
+	// FinalizerSnapshotAsSource is upstream snapshot-controller's: it puts
+	// it on every live VolumeSnapshot, whatever its driver, puts it back
+	// when it is removed, and removes it from one being deleted that no
+	// unbound claim names. Earlier toposnap versions protected their
+	// restores' snapshots with it; toposnap now removes it only as upstream
+	// would (legacyReleasable), for snapshots those versions left.
 	FinalizerSnapshotAsSource = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
-	FinalizerCloneSource      = "provisioner.storage.kubernetes.io/cloning-protection"
 )
 
 // protectSource adds the protection finalizer to the claim's snapshot or
@@ -36,7 +43,7 @@ func (c *Controller) protectSource(ctx context.Context, claim *corev1.Persistent
 	if !ok || !source.IsSnapshot() && !source.IsClaim() {
 		return nil
 	}
-	err := c.editSourceFinalizer(ctx, source, true)
+	err := c.editSourceFinalizers(ctx, source, protectionFinalizer(source), nil)
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", source, err)
 	}
@@ -89,18 +96,49 @@ func (c *Controller) syncSource(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	for _, claim := range claims {
-		if readsFrom(claim, source) {
-			return nil
-		}
+	var drop []string
+	if !slices.ContainsFunc(claims, func(claim *corev1.PersistentVolumeClaim) bool { return readsFrom(claim, source) }) {
+		drop = append(drop, protectionFinalizer(source))
 	}
-	if !c.sourceProtected(source) {
+	if c.legacyReleasable(source, claims) {
+		drop = append(drop, FinalizerSnapshotAsSource)
+	}
+	held := c.sourceFinalizers(source)
+	drop = slices.DeleteFunc(drop, func(f string) bool { return !slices.Contains(held, f) })
+	if len(drop) == 0 {
 		return nil // nothing to remove: no write
 	}
-	if err := c.editSourceFinalizer(ctx, source, false); err != nil && !apierrors.IsNotFound(err) {
+	if err := c.editSourceFinalizers(ctx, source, "", drop); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("unprotect %s: %w", source, err)
 	}
 	return nil
+}
+
+// protectionFinalizer is the finalizer toposnap puts on source.
+func protectionFinalizer(source claimsource.Source) string {
+	if source.IsSnapshot() {
+		return FinalizerRestoreSource
+	}
+	return FinalizerCloneSource
+}
+
+// legacyReleasable: upstream's FinalizerSnapshotAsSource may go from a
+// snapshot being deleted that no unbound claim names, exactly when
+// upstream's snapshot-controller would remove it. Never from a live
+// snapshot: that controller puts it back on every live snapshot, and
+// removing it again would never end.
+func (c *Controller) legacyReleasable(source claimsource.Source, claims []*corev1.PersistentVolumeClaim) bool {
+	if !source.IsSnapshot() {
+		return false
+	}
+	snap, err := c.snapshots.VolumeSnapshots(source.Namespace).Get(source.Name)
+	if err != nil || snap.DeletionTimestamp == nil {
+		return false
+	}
+	return !slices.ContainsFunc(claims, func(claim *corev1.PersistentVolumeClaim) bool {
+		ref, ok := claimsource.Of(claim)
+		return ok && claim.Spec.VolumeName == "" && ref.Kind == source.Kind && ref.Namespace == source.Namespace && ref.Name == source.Name
+	})
 }
 
 // ownsSource reads the cache: is the source this driver's, by the facts a
@@ -140,31 +178,31 @@ func volumeBoundTo(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeCl
 	return bound != nil && bound.Namespace == claim.Namespace && bound.Name == claim.Name && bound.UID == claim.UID
 }
 
-// sourceProtected reads the cache: does the source carry its finalizer?
-func (c *Controller) sourceProtected(source claimsource.Source) bool {
+// sourceFinalizers reads the cache: the source's finalizers.
+func (c *Controller) sourceFinalizers(source claimsource.Source) []string {
 	switch {
 	case source.IsSnapshot():
-		snap, err := c.snapshots.VolumeSnapshots(source.Namespace).Get(source.Name)
-		return err == nil && slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource)
+		if snap, err := c.snapshots.VolumeSnapshots(source.Namespace).Get(source.Name); err == nil {
+			return snap.Finalizers
+		}
 	case source.IsClaim():
-		claim, err := c.claims.PersistentVolumeClaims(source.Namespace).Get(source.Name)
-		return err == nil && slices.Contains(claim.Finalizers, FinalizerCloneSource)
+		if claim, err := c.claims.PersistentVolumeClaims(source.Namespace).Get(source.Name); err == nil {
+			return claim.Finalizers
+		}
 	}
-	return false
+	return nil
 }
 
-// editSourceFinalizer adds or removes the source's protection finalizer on
-// the live object, retrying on conflicts.
-func (c *Controller) editSourceFinalizer(ctx context.Context, source claimsource.Source, add bool) error {
-	edit := func(finalizers []string, finalizer string) ([]string, bool) {
-		has := slices.Contains(finalizers, finalizer)
-		switch {
-		case add && !has:
-			return append(finalizers, finalizer), true
-		case !add && has:
-			return slices.DeleteFunc(finalizers, func(f string) bool { return f == finalizer }), true
+// editSourceFinalizers adds the finalizer add (if not empty) to the source
+// and removes those in remove, on the live object, retrying on conflicts;
+// no write when nothing changes.
+func (c *Controller) editSourceFinalizers(ctx context.Context, source claimsource.Source, add string, remove []string) error {
+	edit := func(finalizers []string) ([]string, bool) {
+		out := slices.DeleteFunc(slices.Clone(finalizers), func(f string) bool { return slices.Contains(remove, f) })
+		if add != "" && !slices.Contains(out, add) {
+			out = append(out, add)
 		}
-		return finalizers, false
+		return out, !slices.Equal(out, finalizers)
 	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		switch {
@@ -174,7 +212,7 @@ func (c *Controller) editSourceFinalizer(ctx context.Context, source claimsource
 			if err != nil {
 				return err
 			}
-			finalizers, changed := edit(snap.Finalizers, FinalizerSnapshotAsSource)
+			finalizers, changed := edit(snap.Finalizers)
 			if !changed {
 				return nil
 			}
@@ -187,7 +225,7 @@ func (c *Controller) editSourceFinalizer(ctx context.Context, source claimsource
 			if err != nil {
 				return err
 			}
-			finalizers, changed := edit(claim.Finalizers, FinalizerCloneSource)
+			finalizers, changed := edit(claim.Finalizers)
 			if !changed {
 				return nil
 			}

@@ -1,12 +1,14 @@
 package provisioner
 
 import (
+	"context"
 	"slices"
 	"testing"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -63,7 +65,8 @@ func TestSourceFinalizerOwnership(t *testing.T) {
 				t.Fatal(err)
 			}
 			finalizers := w.sourceFinalizers(tc.source)
-			kept := slices.Contains(finalizers, FinalizerSnapshotAsSource) || slices.Contains(finalizers, FinalizerCloneSource)
+			kept := slices.Contains(finalizers, FinalizerRestoreSource) || slices.Contains(finalizers, FinalizerSnapshotAsSource) ||
+				slices.Contains(finalizers, FinalizerCloneSource)
 			switch {
 			case tc.keep && !kept:
 				t.Fatalf("%s lost its protection finalizer: toposnap removed a finalizer it did not put there (finalizers now %v)", tc.source, finalizers)
@@ -125,7 +128,7 @@ func cloneOf(claim *corev1.PersistentVolumeClaim, source string) *corev1.Persist
 
 func protectedSnapshot(namespace, name string) *snapv1.VolumeSnapshot {
 	return &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, UID: "uid-snap-unbound",
-		Finalizers: []string{FinalizerSnapshotAsSource}},
+		Finalizers: []string{FinalizerRestoreSource}},
 		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("somewhere")}}}
 }
 
@@ -137,7 +140,7 @@ func protectedClaim(claim *corev1.PersistentVolumeClaim) *corev1.PersistentVolum
 // ownSnapshot is toposnap's ready snapshot, protected.
 func ownSnapshot(name string) []runtimeObject {
 	snap, content := readySnapshot(ns, name, "snap-handle", "node1")
-	snap.Finalizers = []string{FinalizerSnapshotAsSource}
+	snap.Finalizers = []string{FinalizerRestoreSource}
 	return []runtimeObject{snap, content}
 }
 
@@ -220,4 +223,72 @@ func sourceWrites(w *world, source claimsource.Source) []string {
 		}
 	}
 	return writes
+}
+
+// TestUpstreamSnapshotControllerFinalizerIsLeftAlone: upstream's
+// snapshot-controller (the chart's default) puts
+// volumesnapshot-as-source-protection on every live VolumeSnapshot, toposnap's
+// included, and puts it back whenever it is removed. toposnap protects the
+// sources of its restores with a finalizer of its own, so it never removes
+// upstream's from a live snapshot: removing it started an endless war of
+// updates. Upstream's is removed only from a toposnap snapshot being
+// deleted that no unbound claim names (upstream's own rule, for snapshots
+// an earlier toposnap protected under that name); the controls show the
+// sync does act on toposnap's own finalizer.
+func TestUpstreamSnapshotControllerFinalizerIsLeftAlone(t *testing.T) {
+	deleting := func(objects []runtimeObject) []runtimeObject {
+		objects[0].(*snapv1.VolumeSnapshot).DeletionTimestamp = ptr.To(metav1.Now())
+		return objects
+	}
+	with := func(objects []runtimeObject, finalizers ...string) []runtimeObject {
+		objects[0].(*snapv1.VolumeSnapshot).Finalizers = finalizers
+		return objects
+	}
+	cases := []struct {
+		name    string
+		objects []runtimeObject
+		want    []string
+	}{
+		{"live snapshot, upstream's finalizer: kept", with(ownSnapshot("snap"), FinalizerSnapshotAsSource),
+			[]string{FinalizerSnapshotAsSource}},
+		{"live snapshot, both, nothing reads it: only toposnap's goes", with(ownSnapshot("snap"), FinalizerSnapshotAsSource, FinalizerRestoreSource),
+			[]string{FinalizerSnapshotAsSource}},
+		{"live snapshot a restore reads: both kept", append(with(ownSnapshot("snap"), FinalizerSnapshotAsSource, FinalizerRestoreSource),
+			provisioning(restoreFrom(claimObject(ns, "restore", "local", "node1"), "snap"))),
+			[]string{FinalizerSnapshotAsSource, FinalizerRestoreSource}},
+		{"deleted snapshot nothing names: upstream's goes too", deleting(with(ownSnapshot("snap"), FinalizerSnapshotAsSource)),
+			[]string{}},
+		{"deleted snapshot an unstarted restore names: upstream's kept", append(deleting(with(ownSnapshot("snap"), FinalizerSnapshotAsSource)),
+			restoreFrom(claimObject(ns, "restore", "local", "node1"), "snap")),
+			[]string{FinalizerSnapshotAsSource}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			server, client := fakecsi.Start(t)
+			w := newWorld(t, append([]runtimeObject{nodeObject("node1", "b"), classObject("local", "node", wffc)}, tc.objects...)...)
+			n := w.startNode("node1", "b", server, client, false)
+			if err := n.syncSource(sourceKey(snapshotSource("snap"))); err != nil {
+				t.Fatal(err)
+			}
+			// A deleted snapshot whose last finalizer went is gone, as the API
+			// server does it: no finalizers.
+			var got []string
+			snap, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(context.Background(), "snap", metav1.GetOptions{})
+			switch {
+			case err == nil:
+				got = snap.Finalizers
+			case !apierrors.IsNotFound(err):
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+				t.Fatalf("finalizers after the sync = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// provisioning marks a claim as one whose volume is being made.
+func provisioning(claim *corev1.PersistentVolumeClaim) *corev1.PersistentVolumeClaim {
+	claim.Finalizers = append(claim.Finalizers, FinalizerProvisioning)
+	return claim
 }

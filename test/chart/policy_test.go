@@ -189,6 +189,9 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"delete own content", node1, deleteContent("policy-ours"), ""},
 		{"delete another driver's content", node1, deleteContent("policy-foreign"), "only VolumeSnapshotContents of csi.toposnap.io"},
 		{"protect a snapshot being restored", node1, updateSnapshot(func(s *snapv1.VolumeSnapshot) {
+			s.Finalizers = append(s.Finalizers, "toposnap.io/restore-source-protection")
+		}), ""},
+		{"move upstream's as-source finalizer (earlier versions' protection)", node1, updateSnapshot(func(s *snapv1.VolumeSnapshot) {
 			s.Finalizers = append(s.Finalizers, "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection")
 		}), ""},
 		{"add a foreign finalizer to a snapshot", node1, updateSnapshot(func(s *snapv1.VolumeSnapshot) { s.Finalizers = append(s.Finalizers, "example.com/hold") }), "snapshot protection finalizers"},

@@ -274,13 +274,13 @@ func snapshotDeletedDuringRestore(t *testing.T, ns, name, class string, seed uin
 	waitSnapshotReady(t, ns, name+"-snap")
 	createClaim(t, ns, name+"-restore", class, "16Mi", snapshotSource(name+"-snap"))
 	createPod(t, ns, name+"-reader", name+"-restore")
-	// Delete the snapshot once the restore has begun (upstream's
-	// volumesnapshot-as-source-protection finalizer is on it) or, when the
+	// Delete the snapshot once the restore has begun (toposnap's
+	// restore-source-protection finalizer is on it) or, when the
 	// restore was too quick to catch, has ended.
 	ctx := ctxFor(t, 2*time.Minute)
 	if err := poll(ctx, 20*time.Millisecond, time.Minute, func() (bool, error) {
 		snap, err := env.Snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name+"-snap", metav1.GetOptions{})
-		if err == nil && slices.Contains(snap.Finalizers, provisioner.FinalizerSnapshotAsSource) {
+		if err == nil && slices.Contains(snap.Finalizers, provisioner.FinalizerRestoreSource) {
 			return true, nil
 		}
 		claim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name+"-restore", metav1.GetOptions{})

@@ -53,7 +53,7 @@ func TestForeignSourceFinalizersKept(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		snap.Finalizers = append(snap.Finalizers, provisioner.FinalizerSnapshotAsSource)
+		snap.Finalizers = append(snap.Finalizers, provisioner.FinalizerRestoreSource)
 		_, err = snaps.Update(ctx, snap, metav1.UpdateOptions{})
 		return err
 	}); err != nil {
@@ -72,7 +72,7 @@ func TestForeignSourceFinalizersKept(t *testing.T) {
 	}
 	if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 		snap, err := snaps.Get(ctx, "own-snap", metav1.GetOptions{})
-		if err != nil || slices.Contains(snap.Finalizers, provisioner.FinalizerSnapshotAsSource) {
+		if err != nil || slices.Contains(snap.Finalizers, provisioner.FinalizerRestoreSource) {
 			return false, nil
 		}
 		claim, err := claims.Get(ctx, "own-src", metav1.GetOptions{})
