@@ -2,6 +2,7 @@ package extender
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,9 +34,10 @@ const annPromisedAt = "extender.toposnap.io/promised-at"
 
 // promiseNotes is the extender's informer transform: what a decision
 // never reads is dropped, after noting on a claim when its promise was
-// made. The managed fields say when, unless a client cleared them (anyone
-// who may update a claim may): then the promise dates from when the cache
-// first saw it with that node, carried over from the cached copy.
+// made: when its managed fields say, but never later than when the cache
+// first saw the claim promised to that node (carried over from the cached
+// copy). Anyone who may update a claim may clear its managed fields or
+// write them with a time of their choosing.
 type promiseNotes struct {
 	now func() time.Time
 	// claims is the claim cache, set before the informers start.
@@ -44,9 +46,11 @@ type promiseNotes struct {
 
 func (n *promiseNotes) transform(obj any) (any, error) {
 	if claim, ok := obj.(*corev1.PersistentVolumeClaim); ok && claim.Annotations[annSelectedNode] != "" {
-		at := promisedAt(claim)
-		if at.IsZero() {
-			at = n.firstSeen(claim)
+		// A client may also write managed fields with any time: one later
+		// than the cache's first sight of the promise is not believed.
+		at, first := promisedAt(claim), n.firstSeen(claim)
+		if at.IsZero() || at.After(first) {
+			at = first
 		}
 		claim.Annotations[annPromisedAt] = at.UTC().Format(time.RFC3339)
 	}
@@ -92,9 +96,18 @@ func promisedAt(claim *corev1.PersistentVolumeClaim) time.Time {
 	return time.Time{}
 }
 
+// finalizerProvisioning is the provisioner's finalizer on a claim whose
+// volume is being made (provisioner.FinalizerProvisioning).
+const finalizerProvisioning = "toposnap.io/provisioning-protection"
+
 // promiseHolds says whether a pending claim's promise still holds its
-// node's capacity at now: always with no ttl, or when its age is unknown.
+// node's capacity at now: always with no ttl, or when its age is unknown;
+// never for a claim being deleted whose volume is not being made (a
+// tenant's finalizer can keep a deleted claim for ever).
 func promiseHolds(claim *corev1.PersistentVolumeClaim, now time.Time, ttl time.Duration) bool {
+	if claim.DeletionTimestamp != nil && !slices.Contains(claim.Finalizers, finalizerProvisioning) {
+		return false
+	}
 	if ttl <= 0 {
 		return true
 	}

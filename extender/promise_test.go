@@ -81,6 +81,17 @@ func TestPromiseHoldsCapacityOnlyWhileYoung(t *testing.T) {
 			}
 		})
 	}
+	deleted := claim("c", "topo-node", "1Gi")
+	deleted.Annotations = map[string]string{annSelectedNode: "node1", annPromisedAt: now.Format(time.RFC3339)}
+	deleted.DeletionTimestamp = &metav1.Time{Time: now}
+	deleted.Finalizers = []string{"tenant.example.com/hold"}
+	if promiseHolds(deleted, now, ttl) {
+		t.Fatal("a deleted claim whose volume is not being made holds its node's capacity")
+	}
+	deleted.Finalizers = append(deleted.Finalizers, finalizerProvisioning)
+	if !promiseHolds(deleted, now, ttl) {
+		t.Fatal("a deleted claim whose volume is being made does not hold its node's capacity")
+	}
 }
 
 // A tenant writes volume.kubernetes.io/selected-node itself on a claim
@@ -152,5 +163,36 @@ func TestPromiseWithoutManagedFieldsDatesFromFirstSight(t *testing.T) {
 	}
 	if got := event("node2").Annotations[annPromisedAt]; got != clock.Format(time.RFC3339) {
 		t.Fatalf("a promise to another node noted %q, want %v", got, clock)
+	}
+}
+
+// A tenant writes the claim's managed fields itself, giving the entry that
+// owns selected-node a time in the future: the promise dates from when the
+// cache first saw it instead, and expires.
+func TestForgedFuturePromiseTimeIsNotBelieved(t *testing.T) {
+	first := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	clock := first
+	claims := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	notes := &promiseNotes{now: func() time.Time { return clock }, claims: claims}
+	event := func() *corev1.PersistentVolumeClaim {
+		c := claim("squatter", "topo-node", "1Ti")
+		c.UID = "uid-1"
+		c.Annotations = map[string]string{annSelectedNode: "node1"}
+		c.ManagedFields = []metav1.ManagedFieldsEntry{managed("tenant", time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), annSelectedNode)}
+		obj, err := notes.transform(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := claims.Update(obj); err != nil {
+			t.Fatal(err)
+		}
+		return obj.(*corev1.PersistentVolumeClaim)
+	}
+	if got := event().Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
+		t.Fatalf("noted %q, want the first sight %v", got, first)
+	}
+	clock = first.Add(time.Hour)
+	if got := event(); promiseHolds(got, clock, DefaultPromiseTTL) {
+		t.Fatalf("a promise with a forged future time still holds an hour later (noted %q)", got.Annotations[annPromisedAt])
 	}
 }
