@@ -22,12 +22,23 @@ const (
 	FinalizerSnapshotBound = "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"
 	// FinalizerSnapshotAsSource keeps a VolumeSnapshot while a restore reads it.
 	FinalizerSnapshotAsSource = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
+	// FinalizerRestoreSource is toposnap's own restore-source protection on
+	// a VolumeSnapshot: upstream's snapshot-controller adds and removes
+	// FinalizerSnapshotAsSource itself, so the provisioner uses this one.
+	// A snapshot is kept while either is on it.
+	FinalizerRestoreSource = "toposnap.io/restore-source-protection"
 	// AnnSnapshotBeingDeleted marks a content whose VolumeSnapshot is being
 	// deleted: only then may a bound content's backend snapshot go. Upstream
 	// keeps it in its pkg/utils, not in the client API module.
 	AnnSnapshotBeingDeleted = "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"
 	prefixReserved          = "csi.storage.k8s.io/"
 )
+
+// AnnDeletingSnapshot records on a content, at the resourceVersion the
+// decision was made on, that its backend snapshot (the value, if known) is
+// being deleted: a content changed meanwhile (bound by another binder, say)
+// makes the update fail and the decision is made again. Nothing reads it.
+const AnnDeletingSnapshot = "toposnap.io/deleting-snapshot"
 
 // ContentName is the name of the content of a dynamically cut snapshot.
 func ContentName(snap *snapv1.VolumeSnapshot) string { return "snapcontent-" + string(snap.UID) }

@@ -116,23 +116,29 @@ func TestBoundSnapshotIsNeverCutAgain(t *testing.T) {
 
 // TestWhichDeletedContentsLoseTheirSnapshot is the sidecar's rule: a
 // deleted content's backend snapshot is deleted (policy Delete) or let go
-// (Retain) only when no live VolumeSnapshot uses it.
+// (Retain) only when no live VolumeSnapshot uses it, read from the API
+// server. The being-deleted annotation is anyone's to write (any node's
+// ServiceAccount may annotate contents): alone it never deletes anything.
 func TestWhichDeletedContentsLoseTheirSnapshot(t *testing.T) {
 	cases := []struct {
 		name         string
 		policy       snapv1.DeletionPolicy
 		boundUID     string // the content's volumeSnapshotRef.uid
-		snapshot     bool   // the VolumeSnapshot "imported" (uid-imported) exists
-		beingDeleted bool   // the common half marked the content: its VolumeSnapshot is being deleted
+		snapshot     string // VolumeSnapshot "imported": "none", "live", "deleting", "restoring" (deleting, a restore reads it), "replaced" (same name, new uid)
+		beingDeleted bool   // the content carries the being-deleted annotation
 		wantGone     bool   // the content is gone
 		wantBackend  bool   // the backend snapshot exists
 	}{
-		{"bound to a live VolumeSnapshot", snapv1.VolumeSnapshotContentDelete, "uid-imported", true, false, false, true},
-		{"bound to a VolumeSnapshot being deleted", snapv1.VolumeSnapshotContentDelete, "uid-imported", true, true, true, false},
-		{"bound to a VolumeSnapshot being deleted, Retain", snapv1.VolumeSnapshotContentRetain, "uid-imported", true, true, true, true},
-		{"bound to a VolumeSnapshot that is gone", snapv1.VolumeSnapshotContentDelete, "uid-imported", false, false, true, false},
-		{"pre-provisioned, never bound", snapv1.VolumeSnapshotContentDelete, "", false, false, true, false},
-		{"pre-provisioned, never bound, Retain", snapv1.VolumeSnapshotContentRetain, "", false, false, true, true},
+		{"bound to a live VolumeSnapshot", snapv1.VolumeSnapshotContentDelete, "uid-imported", "live", false, false, true},
+		{"bound to a live VolumeSnapshot, marked being-deleted by another node", snapv1.VolumeSnapshotContentDelete, "uid-imported", "live", true, false, true},
+		{"bound to a VolumeSnapshot being deleted", snapv1.VolumeSnapshotContentDelete, "uid-imported", "deleting", true, true, false},
+		{"bound to a VolumeSnapshot being deleted, Retain", snapv1.VolumeSnapshotContentRetain, "uid-imported", "deleting", true, true, true},
+		{"bound to a VolumeSnapshot being deleted, not yet marked by the binder", snapv1.VolumeSnapshotContentDelete, "uid-imported", "deleting", false, false, true},
+		{"bound to a VolumeSnapshot being deleted that a restore still reads", snapv1.VolumeSnapshotContentDelete, "uid-imported", "restoring", true, false, true},
+		{"bound to a VolumeSnapshot that is gone", snapv1.VolumeSnapshotContentDelete, "uid-imported", "none", false, true, false},
+		{"bound to a VolumeSnapshot replaced by another of its name", snapv1.VolumeSnapshotContentDelete, "uid-imported", "replaced", false, true, false},
+		{"pre-provisioned, never bound", snapv1.VolumeSnapshotContentDelete, "", "none", false, true, false},
+		{"pre-provisioned, never bound, Retain", snapv1.VolumeSnapshotContentRetain, "", "none", false, true, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,9 +150,20 @@ func TestWhichDeletedContentsLoseTheirSnapshot(t *testing.T) {
 				content.Annotations = map[string]string{AnnSnapshotBeingDeleted: "yes"}
 			}
 			objects := []runtime.Object{content}
-			if tc.snapshot {
-				objects = append(objects, &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
-					Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}})
+			if tc.snapshot != "none" {
+				snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
+					Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+				switch tc.snapshot {
+				case "deleting", "restoring":
+					snap.DeletionTimestamp = ptr.To(metav1.Now())
+					snap.Finalizers = []string{FinalizerSnapshotBound}
+					if tc.snapshot == "restoring" {
+						snap.Finalizers = append(snap.Finalizers, FinalizerRestoreSource)
+					}
+				case "replaced":
+					snap.UID = "uid-imported-2"
+				}
+				objects = append(objects, snap)
 			}
 			w := fakeapi.NewWorld(t, objects...)
 			n := startNode(t, w, "node1")
@@ -163,5 +180,125 @@ func TestWhichDeletedContentsLoseTheirSnapshot(t *testing.T) {
 				t.Fatalf("content gone = %v, backend snapshot kept = %v; want %v, %v (CSI calls %v)", gone, backend, tc.wantGone, tc.wantBackend, n.csi.Calls())
 			}
 		})
+	}
+}
+
+// TestReimportedContentForgetsItsOldSnapshot: a Retain content outlives its
+// VolumeSnapshot with the being-deleted mark on it; an operator imports it
+// again for a new VolumeSnapshot. The binding drops the stale mark, and a
+// later `kubectl delete volumesnapshotcontent` keeps the backend snapshot
+// the new VolumeSnapshot reads.
+func TestReimportedContentForgetsItsOldSnapshot(t *testing.T) {
+	// As the binder leaves a Retain content whose VolumeSnapshot was deleted,
+	// re-pointed by hand at "imported" (uid cleared, policy now Delete).
+	content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound},
+		Annotations: map[string]string{AnnSnapshotBeingDeleted: "yes"}},
+		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
+			VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported"},
+			Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
+	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
+		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+	w := fakeapi.NewWorld(t, content, snap)
+	n := startNode(t, w, "node1")
+	n.csi.AddSnapshot("s", "vol-x", map[string]string{topology.NodeKey: "node1"})
+	n.settle(t, ns, "imported", "precut")
+	bound := getContent(w, "precut")
+	if bound.Spec.VolumeSnapshotRef.UID != "uid-imported" {
+		t.Fatalf("content not bound: %+v", bound.Spec.VolumeSnapshotRef)
+	}
+	if metav1.HasAnnotation(bound.ObjectMeta, AnnSnapshotBeingDeleted) {
+		t.Errorf("binding kept the stale %s annotation", AnnSnapshotBeingDeleted)
+	}
+	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), "precut", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.settle(t, ns, "imported", "precut")
+	if n.csi.Count("DeleteSnapshot") != 0 || getContent(w, "precut") == nil {
+		t.Fatalf("content of a live re-imported VolumeSnapshot lost its backend snapshot (CSI calls %v)", n.csi.Calls())
+	}
+}
+
+// terminatingPreProvisioned is a pre-provisioned content for "imported",
+// never bound, deleted while it still holds the bound-protection finalizer,
+// and the VolumeSnapshot that names it.
+func terminatingPreProvisioned(t *testing.T) (*fakeapi.World, *node) {
+	t.Helper()
+	content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound}},
+		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
+			VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported"},
+			Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
+	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
+		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+	w := fakeapi.NewWorld(t, content, snap)
+	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), "precut", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, w, "node1")
+	n.csi.AddSnapshot("s", "vol-x", map[string]string{topology.NodeKey: "node1"})
+	return w, n
+}
+
+// TestTerminatingContentIsNeverBound: a VolumeSnapshot naming a
+// pre-provisioned content already being deleted is not bound to it (its
+// backend snapshot may be going this very moment); it reports why.
+func TestTerminatingContentIsNeverBound(t *testing.T) {
+	w, n := terminatingPreProvisioned(t)
+	_ = n.syncSnapshot(ns, "imported")
+	if uid := getContent(w, "precut").Spec.VolumeSnapshotRef.UID; uid != "" {
+		t.Fatalf("a content being deleted was bound to uid %q", uid)
+	}
+	snap := getSnapshot(w, ns, "imported")
+	if snap.Status == nil || snap.Status.Error == nil || !strings.Contains(ptr.Deref(snap.Status.Error.Message, ""), "precut") ||
+		ptr.Deref(snap.Status.ReadyToUse, true) {
+		t.Fatalf("VolumeSnapshot does not report the content being deleted: %+v", snap.Status)
+	}
+}
+
+// TestContentDeletionIsDecidedOnTheLatestVersion: the sidecar decides to
+// delete a terminating, never-bound content's backend snapshot on its cached
+// copy; if the content was bound meanwhile (by another binder), the decision
+// is stale and no DeleteSnapshot is sent.
+func TestContentDeletionIsDecidedOnTheLatestVersion(t *testing.T) {
+	w, n := terminatingPreProvisioned(t)
+	n.w.Fill(n.kubeStores, n.snapStores) // the cache: never bound
+	bound := getContent(w, "precut")
+	bound.Spec.VolumeSnapshotRef.UID = "uid-imported"
+	if _, err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Update(context.Background(), bound, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = n.ctrl.syncContent(context.Background(), "precut") // on the stale cache
+	if n.csi.Count("DeleteSnapshot") != 0 {
+		t.Fatalf("backend snapshot deleted on a stale copy of a content bound meanwhile (CSI calls %v)", n.csi.Calls())
+	}
+	_ = n.syncContent("precut")
+	if n.csi.Count("DeleteSnapshot") != 0 || getContent(w, "precut") == nil {
+		t.Fatalf("content bound to a live VolumeSnapshot lost its backend snapshot (CSI calls %v)", n.csi.Calls())
+	}
+}
+
+// TestDynamicContentWithoutUIDIsRefused: a hand-made dynamic content whose
+// volumeSnapshotRef has no uid would be cut under the CSI name "snapshot-",
+// shared by every such content. It is refused, as upstream does, and once
+// deleted it goes without any CSI call.
+func TestDynamicContentWithoutUIDIsRefused(t *testing.T) {
+	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), "vol-data")
+	content.Spec.VolumeSnapshotRef.UID = ""
+	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), content)...)
+	n := startNode(t, w, "node1")
+	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
+	_ = n.syncContent(content.Name)
+	got := getContent(w, content.Name)
+	if n.csi.Count("CreateSnapshot") != 0 || got.Status == nil || got.Status.Error == nil ||
+		!strings.Contains(ptr.Deref(got.Status.Error.Message, ""), "uid") {
+		t.Fatalf("content without a uid: CSI calls %v, status %+v", n.csi.Calls(), got.Status)
+	}
+	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), content.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_ = n.syncContent(content.Name)
+	}
+	if getContent(w, content.Name) != nil || n.csi.Count("CreateSnapshot") != 0 {
+		t.Fatalf("deleted content without a uid: stuck = %v, CSI calls %v", getContent(w, content.Name) != nil, n.csi.Calls())
 	}
 }

@@ -250,6 +250,9 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 		case !slices.Contains(content.Finalizers, FinalizerContentBound):
 			return nil // nothing of ours holds it
 		}
+		c.metrics.deletedKept.Inc()
+		klog.V(2).InfoS("Deleted content kept: its VolumeSnapshot uses it", "content", content.Name,
+			"snapshot", klog.KRef(content.Spec.VolumeSnapshotRef.Namespace, content.Spec.VolumeSnapshotRef.Name))
 		// Deleted by hand while its VolumeSnapshot lives: as upstream, it
 		// stays intact (a cut in flight finishes) until that is deleted.
 	} else if deleted, err := c.deleteOrphan(ctx, content); deleted || err != nil {
@@ -257,6 +260,11 @@ func (c *Controller) syncContent(ctx context.Context, name string) error {
 	}
 	if content.Status != nil && ptr.Deref(content.Status.ReadyToUse, false) {
 		return nil
+	}
+	if content.Spec.Source.VolumeHandle != nil && content.Spec.VolumeSnapshotRef.UID == "" {
+		// Its CSI name would be "snapshot-", shared by every such content.
+		return c.contentRefused(ctx, content, fmt.Sprintf("VolumeSnapshotContent %s has no spec.volumeSnapshotRef.uid: "+
+			"a dynamic snapshot's content is made by the snapshot controller for one VolumeSnapshot, not by hand", content.Name))
 	}
 	unstamped := content.Spec.Source.VolumeHandle != nil && content.Annotations[topology.AnnAccessibleTopology] == ""
 	if !slices.Contains(content.Finalizers, FinalizerContentBound) || unstamped {
@@ -377,19 +385,55 @@ func (c *Controller) contentFailed(ctx context.Context, content *snapv1.VolumeSn
 	return fmt.Errorf("content %s: %w", content.Name, cause)
 }
 
-// unusedContent is upstream's shouldDelete for a deleted content: its
-// backend snapshot may go (policy Delete) or be let go (Retain) only when no
-// VolumeSnapshot uses it any more: its VolumeSnapshot is being deleted (the
-// common half's annotation) or is gone, or it is a pre-provisioned content
-// never bound. A VolumeSnapshot that still reads it keeps it.
+// contentRefused reports on a content why it is not acted on; it stays so
+// until edited (which brings it back), so it is not retried.
+func (c *Controller) contentRefused(ctx context.Context, content *snapv1.VolumeSnapshotContent, message string) error {
+	c.cfg.Recorder.Event(content, corev1.EventTypeWarning, "SnapshotContentRefused", message)
+	if content.Status != nil && content.Status.Error != nil && ptr.Deref(content.Status.Error.Message, "") == message {
+		return nil
+	}
+	updated := content.DeepCopy()
+	if updated.Status == nil {
+		updated.Status = &snapv1.VolumeSnapshotContentStatus{}
+	}
+	updated.Status.Error = SnapshotError(message)
+	if _, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("record refusal on content %s: %w", content.Name, err)
+	}
+	return nil
+}
+
+// unusedContent is upstream's shouldDelete for a deleted content, made
+// stricter: its backend snapshot may go (policy Delete) or be let go
+// (Retain) only when no VolumeSnapshot uses it any more: one never bound, or
+// one whose VolumeSnapshot, read from the API server, is gone, replaced by
+// another of its name, or being deleted with the binder's being-deleted
+// mark on the content and no restore reading it (upstream's binder marks
+// only then). The mark alone is never enough: any node's ServiceAccount may
+// annotate any content, and a re-imported content may carry a stale one.
 func (c *Controller) unusedContent(ctx context.Context, content *snapv1.VolumeSnapshotContent) (bool, error) {
-	if metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) {
+	ref := content.Spec.VolumeSnapshotRef
+	if ref.UID == "" {
+		// Never bound: a pre-provisioned content not imported yet, or a
+		// hand-made dynamic one refused for its missing uid. The binder
+		// binds no content being deleted; the decision is fenced in
+		// deleteContent against one bound meanwhile.
 		return true, nil
 	}
-	if content.Spec.VolumeSnapshotRef.UID == "" {
-		return content.Spec.Source.SnapshotHandle != nil, nil
+	if cached, err := c.snapLister.VolumeSnapshots(ref.Namespace).Get(ref.Name); err == nil && cached.UID == ref.UID && cached.DeletionTimestamp == nil {
+		return false, nil // live in the cache: no need to ask
 	}
-	return c.snapshotGone(ctx, content)
+	snap, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("read VolumeSnapshot %s/%s of deleted content %s: %w", ref.Namespace, ref.Name, content.Name, err)
+	case snap.UID != ref.UID:
+		return true, nil
+	}
+	return snap.DeletionTimestamp != nil && metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) &&
+		!slices.Contains(snap.Finalizers, FinalizerRestoreSource), nil
 }
 
 // deleteContent deletes the backend snapshot (policy Delete), then releases
@@ -400,7 +444,17 @@ func (c *Controller) deleteContent(ctx context.Context, content *snapv1.VolumeSn
 		return nil
 	}
 	if content.Spec.DeletionPolicy == snapv1.VolumeSnapshotContentDelete {
-		if handle == "" && content.Spec.Source.VolumeHandle != nil {
+		// Recorded at the resourceVersion decided on: nothing is deleted if
+		// the content changed since (bound meanwhile, say).
+		fenced := content.DeepCopy()
+		metav1.SetMetaDataAnnotation(&fenced.ObjectMeta, AnnDeletingSnapshot, handle)
+		fenced, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, fenced, metav1.UpdateOptions{})
+		if err != nil {
+			return fmt.Errorf("record deletion of content %s: %w", content.Name, err)
+		}
+		content = fenced
+		// No uid: its CSI name would be any such content's, never look it up.
+		if handle == "" && content.Spec.Source.VolumeHandle != nil && content.Spec.VolumeSnapshotRef.UID != "" {
 			// Deleted before the first answer came back: cut-or-find by name,
 			// so the handle is known and nothing is left behind. NOT_FOUND:
 			// neither the source nor a snapshot of that name is here.
@@ -537,14 +591,15 @@ func (c *Controller) contentMissing(ctx context.Context, snap *snapv1.VolumeSnap
 
 // syncDeletedSnapshot deletes a deleted snapshot's content (policy Delete)
 // and then lets the snapshot go, but not while a restore still reads from
-// it (upstream's volumesnapshot-as-source-protection, which the
-// provisioner removes once no pending claim uses the snapshot).
+// it (toposnap's restore-source-protection, or upstream's
+// volumesnapshot-as-source-protection: the provisioner removes them once no
+// pending claim uses the snapshot).
 func (c *Controller) syncDeletedSnapshot(ctx context.Context, snap *snapv1.VolumeSnapshot) error {
 	if !slices.Contains(snap.Finalizers, FinalizerSnapshotBound) {
 		return nil
 	}
-	if slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) {
-		return kube.ErrRequeue
+	if slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource) || slices.Contains(snap.Finalizers, FinalizerRestoreSource) {
+		return kube.ErrRequeue // a restore still reads it
 	}
 	content, err := c.boundContent(ctx, snap)
 	switch {
@@ -671,9 +726,16 @@ func (c *Controller) bindPreProvisioned(ctx context.Context, snap *snapv1.Volume
 	if content.Spec.Source.SnapshotHandle == nil {
 		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is a dynamic snapshot's content, not a pre-provisioned one", contentName))
 	}
-	if ref.UID == "" {
+	if ref.UID == "" && content.DeletionTimestamp != nil {
+		// Its backend snapshot may be going this very moment.
+		return c.snapshotFailed(ctx, snap, fmt.Sprintf("VolumeSnapshotContent %s is being deleted: it is not bound; import the snapshot under a new content", contentName))
+	}
+	if ref.UID == "" || metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) {
+		// A content imported again may carry the mark of the VolumeSnapshot
+		// it outlived: it goes in the update that binds.
 		updated := content.DeepCopy()
 		updated.Spec.VolumeSnapshotRef.UID = snap.UID
+		delete(updated.Annotations, AnnSnapshotBeingDeleted)
 		if content, err = c.cfg.Snapshots.SnapshotV1().VolumeSnapshotContents().Update(ctx, updated, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("bind content %s to %s/%s: %w", contentName, snap.Namespace, snap.Name, err)
 		}

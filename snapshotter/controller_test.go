@@ -236,33 +236,38 @@ func TestPreProvisionedBinding(t *testing.T) {
 }
 
 // TestSnapshotWaitsForItsRestores: a snapshot a restore still reads keeps
-// its content and backend snapshot until the restore is done.
+// its content and backend snapshot until the restore is done, whichever
+// restore-source finalizer marks it: upstream's, or toposnap's own.
 func TestSnapshotWaitsForItsRestores(t *testing.T) {
-	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), snapshotClass(), dynamicSnapshot("snap"))...)
-	n := startNode(t, w, "node1")
-	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
-	content := "snapcontent-uid-snap"
-	n.settle(t, ns, "snap", content)
-	snap := getSnapshot(w, ns, "snap")
-	snap.Finalizers = append(snap.Finalizers, FinalizerSnapshotAsSource)
-	if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Update(context.Background(), snap, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(context.Background(), "snap", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	n.settle(t, ns, "snap", content)
-	if c := getContent(w, content); c == nil || c.DeletionTimestamp != nil || len(n.csi.SnapshotIDs()) != 1 {
-		t.Fatalf("content deleted under a restore: %+v, backend %v", c, n.csi.SnapshotIDs())
-	}
-	snap = getSnapshot(w, ns, "snap")
-	snap.Finalizers = slices.DeleteFunc(snap.Finalizers, func(f string) bool { return f == FinalizerSnapshotAsSource })
-	if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Update(context.Background(), snap, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	n.settle(t, ns, "snap", content)
-	if getSnapshot(w, ns, "snap") != nil || len(n.csi.SnapshotIDs()) != 0 {
-		t.Fatalf("once the restore was done the snapshot was not deleted: backend %v", n.csi.SnapshotIDs())
+	for _, finalizer := range []string{FinalizerSnapshotAsSource, FinalizerRestoreSource} {
+		t.Run(finalizer, func(t *testing.T) {
+			w := fakeapi.NewWorld(t, append(sourceObjects("node1"), snapshotClass(), dynamicSnapshot("snap"))...)
+			n := startNode(t, w, "node1")
+			n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})
+			content := "snapcontent-uid-snap"
+			n.settle(t, ns, "snap", content)
+			snap := getSnapshot(w, ns, "snap")
+			snap.Finalizers = append(snap.Finalizers, finalizer)
+			if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Update(context.Background(), snap, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(context.Background(), "snap", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			n.settle(t, ns, "snap", content)
+			if c := getContent(w, content); c == nil || c.DeletionTimestamp != nil || len(n.csi.SnapshotIDs()) != 1 {
+				t.Fatalf("content deleted under a restore: %+v, backend %v", c, n.csi.SnapshotIDs())
+			}
+			snap = getSnapshot(w, ns, "snap")
+			snap.Finalizers = slices.DeleteFunc(snap.Finalizers, func(f string) bool { return f == finalizer })
+			if _, err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Update(context.Background(), snap, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			n.settle(t, ns, "snap", content)
+			if getSnapshot(w, ns, "snap") != nil || len(n.csi.SnapshotIDs()) != 0 {
+				t.Fatalf("once the restore was done the snapshot was not deleted: backend %v", n.csi.SnapshotIDs())
+			}
+		})
 	}
 }
 
