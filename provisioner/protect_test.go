@@ -280,7 +280,7 @@ func TestUpstreamSnapshotControllerFinalizerIsLeftAlone(t *testing.T) {
 			case !apierrors.IsNotFound(err):
 				t.Fatal(err)
 			}
-			if !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+			if !slices.Equal(got, tc.want) && (len(got) != 0 || len(tc.want) != 0) {
 				t.Fatalf("finalizers after the sync = %v, want %v", got, tc.want)
 			}
 		})
