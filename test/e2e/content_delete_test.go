@@ -10,6 +10,7 @@ import (
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/test/harness"
@@ -17,10 +18,10 @@ import (
 
 // TestContentDeletedUnderAReadySnapshot: a tired operator runs `kubectl
 // delete volumesnapshotcontent` on the content of a ready VolumeSnapshot.
-// As upstream, nothing is lost: the content stays, terminating, with its
-// backend snapshot, and the VolumeSnapshot keeps it. Deleting the
-// VolumeSnapshot then takes the content along, and the backend snapshot
-// too unless the policy is Retain.
+// As upstream, nothing is lost: the owning snapshotter sees the deletion
+// and keeps the content, terminating, with its backend snapshot, and the
+// VolumeSnapshot keeps it. Deleting the VolumeSnapshot then takes the
+// content along, and the backend snapshot too unless the policy is Retain.
 func TestContentDeletedUnderAReadySnapshot(t *testing.T) {
 	needEnv(t)
 	cases := []struct {
@@ -60,8 +61,23 @@ func TestContentDeletedUnderAReadySnapshot(t *testing.T) {
 				})
 			}
 
+			// Nothing happening proves something only once the owning
+			// snapshotter has seen the deletion and chosen to keep it.
+			const keptSeries = "toposnap_snapshotter_deleted_content_kept_total"
+			keptBefore, err := env.Nodes[node].Metric(ctx, "snapshotter", keptSeries)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := env.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(ctx, contentName, metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
+			}
+			var keptAfter float64
+			err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+				keptAfter, err = env.Nodes[node].Metric(ctx, "snapshotter", keptSeries)
+				return err == nil && keptAfter > keptBefore, nil
+			})
+			if err != nil {
+				t.Fatalf("the snapshotter on %s never handled deleted content %s (%s %v, was %v): %v", node, contentName, keptSeries, keptAfter, keptBefore, err)
 			}
 			holdsFor(t, 15*time.Second, "content of a ready VolumeSnapshot deleted by hand", func(ctx context.Context) error {
 				listed, err := backendListed(ctx, node, handle)
