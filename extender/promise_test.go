@@ -138,32 +138,50 @@ func TestStalePromiseDoesNotBlockTheNode(t *testing.T) {
 // that node, and later events of the same promise keep that date.
 func TestPromiseWithoutManagedFieldsDatesFromFirstSight(t *testing.T) {
 	first := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
-	clock := first
-	claims := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	notes := &promiseNotes{now: func() time.Time { return clock }, claims: claims}
-	event := func(node string) *corev1.PersistentVolumeClaim {
-		c := claim("squatter", "topo-node", "1Ti")
-		c.UID = "uid-1"
-		c.Annotations = map[string]string{annSelectedNode: node}
-		obj, err := notes.transform(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := claims.Update(obj); err != nil {
-			t.Fatal(err)
-		}
-		return obj.(*corev1.PersistentVolumeClaim)
-	}
-	if got := event("node1").Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
+	s := newSightings(t, first)
+	if got := s.event("node1").Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
 		t.Fatalf("first sight noted %q, want %v", got, first)
 	}
-	clock = first.Add(time.Hour)
-	if got := event("node1"); got.Annotations[annPromisedAt] != first.Format(time.RFC3339) || promiseHolds(got, clock, DefaultPromiseTTL) {
+	s.clock = first.Add(time.Hour)
+	if got := s.event("node1"); got.Annotations[annPromisedAt] != first.Format(time.RFC3339) || promiseHolds(got, s.clock, DefaultPromiseTTL) {
 		t.Fatalf("a later event of the same promise renewed it: noted %q", got.Annotations[annPromisedAt])
 	}
-	if got := event("node2").Annotations[annPromisedAt]; got != clock.Format(time.RFC3339) {
-		t.Fatalf("a promise to another node noted %q, want %v", got, clock)
+	if got := s.event("node2").Annotations[annPromisedAt]; got != s.clock.Format(time.RFC3339) {
+		t.Fatalf("a promise to another node noted %q, want %v", got, s.clock)
 	}
+}
+
+// sightings feeds events of one claim through the extender's transform
+// into a cache, as its informer does, on a clock the test sets.
+type sightings struct {
+	t      *testing.T
+	clock  time.Time
+	claims cache.Indexer
+	notes  *promiseNotes
+}
+
+func newSightings(t *testing.T, at time.Time) *sightings {
+	s := &sightings{t: t, clock: at, claims: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})}
+	s.notes = &promiseNotes{now: func() time.Time { return s.clock }, claims: s.claims}
+	return s
+}
+
+// event is the claim promised to node, with the given managed fields, as
+// the cache holds it after the event.
+func (s *sightings) event(node string, entries ...metav1.ManagedFieldsEntry) *corev1.PersistentVolumeClaim {
+	s.t.Helper()
+	c := claim("squatter", "topo-node", "1Ti")
+	c.UID = "uid-1"
+	c.Annotations = map[string]string{annSelectedNode: node}
+	c.ManagedFields = entries
+	obj, err := s.notes.transform(c)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.claims.Update(obj); err != nil {
+		s.t.Fatal(err)
+	}
+	return obj.(*corev1.PersistentVolumeClaim)
 }
 
 // A tenant writes the claim's managed fields itself, giving the entry that
@@ -171,28 +189,13 @@ func TestPromiseWithoutManagedFieldsDatesFromFirstSight(t *testing.T) {
 // cache first saw it instead, and expires.
 func TestForgedFuturePromiseTimeIsNotBelieved(t *testing.T) {
 	first := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
-	clock := first
-	claims := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	notes := &promiseNotes{now: func() time.Time { return clock }, claims: claims}
-	event := func() *corev1.PersistentVolumeClaim {
-		c := claim("squatter", "topo-node", "1Ti")
-		c.UID = "uid-1"
-		c.Annotations = map[string]string{annSelectedNode: "node1"}
-		c.ManagedFields = []metav1.ManagedFieldsEntry{managed("tenant", time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), annSelectedNode)}
-		obj, err := notes.transform(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := claims.Update(obj); err != nil {
-			t.Fatal(err)
-		}
-		return obj.(*corev1.PersistentVolumeClaim)
-	}
-	if got := event().Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
+	s := newSightings(t, first)
+	forged := managed("tenant", time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), annSelectedNode)
+	if got := s.event("node1", forged).Annotations[annPromisedAt]; got != first.Format(time.RFC3339) {
 		t.Fatalf("noted %q, want the first sight %v", got, first)
 	}
-	clock = first.Add(time.Hour)
-	if got := event(); promiseHolds(got, clock, DefaultPromiseTTL) {
+	s.clock = first.Add(time.Hour)
+	if got := s.event("node1", forged); promiseHolds(got, s.clock, DefaultPromiseTTL) {
 		t.Fatalf("a promise with a forged future time still holds an hour later (noted %q)", got.Annotations[annPromisedAt])
 	}
 }
