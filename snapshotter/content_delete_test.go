@@ -191,13 +191,8 @@ func TestWhichDeletedContentsLoseTheirSnapshot(t *testing.T) {
 func TestReimportedContentForgetsItsOldSnapshot(t *testing.T) {
 	// As the binder leaves a Retain content whose VolumeSnapshot was deleted,
 	// re-pointed by hand at "imported" (uid cleared, policy now Delete).
-	content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound},
-		Annotations: map[string]string{AnnSnapshotBeingDeleted: "yes"}},
-		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
-			VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported"},
-			Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
-	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
-		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+	content, snap := importable()
+	content.Annotations = map[string]string{AnnSnapshotBeingDeleted: "yes"}
 	w := fakeapi.NewWorld(t, content, snap)
 	n := startNode(t, w, "node1")
 	n.csi.AddSnapshot("s", "vol-x", map[string]string{topology.NodeKey: "node1"})
@@ -218,17 +213,25 @@ func TestReimportedContentForgetsItsOldSnapshot(t *testing.T) {
 	}
 }
 
-// terminatingPreProvisioned is a pre-provisioned content for "imported",
-// never bound, deleted while it still holds the bound-protection finalizer,
-// and the VolumeSnapshot that names it.
-func terminatingPreProvisioned(t *testing.T) (*fakeapi.World, *node) {
-	t.Helper()
+// importable is a pre-provisioned Delete-policy content "precut" of backend
+// snapshot "s", not bound yet, and the VolumeSnapshot "imported" that
+// names it.
+func importable() (*snapv1.VolumeSnapshotContent, *snapv1.VolumeSnapshot) {
 	content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound}},
 		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
 			VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported"},
 			Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
 	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported"},
 		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+	return content, snap
+}
+
+// terminatingPreProvisioned is a pre-provisioned content for "imported",
+// never bound, deleted while it still holds the bound-protection finalizer,
+// and the VolumeSnapshot that names it.
+func terminatingPreProvisioned(t *testing.T) (*fakeapi.World, *node) {
+	t.Helper()
+	content, snap := importable()
 	w := fakeapi.NewWorld(t, content, snap)
 	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), "precut", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
