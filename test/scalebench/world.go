@@ -82,6 +82,10 @@ type Options struct {
 	ForeignFraction float64
 	// Processes are what to start and measure; nil means Processes.
 	Processes []Process
+	// BinDir holds the processes' binaries (see Build); empty means Start
+	// builds them. A run of several clusters builds once, so that every
+	// point measures the same code.
+	BinDir string
 }
 
 // Bench is a running cluster that grows pair by pair: each Measure
@@ -125,9 +129,12 @@ func Start(ctx context.Context, opts Options) (_ *Bench, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Bench{Dir: dir, opts: opts, processes: processes, bin: filepath.Join(dir, "bin"), kubeconfigs: map[string]string{}}
-	if err := b.build(root); err != nil {
-		return nil, err
+	b := &Bench{Dir: dir, opts: opts, processes: processes, bin: opts.BinDir, kubeconfigs: map[string]string{}}
+	if b.bin == "" {
+		b.bin = filepath.Join(dir, "bin")
+		if err := Build(processes, b.bin); err != nil {
+			return nil, err
+		}
 	}
 	b.Cluster, err = cluster.Start(ctx, cluster.Options{Nodes: []corev1.Node{node(0)}})
 	if err != nil {
@@ -178,10 +185,15 @@ func (b *Bench) Stop() {
 // RemoveDir deletes the work directory.
 func (b *Bench) RemoveDir() error { return os.RemoveAll(b.Dir) }
 
-// build compiles every process's package into b.bin.
-func (b *Bench) build(root string) error {
-	args := []string{"build", "-o", b.bin + "/"}
-	for _, p := range b.processes {
+// Build compiles the processes' packages, from the repository's working
+// tree, into bin.
+func Build(processes []Process, bin string) error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	args := []string{"build", "-o", bin + "/"}
+	for _, p := range processes {
 		args = append(args, p.Package)
 	}
 	build := exec.Command("go", args...)
