@@ -89,3 +89,24 @@ func TestTwoZoneNodes(t *testing.T) {
 		t.Errorf("extra worker taints = %v, want %v", extra.Spec.Taints, taint)
 	}
 }
+
+// TestStatState: the state is read after the last ')', so a command name
+// holding parentheses or spaces cannot shift it.
+func TestStatState(t *testing.T) {
+	for _, tc := range []struct {
+		line    string
+		want    byte
+		wantErr bool
+	}{
+		{line: "123 (etcd) T 1 123 123 0", want: 'T'},
+		{line: "123 (a) R (b) S 1 2", want: 'S'},
+		{line: "123 (tracing stop) t 1", want: 't'},
+		{line: "123 etcd R", wantErr: true},
+		{line: "123 (etcd)", wantErr: true},
+	} {
+		got, err := statState([]byte(tc.line))
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("statState(%q) = %q, %v; want %q, error %v", tc.line, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
