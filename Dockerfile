@@ -18,7 +18,7 @@ COPY . .
 # Built as hack/image.sh builds them, cross-compiled for the target platform.
 RUN CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -ldflags="-s -w" \
       -o /rootfs/usr/local/bin/ \
-      ./driver/cmd/toposnap-driver ./provisioner/cmd/toposnap-provisioner ./snapshotter/cmd/toposnap-snapshotter \
+      ./driver/cmd/toposnap-driver ./provisioner/cmd/toposnap-provisioner ./provisioner/cmd/toposnap-controller ./snapshotter/cmd/toposnap-snapshotter \
       ./extender/cmd/toposnap-extender ./webhook/cmd/toposnap-webhook \
  && chmod 0755 /rootfs/usr/local/bin/toposnap-* \
  && mkdir -m 1777 /rootfs/tmp

@@ -38,7 +38,7 @@ trap 'rm -rf "$work"' EXIT
 # the same way); the revision goes into the image's label instead.
 echo "building the five commands for linux/$arch" >&2
 CGO_ENABLED=0 GOOS=linux GOARCH="$arch" "$go" build -trimpath -buildvcs=false -ldflags="-s -w" -o "$work/" \
-  ./driver/cmd/toposnap-driver ./provisioner/cmd/toposnap-provisioner ./snapshotter/cmd/toposnap-snapshotter \
+  ./driver/cmd/toposnap-driver ./provisioner/cmd/toposnap-provisioner ./provisioner/cmd/toposnap-controller ./snapshotter/cmd/toposnap-snapshotter \
   ./extender/cmd/toposnap-extender ./webhook/cmd/toposnap-webhook
 
 # The tool runs on this machine: its own GOOS/GOARCH, not the image's.

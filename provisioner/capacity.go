@@ -77,8 +77,12 @@ func (c *Controller) capacityMayHaveChanged() {
 }
 
 func (c *Controller) refreshCapacity(ctx context.Context) error {
-	if err := c.removeStaleCapacity(ctx); err != nil {
-		klog.ErrorS(err, "Removing the storage capacity of deleted classes failed")
+	// A routed node writes its own objects only (GET and UPDATE); the
+	// central controller, which LISTs them, removes stale ones.
+	if !c.routed {
+		if err := c.removeStaleCapacity(ctx); err != nil {
+			klog.ErrorS(err, "Removing the storage capacity of deleted classes failed")
+		}
 	}
 	classes, err := c.classes.List(labels.Everything())
 	if err != nil {

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
@@ -31,7 +30,6 @@ import (
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
-	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
 
 	"github.com/toposnap/toposnap/internal/claimsource"
@@ -68,6 +66,8 @@ type Controller struct {
 	// sourceQueue holds the snapshots and claims that restores and clones
 	// read from (sourceKey), whose protection finalizer may be due to go.
 	sourceQueue workqueue.TypedRateLimitingInterface[string]
+	// routed and sourcesOnly are Config's Routed and SourcesOnly.
+	routed, sourcesOnly bool
 }
 
 // Config wires a Controller.
@@ -83,28 +83,37 @@ type Config struct {
 	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
 	CapacityNamespace string
 	Registry          *prometheus.Registry
+	// Routed: the informers hold only what the central controller routed
+	// to this node or its zone. A source or node outside them is read from
+	// the API server, and releasing source protection, which needs every
+	// claim, is left to the central controller.
+	Routed bool
+	// SourcesOnly: the central controller's part, releasing source
+	// protection from whole-cluster caches; nothing is provisioned, and
+	// no CSI driver is needed.
+	SourcesOnly bool
 }
 
 // NewController builds the controller and registers its informers; start
 // the factories and call Run.
-func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
+func NewController(cfg Config, inf kube.Informers) *Controller {
 	holder := &kube.Holder{}
 	c := &Controller{
-		zone: holder, campaign: holder,
+		zone: holder, campaign: holder, routed: cfg.Routed, sourcesOnly: cfg.SourcesOnly,
 		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
 		client: cfg.Client, snapClient: cfg.Snapshots, csi: cfg.CSI, recorder: cfg.Recorder,
-		claims:            kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
-		volumes:           kubeInformers.Core().V1().PersistentVolumes().Lister(),
-		classes:           kubeInformers.Storage().V1().StorageClasses().Lister(),
-		nodes:             kubeInformers.Core().V1().Nodes().Lister(),
-		snapshots:         snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
-		contents:          snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
+		claims:            inf.Routed.Core().V1().PersistentVolumeClaims().Lister(),
+		volumes:           inf.Routed.Core().V1().PersistentVolumes().Lister(),
+		classes:           inf.Cluster.Storage().V1().StorageClasses().Lister(),
+		nodes:             inf.Self.Core().V1().Nodes().Lister(),
+		snapshots:         inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Lister(),
+		contents:          inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
 		claimQueue:  kube.NewQueue("claims"),
 		volumeQueue: kube.NewQueue("volumes"),
 		sourceQueue: kube.NewQueue("sources"),
 	}
-	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
+	claimInformer := inf.Routed.Core().V1().PersistentVolumeClaims().Informer()
 	_, _ = claimInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueueClaim(obj) },
 		UpdateFunc: func(_, obj any) { c.enqueueClaim(obj) },
@@ -112,26 +121,28 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 	})
 	// A protected snapshot is looked at when it changes too: after a restart
 	// nothing else would bring back one whose restores were deleted meanwhile.
-	_, _ = snapInformers.Snapshot().V1().VolumeSnapshots().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	snapInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Informer()
+	_, _ = snapInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueueProtectedSnapshot(obj) },
 		UpdateFunc: func(_, obj any) { c.enqueueProtectedSnapshot(obj) },
 	})
+	classInformer := inf.Cluster.Storage().V1().StorageClasses().Informer()
+	volumeInformer := inf.Routed.Core().V1().PersistentVolumes().Informer()
+	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
+	c.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
+		snapInformer.HasSynced, contentInformer.HasSynced}
+	if c.sourcesOnly {
+		return c
+	}
 	// A deleted class's capacity goes at the next refresh: ask for it now.
-	_, _ = kubeInformers.Storage().V1().StorageClasses().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, _ = classInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(any) { c.capacityMayHaveChanged() },
 	})
-	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
 	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
 		UpdateFunc: func(_, obj any) { c.enqueue(c.volumeQueue, obj) },
 	})
-	c.synced = []cache.InformerSynced{
-		claimInformer.HasSynced, volumeInformer.HasSynced,
-		kubeInformers.Storage().V1().StorageClasses().Informer().HasSynced,
-		kubeInformers.Core().V1().Nodes().Informer().HasSynced,
-		snapInformers.Snapshot().V1().VolumeSnapshots().Informer().HasSynced,
-		snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer().HasSynced,
-	}
+	c.synced = append(c.synced, inf.Self.Core().V1().Nodes().Informer().HasSynced)
 	return c
 }
 
@@ -147,7 +158,12 @@ func (c *Controller) enqueue(queue workqueue.TypedRateLimitingInterface[string],
 // enqueueClaim queues a claim, the source it reads from, and itself as a
 // source when it carries the cloning protection (tombstones included).
 func (c *Controller) enqueueClaim(obj any) {
-	c.enqueue(c.claimQueue, obj)
+	if !c.sourcesOnly {
+		c.enqueue(c.claimQueue, obj)
+	}
+	if c.routed {
+		return // sources are the central controller's
+	}
 	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = tombstone.Obj
 	}
@@ -164,6 +180,9 @@ func (c *Controller) enqueueClaim(obj any) {
 }
 
 func (c *Controller) enqueueProtectedSnapshot(obj any) {
+	if c.routed {
+		return
+	}
 	snap, ok := obj.(*snapv1.VolumeSnapshot)
 	if ok && (slices.Contains(snap.Finalizers, FinalizerRestoreSource) || slices.Contains(snap.Finalizers, FinalizerSnapshotAsSource)) {
 		c.sourceQueue.Add(sourceKey(claimsource.Source{
@@ -189,6 +208,22 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("informer caches did not sync")
 	}
+	if c.sourcesOnly {
+		// The central controller's part: whole-cluster decisions only.
+		klog.InfoS("Releasing source protection", "driver", c.driverName)
+		if background.CapacityInterval > 0 {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) {
+				if err := c.removeStaleCapacity(ctx); err != nil {
+					klog.ErrorS(err, "Removing the storage capacity of deleted classes failed")
+				}
+			}, background.CapacityInterval)
+		}
+		for range workers {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.sourceQueue, c.syncSource) }, time.Second)
+		}
+		<-ctx.Done()
+		return nil
+	}
 	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
 	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
 		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
@@ -207,7 +242,9 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 	for range workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.claimQueue, c.syncClaim) }, time.Second)
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.volumeQueue, c.syncVolume) }, time.Second)
-		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.sourceQueue, c.syncSource) }, time.Second)
+		if !c.routed {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.sourceQueue, c.syncSource) }, time.Second)
+		}
 	}
 	<-ctx.Done()
 	return nil
@@ -263,7 +300,7 @@ func (c *Controller) syncClaim(ctx context.Context, key string) error {
 	if class.Provisioner != c.driverName {
 		return nil
 	}
-	if c.mayClaimForZone(claim, class) {
+	if c.mayClaimForZone(ctx, claim, class) {
 		return c.claimForZone(ctx, claim)
 	}
 	if !c.provisionsClaim(claim) {
@@ -313,7 +350,7 @@ func (c *Controller) provisionsClaim(claim *corev1.PersistentVolumeClaim) bool {
 // not run a provisioner, nor be up). Immediate node-scope claims have no
 // owner: nothing can pick their node (the webhook defaults such classes to
 // WaitForFirstConsumer).
-func (c *Controller) mayClaimForZone(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
+func (c *Controller) mayClaimForZone(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) bool {
 	if _, ok := claim.Annotations[AnnProvisioningZone]; ok {
 		return false
 	}
@@ -326,7 +363,7 @@ func (c *Controller) mayClaimForZone(claim *corev1.PersistentVolumeClaim, class 
 		if !hasSelected {
 			return false // the scheduler has not chosen yet
 		}
-		node, err := c.nodes.Get(selected)
+		node, err := c.getNode(ctx, selected)
 		return err == nil && AllowedOnNode(class, node.Labels) && sameZone(node.Labels, c.zoneLabels())
 	}
 	return !hasSelected && AllowedOnNode(class, c.zoneLabels())

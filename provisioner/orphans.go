@@ -3,10 +3,12 @@ package provisioner
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
@@ -101,6 +103,15 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 		}
 	}
 	orphans := tracker.Orphans(volumes, referenced, time.Now(), grace)
+	if c.routed && len(orphans) > 0 {
+		// A routed cache lacks PVs not routed yet (just created, or left
+		// unlabelled while the central controller was down): before anything
+		// is called an orphan, every PV is read from the API server.
+		if err := c.listReferenced(ctx, referenced); err != nil {
+			return fmt.Errorf("confirm orphans: %w", err)
+		}
+		orphans = slices.DeleteFunc(orphans, func(vol *csi.Volume) bool { return referenced[vol.GetVolumeId()] })
+	}
 	c.metrics.orphans.Set(float64(len(orphans)))
 	node, _ := c.nodes.Get(c.nodeName)
 	for _, vol := range orphans {
@@ -129,4 +140,24 @@ func (c *Controller) responsibleForSegments(topologies []*csi.Topology) bool {
 		}
 	}
 	return c.zone.Holds()
+}
+
+// listReferenced adds the handle of every PV of the driver, read from the
+// API server a page at a time, to referenced.
+func (c *Controller) listReferenced(ctx context.Context, referenced map[string]bool) error {
+	options := metav1.ListOptions{Limit: 500}
+	for {
+		page, err := c.client.CoreV1().PersistentVolumes().List(ctx, options)
+		if err != nil {
+			return err
+		}
+		for i := range page.Items {
+			if pv := &page.Items[i]; pv.Spec.CSI != nil && pv.Spec.CSI.Driver == c.driverName {
+				referenced[pv.Spec.CSI.VolumeHandle] = true
+			}
+		}
+		if options.Continue = page.Continue; options.Continue == "" {
+			return nil
+		}
+	}
 }

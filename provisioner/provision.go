@@ -33,7 +33,7 @@ func (c *Controller) provision(ctx context.Context, claim *corev1.PersistentVolu
 		return nil
 	}
 	resuming := slices.Contains(claim.Finalizers, FinalizerProvisioning)
-	req, err := c.createRequest(claim, class, resuming)
+	req, err := c.createRequest(ctx, claim, class, resuming)
 	if errors.Is(err, errUnreachableSource) {
 		c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningFailed",
 			"node %s cannot provision this claim, asking the scheduler to pick another node: %v", c.nodeName, err)
@@ -132,7 +132,7 @@ func (c *Controller) finishDeleted(ctx context.Context, claim *corev1.Persistent
 			"the claim was deleted while its volume was being made, and its StorageClass %q is gone: the volume %s cannot be found to delete it; recreate the class", className, PVName(claim))
 		return fmt.Errorf("finish deleted claim %s/%s: class: %w", claim.Namespace, claim.Name, err)
 	}
-	req, err := c.createRequest(claim, class, true)
+	req, err := c.createRequest(ctx, claim, class, true)
 	if err != nil {
 		c.recorder.Eventf(claim, corev1.EventTypeWarning, "ProvisioningCleanupFailed", "cannot finish the volume of this deleted claim: %v", err)
 		return fmt.Errorf("finish deleted claim %s/%s: %w", claim.Namespace, claim.Name, err)
@@ -232,7 +232,7 @@ func (c *Controller) editClaim(ctx context.Context, claim *corev1.PersistentVolu
 // createRequest builds the CreateVolume call for a claim. resuming: the
 // claim's volume may exist already, so a source being deleted is still
 // read (its protection keeps it until the claim is done).
-func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass, resuming bool) (*csi.CreateVolumeRequest, error) {
+func (c *Controller) createRequest(ctx context.Context, claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass, resuming bool) (*csi.CreateVolumeRequest, error) {
 	params, err := DriverParameters(class)
 	if err != nil {
 		return nil, err
@@ -261,7 +261,7 @@ func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *s
 		Parameters:                params,
 		AccessibilityRequirements: requirement,
 	}
-	source, err := c.contentSource(claim, resuming)
+	source, err := c.contentSource(ctx, claim, resuming)
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +272,7 @@ func (c *Controller) createRequest(claim *corev1.PersistentVolumeClaim, class *s
 // contentSource resolves a claim's dataSource with upstream's checks, and
 // checks that the source really is the claim's namespace's: a content bound
 // to another snapshot, or a PV bound to another claim, is refused.
-func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming bool) (*csi.VolumeContentSource, error) {
+func (c *Controller) contentSource(ctx context.Context, claim *corev1.PersistentVolumeClaim, resuming bool) (*csi.VolumeContentSource, error) {
 	ref, ok := claimsource.Of(claim)
 	if !ok {
 		return nil, nil
@@ -283,7 +283,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
 	switch {
 	case ref.IsSnapshot():
-		snap, err := c.snapshots.VolumeSnapshots(claim.Namespace).Get(ref.Name)
+		snap, err := c.getSnapshot(ctx, claim.Namespace, ref.Name)
 		if err != nil {
 			return nil, fmt.Errorf("dataSource VolumeSnapshot %s/%s: %w", claim.Namespace, ref.Name, err)
 		}
@@ -296,7 +296,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 		if snap.Status.ReadyToUse == nil || !*snap.Status.ReadyToUse {
 			return nil, fmt.Errorf("VolumeSnapshot %s/%s is not ready to use yet", claim.Namespace, ref.Name)
 		}
-		content, err := c.contents.Get(*snap.Status.BoundVolumeSnapshotContentName)
+		content, err := c.getContent(ctx, *snap.Status.BoundVolumeSnapshotContentName)
 		if err != nil {
 			return nil, fmt.Errorf("VolumeSnapshotContent %s: %w", *snap.Status.BoundVolumeSnapshotContentName, err)
 		}
@@ -320,7 +320,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 		return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: *content.Status.SnapshotHandle}}}, nil
 	case ref.IsClaim():
-		source, err := c.claims.PersistentVolumeClaims(claim.Namespace).Get(ref.Name)
+		source, err := c.getClaim(ctx, claim.Namespace, ref.Name)
 		if err != nil {
 			return nil, fmt.Errorf("dataSource PersistentVolumeClaim %s/%s: %w", claim.Namespace, ref.Name, err)
 		}
@@ -330,7 +330,7 @@ func (c *Controller) contentSource(claim *corev1.PersistentVolumeClaim, resuming
 		if source.Spec.VolumeName == "" {
 			return nil, fmt.Errorf("source claim %s/%s is not bound yet", claim.Namespace, ref.Name)
 		}
-		pv, err := c.volumes.Get(source.Spec.VolumeName)
+		pv, err := c.getPV(ctx, source.Spec.VolumeName)
 		if err != nil {
 			return nil, fmt.Errorf("source PV %s: %w", source.Spec.VolumeName, err)
 		}

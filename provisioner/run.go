@@ -23,6 +23,8 @@ type Options struct {
 	MetricsAddress string
 	// CapacityNamespace holds CSIStorageCapacity objects and zone Leases.
 	CapacityNamespace string
+	// Routed: watch only what toposnap-controller routed to this node.
+	Routed bool
 	Background
 }
 
@@ -31,7 +33,7 @@ func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-provisioner",
 		NodeName: opts.NodeName, MetricsAddress: opts.MetricsAddress, Resync: opts.Resync,
-		QPS: opts.QPS, Burst: opts.Burst,
+		QPS: opts.QPS, Burst: opts.Burst, Routed: opts.Routed,
 	})
 	if err != nil {
 		return err
@@ -40,8 +42,8 @@ func Run(ctx context.Context, opts Options) error {
 	controller := NewController(Config{
 		DriverName: env.Driver.Name, NodeName: opts.NodeName, NodeSegment: env.Driver.Segment, Timeout: opts.Timeout,
 		Client: env.Client, Snapshots: env.Snapshots, CSI: csi.NewControllerClient(env.Driver.Conn), Recorder: env.Recorder,
-		CapacityNamespace: opts.CapacityNamespace, Registry: env.Registry,
-	}, env.KubeInformers, env.SnapInformers)
+		CapacityNamespace: opts.CapacityNamespace, Registry: env.Registry, Routed: opts.Routed,
+	}, env.Informers)
 	env.Start(ctx)
 	return controller.Run(ctx, opts.Workers, opts.Background)
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -171,6 +172,7 @@ func BuildPV(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass,
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        PVName(claim),
 			Annotations: map[string]string{AnnProvisionedBy: driverName},
+			Labels:      route.Carry(claim.Labels),
 		},
 		Spec: corev1.PersistentVolumeSpec{
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: *resource.NewQuantity(volume.GetCapacityBytes(), resource.BinarySI)},

@@ -24,6 +24,7 @@ import (
 	"github.com/toposnap/toposnap/internal/claimsource"
 	"github.com/toposnap/toposnap/internal/fakeapi"
 	"github.com/toposnap/toposnap/internal/fakecsi"
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -65,7 +66,7 @@ func (w *world) startNode(name, zone string, server *fakecsi.Server, client csi.
 		DriverName: driver, NodeName: name, NodeSegment: segment, Timeout: time.Second,
 		Client: w.Kube, Snapshots: w.Snaps, CSI: client, Recorder: record.NewFakeRecorder(100),
 		CapacityNamespace: "toposnap",
-	}, kubeInformers, snapInformers)
+	}, kube.SameInformers(kubeInformers, snapInformers))
 	n := &node{w: w, ctrl: ctrl, csi: server, kubeStores: kubeInformers, snapStores: snapInformers, holds: holdsLease}
 	ctrl.zone = n
 	n.refresh()

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -74,7 +75,7 @@ func DefaultClass(classes []*snapv1.VolumeSnapshotClass, driver string) (*snapv1
 // BuildContent describes the content for a dynamic snapshot of volumeHandle.
 func BuildContent(snap *snapv1.VolumeSnapshot, class *snapv1.VolumeSnapshotClass, volumeHandle string) *snapv1.VolumeSnapshotContent {
 	return &snapv1.VolumeSnapshotContent{
-		ObjectMeta: metav1.ObjectMeta{Name: ContentName(snap), Finalizers: []string{FinalizerContentBound}},
+		ObjectMeta: metav1.ObjectMeta{Name: ContentName(snap), Finalizers: []string{FinalizerContentBound}, Labels: route.Carry(snap.Labels)},
 		Spec: snapv1.VolumeSnapshotContentSpec{
 			VolumeSnapshotRef: corev1.ObjectReference{
 				Kind: "VolumeSnapshot", APIVersion: snapv1.SchemeGroupVersion.String(),

@@ -15,7 +15,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
-	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -27,7 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -48,10 +47,16 @@ type Config struct {
 	Timeout          time.Duration
 	CommonController bool
 	Snapshots        snapshotclient.Interface
-	CSI              csi.ControllerClient
-	Recorder         record.EventRecorder
+	// Client reads claims and PVs a routed cache lacks.
+	Client   kubernetes.Interface
+	CSI      csi.ControllerClient
+	Recorder record.EventRecorder
 	// Registry receives the snapshotter's metrics; nil: not exported.
 	Registry *prometheus.Registry
+	// Routed: the informers hold only what the central controller routed
+	// to this node or its zone; a source claim or PV outside them is read
+	// from the API server.
+	Routed bool
 }
 
 // Controller runs both halves for one node.
@@ -70,21 +75,21 @@ type Controller struct {
 }
 
 // NewController registers informers; start the factories, then Run.
-func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) *Controller {
+func NewController(cfg Config, inf kube.Informers) *Controller {
 	c := &Controller{
 		cfg:          cfg,
 		metrics:      newMetrics(cfg.Registry),
-		claims:       kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
-		volumes:      kubeInformers.Core().V1().PersistentVolumes().Lister(),
-		nodes:        kubeInformers.Core().V1().Nodes().Lister(),
-		snapLister:   snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
-		contents:     snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
-		classes:      snapInformers.Snapshot().V1().VolumeSnapshotClasses().Lister(),
+		claims:       inf.Routed.Core().V1().PersistentVolumeClaims().Lister(),
+		volumes:      inf.Routed.Core().V1().PersistentVolumes().Lister(),
+		nodes:        inf.Self.Core().V1().Nodes().Lister(),
+		snapLister:   inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Lister(),
+		contents:     inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Lister(),
+		classes:      inf.ClusterSnaps.Snapshot().V1().VolumeSnapshotClasses().Lister(),
 		snapQueue:    kube.NewQueue("snapshots"),
 		contentQueue: kube.NewQueue("contents"),
 	}
-	snapInformer := snapInformers.Snapshot().V1().VolumeSnapshots().Informer()
-	contentInformer := snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer()
+	snapInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Informer()
+	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
 	_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
 	// A snapshot gone is its content's business: an orphan is deleted.
 	_, _ = snapInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -113,10 +118,10 @@ func NewController(cfg Config, kubeInformers informers.SharedInformerFactory, sn
 	})
 	c.synced = []cache.InformerSynced{
 		snapInformer.HasSynced, contentInformer.HasSynced,
-		snapInformers.Snapshot().V1().VolumeSnapshotClasses().Informer().HasSynced,
-		kubeInformers.Core().V1().PersistentVolumeClaims().Informer().HasSynced,
-		kubeInformers.Core().V1().PersistentVolumes().Informer().HasSynced,
-		kubeInformers.Core().V1().Nodes().Informer().HasSynced,
+		inf.ClusterSnaps.Snapshot().V1().VolumeSnapshotClasses().Informer().HasSynced,
+		inf.Routed.Core().V1().PersistentVolumeClaims().Informer().HasSynced,
+		inf.Routed.Core().V1().PersistentVolumes().Informer().HasSynced,
+		inf.Self.Core().V1().Nodes().Informer().HasSynced,
 	}
 	return c
 }
@@ -528,7 +533,7 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 	if source == nil {
 		return c.bindPreProvisioned(ctx, snap, ptr.Deref(snap.Spec.Source.VolumeSnapshotContentName, ""))
 	}
-	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(*source)
+	claim, err := c.getClaim(ctx, namespace, *source)
 	if err != nil {
 		if content, err := c.contents.Get(ContentName(snap)); err == nil {
 			// Cut already: the source may go, the snapshot stays.
@@ -542,7 +547,7 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 	if claim.Spec.VolumeName == "" {
 		return c.snapshotFailed(ctx, snap, fmt.Sprintf("source PersistentVolumeClaim %s/%s is not bound yet", namespace, *source))
 	}
-	pv, err := c.volumes.Get(claim.Spec.VolumeName)
+	pv, err := c.getPV(ctx, claim.Spec.VolumeName)
 	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.cfg.DriverName {
 		return nil // not ours
 	}
@@ -859,4 +864,24 @@ func (c *Controller) deleteSnapshot(ctx context.Context, snap *snapv1.VolumeSnap
 		return fmt.Errorf("release %s/%s: %w", snap.Namespace, snap.Name, err)
 	}
 	return nil
+}
+
+// getClaim reads a claim from the cache or, on a routed node whose cache
+// may not have it yet (the central controller stamps a snapshot and its
+// claim one after the other), from the API server.
+func (c *Controller) getClaim(ctx context.Context, namespace, name string) (*corev1.PersistentVolumeClaim, error) {
+	claim, err := c.claims.PersistentVolumeClaims(namespace).Get(name)
+	if c.cfg.Routed && apierrors.IsNotFound(err) && c.cfg.Client != nil {
+		return c.cfg.Client.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
+	return claim, err
+}
+
+// getPV is getClaim for PVs.
+func (c *Controller) getPV(ctx context.Context, name string) (*corev1.PersistentVolume, error) {
+	pv, err := c.volumes.Get(name)
+	if c.cfg.Routed && apierrors.IsNotFound(err) && c.cfg.Client != nil {
+		return c.cfg.Client.CoreV1().PersistentVolumes().Get(ctx, name, metav1.GetOptions{})
+	}
+	return pv, err
 }

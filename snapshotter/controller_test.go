@@ -44,7 +44,7 @@ func startNode(t *testing.T, w *fakeapi.World, name string) *node {
 	ctrl := NewController(Config{
 		DriverName: driver, NodeName: name, NodeSegment: topology.Segment{topology.NodeKey: name}, Timeout: time.Second,
 		CommonController: true, Snapshots: w.Snaps, CSI: client, Recorder: record.NewFakeRecorder(100),
-	}, kubeInformers, snapInformers)
+	}, kube.SameInformers(kubeInformers, snapInformers))
 	return &node{w: w, ctrl: ctrl, csi: server, kubeStores: kubeInformers, snapStores: snapInformers}
 }
 

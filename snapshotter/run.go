@@ -22,6 +22,8 @@ type Options struct {
 	// QPS and Burst limit the API client.
 	QPS   float32
 	Burst int
+	// Routed: watch only what toposnap-controller routed to this node.
+	Routed bool
 }
 
 // Run handles this node's snapshots until ctx ends.
@@ -29,7 +31,7 @@ func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-snapshotter",
 		NodeName: opts.NodeName, MetricsAddress: opts.MetricsAddress, Resync: opts.Resync,
-		QPS: opts.QPS, Burst: opts.Burst,
+		QPS: opts.QPS, Burst: opts.Burst, Routed: opts.Routed,
 	})
 	if err != nil {
 		return err
@@ -37,9 +39,9 @@ func Run(ctx context.Context, opts Options) error {
 	defer env.Close()
 	controller := NewController(Config{
 		DriverName: env.Driver.Name, NodeName: opts.NodeName, NodeSegment: env.Driver.Segment, Timeout: opts.Timeout,
-		CommonController: opts.CommonController, Snapshots: env.Snapshots, CSI: csi.NewControllerClient(env.Driver.Conn), Recorder: env.Recorder,
+		CommonController: opts.CommonController, Snapshots: env.Snapshots, Client: env.Client, Routed: opts.Routed, CSI: csi.NewControllerClient(env.Driver.Conn), Recorder: env.Recorder,
 		Registry: env.Registry,
-	}, env.KubeInformers, env.SnapInformers)
+	}, env.Informers)
 	env.Start(ctx)
 	return controller.Run(ctx, opts.Workers)
 }

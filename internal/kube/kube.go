@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
@@ -37,6 +40,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -227,6 +231,11 @@ type Env struct {
 	// sync, empty, while the snapshot CRDs are not installed.
 	KubeInformers informers.SharedInformerFactory
 	SnapInformers snapshotinformers.SharedInformerFactory
+	// Informers are what a node's controllers watch: with Routed, claims,
+	// PVs, snapshots and contents routed to the node or its zone, and the
+	// node's own Node; else the whole cluster (KubeInformers and
+	// SnapInformers for everything).
+	Informers Informers
 	// SnapshotAPI follows whether the snapshot API is served.
 	SnapshotAPI *APIWatch
 	Recorder    record.EventRecorder
@@ -245,6 +254,48 @@ type EnvOptions struct {
 	// --kube-api-burst); 0 keeps client-go's 5 and 10.
 	QPS   float32
 	Burst int
+	// Routed: watch only the objects the central controller routed to this
+	// node (and to its zone, when the driver reports one), and only this
+	// node's Node.
+	Routed bool
+}
+
+// Informers are the factories a node-deployed controller registers on, by
+// what it watches. Routed* and Self are selected factories on a routed node;
+// on an unrouted one every field is the same whole-cluster factory.
+type Informers struct {
+	// Routed holds claims and PVs; RoutedSnaps snapshots and contents.
+	Routed      informers.SharedInformerFactory
+	RoutedSnaps snapshotinformers.SharedInformerFactory
+	// Cluster holds what every node needs whole: StorageClasses (and
+	// VolumeSnapshotClasses in ClusterSnaps).
+	Cluster      informers.SharedInformerFactory
+	ClusterSnaps snapshotinformers.SharedInformerFactory
+	// Self holds the node's own Node.
+	Self informers.SharedInformerFactory
+}
+
+// SameInformers are Informers that all watch the whole cluster.
+func SameInformers(kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory) Informers {
+	return Informers{Routed: kubeInformers, RoutedSnaps: snapInformers, Cluster: kubeInformers, ClusterSnaps: snapInformers, Self: kubeInformers}
+}
+
+// factory is what Start needs of an informer factory.
+type factory interface {
+	Start(<-chan struct{})
+	Shutdown()
+	WaitForCacheSync(<-chan struct{}) map[reflect.Type]bool
+}
+
+// factories are the distinct factories, to start and wait for.
+func (i Informers) factories() []factory {
+	var out []factory
+	for _, f := range []factory{i.Routed, i.RoutedSnaps, i.Cluster, i.ClusterSnaps, i.Self} {
+		if f != nil && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // NewEnv connects to the API server and the CSI driver and serves metrics
@@ -291,8 +342,23 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 	}
 	env.SnapshotAPI = NewSnapshotAPIWatch(env.Client.Discovery())
 	env.KubeInformers = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync, informers.WithTransform(StripManagedFields))
-	env.SnapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(GatedSnapshots(env.Snapshots, env.SnapshotAPI),
+	gated := GatedSnapshots(env.Snapshots, env.SnapshotAPI)
+	env.SnapInformers = snapshotinformers.NewSharedInformerFactoryWithOptions(gated,
 		opts.Resync, snapshotinformers.WithTransform(StripManagedFields))
+	env.Informers = SameInformers(env.KubeInformers, env.SnapInformers)
+	if opts.Routed {
+		zone := route.ZoneOf(env.Driver.Segment[topology.RegionKey], env.Driver.Segment[topology.ZoneKey])
+		selector := route.Selector(opts.NodeName, zone).String()
+		routed := func(o *metav1.ListOptions) { o.LabelSelector = selector }
+		env.Informers.Routed = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync,
+			informers.WithTransform(StripManagedFields), informers.WithTweakListOptions(routed))
+		env.Informers.RoutedSnaps = snapshotinformers.NewSharedInformerFactoryWithOptions(gated, opts.Resync,
+			snapshotinformers.WithTransform(StripManagedFields), snapshotinformers.WithTweakListOptions(routed))
+		self := fields.OneTermEqualSelector("metadata.name", opts.NodeName).String()
+		env.Informers.Self = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync,
+			informers.WithTransform(StripManagedFields), informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = self }))
+		klog.InfoS("Watching routed objects only", "selector", selector, "node", opts.NodeName)
+	}
 	return env, nil
 }
 
@@ -302,13 +368,14 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 func (e *Env) Start(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	go e.SnapshotAPI.Run(ctx)
-	e.KubeInformers.Start(ctx.Done())
-	e.SnapInformers.Start(ctx.Done())
-	e.stop = append(e.stop, e.KubeInformers.Shutdown, e.SnapInformers.Shutdown, cancel)
+	factories := e.Informers.factories()
+	for _, factory := range factories {
+		factory.Start(ctx.Done())
+		e.stop = append(e.stop, factory.Shutdown)
+	}
+	e.stop = append(e.stop, cancel)
 	go func() {
-		for _, factory := range []interface {
-			WaitForCacheSync(<-chan struct{}) map[reflect.Type]bool
-		}{e.KubeInformers, e.SnapInformers} {
+		for _, factory := range factories {
 			for _, synced := range factory.WaitForCacheSync(ctx.Done()) {
 				if !synced {
 					return

@@ -28,6 +28,7 @@ func main() {
 	flag.IntVar(&opts.Burst, "kube-api-burst", 50, "API requests in a burst above --kube-api-qps")
 	flag.BoolVar(&opts.CommonController, "common-controller", false, "also bind VolumeSnapshots to contents (only where no snapshot-controller runs)")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
+	flag.BoolVar(&opts.Routed, "routed", false, "watch only the snapshots, contents, claims and PVs toposnap-controller routed to this node or its zone (needs toposnap-controller)")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
 	opts.QPS = float32(qps)

@@ -1,0 +1,426 @@
+package central
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/kube"
+	"github.com/toposnap/toposnap/internal/route"
+	"github.com/toposnap/toposnap/internal/topology"
+	"github.com/toposnap/toposnap/internal/volumeid"
+	"github.com/toposnap/toposnap/provisioner"
+)
+
+// Index names of the central caches.
+const (
+	byHandle      = "handle"      // PVs by CSI volume handle
+	byTopologyID  = "topology-id" // Nodes by the driver's node id label
+	byOwnerHash   = "owner-hash"  // Nodes by the hash of their name and of their zone
+	byZone        = "zone"        // Nodes by "region/zone"
+	bySourceClaim = "source-claim"
+)
+
+// Kinds of routed objects, as queue keys begin.
+const (
+	kindClaim    = "pvc"
+	kindVolume   = "pv"
+	kindSnapshot = "vs"
+	kindContent  = "vsc"
+)
+
+// router stamps route labels: one queue of "<kind>/<key>" items, each
+// decided from the caches and written with a merge patch that carries the
+// resourceVersion it decided on.
+type router struct {
+	Router
+	client    kubernetes.Interface
+	snapshots snapshotclient.Interface
+	claims    corelisters.PersistentVolumeClaimLister
+	volumes   corelisters.PersistentVolumeLister
+	snapList  snapshotlisters.VolumeSnapshotLister
+	contents  snapshotlisters.VolumeSnapshotContentLister
+	queue     workqueue.TypedRateLimitingInterface[string]
+	synced    []cache.InformerSynced
+	routed    *prometheus.CounterVec
+}
+
+// caches implements Facts over the central informers.
+type caches struct {
+	classes     storagelisters.StorageClassLister
+	volumes     corelisters.PersistentVolumeLister
+	volumeIndex cache.Indexer
+	claims      corelisters.PersistentVolumeClaimLister
+	contents    snapshotlisters.VolumeSnapshotContentLister
+	nodes       cache.Indexer
+}
+
+func newRouter(driver string, client kubernetes.Interface, snapshots snapshotclient.Interface,
+	kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory,
+	nodeInformer cache.SharedIndexInformer, registry *prometheus.Registry) (*router, error) {
+	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
+	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
+	classInformer := kubeInformers.Storage().V1().StorageClasses().Informer()
+	snapInformer := snapInformers.Snapshot().V1().VolumeSnapshots().Informer()
+	contentInformer := snapInformers.Snapshot().V1().VolumeSnapshotContents().Informer()
+	if err := volumeInformer.AddIndexers(cache.Indexers{byHandle: indexHandle}); err != nil {
+		return nil, err
+	}
+	if err := nodeInformer.AddIndexers(cache.Indexers{byTopologyID: indexTopologyID, byOwnerHash: indexOwnerHash, byZone: indexZone}); err != nil {
+		return nil, err
+	}
+	if err := snapInformer.AddIndexers(cache.Indexers{bySourceClaim: indexSourceClaim}); err != nil {
+		return nil, err
+	}
+	facts := &caches{
+		classes: kubeInformers.Storage().V1().StorageClasses().Lister(),
+		volumes: kubeInformers.Core().V1().PersistentVolumes().Lister(), volumeIndex: volumeInformer.GetIndexer(),
+		claims:   kubeInformers.Core().V1().PersistentVolumeClaims().Lister(),
+		contents: snapInformers.Snapshot().V1().VolumeSnapshotContents().Lister(),
+		nodes:    nodeInformer.GetIndexer(),
+	}
+	r := &router{
+		Router: Router{Driver: driver, Facts: facts}, client: client, snapshots: snapshots,
+		claims: facts.claims, volumes: facts.volumes, contents: facts.contents,
+		snapList: snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
+		queue:    kube.NewQueue("routes"),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "toposnap_controller_routes_written_total",
+			Help: "Route labels written (set, changed or removed), by kind of object.",
+		}, []string{"kind"}),
+	}
+	if registry != nil {
+		registry.MustRegister(r.routed)
+	}
+	add := func(kind string) cache.ResourceEventHandlerFuncs {
+		enqueue := func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				r.queue.Add(kind + "/" + key)
+			}
+		}
+		return cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, obj any) { enqueue(obj) }}
+	}
+	_, _ = claimInformer.AddEventHandler(add(kindClaim))
+	_, _ = volumeInformer.AddEventHandler(add(kindVolume))
+	_, _ = snapInformer.AddEventHandler(add(kindSnapshot))
+	_, _ = contentInformer.AddEventHandler(add(kindContent))
+	// What a route is decided from changes with other objects: a claim
+	// follows its PV, a snapshot its claim and content, a content its
+	// source PV.
+	_, _ = claimInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) { r.claimChanged(obj, snapInformer.GetIndexer()) },
+	})
+	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    r.volumeChanged,
+		UpdateFunc: func(_, obj any) { r.volumeChanged(obj) },
+	})
+	_, _ = contentInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    r.contentChanged,
+		UpdateFunc: func(_, obj any) { r.contentChanged(obj) },
+	})
+	r.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
+		snapInformer.HasSynced, contentInformer.HasSynced, nodeInformer.HasSynced}
+	return r, nil
+}
+
+func (r *router) claimChanged(obj any, snapIndex cache.Indexer) {
+	claim, ok := obj.(*corev1.PersistentVolumeClaim)
+	if !ok {
+		return
+	}
+	snaps, _ := snapIndex.ByIndex(bySourceClaim, claim.Namespace+"/"+claim.Name)
+	for _, snap := range snaps {
+		if key, err := cache.MetaNamespaceKeyFunc(snap); err == nil {
+			r.queue.Add(kindSnapshot + "/" + key)
+		}
+	}
+}
+
+func (r *router) volumeChanged(obj any) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok || pv.Spec.ClaimRef == nil {
+		return
+	}
+	r.queue.Add(kindClaim + "/" + pv.Spec.ClaimRef.Namespace + "/" + pv.Spec.ClaimRef.Name)
+}
+
+func (r *router) contentChanged(obj any) {
+	content, ok := obj.(*snapv1.VolumeSnapshotContent)
+	if !ok {
+		return
+	}
+	ref := content.Spec.VolumeSnapshotRef
+	if ref.Name != "" {
+		r.queue.Add(kindSnapshot + "/" + ref.Namespace + "/" + ref.Name)
+	}
+}
+
+// sync decides one object's route and writes it when it differs.
+func (r *router) sync(ctx context.Context, item string) error {
+	kind, key, _ := strings.Cut(item, "/")
+	namespace, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	var (
+		object metav1.Object
+		want   string
+		patch  func(context.Context, []byte) error
+	)
+	switch kind {
+	case kindClaim:
+		claim, err := r.claims.PersistentVolumeClaims(namespace).Get(name)
+		if err != nil {
+			return ignoreNotFound(err)
+		}
+		object, want = claim, r.ClaimRoute(claim)
+		patch = func(ctx context.Context, body []byte) error {
+			_, err := r.client.CoreV1().PersistentVolumeClaims(namespace).Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{})
+			return err
+		}
+	case kindVolume:
+		pv, err := r.volumes.Get(name)
+		if err != nil {
+			return ignoreNotFound(err)
+		}
+		object, want = pv, r.VolumeRoute(pv)
+		patch = func(ctx context.Context, body []byte) error {
+			_, err := r.client.CoreV1().PersistentVolumes().Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{})
+			return err
+		}
+	case kindSnapshot:
+		snap, err := r.snapList.VolumeSnapshots(namespace).Get(name)
+		if err != nil {
+			return ignoreNotFound(err)
+		}
+		object, want = snap, r.SnapshotRoute(snap)
+		patch = func(ctx context.Context, body []byte) error {
+			_, err := r.snapshots.SnapshotV1().VolumeSnapshots(namespace).Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{})
+			return err
+		}
+	case kindContent:
+		content, err := r.contents.Get(name)
+		if err != nil {
+			return ignoreNotFound(err)
+		}
+		object, want = content, r.ContentRoute(content)
+		patch = func(ctx context.Context, body []byte) error {
+			_, err := r.snapshots.SnapshotV1().VolumeSnapshotContents().Patch(ctx, name, types.MergePatchType, body, metav1.PatchOptions{})
+			return err
+		}
+	default:
+		return nil
+	}
+	have := route.Of(object.GetLabels())
+	if have == want || want == "" && !r.mayUnroute(kind, object) {
+		return nil
+	}
+	body, err := routePatch(object.GetResourceVersion(), want)
+	if err != nil {
+		return err
+	}
+	if err := patch(ctx, body); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return nil // it changed or went: its event brings it back
+		}
+		return fmt.Errorf("route %s %s to %q: %w", kind, key, want, err)
+	}
+	r.routed.WithLabelValues(kind).Inc()
+	klog.V(2).InfoS("Routed", "kind", kind, "object", key, "from", have, "to", want)
+	return nil
+}
+
+// mayUnroute: a route is removed only from a claim that lost its selected
+// node before any node began making its volume (the scheduler picks
+// again); a PV, snapshot or content keeps the route it had when the facts
+// to decide it are gone (its source PV deleted, its Node gone), so its
+// owner can still finish it.
+func (r *router) mayUnroute(kind string, object metav1.Object) bool {
+	if kind != kindClaim {
+		return false
+	}
+	claim := object.(*corev1.PersistentVolumeClaim)
+	return claim.Spec.VolumeName == "" && !slices.Contains(claim.Finalizers, provisioner.FinalizerProvisioning)
+}
+
+// routePatch sets (or, for "", removes) the route label, on the condition
+// that the object is still at resourceVersion.
+func routePatch(resourceVersion, value string) ([]byte, error) {
+	var label any
+	if value != "" {
+		label = value
+	}
+	return json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": resourceVersion,
+		"labels":          map[string]any{route.Label: label},
+	}})
+}
+
+func ignoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func indexHandle(obj any) ([]string, error) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok || pv.Spec.CSI == nil {
+		return nil, nil
+	}
+	return []string{pv.Spec.CSI.VolumeHandle}, nil
+}
+
+func indexSourceClaim(obj any) ([]string, error) {
+	snap, ok := obj.(*snapv1.VolumeSnapshot)
+	if !ok || snap.Spec.Source.PersistentVolumeClaimName == nil {
+		return nil, nil
+	}
+	return []string{snap.Namespace + "/" + *snap.Spec.Source.PersistentVolumeClaimName}, nil
+}
+
+func nodeMeta(obj any) (string, map[string]string, bool) {
+	node, ok := obj.(metav1.Object)
+	if !ok {
+		return "", nil, false
+	}
+	return node.GetName(), node.GetLabels(), true
+}
+
+func indexTopologyID(obj any) ([]string, error) {
+	_, labels, ok := nodeMeta(obj)
+	if !ok || labels[topology.NodeKey] == "" {
+		return nil, nil
+	}
+	return []string{labels[topology.NodeKey]}, nil
+}
+
+func indexZone(obj any) ([]string, error) {
+	name, labels, ok := nodeMeta(obj)
+	if !ok {
+		return nil, nil
+	}
+	location := topology.LocationFromLabels(name, labels)
+	if zone := route.ZoneOf(location.Region, location.Zone); zone != "" {
+		return []string{zone}, nil
+	}
+	return nil, nil
+}
+
+// indexOwnerHash: a node-pool ID carries the hash of the driver's node id
+// (its topology label, else the Node's name), a zone-pool ID the hash of
+// "region/zone".
+func indexOwnerHash(obj any) ([]string, error) {
+	name, labels, ok := nodeMeta(obj)
+	if !ok {
+		return nil, nil
+	}
+	hashes := []string{volumeid.OwnerHash(name)}
+	if id := labels[topology.NodeKey]; id != "" && id != name {
+		hashes = append(hashes, volumeid.OwnerHash(id))
+	}
+	location := topology.LocationFromLabels(name, labels)
+	if zone := route.ZoneOf(location.Region, location.Zone); zone != "" {
+		hashes = append(hashes, volumeid.OwnerHash(zone))
+	}
+	return hashes, nil
+}
+
+func (c *caches) Class(name string) *storagev1.StorageClass {
+	if name == "" {
+		return nil
+	}
+	class, _ := c.classes.Get(name)
+	return class
+}
+
+func (c *caches) PV(name string) *corev1.PersistentVolume {
+	pv, _ := c.volumes.Get(name)
+	return pv
+}
+
+func (c *caches) PVByHandle(handle string) *corev1.PersistentVolume {
+	objs, _ := c.volumeIndex.ByIndex(byHandle, handle)
+	for _, obj := range objs {
+		if pv, ok := obj.(*corev1.PersistentVolume); ok {
+			return pv
+		}
+	}
+	return nil
+}
+
+func (c *caches) Claim(namespace, name string) *corev1.PersistentVolumeClaim {
+	claim, _ := c.claims.PersistentVolumeClaims(namespace).Get(name)
+	return claim
+}
+
+func (c *caches) Content(name string) *snapv1.VolumeSnapshotContent {
+	content, _ := c.contents.Get(name)
+	return content
+}
+
+func (c *caches) NodeLabels(name string) map[string]string {
+	obj, exists, err := c.nodes.GetByKey(name)
+	if err != nil || !exists {
+		return nil
+	}
+	_, labels, _ := nodeMeta(obj)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return labels
+}
+
+func (c *caches) NodeByID(id string) string {
+	objs, _ := c.nodes.ByIndex(byTopologyID, id)
+	for _, obj := range objs {
+		if name, _, ok := nodeMeta(obj); ok {
+			return name
+		}
+	}
+	return id // the driver's default node id is the Node's name
+}
+
+func (c *caches) Owner(hash string) (node, zone string) {
+	objs, _ := c.nodes.ByIndex(byOwnerHash, hash)
+	for _, obj := range objs {
+		name, labels, ok := nodeMeta(obj)
+		if !ok {
+			continue
+		}
+		if volumeid.OwnerHash(name) == hash || volumeid.OwnerHash(labels[topology.NodeKey]) == hash {
+			node = name
+		}
+		location := topology.LocationFromLabels(name, labels)
+		if z := route.ZoneOf(location.Region, location.Zone); z != "" && volumeid.OwnerHash(z) == hash {
+			zone = z
+		}
+	}
+	return node, zone
+}
+
+func (c *caches) Zones() []string {
+	zones := c.nodes.ListIndexFuncValues(byZone)
+	slices.Sort(zones)
+	return zones
+}

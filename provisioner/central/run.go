@@ -1,0 +1,165 @@
+package central
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/kube"
+	"github.com/toposnap/toposnap/provisioner"
+)
+
+// Options configure toposnap-controller.
+type Options struct {
+	Kubeconfig     string
+	DriverName     string
+	Workers        int
+	Resync         time.Duration
+	QPS            float32
+	Burst          int
+	MetricsAddress string
+	// Namespace holds the leader Lease and CSIStorageCapacity objects.
+	Namespace string
+	// LeaseName is the leader-election Lease; Identity this replica's name.
+	LeaseName, Identity string
+	// LeaseDuration, RenewDeadline and RetryPeriod are leader election's.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// CapacityInterval is how often stale CSIStorageCapacity is removed.
+	CapacityInterval time.Duration
+}
+
+// Run campaigns for leadership and, while leading, routes objects and
+// releases source protection. It returns when ctx ends (releasing the
+// Lease) or when leadership is lost (the process should exit, so a replica
+// never acts on caches filled while another led).
+func Run(ctx context.Context, opts Options) error {
+	config, err := kube.RestConfig(opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	config.QPS, config.Burst = opts.QPS, opts.Burst
+	client, err := kubernetes.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create API client: %w", err)
+	}
+	snapshots, err := snapshotclient.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create snapshot API client: %w", err)
+	}
+	metadataClient, err := metadata.NewForConfig(config)
+	if err != nil {
+		return fmt.Errorf("create metadata API client: %w", err)
+	}
+	registry := prometheus.NewRegistry()
+	leading := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "toposnap_controller_leader",
+		Help: "1 while this replica leads (routes objects and releases source protection).",
+	})
+	registry.MustRegister(leading)
+	var synced atomic.Bool
+	ready := func(context.Context) error {
+		if synced.Load() {
+			return nil
+		}
+		return errors.New("not leading, or the caches are not filled yet")
+	}
+	// A standby replica is live (healthz) but not ready: only the leader serves.
+	if err := kube.ServeProbes(ctx, opts.MetricsAddress, registry, kube.Probes{Ready: ready}); err != nil {
+		return err
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: opts.Namespace, Name: opts.LeaseName},
+		Client:     client.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: opts.Identity},
+	}
+	lost := errors.New("lost leadership")
+	var runErr error
+	leaderCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	leaderelection.RunOrDie(leaderCtx, leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   opts.LeaseDuration,
+		RenewDeadline:   opts.RenewDeadline,
+		RetryPeriod:     opts.RetryPeriod,
+		ReleaseOnCancel: true,
+		Name:            opts.LeaseName,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				klog.InfoS("Leading", "lease", klog.KRef(opts.Namespace, opts.LeaseName), "identity", opts.Identity)
+				leading.Set(1)
+				runErr = lead(ctx, opts, client, snapshots, metadataClient, registry, &synced)
+				cancel()
+			},
+			OnStoppedLeading: func() {
+				leading.Set(0)
+				synced.Store(false)
+				if ctx.Err() == nil && runErr == nil {
+					runErr = lost
+				}
+			},
+		},
+	})
+	if ctx.Err() != nil {
+		return nil
+	}
+	return runErr
+}
+
+// lead runs the central controllers until ctx ends.
+func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapshots snapshotclient.Interface,
+	metadataClient metadata.Interface, registry *prometheus.Registry, synced *atomic.Bool) error {
+	snapshotAPI := kube.NewSnapshotAPIWatch(client.Discovery())
+	go snapshotAPI.Run(ctx)
+	kubeInformers := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync, informers.WithTransform(kube.StripManagedFields))
+	snapInformers := snapshotinformers.NewSharedInformerFactoryWithOptions(kube.GatedSnapshots(snapshots, snapshotAPI),
+		opts.Resync, snapshotinformers.WithTransform(kube.StripManagedFields))
+	// Nodes: names and labels only, so 5,000 of them cost little.
+	nodeInformers := metadatainformer.NewFilteredSharedInformerFactory(metadataClient, opts.Resync, metav1.NamespaceAll, nil)
+	nodeInformer := nodeInformers.ForResource(schema.GroupVersionResource{Version: "v1", Resource: "nodes"}).Informer()
+	if err := nodeInformer.SetTransform(kube.StripManagedFields); err != nil {
+		return err
+	}
+	r, err := newRouter(opts.DriverName, client, snapshots, kubeInformers, snapInformers, nodeInformer, registry)
+	if err != nil {
+		return err
+	}
+	recorder, stopEvents := kube.Recorder(client, "toposnap-controller", "")
+	defer stopEvents()
+	sources := provisioner.NewController(provisioner.Config{
+		DriverName: opts.DriverName, Client: client, Snapshots: snapshots, Recorder: recorder,
+		CapacityNamespace: opts.Namespace, Registry: registry, SourcesOnly: true,
+	}, kube.SameInformers(kubeInformers, snapInformers))
+	kubeInformers.Start(ctx.Done())
+	snapInformers.Start(ctx.Done())
+	nodeInformers.Start(ctx.Done())
+	defer kubeInformers.Shutdown()
+	defer snapInformers.Shutdown()
+	defer nodeInformers.Shutdown()
+	defer r.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
+		return ctx.Err()
+	}
+	synced.Store(true)
+	klog.InfoS("Caches filled; routing", "driver", opts.DriverName)
+	for range opts.Workers {
+		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, r.queue, r.sync) }, time.Second)
+	}
+	return sources.Run(ctx, opts.Workers, provisioner.Background{CapacityInterval: opts.CapacityInterval})
+}
