@@ -1,4 +1,4 @@
-# toposnap's one image: the five static binaries under /usr/local/bin, no
+# toposnap's one image: the six static binaries under /usr/local/bin, no
 # entrypoint (the chart names each container's command), user 65532:65532
 # (the node plugin's pod runs it as root). The same layout as
 # hack/image.sh's tarball, which needs no Docker engine.

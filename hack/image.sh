@@ -36,7 +36,7 @@ trap 'rm -rf "$work"' EXIT
 # -buildvcs=false and the stripped symbol table keep the binaries the same
 # for the same source wherever they are built (the Dockerfile builds them
 # the same way); the revision goes into the image's label instead.
-echo "building the five commands for linux/$arch" >&2
+echo "building the six commands for linux/$arch" >&2
 CGO_ENABLED=0 GOOS=linux GOARCH="$arch" "$go" build -trimpath -buildvcs=false -ldflags="-s -w" -o "$work/" \
   ./driver/cmd/toposnap-driver ./provisioner/cmd/toposnap-provisioner ./provisioner/cmd/toposnap-controller ./snapshotter/cmd/toposnap-snapshotter \
   ./extender/cmd/toposnap-extender ./webhook/cmd/toposnap-webhook

@@ -131,6 +131,10 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
 	c.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
 		snapInformer.HasSynced, contentInformer.HasSynced}
+	kube.RegisterCacheSizes(cfg.Registry, "toposnap_provisioner_cached_objects", map[string]cache.Store{
+		"persistentvolumeclaims": claimInformer.GetStore(), "persistentvolumes": volumeInformer.GetStore(),
+		"volumesnapshots": snapInformer.GetStore(), "volumesnapshotcontents": contentInformer.GetStore(),
+	})
 	if c.sourcesOnly {
 		return c
 	}
@@ -142,7 +146,9 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
 		UpdateFunc: func(_, obj any) { c.enqueue(c.volumeQueue, obj) },
 	})
-	c.synced = append(c.synced, inf.Self.Core().V1().Nodes().Informer().HasSynced)
+	nodeInformer := inf.Self.Core().V1().Nodes().Informer()
+	c.synced = append(c.synced, nodeInformer.HasSynced)
+	kube.RegisterCacheSizes(cfg.Registry, "toposnap_provisioner_cached_objects", map[string]cache.Store{"nodes": nodeInformer.GetStore()})
 	return c
 }
 

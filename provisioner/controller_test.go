@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"slices"
+	"strconv"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -347,6 +348,30 @@ func TestRescheduleLetsGo(t *testing.T) {
 	claim := w.claim(ns, "data")
 	if _, ok := claim.Annotations[AnnSelectedNode]; ok || hasFinalizer(claim, FinalizerProvisioning) {
 		t.Fatalf("claim after RESOURCE_EXHAUSTED: annotations %v, finalizers %v", claim.Annotations, claim.Finalizers)
+	}
+}
+
+// TestZoneGivesBackAnImmediateClaim: a zone out of space gives an
+// Immediate zone claim back and counts the attempt, which is what moves the
+// claim on to the next zone (toposnap-controller routes it by the count).
+func TestZoneGivesBackAnImmediateClaim(t *testing.T) {
+	server, client := fakecsi.Start(t)
+	w := newWorld(t, nodeObject("b1", "b"), classObject("shared", "zone", immediate), claimObject(ns, "data", "shared", ""))
+	holder := w.startNode("b1", "b", server, client, true)
+	for attempt := 1; attempt <= 2; attempt++ {
+		server.Fail("CreateVolume", fakecsi.Fault{Err: status.Error(codes.ResourceExhausted, "pool full")})
+		for range 2 { // the zone takes the claim, then fails to make its volume
+			if err := holder.syncClaim(ns, "data"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		claim := w.claim(ns, "data")
+		if _, ok := claim.Annotations[AnnProvisioningZone]; ok || hasFinalizer(claim, FinalizerProvisioning) {
+			t.Fatalf("attempt %d: claim still held: annotations %v, finalizers %v", attempt, claim.Annotations, claim.Finalizers)
+		}
+		if got := claim.Annotations[AnnZoneAttempts]; got != strconv.Itoa(attempt) {
+			t.Fatalf("after %d zones gave the claim back, %s = %q", attempt, AnnZoneAttempts, got)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/status"
@@ -167,6 +168,12 @@ func (c *Controller) releaseClaim(ctx context.Context, claim *corev1.PersistentV
 			changed = true
 		}
 		if pickAgain {
+			if _, ok := claim.Annotations[AnnProvisioningZone]; ok {
+				// toposnap-controller routes an Immediate zone claim to the
+				// next zone its class allows.
+				attempts, _ := strconv.Atoi(claim.Annotations[AnnZoneAttempts])
+				claim.Annotations[AnnZoneAttempts] = strconv.Itoa(attempts + 1)
+			}
 			for _, ann := range []string{AnnSelectedNode, AnnProvisioningZone} {
 				if _, ok := claim.Annotations[ann]; ok {
 					delete(claim.Annotations, ann)

@@ -35,6 +35,10 @@ const (
 	// ("region/zone") whose Lease holder provisions it: one zone, not one
 	// volume per zone.
 	AnnProvisioningZone = "toposnap.io/provisioning-zone"
+	// AnnZoneAttempts counts the zones that gave an Immediate zone claim
+	// back (out of space, say): toposnap-controller routes it to the next
+	// zone its class allows.
+	AnnZoneAttempts = "toposnap.io/zone-attempts"
 	// prefixReserved marks class parameters meant for the provisioner, not the driver.
 	prefixReserved = "csi.storage.k8s.io/"
 )

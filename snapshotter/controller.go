@@ -55,8 +55,14 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Routed: the informers hold only what the central controller routed
 	// to this node or its zone; a source claim or PV outside them is read
-	// from the API server.
+	// from the API server. A routed node does not bind VolumeSnapshots:
+	// the central controller does (Binder). With CommonController it still
+	// deletes its orphaned contents.
 	Routed bool
+	// Binder: the central controller's part, binding every VolumeSnapshot
+	// of the driver from whole-cluster caches; no content is cut, and no
+	// CSI driver or Node is needed.
+	Binder bool
 }
 
 // Controller runs both halves for one node.
@@ -81,7 +87,6 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		metrics:      newMetrics(cfg.Registry),
 		claims:       inf.Routed.Core().V1().PersistentVolumeClaims().Lister(),
 		volumes:      inf.Routed.Core().V1().PersistentVolumes().Lister(),
-		nodes:        inf.Self.Core().V1().Nodes().Lister(),
 		snapLister:   inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:     inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		classes:      inf.ClusterSnaps.Snapshot().V1().VolumeSnapshotClasses().Lister(),
@@ -121,8 +126,19 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		inf.ClusterSnaps.Snapshot().V1().VolumeSnapshotClasses().Informer().HasSynced,
 		inf.Routed.Core().V1().PersistentVolumeClaims().Informer().HasSynced,
 		inf.Routed.Core().V1().PersistentVolumes().Informer().HasSynced,
-		inf.Self.Core().V1().Nodes().Informer().HasSynced,
 	}
+	if cfg.Binder {
+		return c // the central caches: no Node, no sizes to report per node
+	}
+	nodeInformer := inf.Self.Core().V1().Nodes().Informer()
+	c.nodes = inf.Self.Core().V1().Nodes().Lister()
+	c.synced = append(c.synced, nodeInformer.HasSynced)
+	kube.RegisterCacheSizes(cfg.Registry, "toposnap_snapshotter_cached_objects", map[string]cache.Store{
+		"persistentvolumeclaims": inf.Routed.Core().V1().PersistentVolumeClaims().Informer().GetStore(),
+		"persistentvolumes":      inf.Routed.Core().V1().PersistentVolumes().Informer().GetStore(),
+		"volumesnapshots":        snapInformer.GetStore(), "volumesnapshotcontents": contentInformer.GetStore(),
+		"nodes": nodeInformer.GetStore(),
+	})
 	return c
 }
 
@@ -145,10 +161,18 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return errors.New("informer caches did not sync")
 	}
-	klog.InfoS("Snapshotter running", "driver", c.cfg.DriverName, "node", c.cfg.NodeName, "commonController", c.cfg.CommonController)
+	if c.cfg.Binder {
+		klog.InfoS("Binding VolumeSnapshots", "driver", c.cfg.DriverName)
+		for range workers {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
+		}
+		<-ctx.Done()
+		return nil
+	}
+	klog.InfoS("Snapshotter running", "driver", c.cfg.DriverName, "node", c.cfg.NodeName, "commonController", c.cfg.CommonController, "routed", c.cfg.Routed)
 	for range workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.contentQueue, c.syncContent) }, time.Second)
-		if c.cfg.CommonController {
+		if c.cfg.CommonController && !c.cfg.Routed {
 			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
 		}
 	}
@@ -172,6 +196,9 @@ func (c *Controller) reachesHandle(handle string) (*corev1.PersistentVolume, boo
 
 func (c *Controller) nodeLabels() map[string]string {
 	labels := map[string]string{}
+	if c.nodes == nil {
+		return labels // the central binder is on no node
+	}
 	if node, err := c.nodes.Get(c.cfg.NodeName); err == nil {
 		for k, v := range node.Labels {
 			labels[k] = v
@@ -551,7 +578,7 @@ func (c *Controller) syncSnapshot(ctx context.Context, key string) error {
 	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.cfg.DriverName {
 		return nil // not ours
 	}
-	if volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) != nil {
+	if !c.cfg.Binder && volumehelpers.CheckNodeAffinity(pv, c.nodeLabels()) != nil {
 		return nil // the snapshotter of a node that reaches it handles it
 	}
 	if snap, err = c.addSnapshotFinalizer(ctx, snap); err != nil {

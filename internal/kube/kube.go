@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -404,5 +405,21 @@ func (e *Env) ready(context.Context) error {
 func (e *Env) Close() {
 	for i := len(e.stop) - 1; i >= 0; i-- {
 		e.stop[i]()
+	}
+}
+
+// RegisterCacheSizes exports, as the gauge name{resource="..."}, how many
+// objects each informer cache holds: on a routed node, its own objects
+// only, whatever the size of the cluster. A nil registry exports nothing.
+func RegisterCacheSizes(registry *prometheus.Registry, name string, stores map[string]cache.Store) {
+	if registry == nil {
+		return
+	}
+	for resource, store := range stores {
+		registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        name,
+			Help:        "Objects in this process's informer cache, by resource.",
+			ConstLabels: prometheus.Labels{"resource": resource},
+		}, func() float64 { return float64(len(store.ListKeys())) }))
 	}
 }

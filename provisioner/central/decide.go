@@ -9,6 +9,7 @@ package central
 import (
 	"hash/fnv"
 	"slices"
+	"strconv"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -31,7 +32,8 @@ type Facts interface {
 	Content(name string) *snapv1.VolumeSnapshotContent
 	// NodeLabels are a Node's labels; nil when there is no such Node.
 	NodeLabels(name string) map[string]string
-	// NodeByID names the Node whose driver has this topology node id.
+	// NodeByID names the Node whose driver has this topology node id; ""
+	// when no Node carries it.
 	NodeByID(id string) string
 	// Owner names the pool owner whose hash an ID carries: a node's name,
 	// or a zone as "region/zone".
@@ -75,11 +77,14 @@ func (r Router) ClaimRoute(claim *corev1.PersistentVolumeClaim) string {
 	if zone, ok := claim.Annotations[provisioner.AnnProvisioningZone]; ok && zone != "" {
 		return route.Zone(zone)
 	}
+	selected := claim.Annotations[provisioner.AnnSelectedNode]
 	params, err := provisioner.DriverParameters(class)
 	if err != nil {
+		if selected != "" {
+			return route.Node(selected) // that node tells the claim what is wrong with its class
+		}
 		return ""
 	}
-	selected := claim.Annotations[provisioner.AnnSelectedNode]
 	if params["scope"] != string(topology.ScopeZone) {
 		if selected == "" {
 			return ""
@@ -105,7 +110,8 @@ func (r Router) ClaimRoute(claim *corev1.PersistentVolumeClaim) string {
 
 // immediateZone spreads Immediate zone claims over the zones their class
 // allows, by a hash of the claim's uid: stable for one claim, so a restart
-// of the central controller routes it the same way.
+// of the central controller routes it the same way. Each zone that gave the
+// claim back (AnnZoneAttempts) moves it on to the next allowed zone.
 func (r Router) immediateZone(claim *corev1.PersistentVolumeClaim, class *storagev1.StorageClass) string {
 	var allowed []string
 	for _, zone := range r.Facts.Zones() {
@@ -118,7 +124,11 @@ func (r Router) immediateZone(claim *corev1.PersistentVolumeClaim, class *storag
 	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(claim.UID))
-	return route.Zone(allowed[h.Sum32()%uint32(len(allowed))])
+	attempts, err := strconv.ParseUint(claim.Annotations[provisioner.AnnZoneAttempts], 10, 32)
+	if err != nil {
+		attempts = 0
+	}
+	return route.Zone(allowed[(uint64(h.Sum32())+attempts)%uint64(len(allowed))])
 }
 
 // zoneLabels are the labels every node of a "region/zone" shares.
@@ -161,7 +171,10 @@ func (r Router) VolumeRoute(pv *corev1.PersistentVolume) string {
 // segmentRoute routes by a topology segment: its node, else its zone.
 func (r Router) segmentRoute(segment topology.Segment) string {
 	if id := segment[topology.NodeKey]; id != "" {
-		return route.Node(r.Facts.NodeByID(id))
+		if node := r.Facts.NodeByID(id); node != "" {
+			return route.Node(node)
+		}
+		return route.Node(id) // the driver's default node id is the Node's name
 	}
 	if zone := route.ZoneOf(segment[topology.RegionKey], segment[topology.ZoneKey]); zone != "" {
 		return route.Zone(zone)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"testing"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -80,15 +81,15 @@ func (f *factsTable) PVByHandle(handle string) *corev1.PersistentVolume {
 	return nil
 }
 
-// NodeByID falls back to the id, as the central caches do: the driver's
-// default node id is the Node's name.
+// NodeByID answers "" for an id no Node carries, as the central caches do
+// (the router then takes the id for the Node's name).
 func (f *factsTable) NodeByID(id string) string {
 	for name, labels := range f.nodes {
 		if labels[topology.NodeKey] == id {
 			return name
 		}
 	}
-	return id
+	return ""
 }
 
 func (f *factsTable) Owner(hash string) (node, zone string) {
@@ -281,7 +282,8 @@ func TestClaimRoute(t *testing.T) {
 			claim: edit(claim("c", "", selected, "node-1", corev1.BetaStorageClassAnnotation, "local"),
 				func(c *corev1.PersistentVolumeClaim) { c.Spec.StorageClassName = nil }),
 			want: route.Node("node-1")},
-		{name: "class with an unknown parameter routes nothing", claim: claim("c", "typo", selected, "node-1"), want: ""},
+		{name: "class with an unknown parameter goes to the selected node, which reports it", claim: claim("c", "typo", selected, "node-1"), want: route.Node("node-1")},
+		{name: "class with an unknown parameter and no selected node routes nothing", claim: claim("c", "typo"), want: ""},
 		{name: "node-scope claim waits for the scheduler", claim: claim("c", "local"), want: ""},
 		{name: "node-scope claim goes to its selected node", claim: claim("c", "local", selected, "node-2"), want: route.Node("node-2")},
 		{name: "node-scope claim goes to its selected node before that Node is cached",
@@ -373,6 +375,29 @@ func TestImmediateZoneClaimsSpreadOverAllowedZones(t *testing.T) {
 	}
 	if got := r.ClaimRoute(claim("c", "zonal-nowhere")); got != "" {
 		t.Errorf("claim whose class allows no known zone routed to %q, want none", got)
+	}
+}
+
+// TestGivenBackZoneClaimMovesOn: each zone that gave an Immediate zone
+// claim back (the provisioner counts it in AnnZoneAttempts) sends it to the
+// next zone its class allows, so after as many attempts as zones every
+// allowed zone had its turn; a count that is not a number counts as none.
+func TestGivenBackZoneClaimMovesOn(t *testing.T) {
+	r := world()
+	allowed := map[string]bool{route.Zone("r/a"): true, route.Zone("r/b"): true}
+	seen := map[string]bool{}
+	for attempts := range 2 {
+		got := r.ClaimRoute(claim("c", "zonal-ab", provisioner.AnnZoneAttempts, strconv.Itoa(attempts)))
+		if !allowed[got] {
+			t.Fatalf("after %d attempts routed to %q, not an allowed zone", attempts, got)
+		}
+		seen[got] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("two attempts visited %d zones, want both allowed zones", len(seen))
+	}
+	if got, want := r.ClaimRoute(claim("c", "zonal-ab", provisioner.AnnZoneAttempts, "many")), r.ClaimRoute(claim("c", "zonal-ab")); got != want {
+		t.Errorf("a malformed attempt count routed to %q, want %q as with none", got, want)
 	}
 }
 

@@ -398,7 +398,7 @@ func (c *caches) NodeByID(id string) string {
 			return name
 		}
 	}
-	return id // the driver's default node id is the Node's name
+	return ""
 }
 
 func (c *caches) Owner(hash string) (node, zone string) {

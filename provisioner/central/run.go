@@ -24,6 +24,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/provisioner"
+	"github.com/toposnap/toposnap/snapshotter"
 )
 
 // Options configure toposnap-controller.
@@ -43,6 +44,9 @@ type Options struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// CapacityInterval is how often stale CSIStorageCapacity is removed.
 	CapacityInterval time.Duration
+	// SnapshotBinder: bind VolumeSnapshots to contents (toposnap is the
+	// cluster's snapshot controller); never beside the upstream one.
+	SnapshotBinder bool
 }
 
 // Run campaigns for leadership and, while leading, routes objects and
@@ -146,6 +150,13 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 		DriverName: opts.DriverName, Client: client, Snapshots: snapshots, Recorder: recorder,
 		CapacityNamespace: opts.Namespace, Registry: registry, SourcesOnly: true,
 	}, kube.SameInformers(kubeInformers, snapInformers))
+	var binder *snapshotter.Controller
+	if opts.SnapshotBinder {
+		binder = snapshotter.NewController(snapshotter.Config{
+			DriverName: opts.DriverName, Binder: true, CommonController: true, Snapshots: snapshots, Client: client,
+			Recorder: recorder, Registry: registry,
+		}, kube.SameInformers(kubeInformers, snapInformers))
+	}
 	kubeInformers.Start(ctx.Done())
 	snapInformers.Start(ctx.Done())
 	nodeInformers.Start(ctx.Done())
@@ -160,6 +171,13 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 	klog.InfoS("Caches filled; routing", "driver", opts.DriverName)
 	for range opts.Workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, r.queue, r.sync) }, time.Second)
+	}
+	if binder != nil {
+		go func() {
+			if err := binder.Run(ctx, opts.Workers); err != nil {
+				klog.ErrorS(err, "Snapshot binder stopped")
+			}
+		}()
 	}
 	return sources.Run(ctx, opts.Workers, provisioner.Background{CapacityInterval: opts.CapacityInterval})
 }

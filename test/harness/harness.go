@@ -146,7 +146,7 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 		e.workers = Workers
 	}
 	build := exec.Command("go", "build", "-o", e.bin+"/", "./driver/cmd/toposnap-driver", "./provisioner/cmd/toposnap-provisioner",
-		"./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender", "./webhook/cmd/toposnap-webhook")
+		"./provisioner/cmd/toposnap-controller", "./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender", "./webhook/cmd/toposnap-webhook")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build components: %w\n%s", err, out)
@@ -163,6 +163,9 @@ func Start(ctx context.Context, c *cluster.Cluster, opts Options) (*Env, error) 
 			VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}},
 	}, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create CSIDriver: %w", err)
+	}
+	if err := e.startController(ctx); err != nil {
+		return nil, err
 	}
 	if err := e.startExtender(ctx, opts.ExtenderPort); err != nil {
 		return nil, err
@@ -280,6 +283,34 @@ func InstallSnapshotCRDs(ctx context.Context, c *cluster.Cluster, root string) e
 	return nil
 }
 
+// startController runs toposnap-controller, as the chart's Deployment
+// would, and waits until it leads with its caches filled (/readyz): the
+// node agents watch only what it routed to them.
+func (e *Env) startController(ctx context.Context) error {
+	p := e.controlPlaneNode()
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	p.metrics["controller"] = fmt.Sprintf("127.0.0.1:%d", port)
+	if err := p.start("controller", "toposnap-controller", "--kubeconfig", e.Cluster.Kubeconfig, "--namespace", "default",
+		"--leader-election-identity", "harness", "--capacity-interval", "2s", "--snapshot-binder", "--metrics-address", p.metrics["controller"], "--v", "2"); err != nil {
+		return err
+	}
+	err = cluster.Poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
+		resp, err := http.Get("http://" + p.metrics["controller"] + "/readyz")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("toposnap-controller did not come up (see %s): %w", e.LogPath("control-plane", "controller"), err)
+	}
+	return nil
+}
+
 // startExtender runs the extender (after the snapshot CRDs exist, so it
 // watches snapshots) and waits until it answers.
 func (e *Env) startExtender(ctx context.Context, port int) error {
@@ -306,7 +337,7 @@ func (e *Env) controlPlaneNode() *Node {
 	for _, n := range e.extra {
 		return n
 	}
-	n := &Node{Name: "control-plane", env: e, procs: map[string]*process{}, args: map[string][]string{}}
+	n := &Node{Name: "control-plane", env: e, procs: map[string]*process{}, args: map[string][]string{}, metrics: map[string]string{}}
 	e.extra = append(e.extra, n)
 	return n
 }
@@ -344,7 +375,7 @@ func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node
 	}); err != nil {
 		return nil, fmt.Errorf("driver on %s did not come up (see %s): %w", name, e.LogPath(name, "driver"), err)
 	}
-	common := []string{"--csi-address", socket, "--node-name", name, "--kubeconfig", e.Cluster.Kubeconfig, "--v", "2"}
+	common := []string{"--csi-address", socket, "--node-name", name, "--kubeconfig", e.Cluster.Kubeconfig, "--v", "2", "--routed"}
 	provisionerArgs := append(append([]string{}, common...), "--capacity-namespace", "default", "--capacity-interval", "2s",
 		"--orphan-interval", "5s", "--orphan-grace", "30s")
 	if err := n.start("provisioner", "toposnap-provisioner", append(provisionerArgs, "--metrics-address", n.metrics["provisioner"])...); err != nil {

@@ -78,6 +78,13 @@ var Processes = []Process{
 		},
 	},
 	{
+		Name: "controller", Package: "./provisioner/cmd/toposnap-controller", Scope: Central, Ready: "/readyz",
+		Args: func(at Where) []string {
+			return []string{"--kubeconfig", at.Kubeconfig, "--metrics-address", at.Metrics, "--namespace", at.Namespace,
+				"--leader-election-identity", "scalebench"}
+		},
+	},
+	{
 		Name: "driver", Package: "./driver/cmd/toposnap-driver", Scope: Node, Ready: "/readyz",
 		Args: func(at Where) []string {
 			return []string{"--kubeconfig", at.Kubeconfig, "--metrics-address", at.Metrics, "--endpoint", "unix://" + at.Socket,
@@ -89,14 +96,14 @@ var Processes = []Process{
 		Name: "provisioner", Package: "./provisioner/cmd/toposnap-provisioner", Scope: Node, Ready: "/readyz",
 		Args: func(at Where) []string {
 			return []string{"--kubeconfig", at.Kubeconfig, "--metrics-address", at.Metrics, "--csi-address", at.Socket,
-				"--node-name", at.Node, "--capacity-namespace", at.Namespace}
+				"--node-name", at.Node, "--capacity-namespace", at.Namespace, "--routed"}
 		},
 	},
 	{
 		Name: "snapshotter", Package: "./snapshotter/cmd/toposnap-snapshotter", Scope: Node, Ready: "/readyz",
 		Args: func(at Where) []string {
 			return []string{"--kubeconfig", at.Kubeconfig, "--metrics-address", at.Metrics, "--csi-address", at.Socket,
-				"--node-name", at.Node}
+				"--node-name", at.Node, "--routed"}
 		},
 	},
 }

@@ -27,6 +27,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/driver/store"
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/provisioner"
 	"github.com/toposnap/toposnap/test/cluster"
@@ -421,8 +422,15 @@ func (b *Bench) createPair(ctx context.Context, i int) error {
 	if b.isForeign(i) {
 		class, driverName = ForeignClass, ForeignDriver
 	}
+	var labels map[string]string
+	if driverName == DriverName {
+		// Routed as toposnap-controller routes it once the scheduler picked
+		// the node: the bench measures the steady state, where every object
+		// carries its route and the controller has nothing to write.
+		labels = map[string]string{route.Label: route.Node(nodeName)}
+	}
 	claim := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels, Annotations: map[string]string{
 			provisioner.AnnSelectedNode:        nodeName,
 			provisioner.AnnStorageProvisioner:  driverName,
 			provisioner.AnnBetaStorageProvider: driverName,

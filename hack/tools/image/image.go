@@ -21,10 +21,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Binaries are the five commands the image holds, under BinDir.
+// Binaries are the six commands the image holds, under BinDir.
 var Binaries = []string{
 	"toposnap-driver",
 	"toposnap-provisioner",
+	"toposnap-controller",
 	"toposnap-snapshotter",
 	"toposnap-extender",
 	"toposnap-webhook",
@@ -43,7 +44,7 @@ const (
 
 // Options say what goes into the image and how it is labelled.
 type Options struct {
-	// BinaryDir holds the five binaries, built for OS linux and Arch.
+	// BinaryDir holds the six binaries, built for OS linux and Arch.
 	BinaryDir string
 	// Arch is the image's architecture (GOARCH), e.g. amd64 or arm64.
 	Arch string
@@ -258,7 +259,7 @@ func writeLayer(layerPath, binaryDir string, epoch time.Time) (err error) {
 func addFile(writer *tar.Writer, source string, header func(size int64) *tar.Header) error {
 	file, err := os.Open(source)
 	if err != nil {
-		return fmt.Errorf("binary %s: %w (build the five commands first, see hack/image.sh)", source, err)
+		return fmt.Errorf("binary %s: %w (build the six commands first, see hack/image.sh)", source, err)
 	}
 	defer func() { _ = file.Close() }()
 	info, err := file.Stat()

@@ -1,4 +1,4 @@
-// Command image packs toposnap's five static binaries into a container
+// Command image packs toposnap's six static binaries into a container
 // image without a Docker engine: an empty base, one layer with the
 // binaries under /usr/local/bin, written twice: as an OCI image layout
 // archive (OCI media types, manifest kept) and as a `docker save` tarball
@@ -26,7 +26,7 @@ func main() {
 	repository := flag.String("repository", "ghcr.io/toposnap/toposnap", "image repository; the tag is --version")
 	out := flag.String("out", "bin/toposnap-image.tar", "where to write the docker-save tarball")
 	ociOut := flag.String("oci-out", "bin/toposnap-image.oci.tar", "where to write the OCI image layout archive (empty: not written)")
-	flag.StringVar(&opts.BinaryDir, "bin-dir", "bin", "directory holding the five linux binaries")
+	flag.StringVar(&opts.BinaryDir, "bin-dir", "bin", "directory holding the six linux binaries")
 	flag.StringVar(&opts.Arch, "arch", opts.Arch, "image architecture, as GOARCH (default $GOARCH, else this machine's)")
 	flag.StringVar(&opts.Version, "version", "0.1.0", "image tag and org.opencontainers.image.version label")
 	flag.StringVar(&opts.Revision, "revision", "", "org.opencontainers.image.revision label, e.g. $(git rev-parse HEAD)")
