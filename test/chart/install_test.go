@@ -78,7 +78,7 @@ func TestInstallUpgradeKeepsTheWebhookCA(t *testing.T) {
 	// The controllers create the pods (nothing runs them here): their specs
 	// pass the API server's pod admission (security context, priority
 	// class, volumes).
-	for _, component := range []string{"node", "extender", "webhook"} {
+	for _, component := range []string{"node", "controller", "extender", "webhook"} {
 		selector := "app.kubernetes.io/instance=" + installRelease + ",app.kubernetes.io/component=" + component
 		err := cluster.Poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 			pods, err := client.CoreV1().Pods(installNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})

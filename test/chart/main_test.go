@@ -99,7 +99,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildComponents starts building the five commands into a temporary
+// buildComponents starts building the six commands into a temporary
 // directory and returns a function that waits for the result.
 func buildComponents() func() buildResult {
 	result := make(chan buildResult, 1)
@@ -110,7 +110,8 @@ func buildComponents() func() buildResult {
 			return
 		}
 		build := exec.Command("go", "build", "-o", dir+"/", "./driver/cmd/toposnap-driver", "./provisioner/cmd/toposnap-provisioner",
-			"./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender", "./webhook/cmd/toposnap-webhook")
+			"./provisioner/cmd/toposnap-controller", "./snapshotter/cmd/toposnap-snapshotter", "./extender/cmd/toposnap-extender",
+			"./webhook/cmd/toposnap-webhook")
 		build.Dir = repoRoot
 		if out, err := build.CombinedOutput(); err != nil {
 			result <- buildResult{dir: dir, err: fmt.Errorf("build components: %w\n%s", err, out)}

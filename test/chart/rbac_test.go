@@ -20,10 +20,14 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/provisioner"
 	"github.com/toposnap/toposnap/test/cluster"
 )
@@ -45,7 +49,10 @@ const (
 // readiness probes (the chart's path and scheme: ready once their informers
 // have synced) with the chart's certificate for their Service;
 // the provisioner holds its zone's Lease and publishes CSIStorageCapacity;
-// the snapshotter's informers sync; toposnap-scheduler (the cluster's
+// the snapshotter's informers sync; toposnap-controller takes its Lease,
+// answers /readyz, removes the capacity of a class that is gone and routes
+// a claim to its selected node, which the node's provisioner (--routed:
+// it sees only what is routed to it) then provisions; toposnap-scheduler (the cluster's
 // kube-scheduler binary with the chart's configuration, the extender's
 // address swapped for the local one and serverName keeping the certificate
 // check on the Service's name) wins its leader-election Lease and places a
@@ -83,6 +90,16 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 		spec := containerNamed(t, daemonSet.Spec.Template.Spec.Containers, container)
 		procs = append(procs, startComponent(t, dir, built.dir, spec, nodeSA, nodeIdentity(rbacNode), nodeEnv, nodeRewrite))
 	}
+
+	// toposnap-controller, which the routed node agents need.
+	var controllerDeployment appsv1.Deployment
+	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-controller", &controllerDeployment)
+	controllerIdentity := rbacRelease + "-toposnap-controller-0"
+	controllerProc := startComponent(t, dir, built.dir, controllerDeployment.Spec.Template.Spec.Containers[0],
+		controllerDeployment.Spec.Template.Spec.ServiceAccountName, nil, map[string]string{"POD_NAME": controllerIdentity}, nil)
+	procs = append(procs, controllerProc)
+	routedClaim := createClaim(t, ctx, "routed-to-node1", "rbac-node", rbacNode)
+	staleCapacity := createStaleCapacity(t, ctx, "rbac-class-gone")
 
 	var extender, webhookDeployment appsv1.Deployment
 	getInto(t, ctx, "deployment", rbacNamespace, rbacRelease+"-toposnap-extender", &extender)
@@ -139,6 +156,25 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 			return err == nil && slices.ContainsFunc(list.Items, func(c storagev1.CSIStorageCapacity) bool { return c.StorageClassName == "rbac-node" })
 		}},
 		{"snapshotter running (informers synced)", func() bool { return procs[2].logContains("Snapshotter running") }},
+		{"toposnap-controller leading (holder of Lease toposnap-controller)", func() bool {
+			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, "toposnap-controller", metav1.GetOptions{})
+			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == controllerIdentity
+		}},
+		{"toposnap-controller ready (/readyz: leading, caches filled)", func() bool {
+			return answersOK(&http.Client{Timeout: 2 * time.Second}, "http://"+controllerProc.listen+"/readyz")
+		}},
+		{"toposnap-controller routing a claim to its selected node " + rbacNode, func() bool {
+			claim, err := client.CoreV1().PersistentVolumeClaims(rbacNamespace).Get(ctx, routedClaim.Name, metav1.GetOptions{})
+			return err == nil && claim.Labels[route.Label] == route.Node(rbacNode)
+		}},
+		{"toposnap-controller removing the CSIStorageCapacity of a class that is gone", func() bool {
+			_, err := client.StorageV1().CSIStorageCapacities(rbacNamespace).Get(ctx, staleCapacity, metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		}},
+		{"the routed provisioner provisioning that claim", func() bool {
+			pv, err := client.CoreV1().PersistentVolumes().Get(ctx, provisioner.PVName(routedClaim), metav1.GetOptions{})
+			return err == nil && pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.UID == routedClaim.UID
+		}},
 		{"toposnap-scheduler holding its Lease", func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, "toposnap-scheduler", metav1.GetOptions{})
 			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != ""
@@ -354,6 +390,44 @@ func createPod(t *testing.T, ctx context.Context, name, schedulerName string) st
 		t.Fatal(err)
 	}
 	return name
+}
+
+// createClaim creates a claim of class for which the scheduler chose node
+// (annotation volume.kubernetes.io/selected-node), as it does for a pod's
+// claim of a WaitForFirstConsumer class, and returns it.
+func createClaim(t *testing.T, ctx context.Context, name, class, node string) *corev1.PersistentVolumeClaim {
+	t.Helper()
+	claim := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: rbacNamespace,
+			Annotations: map[string]string{provisioner.AnnSelectedNode: node}},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			StorageClassName: &class,
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Mi")}},
+		},
+	}
+	created, err := testCluster.Client.CoreV1().PersistentVolumeClaims(rbacNamespace).Create(ctx, claim, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return created
+}
+
+// createStaleCapacity creates a CSIStorageCapacity as a provisioner
+// publishes it, for a class that does not exist, and returns its name.
+func createStaleCapacity(t *testing.T, ctx context.Context, class string) string {
+	t.Helper()
+	capacity := &storagev1.CSIStorageCapacity{
+		ObjectMeta: metav1.ObjectMeta{Name: "stale-" + class, Namespace: rbacNamespace, Labels: map[string]string{
+			"csi.storage.k8s.io/drivername": "csi.toposnap.io", "csi.storage.k8s.io/managed-by": "toposnap-provisioner"}},
+		NodeTopology:     &metav1.LabelSelector{MatchLabels: map[string]string{"topology.toposnap.io/node": rbacNode}},
+		StorageClassName: class,
+		Capacity:         ptr.To(resource.MustParse("1Gi")),
+	}
+	if _, err := testCluster.Client.StorageV1().CSIStorageCapacities(rbacNamespace).Create(ctx, capacity, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return capacity.Name
 }
 
 // impersonatingKubeconfig writes the admin kubeconfig acting as the

@@ -42,8 +42,8 @@ type valueSet struct {
 
 // commonKinds are what every set renders unless it says otherwise.
 var commonKinds = map[string]int{
-	"CSIDriver": 1, "ServiceAccount": 3, "ClusterRole": 5, "ClusterRoleBinding": 5, "Role": 2, "RoleBinding": 2,
-	"DaemonSet": 1, "Deployment": 2, "Service": 2, "PodDisruptionBudget": 2, "Secret": 3,
+	"CSIDriver": 1, "ServiceAccount": 4, "ClusterRole": 6, "ClusterRoleBinding": 6, "Role": 3, "RoleBinding": 3,
+	"DaemonSet": 1, "Deployment": 3, "Service": 2, "PodDisruptionBudget": 3, "Secret": 3,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
 	"ValidatingAdmissionPolicy": 6, "ValidatingAdmissionPolicyBinding": 6,
@@ -72,8 +72,8 @@ func merge(a, b map[string]int) map[string]int {
 // schedulerKinds are the second scheduler's objects added to commonKinds,
 // with the extender's NetworkPolicy (its only caller is then known).
 var schedulerKinds = map[string]int{
-	"ServiceAccount": 4, "ConfigMap": 1, "ClusterRoleBinding": 7, "Role": 3, "RoleBinding": 4,
-	"Deployment": 3, "PodDisruptionBudget": 3, "NetworkPolicy": 1,
+	"ServiceAccount": 5, "ConfigMap": 1, "ClusterRoleBinding": 8, "Role": 4, "RoleBinding": 5,
+	"Deployment": 4, "PodDisruptionBudget": 4, "NetworkPolicy": 1,
 }
 
 func valueSets() []valueSet {
@@ -276,6 +276,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"extender TLS switch not a boolean", "extender.tls.enabled=maybe"},
 		{"validation action outside the enum", "node.admissionPolicy.validationActions={Block}"},
 		{"network policy peer with an unknown field", "extender.networkPolicy.schedulerPeers[0].cidr=10.0.0.10/32"},
+		{"controller replicas not a number", "controller.replicas=two"},
+		{"unknown controller key", "controller.leaderElect=false"},
+		{"routed switch not a boolean", "node.routed=sometimes"},
 	} {
 		t.Run(bad.name, func(t *testing.T) {
 			_, err := runHelm(ctxFor(t, time.Minute), "template", releaseName, chartDir, "--set", bad.set)

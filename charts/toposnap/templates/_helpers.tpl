@@ -205,6 +205,12 @@ dig: a release upgraded with --reuse-values has no clientAuth key.
 {{/* Where toposnap-scheduler reads its client pair for the extender. */}}
 {{- define "toposnap.extenderClientDir" -}}/etc/kubernetes/toposnap-extender-client{{- end -}}
 
+{{/*
+The Lease toposnap-controller's replicas elect their leader with, in the
+release namespace: passed as --leader-election-lease and named in its Role.
+*/}}
+{{- define "toposnap.controllerLease" -}}toposnap-controller{{- end -}}
+
 {{/* The probe and metrics ports (dig: --reuse-values releases lack them). */}}
 {{- define "toposnap.extenderHealthPort" -}}{{- dig "healthPort" 8098 .Values.extender -}}{{- end -}}
 {{- define "toposnap.webhookHealthPort" -}}{{- dig "healthPort" 9444 .Values.webhook -}}{{- end -}}
