@@ -73,7 +73,7 @@ image: ## Container image of the five binaries, no Docker engine needed: bin/top
 	VERSION=$(VERSION) ./hack/image.sh
 
 chart-lint: ## helm lint, schema and render checks of charts/toposnap with every test value set (helm built once, cached).
-	$(GO) test -count=1 -short -run 'TestLint|TestSchema|TestValueSets|TestRolesGrantNoWildcards|TestOnlyTheDriver|TestWebhookConfigurationsMirror|TestCommittedSnapshotCRDs|TestExtender|TestNetworkPolic|TestWebhookNetworkPolicy|TestWebhookRequiresTheAPIServers|TestNodeAdmissionPoliciesBind' ./test/chart/
+	$(GO) test -count=1 -short -run 'TestLint|TestSchema|TestValueSets|TestRolesGrantNoWildcards|TestOnlyTheDriver|TestWebhookConfigurationsMirror|TestCommittedSnapshotCRDs|TestExtender|TestNetworkPolic|TestWebhookNetworkPolicy|TestWebhookRequiresTheAPIServers|TestNodeAdmissionPoliciesBind|TestController|TestNodeAgentsRouted' ./test/chart/
 
 snapshot-crds: ## Copy the upstream snapshot CRDs (version from go.mod) into the chart.
 	./hack/gen-snapshot-crds.sh

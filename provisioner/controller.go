@@ -105,7 +105,6 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		claims:            inf.Routed.Core().V1().PersistentVolumeClaims().Lister(),
 		volumes:           inf.Routed.Core().V1().PersistentVolumes().Lister(),
 		classes:           inf.Cluster.Storage().V1().StorageClasses().Lister(),
-		nodes:             inf.Self.Core().V1().Nodes().Lister(),
 		snapshots:         inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:          inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
@@ -146,7 +145,9 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
 		UpdateFunc: func(_, obj any) { c.enqueue(c.volumeQueue, obj) },
 	})
+	// Nodes only off the central controller, which keeps their metadata.
 	nodeInformer := inf.Self.Core().V1().Nodes().Informer()
+	c.nodes = inf.Self.Core().V1().Nodes().Lister()
 	c.synced = append(c.synced, nodeInformer.HasSynced)
 	kube.RegisterCacheSizes(cfg.Registry, "toposnap_provisioner_cached_objects", map[string]cache.Store{"nodes": nodeInformer.GetStore()})
 	return c

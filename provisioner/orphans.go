@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 )
 
@@ -106,7 +107,7 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 	if c.routed && len(orphans) > 0 {
 		// A routed cache lacks PVs not routed yet (just created, or left
 		// unlabelled while the central controller was down): before anything
-		// is called an orphan, every PV is read from the API server.
+		// is called an orphan, those are read from the API server.
 		if err := c.listReferenced(ctx, referenced); err != nil {
 			return fmt.Errorf("confirm orphans: %w", err)
 		}
@@ -142,10 +143,11 @@ func (c *Controller) responsibleForSegments(topologies []*csi.Topology) bool {
 	return c.zone.Holds()
 }
 
-// listReferenced adds the handle of every PV of the driver, read from the
-// API server a page at a time, to referenced.
+// listReferenced adds the handle of every PV of the driver that carries no
+// route (the routed ones are in the cache), read from the API server a page
+// at a time, to referenced.
 func (c *Controller) listReferenced(ctx context.Context, referenced map[string]bool) error {
-	options := metav1.ListOptions{Limit: 500}
+	options := metav1.ListOptions{Limit: 500, LabelSelector: "!" + route.Label}
 	for {
 		page, err := c.client.CoreV1().PersistentVolumes().List(ctx, options)
 		if err != nil {

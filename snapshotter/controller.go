@@ -365,9 +365,20 @@ func (c *Controller) stampContent(ctx context.Context, content *snapv1.VolumeSna
 	return stamped, nil
 }
 
+// bindsFor says whether this binder binds and releases the snapshot of a
+// content: the central binder every one of the driver's, a node's binder
+// those of contents its node owns.
+func (c *Controller) bindsFor(ctx context.Context, content *snapv1.VolumeSnapshotContent) bool {
+	return c.cfg.Binder || c.ownsContent(ctx, content)
+}
+
 // reachesSnapshot reports whether this node's driver holds a snapshot: it
-// answers NOT_FOUND for one in another node's pool.
+// answers NOT_FOUND for one in another node's pool. Without a driver (the
+// central binder) nothing is reached.
 func (c *Controller) reachesSnapshot(ctx context.Context, handle string) bool {
+	if c.cfg.CSI == nil {
+		return false
+	}
 	callCtx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	_, err := c.cfg.CSI.GetSnapshot(callCtx, &csi.GetSnapshotRequest{SnapshotId: handle})
@@ -637,7 +648,7 @@ func (c *Controller) syncDeletedSnapshot(ctx context.Context, snap *snapv1.Volum
 	switch {
 	case err != nil:
 		return err
-	case content != nil && !c.ownsContent(ctx, content) && !c.neverCut(content):
+	case content != nil && !c.bindsFor(ctx, content) && !c.neverCut(content):
 		return nil // the node holding the snapshot handles it
 	}
 	return c.deleteSnapshot(ctx, snap, content)
@@ -747,7 +758,7 @@ func (c *Controller) bindPreProvisioned(ctx context.Context, snap *snapv1.Volume
 	if err != nil {
 		return err
 	}
-	if content.Spec.Driver != c.cfg.DriverName || !c.ownsContent(ctx, content) {
+	if content.Spec.Driver != c.cfg.DriverName || !c.bindsFor(ctx, content) {
 		return nil // another driver's, or another node's
 	}
 	ref := content.Spec.VolumeSnapshotRef

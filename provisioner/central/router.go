@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
@@ -16,6 +17,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -63,6 +65,9 @@ type router struct {
 	queue     workqueue.TypedRateLimitingInterface[string]
 	synced    []cache.InformerSynced
 	routed    *prometheus.CounterVec
+	// zones are the zones seen so far (nodeChanged's memory).
+	zonesMu sync.Mutex
+	zones   map[string]bool
 }
 
 // caches implements Facts over the central informers.
@@ -138,9 +143,38 @@ func newRouter(driver string, client kubernetes.Interface, snapshots snapshotcli
 		AddFunc:    r.contentChanged,
 		UpdateFunc: func(_, obj any) { r.contentChanged(obj) },
 	})
+	// A zone that appears (its first node with the driver) may be where
+	// waiting Immediate zone claims can go: look at unrouted claims again.
+	_, _ = nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    r.nodeChanged,
+		UpdateFunc: func(_, obj any) { r.nodeChanged(obj) },
+	})
 	r.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
 		snapInformer.HasSynced, contentInformer.HasSynced, nodeInformer.HasSynced}
 	return r, nil
+}
+
+func (r *router) nodeChanged(obj any) {
+	zones, _ := indexZone(obj)
+	if len(zones) == 0 {
+		return
+	}
+	r.zonesMu.Lock()
+	known := r.zones[zones[0]]
+	if r.zones == nil {
+		r.zones = map[string]bool{}
+	}
+	r.zones[zones[0]] = true
+	r.zonesMu.Unlock()
+	if known {
+		return
+	}
+	claims, _ := r.claims.List(labels.Everything())
+	for _, claim := range claims {
+		if claim.Spec.VolumeName == "" && route.Of(claim.Labels) == "" {
+			r.queue.Add(kindClaim + "/" + claim.Namespace + "/" + claim.Name)
+		}
+	}
 }
 
 func (r *router) claimChanged(obj any, snapIndex cache.Indexer) {
@@ -315,9 +349,12 @@ func indexTopologyID(obj any) ([]string, error) {
 	return []string{labels[topology.NodeKey]}, nil
 }
 
+// indexZone: the zones Immediate zone claims may be routed to are those of
+// Nodes where the driver registered (the kubelet labels them with the
+// driver's node key): a zone of control-plane nodes only has no provisioner.
 func indexZone(obj any) ([]string, error) {
 	name, labels, ok := nodeMeta(obj)
-	if !ok {
+	if !ok || labels[topology.NodeKey] == "" {
 		return nil, nil
 	}
 	location := topology.LocationFromLabels(name, labels)

@@ -76,11 +76,14 @@ func TestNodeIndexes(t *testing.T) {
 			node:        nodeMetadata("node-3", zoned("r", "c", topology.NodeKey, "node-3")),
 			ownerHashes: []string{hash("node-3"), hash("r/c")}, zones: []string{"r/c"}, ids: []string{"node-3"}},
 		{name: "node labelled with the failure-domain keys",
-			node:        nodeMetadata("old", map[string]string{topology.LegacyRegionKey: "old", topology.LegacyZoneKey: "x"}),
-			ownerHashes: []string{hash("old"), hash("old/x")}, zones: []string{"old/x"}},
+			node:        nodeMetadata("old", map[string]string{topology.LegacyRegionKey: "old", topology.LegacyZoneKey: "x", topology.NodeKey: "old"}),
+			ownerHashes: []string{hash("old"), hash("old/x")}, zones: []string{"old/x"}, ids: []string{"old"}},
 		{name: "node in a zone without a region",
-			node:        nodeMetadata("n", map[string]string{topology.ZoneKey: "a"}),
-			ownerHashes: []string{hash("n"), hash("/a")}, zones: []string{"/a"}},
+			node:        nodeMetadata("n", map[string]string{topology.ZoneKey: "a", topology.NodeKey: "n"}),
+			ownerHashes: []string{hash("n"), hash("/a")}, zones: []string{"/a"}, ids: []string{"n"}},
+		{name: "node without the driver offers its zone to no Immediate claim",
+			node:        nodeMetadata("cp", map[string]string{topology.ZoneKey: "a"}),
+			ownerHashes: []string{hash("cp"), hash("/a")}},
 		{name: "node in a region without a zone is in no zone",
 			node:        nodeMetadata("n", map[string]string{topology.RegionKey: "r"}),
 			ownerHashes: []string{hash("n")}},
@@ -162,7 +165,8 @@ func TestCachesFindNodesAndZones(t *testing.T) {
 			t.Errorf("Owner of %s = (%q, %q), want (%q, %q)", tc.name, node, zone, tc.node, tc.zone)
 		}
 	}
-	if got, want := facts.Zones(), []string{"old/x", "r/a", "r/b", "r/c"}; !slices.Equal(got, want) {
+	// node-2 and node-legacy run no driver (no topology.toposnap.io/node).
+	if got, want := facts.Zones(), []string{"r/a", "r/c"}; !slices.Equal(got, want) {
 		t.Errorf("Zones = %v, want %v", got, want)
 	}
 	for id, want := range map[string]string{"id-1": "node-1", "node-3": "node-3", "node-2": "", "node-9": ""} {
@@ -445,5 +449,29 @@ func TestChangesRequeueWhatDependsOnThem(t *testing.T) {
 	r.contentChanged(content("vsc", testDriver))
 	if r.queue.Len() != 0 {
 		t.Errorf("an unbound PV or content queued %d items", r.queue.Len())
+	}
+}
+
+// TestNewZoneRequeuesUnroutedClaims: the first node of a zone with the
+// driver looks at pending claims without a route again (an Immediate zone
+// claim made before any zone had a node waits for one); a second node of a
+// known zone, or a routed or bound claim, queues nothing.
+func TestNewZoneRequeuesUnroutedClaims(t *testing.T) {
+	waiting := claim("waiting", "zonal-now")
+	routedClaim := labelled(claim("routed", "zonal-now"), route.Zone("r/a"))
+	_, r := routerWorld(t, classZonalNow, waiting, routedClaim)
+	r.nodeChanged(node1) // zone r/a, new
+	if r.queue.Len() != 1 {
+		t.Fatalf("a new zone queued %d claims, want the one waiting", r.queue.Len())
+	}
+	item, _ := r.queue.Get()
+	r.queue.Done(item)
+	if item != "pvc/ns/waiting" {
+		t.Errorf("queued %q, want pvc/ns/waiting", item)
+	}
+	r.nodeChanged(nodeMetadata("node-1b", zoned("r", "a", topology.NodeKey, "node-1b")))
+	r.nodeChanged(node2) // no driver on it: offers no zone
+	if r.queue.Len() != 0 {
+		t.Errorf("a known zone, or a node without the driver, queued %d claims", r.queue.Len())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +95,17 @@ func Run(ctx context.Context, opts Options) error {
 		LockConfig: resourcelock.ResourceLockConfig{Identity: opts.Identity},
 	}
 	lost := errors.New("lost leadership")
-	var runErr error
+	var (
+		mu     sync.Mutex
+		runErr error
+	)
+	setErr := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if runErr == nil {
+			runErr = err
+		}
+	}
 	leaderCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	leaderelection.RunOrDie(leaderCtx, leaderelection.LeaderElectionConfig{
@@ -108,20 +119,27 @@ func Run(ctx context.Context, opts Options) error {
 			OnStartedLeading: func(ctx context.Context) {
 				klog.InfoS("Leading", "lease", klog.KRef(opts.Namespace, opts.LeaseName), "identity", opts.Identity)
 				leading.Set(1)
-				runErr = lead(ctx, opts, client, snapshots, metadataClient, registry, &synced)
+				if err := lead(ctx, opts, client, snapshots, metadataClient, registry, &synced); err != nil && ctx.Err() == nil {
+					setErr(err)
+				}
 				cancel()
 			},
 			OnStoppedLeading: func() {
 				leading.Set(0)
 				synced.Store(false)
-				if ctx.Err() == nil && runErr == nil {
-					runErr = lost
+				if ctx.Err() == nil {
+					setErr(lost)
 				}
 			},
 		},
 	})
 	if ctx.Err() != nil {
 		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if runErr == nil {
+		return lost // RunOrDie returned: leadership ended
 	}
 	return runErr
 }

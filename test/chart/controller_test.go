@@ -92,7 +92,10 @@ var controllerMay = map[string][]string{
 	"/events":                       {"create", "patch"},
 	"storage.k8s.io/storageclasses": {"get", "list", "watch"},
 	"snapshot.storage.k8s.io/volumesnapshots":        {"get", "list", "watch", "patch", "update"},
-	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get", "list", "watch", "patch"},
+	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get", "list", "watch", "patch", "create", "update", "delete"},
+	// With --snapshot-binder only (snapshotController.toposnap).
+	"snapshot.storage.k8s.io/volumesnapshotcontents/status": {"update"},
+	"snapshot.storage.k8s.io/volumesnapshots/status":        {"update"},
 }
 
 // TestControllerRolesGrantOnlyWhatItUses: every rule of toposnap-controller's
@@ -101,6 +104,18 @@ var controllerMay = map[string][]string{
 // get and update only its own, and list and delete CSIStorageCapacity.
 func TestControllerRolesGrantOnlyWhatItUses(t *testing.T) {
 	objects := render(t, ctxFor(t, time.Minute), valueSetNamed(t, "defaults"))
+	var defaults rbacv1.ClusterRole
+	convert(t, find(t, objects, "ClusterRole", controllerName), &defaults)
+	if allows(defaults.Rules, "snapshot.storage.k8s.io", "volumesnapshotcontents", "", "create") {
+		t.Error("toposnap-controller may create contents though it binds no snapshots (snapshotController.toposnap false)")
+	}
+	// The widest: toposnap binds snapshots, and the binder is central.
+	objects = render(t, ctxFor(t, time.Minute), valueSetNamed(t, "snapshot CRDs and toposnap snapshot controller"))
+	var deployment appsv1.Deployment
+	convert(t, find(t, objects, "Deployment", controllerName), &deployment)
+	if args := deployment.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--snapshot-binder") {
+		t.Errorf("toposnap binds snapshots, but toposnap-controller runs without --snapshot-binder: %v", args)
+	}
 	var clusterRole rbacv1.ClusterRole
 	convert(t, find(t, objects, "ClusterRole", controllerName), &clusterRole)
 	for i, rule := range clusterRole.Rules {
@@ -129,7 +144,9 @@ func TestControllerRolesGrantOnlyWhatItUses(t *testing.T) {
 		{"", "nodes", "list watch"},
 		{"storage.k8s.io", "storageclasses", "get list watch"},
 		{"snapshot.storage.k8s.io", "volumesnapshots", "list watch patch get update"},
-		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "list watch patch"},
+		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "list watch patch get create update delete"},
+		{"snapshot.storage.k8s.io", "volumesnapshots/status", "update"},
+		{"snapshot.storage.k8s.io", "volumesnapshotcontents/status", "update"},
 		{"", "events", "create patch"},
 	} {
 		if !allows(clusterRole.Rules, need.group, need.resource, "", strings.Fields(need.verbs)...) {

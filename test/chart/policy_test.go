@@ -114,6 +114,12 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"delete zone-scope PV from any node (the documented limit)", node2, deletePV("policy-zone"), ""},
 		{"create own node-scope PV", node1, createPV(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"})), ""},
 		{"create zone-scope PV", node1, createPV(policyPV("policy-new", policyDriver, map[string]string{zoneKey: cluster.SeedZone})), ""},
+		{"create own PV routed to itself", node1, createPV(routed(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"}), "n.node1")), ""},
+		{"create a zone PV routed to a zone", node1, createPV(routed(policyPV("policy-new", policyDriver, map[string]string{zoneKey: cluster.SeedZone}), "z-0123")), ""},
+		{"create own PV routed to another node", node1, createPV(routed(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"}), "n.node2")), "routed only to its own node (n.node1)"},
+		{"re-route own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) { pv.Labels = map[string]string{"toposnap.io/route": "n.node2"} }), "may not change the route"},
+		{"re-route a content", node1, updateContent("policy-ours", func(c *snapv1.VolumeSnapshotContent) { c.Labels = map[string]string{"toposnap.io/route": "n.node1"} }), "may not change the route"},
+		{"re-route a snapshot", node1, updateSnapshot(func(s *snapv1.VolumeSnapshot) { s.Labels = map[string]string{"toposnap.io/route": "n.node1"} }), "may not change the route"},
 		{"create PV on another node", node1, createPV(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node2"})), "caller node: node1"},
 		{"create another driver's PV", node1, createPV(policyPV("policy-new", foreignDriver, map[string]string{nodeKey: "node1"})), "may write only PVs of csi.toposnap.io"},
 		{"create PV reachable from every node", node1, createPV(policyPV("policy-new", policyDriver, nil)), "confined to a node or a zone"},
@@ -146,6 +152,8 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"add an annotation to a claim", node1, patchClaim("ours", `{"metadata":{"annotations":{"example.com/x":"y"}}}`), "only the placement annotations"},
 		{"claim an Immediate claim for a zone", node1, patchClaim("ours", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-b"}}}`), ""},
 		{"give up a zone's claim", node1, patchClaim("zoned", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":null}}}`), ""},
+		{"count a zone giving an Immediate claim back", node1, patchClaim("zoned", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":null,"toposnap.io/zone-attempts":"1"}}}`), ""},
+		{"count attempts on another provisioner's claim", node1, patchClaim("foreign", `{"metadata":{"annotations":{"toposnap.io/zone-attempts":"1"}}}`), "only on claims that csi.toposnap.io provisions"},
 		{"move a claim to another zone", node1, patchClaim("zoned", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-c"}}}`), "never change it"},
 		{"claim another provisioner's claim for a zone", node1, patchClaim("foreign", `{"metadata":{"annotations":{"toposnap.io/provisioning-zone":"cn-hangzhou/cn-hangzhou-b"}}}`), "only on claims that csi.toposnap.io provisions"},
 		{"hold a claim being provisioned", node1, updateClaim("foreign", func(claim *corev1.PersistentVolumeClaim) {
@@ -423,6 +431,12 @@ func deletePV(name string) func(context.Context, clients) error {
 	return func(ctx context.Context, c clients) error {
 		return c.kube.CoreV1().PersistentVolumes().Delete(ctx, name, metav1.DeleteOptions{DryRun: dryRun})
 	}
+}
+
+// routed gives pv the route label value.
+func routed(pv *corev1.PersistentVolume, value string) *corev1.PersistentVolume {
+	pv.Labels = map[string]string{"toposnap.io/route": value}
+	return pv
 }
 
 func createPV(pv *corev1.PersistentVolume) func(context.Context, clients) error {
