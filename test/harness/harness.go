@@ -283,27 +283,39 @@ func InstallSnapshotCRDs(ctx context.Context, c *cluster.Cluster, root string) e
 	return nil
 }
 
-// startController runs toposnap-controller, as the chart's Deployment
-// would, and waits until it leads with its caches filled (/readyz): the
-// node agents watch only what it routed to them.
+// startController runs toposnap-controller twice, as the chart's
+// Deployment of two replicas would ("controller" and "controller-standby",
+// each its own identity in the Lease), and waits until one leads with its
+// caches filled (/readyz): the node agents watch only what it routed to
+// them. Killing the leader moves leadership to the other within a few
+// seconds (short Lease timings, for tests).
 func (e *Env) startController(ctx context.Context) error {
 	p := e.controlPlaneNode()
-	port, err := FreePort()
-	if err != nil {
-		return err
-	}
-	p.metrics["controller"] = fmt.Sprintf("127.0.0.1:%d", port)
-	if err := p.start("controller", "toposnap-controller", "--kubeconfig", e.Cluster.Kubeconfig, "--namespace", "default",
-		"--leader-election-identity", "harness", "--capacity-interval", "2s", "--snapshot-binder", "--metrics-address", p.metrics["controller"], "--v", "2"); err != nil {
-		return err
-	}
-	err = cluster.Poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
-		resp, err := http.Get("http://" + p.metrics["controller"] + "/readyz")
+	for _, component := range []string{"controller", "controller-standby"} {
+		port, err := FreePort()
 		if err != nil {
-			return false, nil
+			return err
 		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		p.metrics[component] = fmt.Sprintf("127.0.0.1:%d", port)
+		if err := p.start(component, "toposnap-controller", "--kubeconfig", e.Cluster.Kubeconfig, "--namespace", "default",
+			"--leader-election-identity", "harness-"+component, "--leader-election-lease-duration", "4s",
+			"--leader-election-renew-deadline", "3s", "--leader-election-retry-period", "500ms",
+			"--capacity-interval", "2s", "--snapshot-binder", "--metrics-address", p.metrics[component], "--v", "2"); err != nil {
+			return err
+		}
+	}
+	err := cluster.Poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
+		for _, component := range []string{"controller", "controller-standby"} {
+			resp, err := http.Get("http://" + p.metrics[component] + "/readyz")
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return true, nil
+			}
+		}
+		return false, nil
 	})
 	if err != nil {
 		return fmt.Errorf("toposnap-controller did not come up (see %s): %w", e.LogPath("control-plane", "controller"), err)
