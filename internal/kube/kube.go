@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"slices"
 	"sync/atomic"
@@ -422,4 +423,13 @@ func RegisterCacheSizes(registry *prometheus.Registry, name string, stores map[s
 			ConstLabels: prometheus.Labels{"resource": resource},
 		}, func() float64 { return float64(len(store.ListKeys())) }))
 	}
+}
+
+// EnvOr is the environment variable's value, or fallback when it is unset
+// or empty: flag defaults from the downward API (POD_NAMESPACE, POD_NAME).
+func EnvOr(name, fallback string) string {
+	if value := os.Getenv(name); value != "" {
+		return value
+	}
+	return fallback
 }

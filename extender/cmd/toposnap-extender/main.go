@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"flag"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -13,14 +12,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/extender"
+	"github.com/toposnap/toposnap/internal/kube"
 )
-
-func envOr(name, fallback string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return fallback
-}
 
 func main() {
 	var opts extender.Options
@@ -34,7 +27,7 @@ func main() {
 	flag.DurationVar(&opts.Resync, "resync", 10*time.Minute, "informer resync period")
 	flag.DurationVar(&opts.PromiseTTL, "promise-ttl", extender.DefaultPromiseTTL, "how long a pending claim's volume.kubernetes.io/selected-node holds that node's capacity after it was written (0: until the claim is bound)")
 	flag.BoolVar(&opts.LeaderElect, "leader-elect", false, "with several replicas: only the holder of a Lease explains pending pods")
-	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the --leader-elect Lease")
+	flag.StringVar(&opts.LeaderElectionNamespace, "leader-election-namespace", kube.EnvOr("POD_NAMESPACE", "kube-system"), "namespace of the --leader-elect Lease")
 	flag.BoolVar(&opts.ExplainPending, "explain-pending", true, "post the extender's reasons as FailedScheduling events on unschedulable pods whose volumes fit no node")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()

@@ -12,6 +12,8 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/kube"
+
 	"github.com/toposnap/toposnap/provisioner/central"
 )
 
@@ -26,9 +28,9 @@ func main() {
 	flag.Float64Var(&qps, "kube-api-qps", 50, "API requests per second, sustained (client-side limit)")
 	flag.IntVar(&opts.Burst, "kube-api-burst", 100, "API requests in a burst above --kube-api-qps")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics, /healthz and /readyz here (empty: off)")
-	flag.StringVar(&opts.Namespace, "namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of the leader Lease and of CSIStorageCapacity objects")
+	flag.StringVar(&opts.Namespace, "namespace", kube.EnvOr("POD_NAMESPACE", "kube-system"), "namespace of the leader Lease and of CSIStorageCapacity objects")
 	flag.StringVar(&opts.LeaseName, "leader-election-lease", "toposnap-controller", "the leader-election Lease")
-	flag.StringVar(&opts.Identity, "leader-election-identity", envOr("POD_NAME", hostname), "this replica's name in the Lease")
+	flag.StringVar(&opts.Identity, "leader-election-identity", kube.EnvOr("POD_NAME", hostname), "this replica's name in the Lease")
 	flag.DurationVar(&opts.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a leader's Lease lasts unrenewed")
 	flag.DurationVar(&opts.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader tries to renew before it steps down")
 	flag.DurationVar(&opts.RetryPeriod, "leader-election-retry-period", 2*time.Second, "how often a standby tries to take the Lease")
@@ -45,11 +47,4 @@ func main() {
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}
 	klog.Flush()
-}
-
-func envOr(name, fallback string) string {
-	if value := os.Getenv(name); value != "" {
-		return value
-	}
-	return fallback
 }

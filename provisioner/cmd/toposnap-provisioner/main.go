@@ -12,6 +12,8 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/kube"
+
 	"github.com/toposnap/toposnap/provisioner"
 )
 
@@ -27,7 +29,7 @@ func main() {
 	flag.Float64Var(&qps, "kube-api-qps", 20, "API requests per second, sustained (client-side limit)")
 	flag.IntVar(&opts.Burst, "kube-api-burst", 50, "API requests in a burst above --kube-api-qps")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
-	flag.StringVar(&opts.CapacityNamespace, "capacity-namespace", envOr("POD_NAMESPACE", "kube-system"), "namespace of CSIStorageCapacity objects and zone Leases")
+	flag.StringVar(&opts.CapacityNamespace, "capacity-namespace", kube.EnvOr("POD_NAMESPACE", "kube-system"), "namespace of CSIStorageCapacity objects and zone Leases")
 	flag.DurationVar(&opts.CapacityInterval, "capacity-interval", time.Minute, "how often CSIStorageCapacity is refreshed (0: never)")
 	flag.DurationVar(&opts.OrphanInterval, "orphan-interval", 5*time.Minute, "how often unreferenced volumes are looked for (0: never)")
 	flag.DurationVar(&opts.OrphanGrace, "orphan-grace", 10*time.Minute, "how long a volume may go unreferenced before it is an orphan")
@@ -44,11 +46,4 @@ func main() {
 		klog.FlushAndExit(klog.ExitFlushTimeout, 1)
 	}
 	klog.Flush()
-}
-
-func envOr(name, fallback string) string {
-	if value := os.Getenv(name); value != "" {
-		return value
-	}
-	return fallback
 }
