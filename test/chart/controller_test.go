@@ -96,6 +96,7 @@ var controllerMay = map[string][]string{
 	// With --snapshot-binder only (snapshotController.toposnap).
 	"snapshot.storage.k8s.io/volumesnapshotcontents/status": {"update"},
 	"snapshot.storage.k8s.io/volumesnapshots/status":        {"update"},
+	"snapshot.storage.k8s.io/volumesnapshotclasses":         {"get", "list", "watch"},
 }
 
 // TestControllerRolesGrantOnlyWhatItUses: every rule of toposnap-controller's
@@ -147,6 +148,7 @@ func TestControllerRolesGrantOnlyWhatItUses(t *testing.T) {
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "list watch patch get create update delete"},
 		{"snapshot.storage.k8s.io", "volumesnapshots/status", "update"},
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents/status", "update"},
+		{"snapshot.storage.k8s.io", "volumesnapshotclasses", "list watch"},
 		{"", "events", "create patch"},
 	} {
 		if !allows(clusterRole.Rules, need.group, need.resource, "", strings.Fields(need.verbs)...) {
