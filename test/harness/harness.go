@@ -291,7 +291,7 @@ func InstallSnapshotCRDs(ctx context.Context, c *cluster.Cluster, root string) e
 // seconds (short Lease timings, for tests).
 func (e *Env) startController(ctx context.Context) error {
 	p := e.controlPlaneNode()
-	for _, component := range []string{"controller", "controller-standby"} {
+	for _, component := range controllerReplicas {
 		port, err := FreePort()
 		if err != nil {
 			return err
@@ -304,8 +304,40 @@ func (e *Env) startController(ctx context.Context) error {
 			return err
 		}
 	}
+	return e.awaitController(ctx)
+}
+
+// controllerReplicas are the components toposnap-controller runs as.
+var controllerReplicas = []string{"controller", "controller-standby"}
+
+// StopController kills both toposnap-controller replicas: the interop tests
+// run the upstream provisioner and snapshot-controller, beside which
+// toposnap's binder and source-protection release must not run.
+func (e *Env) StopController() {
+	p := e.controlPlaneNode()
+	for _, component := range controllerReplicas {
+		p.Kill(component)
+	}
+}
+
+// StartController starts the replicas StopController stopped again and
+// waits until one leads with its caches filled.
+func (e *Env) StartController(ctx context.Context) error {
+	p := e.controlPlaneNode()
+	for _, component := range controllerReplicas {
+		if err := p.Restart(component); err != nil {
+			return err
+		}
+	}
+	return e.awaitController(ctx)
+}
+
+// awaitController waits until a replica answers /readyz (leading, caches
+// filled).
+func (e *Env) awaitController(ctx context.Context) error {
+	p := e.controlPlaneNode()
 	err := cluster.Poll(ctx, 100*time.Millisecond, time.Minute, func() (bool, error) {
-		for _, component := range []string{"controller", "controller-standby"} {
+		for _, component := range controllerReplicas {
 			resp, err := http.Get("http://" + p.metrics[component] + "/readyz")
 			if err != nil {
 				continue

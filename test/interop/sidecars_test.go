@@ -243,6 +243,8 @@ type switcher struct {
 	snapshotter  controllerKind
 	provisioners []*sidecar // the upstream or candidate provisioners running
 	snapshotters []*sidecar // the upstream or candidate snapshotters (and snapshot-controller) running
+	// controllerStopped: toposnap-controller is down (followController).
+	controllerStopped bool
 }
 
 // newSwitcher starts as the harness does: toposnap's controllers run.
@@ -283,6 +285,9 @@ func (s *switcher) useProvisioners(ctx context.Context, kind controllerKind) err
 	}
 	if kind == candidateControllers && s.candidateBin == "" {
 		return fmt.Errorf("no candidate build: set %s", envCandidateBin)
+	}
+	if err := s.followController(ctx, kind == toposnapControllers || s.snapshotter == toposnapControllers); err != nil {
+		return err
 	}
 	// Stop the running kind first: two provisioners must never overlap.
 	if s.provisioner == toposnapControllers {
@@ -336,6 +341,9 @@ func (s *switcher) useSnapshotters(ctx context.Context, kind controllerKind) err
 	if kind == candidateControllers && s.candidateBin == "" {
 		return fmt.Errorf("no candidate build: set %s", envCandidateBin)
 	}
+	if err := s.followController(ctx, kind == toposnapControllers || s.provisioner == toposnapControllers); err != nil {
+		return err
+	}
 	if s.snapshotter == toposnapControllers {
 		for _, node := range s.env.AllNodes() {
 			node.Kill("snapshotter")
@@ -386,6 +394,23 @@ func (s *switcher) useSnapshotters(ctx context.Context, kind controllerKind) err
 		}
 	}
 	s.snapshotter = kind
+	return nil
+}
+
+// followController runs toposnap-controller while toposnap's own
+// provisioners or snapshotters do (routed, they need it), and stops it
+// before only upstream or candidate ones run: its snapshot binder and its
+// release of source protection must not run beside theirs.
+func (s *switcher) followController(ctx context.Context, want bool) error {
+	switch {
+	case want && s.controllerStopped:
+		if err := s.env.StartController(ctx); err != nil {
+			return err
+		}
+	case !want && !s.controllerStopped:
+		s.env.StopController()
+	}
+	s.controllerStopped = !want
 	return nil
 }
 
