@@ -95,7 +95,9 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	}
 	snapInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Informer()
 	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
-	_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
+	if c.binds() {
+		_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
+	}
 	// A snapshot gone is its content's business: an orphan is deleted.
 	_, _ = snapInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		DeleteFunc: func(obj any) {
@@ -111,12 +113,12 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	// A content's progress is its snapshot's progress.
 	_, _ = contentInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(_, obj any) {
-			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok {
+			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok && c.binds() {
 				c.snapQueue.Add(content.Spec.VolumeSnapshotRef.Namespace + "/" + content.Spec.VolumeSnapshotRef.Name)
 			}
 		},
 		DeleteFunc: func(obj any) {
-			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok {
+			if content, ok := obj.(*snapv1.VolumeSnapshotContent); ok && c.binds() {
 				c.snapQueue.Add(content.Spec.VolumeSnapshotRef.Namespace + "/" + content.Spec.VolumeSnapshotRef.Name)
 			}
 		},
@@ -140,6 +142,13 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		"nodes": nodeInformer.GetStore(),
 	})
 	return c
+}
+
+// binds says whether this controller binds VolumeSnapshots: the central
+// binder, or an unrouted node's common half. Nothing else fills or drains
+// the snapshot queue (a routed node's would only grow).
+func (c *Controller) binds() bool {
+	return c.cfg.Binder || c.cfg.CommonController && !c.cfg.Routed
 }
 
 func handler(queue workqueue.TypedRateLimitingInterface[string]) cache.ResourceEventHandlerFuncs {
@@ -172,7 +181,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	klog.InfoS("Snapshotter running", "driver", c.cfg.DriverName, "node", c.cfg.NodeName, "commonController", c.cfg.CommonController, "routed", c.cfg.Routed)
 	for range workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.contentQueue, c.syncContent) }, time.Second)
-		if c.cfg.CommonController && !c.cfg.Routed {
+		if c.binds() {
 			go wait.UntilWithContext(ctx, func(ctx context.Context) { kube.Work(ctx, c.snapQueue, c.syncSnapshot) }, time.Second)
 		}
 	}
