@@ -66,6 +66,8 @@ type Controller struct {
 	// sourceQueue holds the snapshots and claims that restores and clones
 	// read from (sourceKey), whose protection finalizer may be due to go.
 	sourceQueue workqueue.TypedRateLimitingInterface[string]
+	// volumesVersion is the resourceVersion the PV cache last synced to.
+	volumesVersion func() string
 	// routed and sourcesOnly are Config's Routed and SourcesOnly.
 	routed, sourcesOnly bool
 }
@@ -128,6 +130,7 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	classInformer := inf.Cluster.Storage().V1().StorageClasses().Informer()
 	volumeInformer := inf.Routed.Core().V1().PersistentVolumes().Informer()
 	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
+	c.volumesVersion = volumeInformer.LastSyncResourceVersion
 	c.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
 		snapInformer.HasSynced, contentInformer.HasSynced}
 	kube.RegisterCacheSizes(cfg.Registry, "toposnap_provisioner_cached_objects", map[string]cache.Store{

@@ -2,10 +2,12 @@ package provisioner
 
 import (
 	"context"
+
 	"slices"
 	"strconv"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/fakecsi"
 	"github.com/toposnap/toposnap/internal/topology"
+	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 const ns = "tenant"
@@ -396,18 +399,39 @@ func TestProvisionAndBind(t *testing.T) {
 	if got := server.Count("CreateVolume"); got != 1 {
 		t.Fatalf("CreateVolume called %d times, want 1", got)
 	}
+	// The volume carries the provisioner's record, for the orphan check.
+	listed, err := client.ListVolumes(context.Background(), &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := listed.GetEntries()[0].GetVolume().GetVolumeContext()
+	if record[volumerecord.ReclaimPolicy] != "Delete" || record[volumerecord.ClaimVersion] == "" {
+		t.Fatalf("volume context %v, want reclaim policy Delete and the claim's version recorded", record)
+	}
 }
 
-// TestOrphansSkipVolumesInFlight: a volume the driver lists as still being
-// made (or deleted) is no orphan, however long it takes; a ready volume no
-// PV names is.
-func TestOrphansSkipVolumesInFlight(t *testing.T) {
+// TestOrphansDeletedOnlyWhenProvablyOrphans: with --delete-orphans, a
+// ready volume no PV names goes only if its record says its PV was a
+// Delete one, made before the PV list it was compared with. A Retain
+// volume (its PV deleted for a re-import), one made before the record
+// existed, one younger than the list (an etcd restored from an older
+// backup) and one the driver lists as still being made stay.
+func TestOrphansDeletedOnlyWhenProvablyOrphans(t *testing.T) {
 	server, client := fakecsi.Start(t)
 	here := map[string]string{topology.NodeKey: "node1"}
-	orphan := server.AddVolume("orphan", here)
-	filling := server.AddVolume("filling", here)
-	server.SetVolumeContext(filling, map[string]string{volumeStateKey: "creating"})
+	record := func(policy, version string) map[string]string {
+		return map[string]string{volumerecord.ReclaimPolicy: policy, volumerecord.ClaimVersion: version}
+	}
+	orphan := server.AddRecordedVolume("orphan", here, record("Delete", "50"))
+	kept := []string{
+		server.AddRecordedVolume("retained", here, record("Retain", "50")),
+		server.AddVolume("unrecorded", here),
+		server.AddRecordedVolume("after-the-list", here, record("Delete", "150")),
+		server.AddRecordedVolume("filling", here, record("Delete", "50")),
+	}
+	server.SetVolumeContext(kept[3], map[string]string{volumeStateKey: "creating"})
 	n := newWorld(t, nodeObject("node1", "b")).startNode("node1", "b", server, client, false)
+	n.ctrl.volumesVersion = func() string { return "100" }
 	tracker := &orphanTracker{}
 	for range 2 { // first seen, then past a grace of zero
 		if err := n.ctrl.orphanRound(context.Background(), tracker, 0, true); err != nil {
@@ -415,8 +439,10 @@ func TestOrphansSkipVolumesInFlight(t *testing.T) {
 		}
 	}
 	ids := server.VolumeIDs()
-	if len(ids) != 1 || ids[0] != filling {
-		t.Fatalf("volumes left %v, want only %s (and %s deleted)", ids, filling, orphan)
+	slices.Sort(ids)
+	slices.Sort(kept)
+	if !slices.Equal(ids, kept) {
+		t.Fatalf("volumes left %v, want %v (and %s deleted)", ids, kept, orphan)
 	}
 }
 

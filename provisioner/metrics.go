@@ -6,6 +6,9 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	provisions *prometheus.CounterVec
 	orphans    prometheus.Gauge
+	// refusedDeletes counts Released PVs whose volume the live reads
+	// before DeleteVolume kept (VolumeDeleteRefused events).
+	refusedDeletes prometheus.Counter
 }
 
 func newMetrics(registry *prometheus.Registry) *metrics {
@@ -18,9 +21,13 @@ func newMetrics(registry *prometheus.Registry) *metrics {
 			Name: "toposnap_provisioner_orphan_volumes",
 			Help: "Volumes this node is responsible for that no PV references (past the grace period).",
 		}),
+		refusedDeletes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "toposnap_provisioner_delete_refused_total",
+			Help: "Released PVs whose volume was kept because live reads did not confirm the delete (VolumeDeleteRefused events).",
+		}),
 	}
 	if registry != nil {
-		registry.MustRegister(m.provisions, m.orphans)
+		registry.MustRegister(m.provisions, m.orphans, m.refusedDeletes)
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
+	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // volumeStateKey in a listed volume's context says it is not ready yet
@@ -71,6 +72,9 @@ func (c *Controller) reportOrphans(ctx context.Context, interval, grace time.Dur
 }
 
 func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, grace time.Duration, deleteOrphans bool) error {
+	// The PV cache reflects at least this version: a volume whose claim is
+	// newer was made after the list it is compared with (volumerecord).
+	listed := c.volumesVersion()
 	var volumes []*csi.Volume
 	token := ""
 	for {
@@ -118,9 +122,13 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 	for _, vol := range orphans {
 		if node != nil {
 			c.recorder.Eventf(node, corev1.EventTypeWarning, "OrphanVolume",
-				"volume %s (%d bytes) is not referenced by any PV", vol.GetVolumeId(), vol.GetCapacityBytes())
+				"volume %s (%d bytes) is not referenced by any PV%s", vol.GetVolumeId(), vol.GetCapacityBytes(), keptNote(deleteOrphans, vol, listed))
 		}
 		if !deleteOrphans {
+			continue
+		}
+		if kept := volumerecord.DeletableOrphan(vol.GetVolumeContext(), listed); kept != "" {
+			klog.InfoS("Orphan volume kept", "volume", vol.GetVolumeId(), "reason", kept)
 			continue
 		}
 		if _, err := c.csi.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()}); err != nil {
@@ -162,4 +170,15 @@ func (c *Controller) listReferenced(ctx context.Context, referenced map[string]b
 			return nil
 		}
 	}
+}
+
+// keptNote says, in an orphan's event, why --delete-orphans keeps it.
+func keptNote(deleteOrphans bool, vol *csi.Volume, listed string) string {
+	if !deleteOrphans {
+		return ""
+	}
+	if kept := volumerecord.DeletableOrphan(vol.GetVolumeContext(), listed); kept != "" {
+		return "; kept: " + kept
+	}
+	return "; deleting it (--delete-orphans)"
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -12,6 +13,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/toposnap/toposnap/internal/route"
+	"github.com/toposnap/toposnap/internal/volumeid"
 )
 
 // shouldReclaim says whether a PV's backend volume is to be deleted now: a
@@ -26,6 +30,99 @@ func (c *Controller) shouldReclaim(pv *corev1.PersistentVolume) bool {
 		pv.Status.Phase == corev1.VolumeReleased
 }
 
+// reclaimRefusal says why the backend volume of a Released PV must stay,
+// from live reads: the PV, the claim its claimRef names (nil if there is
+// none) and the other PVs that name its volume handle. "" lets it go.
+//
+// A volume is deleted for the PV it was made for only: toposnap names a
+// claim's PV pvc-<claim uid> and creates its volume under that name, and
+// the handle carries the name's hash. So a PV forged around a victim's
+// handle (another name), or one re-pointed at another claim, never deletes
+// it, and neither does the old PV of a volume an operator re-imported.
+func reclaimRefusal(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClaim, sharing []string) string {
+	ref := pv.Spec.ClaimRef
+	handle := pv.Spec.CSI.VolumeHandle
+	switch {
+	case ref == nil || ref.UID == "":
+		return "the PV names no claim uid"
+	case pv.Name != "pvc-"+string(ref.UID):
+		return fmt.Sprintf("the PV's name is not pvc-<uid of its claim> (claim uid %s): toposnap did not provision it for that claim", ref.UID)
+	case !volumeid.CreatedUnder(handle, pv.Name):
+		return fmt.Sprintf("the volume was not created for PV %s (its handle names another CSI volume name)", pv.Name)
+	case claim != nil && claim.UID == ref.UID:
+		return fmt.Sprintf("claim %s/%s of uid %s still exists", claim.Namespace, claim.Name, claim.UID)
+	case len(sharing) > 0:
+		return fmt.Sprintf("PV %s also names the volume; delete or re-point it first", strings.Join(sharing, ", "))
+	}
+	return ""
+}
+
+// confirmReclaim reads the PV, its claim and the PVs that could share its
+// handle from the API server. It returns the live PV (nil if it is gone or
+// no longer to be reclaimed) and a refusal (reclaimRefusal).
+func (c *Controller) confirmReclaim(ctx context.Context, cached *corev1.PersistentVolume) (*corev1.PersistentVolume, string, error) {
+	pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, cached.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("read PV %s: %w", cached.Name, err)
+	}
+	if pv.UID != cached.UID || !c.shouldReclaim(pv) {
+		return nil, "", nil
+	}
+	var claim *corev1.PersistentVolumeClaim
+	if ref := pv.Spec.ClaimRef; ref != nil && ref.Name != "" {
+		claim, err = c.client.CoreV1().PersistentVolumeClaims(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			claim, err = nil, nil
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("read claim %s/%s of PV %s: %w", ref.Namespace, ref.Name, pv.Name, err)
+		}
+	}
+	sharing, err := c.pvsNaming(ctx, pv)
+	if err != nil {
+		return nil, "", err
+	}
+	return pv, reclaimRefusal(pv, claim, sharing), nil
+}
+
+// pvsNaming lists, live, the other PVs of the driver that name pv's volume
+// handle. Routed, a PV of the same volume is routed like it (by affinity or
+// by the handle's owner) or not routed yet: those two selections are read,
+// not the whole cluster. Unrouted, every PV is.
+func (c *Controller) pvsNaming(ctx context.Context, pv *corev1.PersistentVolume) ([]string, error) {
+	selectors := []string{""}
+	if c.routed {
+		selectors = []string{"!" + route.Label}
+		if own := route.Of(pv.Labels); own != "" {
+			selectors = append(selectors, route.Label+"="+own)
+		}
+	}
+	var sharing []string
+	for _, selector := range selectors {
+		options := metav1.ListOptions{Limit: 500, LabelSelector: selector}
+		for {
+			page, err := c.client.CoreV1().PersistentVolumes().List(ctx, options)
+			if err != nil {
+				return nil, fmt.Errorf("list PVs naming volume %s: %w", pv.Spec.CSI.VolumeHandle, err)
+			}
+			for i := range page.Items {
+				other := &page.Items[i]
+				if other.UID != pv.UID && other.Spec.CSI != nil && other.Spec.CSI.Driver == c.driverName &&
+					other.Spec.CSI.VolumeHandle == pv.Spec.CSI.VolumeHandle {
+					sharing = append(sharing, other.Name)
+				}
+			}
+			if options.Continue = page.Continue; options.Continue == "" {
+				break
+			}
+		}
+	}
+	return sharing, nil
+}
+
 // syncVolume deletes the backend volume of a released Delete-policy PV this
 // node is responsible for, then lets the PV go.
 func (c *Controller) syncVolume(ctx context.Context, key string) error {
@@ -37,6 +134,18 @@ func (c *Controller) syncVolume(ctx context.Context, key string) error {
 		return err
 	}
 	if !c.shouldReclaim(pv) || !c.responsibleFor(pv) {
+		return nil
+	}
+	// The cache may be stale and a PV may be forged (any node token can
+	// create one naming any handle): the delete is decided on live reads.
+	pv, refusal, err := c.confirmReclaim(ctx, pv)
+	if err != nil || pv == nil {
+		return err
+	}
+	if refusal != "" {
+		c.metrics.refusedDeletes.Inc()
+		c.recorder.Eventf(pv, corev1.EventTypeWarning, "VolumeDeleteRefused", "volume %s kept: %s", pv.Spec.CSI.VolumeHandle, refusal)
+		klog.InfoS("Volume kept", "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle, "reason", refusal)
 		return nil
 	}
 	callCtx, cancel := context.WithTimeout(ctx, c.timeout)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/fakeapi"
+	"github.com/toposnap/toposnap/internal/fakecsi"
 	"github.com/toposnap/toposnap/internal/kube"
 )
 
@@ -66,7 +67,7 @@ func TestCentralBinderBindsWhatNoNodeBinds(t *testing.T) {
 		t.Errorf("pre-provisioned content bound to uid %q, want uid-imported", ref.UID)
 	}
 	dynamic := getContent(w, "snapcontent-uid-snap")
-	if dynamic == nil || ptr.Deref(dynamic.Spec.Source.VolumeHandle, "") != "vol-data" {
+	if dynamic == nil || ptr.Deref(dynamic.Spec.Source.VolumeHandle, "") != fakecsi.VolumeID("data") {
 		t.Fatalf("no content cut for the dynamic snapshot of node7's volume: %+v", dynamic)
 	}
 

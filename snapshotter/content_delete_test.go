@@ -284,7 +284,7 @@ func TestContentDeletionIsDecidedOnTheLatestVersion(t *testing.T) {
 // shared by every such content. It is refused, as upstream does, and once
 // deleted it goes without any CSI call.
 func TestDynamicContentWithoutUIDIsRefused(t *testing.T) {
-	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), "vol-data")
+	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), fakecsi.VolumeID("data"))
 	content.Spec.VolumeSnapshotRef.UID = ""
 	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), content)...)
 	n := startNode(t, w, "node1")

@@ -78,7 +78,7 @@ func sourcePV(node string) *corev1.PersistentVolume {
 	return &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-data"},
 		Spec: corev1.PersistentVolumeSpec{
 			ClaimRef:               &corev1.ObjectReference{Namespace: ns, Name: "data", UID: "uid-data"},
-			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: "vol-data"}},
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: fakecsi.VolumeID("data")}},
 			NodeAffinity: &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
 				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topology.NodeKey, Operator: corev1.NodeSelectorOpIn, Values: []string{node}}}}}}},
 		}}
@@ -164,7 +164,7 @@ func TestSnapshotOutlivesItsSource(t *testing.T) {
 // TestContentDeletedBeforeItsFirstCut: a content whose source went away
 // before any node cut it had nothing cut: it is released without CSI calls.
 func TestContentDeletedBeforeItsFirstCut(t *testing.T) {
-	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), "vol-data")
+	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), fakecsi.VolumeID("data"))
 	w := fakeapi.NewWorld(t, content)
 	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), content.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestContentDeletedBeforeItsFirstCut(t *testing.T) {
 // TestContentIsStampedBeforeItsCut: the location is on the content before
 // CreateSnapshot runs, so a crash after the cut cannot orphan the snapshot.
 func TestContentIsStampedBeforeItsCut(t *testing.T) {
-	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), "vol-data")
+	content := BuildContent(dynamicSnapshot("snap"), snapshotClass(), fakecsi.VolumeID("data"))
 	w := fakeapi.NewWorld(t, append(sourceObjects("node1"), dynamicSnapshot("snap"), content)...)
 	n := startNode(t, w, "node1")
 	n.csi.AddVolume("data", map[string]string{topology.NodeKey: "node1"})

@@ -33,6 +33,8 @@ type ID struct {
 	Kind      Kind
 	Scope     topology.Scope
 	OwnerHash string
+	// NameHash is the hash of the CSI name the object was created under.
+	NameHash string
 }
 
 // OwnerHash is the hash of a pool owner (node id or region/zone) as IDs
@@ -67,5 +69,13 @@ func ParseID(id string) (ID, error) {
 	if m[2] == "z" {
 		scope = topology.ScopeZone
 	}
-	return ID{Kind: Kind(m[1][0]), Scope: scope, OwnerHash: m[3]}, nil
+	return ID{Kind: Kind(m[1][0]), Scope: scope, OwnerHash: m[3], NameHash: m[4]}, nil
+}
+
+// CreatedUnder reports whether id is a toposnap ID made for the CSI name
+// name (whatever its pool): a PV's handle made for another PV's name is not
+// that PV's volume.
+func CreatedUnder(id, name string) bool {
+	parsed, err := ParseID(id)
+	return err == nil && parsed.NameHash == hash16(name)
 }
