@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -167,7 +168,7 @@ func claim(name, className string, annotations ...string) *corev1.PersistentVolu
 // required node affinity on it.
 func csiPV(name, driver, handle string, segment topology.Segment) *corev1.PersistentVolume {
 	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
+		ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name)},
 		Spec: corev1.PersistentVolumeSpec{PersistentVolumeSource: corev1.PersistentVolumeSource{
 			CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: handle},
 		}},
@@ -194,7 +195,8 @@ func snapshotHandle(scope topology.Scope, owner, name string) string {
 // content is a content of driver; the edits fill in its source and
 // annotations.
 func content(name, driver string, edits ...func(*snapv1.VolumeSnapshotContent)) *snapv1.VolumeSnapshotContent {
-	c := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver}}
+	c := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name)},
+		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver}}
 	for _, edit := range edits {
 		edit(c)
 	}
@@ -245,17 +247,37 @@ var (
 		func(c *storagev1.StorageClass) { c.Provisioner = "other.csi.example.com" })
 	classTypo = edit(class("typo", "zone", storagev1.VolumeBindingWaitForFirstConsumer),
 		func(c *storagev1.StorageClass) { c.Parameters = map[string]string{"scoep": "zone"} })
+	classTypoNow = edit(class("typo-now", "zone", storagev1.VolumeBindingImmediate),
+		func(c *storagev1.StorageClass) { c.Parameters = map[string]string{"scoep": "zone"} })
 
 	pvOnNode1 = csiPV("pv-node-1", testDriver, volumeHandle(topology.ScopeNode, "id-1", "pv-node-1"), topology.Segment{topology.NodeKey: "id-1"})
 	pvInZoneB = csiPV("pv-zone-b", testDriver, volumeHandle(topology.ScopeZone, "r/b", "pv-zone-b"),
 		topology.Segment{topology.RegionKey: "r", topology.ZoneKey: "b"})
+	// pvForeign is a static PV of the driver that no node or zone can act on.
+	pvForeign = csiPV("pv-foreign", testDriver, "foreign-0123", nil)
 )
 
 func world(objects ...runtime.Object) Router {
 	base := []runtime.Object{node1, node2, node3, nodeLegacy, nodeNoZone,
-		classLocal, classLocalNow, classZonal, classZonalNow, classZonalAB, classZonalNowhere, classOther, classTypo,
-		pvOnNode1, pvInZoneB}
+		classLocal, classLocalNow, classZonal, classZonalNow, classZonalAB, classZonalNowhere, classOther, classTypo, classTypoNow,
+		pvOnNode1, pvInZoneB, pvForeign}
 	return Router{Driver: testDriver, Facts: newFacts(append(base, objects...)...)}
+}
+
+// checkDecision: got routes to wantRoute and, when wantReason is not "",
+// says why it cannot with a reason that names wantReason; when wantReason
+// is "", it gives no reason (the object is not the driver's, or waits).
+func checkDecision(t *testing.T, got Decision, wantRoute, wantReason string) {
+	t.Helper()
+	if got.Route != wantRoute {
+		t.Errorf("route = %q, want %q", got.Route, wantRoute)
+	}
+	switch {
+	case wantReason == "" && got.Reason != "":
+		t.Errorf("reason %q, want none", got.Reason)
+	case wantReason != "" && !strings.Contains(got.Reason, wantReason):
+		t.Errorf("reason %q, want one naming %q", got.Reason, wantReason)
+	}
 }
 
 func TestClaimRoute(t *testing.T) {
@@ -273,6 +295,7 @@ func TestClaimRoute(t *testing.T) {
 		name  string
 		claim *corev1.PersistentVolumeClaim
 		want  string
+		why   string // a fact the reason names when the claim cannot be routed
 	}{
 		{name: "claim of another driver's class is not routed", claim: claim("c", "other", selected, "node-1"), want: ""},
 		{name: "claim of an unknown class is not routed", claim: claim("c", "gone", selected, "node-1"), want: ""},
@@ -283,16 +306,22 @@ func TestClaimRoute(t *testing.T) {
 				func(c *corev1.PersistentVolumeClaim) { c.Spec.StorageClassName = nil }),
 			want: route.Node("node-1")},
 		{name: "class with an unknown parameter goes to the selected node, which reports it", claim: claim("c", "typo", selected, "node-1"), want: route.Node("node-1")},
-		{name: "class with an unknown parameter and no selected node routes nothing", claim: claim("c", "typo"), want: ""},
+		{name: "class with an unknown parameter and no selected node waits for the scheduler", claim: claim("c", "typo"), want: ""},
+		{name: "immediate class with an unknown parameter cannot be routed, naming the parameter",
+			claim: claim("c", "typo-now"), want: "", why: "scoep"},
 		{name: "node-scope claim waits for the scheduler", claim: claim("c", "local"), want: ""},
 		{name: "node-scope claim goes to its selected node", claim: claim("c", "local", selected, "node-2"), want: route.Node("node-2")},
 		{name: "node-scope claim goes to its selected node before that Node is cached",
 			claim: claim("c", "local", selected, "node-9"), want: route.Node("node-9")},
-		{name: "immediate node-scope claim has no owner", claim: claim("c", "local-now"), want: ""},
+		{name: "immediate node-scope claim has no owner, naming its class", claim: claim("c", "local-now"), want: "", why: `"local-now"`},
 		{name: "zone claim goes to the zone of its selected node", claim: claim("c", "zonal", selected, "node-1"), want: route.Zone("r/a")},
 		{name: "zone of a node labelled with the failure-domain keys", claim: claim("c", "zonal", selected, "node-legacy"), want: route.Zone("old/x")},
-		{name: "zone claim whose selected node is not cached waits", claim: claim("c", "zonal", selected, "node-9"), want: ""},
-		{name: "zone claim whose selected node has no zone is not routed", claim: claim("c", "zonal", selected, "node-nozone"), want: ""},
+		{name: "zone claim whose selected node is not cached cannot be routed, naming the node",
+			claim: claim("c", "zonal", selected, "node-9"), want: "", why: `"node-9" does not exist`},
+		{name: "zone claim whose selected node has no zone cannot be routed, naming the node",
+			claim: claim("c", "zonal", selected, "node-nozone"), want: "", why: `"node-nozone" has no zone`},
+		{name: "immediate zone claim whose class allows no zone with nodes cannot be routed, naming the class",
+			claim: claim("c", "zonal-nowhere"), want: "", why: `"zonal-nowhere" allows no zone`},
 		{name: "delayed zone claim waits for the scheduler", claim: claim("c", "zonal"), want: ""},
 		{name: "claim a zone took goes to that zone",
 			claim: claim("c", "zonal-now", provisioner.AnnProvisioningZone, "r/c"), want: route.Zone("r/c")},
@@ -324,6 +353,10 @@ func TestClaimRoute(t *testing.T) {
 			claim: edit(claim("c", "zonal", selected, "node-1"), boundTo("pv-zone-b")), want: route.Zone("r/b")},
 		{name: "bound claim whose class is gone follows its PV",
 			claim: edit(claim("c", "gone"), boundTo("pv-node-1")), want: route.Node("node-1")},
+		{name: "bound claim whose PV cannot be routed says why the PV cannot",
+			claim: edit(claim("c", "zonal", selected, "node-9"), boundTo("pv-foreign")), want: "", why: `bound PV "pv-foreign": volume handle "foreign-0123"`},
+		{name: "bound claim whose PV cannot be routed but whose selected node can goes there",
+			claim: edit(claim("c", "local", selected, "node-2"), boundTo("pv-foreign")), want: route.Node("node-2")},
 		{name: "bound claim of an unknown class whose PV is not cached keeps its route",
 			claim: edit(claim("c", "gone"), func(c *corev1.PersistentVolumeClaim) {
 				boundTo("pv-9")(c)
@@ -332,9 +365,7 @@ func TestClaimRoute(t *testing.T) {
 			want: route.Zone("r/c")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := world().ClaimRoute(tc.claim); got != tc.want {
-				t.Errorf("ClaimRoute = %q, want %q", got, tc.want)
-			}
+			checkDecision(t, world().ClaimRoute(tc.claim), tc.want, tc.why)
 		})
 	}
 }
@@ -357,11 +388,11 @@ func TestImmediateZoneClaimsSpreadOverAllowedZones(t *testing.T) {
 			claims := map[string]int{}
 			for i := range 200 {
 				c := claim(fmt.Sprintf("c-%d", i), tc.class)
-				got := r.ClaimRoute(c)
+				got := r.ClaimRoute(c).Route
 				if _, ok := allowed[got]; !ok {
 					t.Fatalf("claim %s routed to %q, not a zone of %v", c.UID, got, tc.allowed)
 				}
-				if again := r.ClaimRoute(c.DeepCopy()); again != got {
+				if again := r.ClaimRoute(c.DeepCopy()).Route; again != got {
 					t.Fatalf("claim %s routed to %q, then to %q", c.UID, got, again)
 				}
 				claims[allowed[got]]++
@@ -373,9 +404,10 @@ func TestImmediateZoneClaimsSpreadOverAllowedZones(t *testing.T) {
 			}
 		})
 	}
-	if got := r.ClaimRoute(claim("c", "zonal-nowhere")); got != "" {
-		t.Errorf("claim whose class allows no known zone routed to %q, want none", got)
-	}
+	t.Run("no zone has nodes of the driver", func(t *testing.T) {
+		empty := Router{Driver: testDriver, Facts: newFacts(classZonalNow)}
+		checkDecision(t, empty.ClaimRoute(claim("c", "zonal-now")), "", "no node of the driver is in a zone")
+	})
 }
 
 // TestGivenBackZoneClaimMovesOn: each zone that gave an Immediate zone
@@ -387,7 +419,7 @@ func TestGivenBackZoneClaimMovesOn(t *testing.T) {
 	allowed := map[string]bool{route.Zone("r/a"): true, route.Zone("r/b"): true}
 	seen := map[string]bool{}
 	for attempts := range 2 {
-		got := r.ClaimRoute(claim("c", "zonal-ab", provisioner.AnnZoneAttempts, strconv.Itoa(attempts)))
+		got := r.ClaimRoute(claim("c", "zonal-ab", provisioner.AnnZoneAttempts, strconv.Itoa(attempts))).Route
 		if !allowed[got] {
 			t.Fatalf("after %d attempts routed to %q, not an allowed zone", attempts, got)
 		}
@@ -406,6 +438,7 @@ func TestVolumeRoute(t *testing.T) {
 		name string
 		pv   *corev1.PersistentVolume
 		want string
+		why  string // a fact the reason names when the PV cannot be routed
 	}{
 		{name: "node affinity routes to the Node with that driver id", pv: pvOnNode1, want: route.Node("node-1")},
 		{name: "node affinity on a driver id that is the Node's name",
@@ -429,12 +462,18 @@ func TestVolumeRoute(t *testing.T) {
 			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeZone, "r/c", "pv"), nil), want: route.Zone("r/c")},
 		{name: "PV without affinity goes to the legacy-labelled zone its handle names",
 			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeZone, "old/x", "pv"), nil), want: route.Zone("old/x")},
-		{name: "zone handle naming a node's hash is not routed",
-			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeZone, "node-2", "pv"), nil), want: ""},
-		{name: "PV without affinity whose handle names no known owner is not routed",
-			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeNode, "node-9", "pv"), nil), want: ""},
-		{name: "PV without affinity and a foreign handle is not routed",
-			pv: csiPV("pv", testDriver, "pvc-0123", nil), want: ""},
+		{name: "zone handle naming a node's hash cannot be routed: no zone has that hash",
+			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeZone, "node-2", "pv"), nil), want: "",
+			why: volumeHandle(topology.ScopeZone, "node-2", "pv") + `" names the pool of a zone no node is in`},
+		{name: "PV without affinity whose handle names no known owner cannot be routed, naming the handle",
+			pv: csiPV("pv", testDriver, volumeHandle(topology.ScopeNode, "node-9", "pv"), nil), want: "",
+			why: volumeHandle(topology.ScopeNode, "node-9", "pv") + `" names the pool of a node that does not exist`},
+		{name: "PV without affinity and a foreign handle cannot be routed, naming the handle",
+			pv: csiPV("pv", testDriver, "pvc-0123", nil), want: "",
+			why: `volume handle "pvc-0123" is not a toposnap volume ID and the PV has no node affinity`},
+		{name: "affinity the driver does not read and a foreign handle cannot be routed, naming both",
+			pv: csiPV("pv", testDriver, "pvc-0123", topology.Segment{"kubernetes.io/hostname": "node-1"}), want: "",
+			why: `node affinity names neither topology.toposnap.io/node nor a zone, and volume handle "pvc-0123"`},
 		{name: "affinity on keys that are not the driver's falls back to the handle",
 			pv:   csiPV("pv", testDriver, volumeHandle(topology.ScopeNode, "node-2", "pv"), topology.Segment{"kubernetes.io/hostname": "node-1"}),
 			want: route.Node("node-2")},
@@ -446,9 +485,7 @@ func TestVolumeRoute(t *testing.T) {
 			want: route.Zone("r/c")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := world().VolumeRoute(tc.pv); got != tc.want {
-				t.Errorf("VolumeRoute = %q, want %q", got, tc.want)
-			}
+			checkDecision(t, world().VolumeRoute(tc.pv), tc.want, tc.why)
 		})
 	}
 }
@@ -460,6 +497,7 @@ func TestContentRoute(t *testing.T) {
 		name    string
 		content *snapv1.VolumeSnapshotContent
 		want    string
+		why     string // a fact the reason names when the content cannot be routed
 	}{
 		{name: "content of another driver is not routed",
 			content: content("vsc", "other.csi.example.com", fromVolume(pvOnNode1.Spec.CSI.VolumeHandle)), want: ""},
@@ -494,20 +532,44 @@ func TestContentRoute(t *testing.T) {
 			content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeNode, "id-1", "snap"))), want: route.Node("node-1")},
 		{name: "pre-provisioned zone snapshot goes to the zone its handle names",
 			content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeZone, "r/a", "snap"))), want: route.Zone("r/a")},
-		{name: "pre-provisioned snapshot of an unknown owner is not routed",
-			content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeZone, "r/z", "snap"))), want: ""},
+		{name: "pre-provisioned snapshot of an unknown zone cannot be routed, naming the handle",
+			content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeZone, "r/z", "snap"))), want: "",
+			why: `snapshot handle "` + snapshotHandle(topology.ScopeZone, "r/z", "snap") + `" names the pool of a zone no node is in`},
+		{name: "pre-provisioned snapshot of an unknown node cannot be routed, naming the handle",
+			content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeNode, "node-9", "snap"))), want: "",
+			why: `snapshot handle "` + snapshotHandle(topology.ScopeNode, "node-9", "snap") + `" names the pool of a node that does not exist`},
+		{name: "pre-provisioned snapshot of a foreign handle cannot be routed, naming the handle",
+			content: content("vsc", testDriver, fromSnapshot("snap-0123")), want: "",
+			why: `snapshot handle "snap-0123" is not a toposnap snapshot ID`},
+		{name: "content of an unknown source volume's owner cannot be routed, naming the handle",
+			content: content("vsc", testDriver, fromVolume(volumeHandle(topology.ScopeNode, "node-9", "pv-deleted"))), want: "",
+			why: `source volume handle "` + volumeHandle(topology.ScopeNode, "node-9", "pv-deleted") + `" names the pool of a node`},
+		{name: "content of a known source PV that cannot be routed names the handle",
+			content: content("vsc", testDriver, fromVolume(pvForeign.Spec.CSI.VolumeHandle)), want: "",
+			why: `source volume handle "foreign-0123" is not a toposnap volume ID`},
+		{name: "unreadable accessible topology and a foreign source name both",
+			content: content("vsc", testDriver, fromVolume("pvc-0123"), annotated(topology.AnnAccessibleTopology, "{not json")), want: "",
+			why: topology.AnnAccessibleTopology + ` is unreadable`},
+		{name: "accessible topology of neither node nor zone and a foreign source name both",
+			content: content("vsc", testDriver, fromVolume("pvc-0123"), accessibleFrom(t, topology.Segment{"kubernetes.io/hostname": "node-1"})), want: "",
+			why: `names neither a node nor a zone; source volume handle "pvc-0123"`},
+		{name: "a source volume of an unknown owner and a status handle of an unknown owner name both",
+			content: content("vsc", testDriver, fromVolume(volumeHandle(topology.ScopeNode, "node-9", "pv-deleted")),
+				func(c *snapv1.VolumeSnapshotContent) {
+					c.Status = &snapv1.VolumeSnapshotContentStatus{SnapshotHandle: ptr.To(snapshotHandle(topology.ScopeNode, "node-9", "snap"))}
+				}),
+			want: "", why: `names the pool of a node that does not exist; status snapshot handle "` + snapshotHandle(topology.ScopeNode, "node-9", "snap")},
 		{name: "the status's snapshot handle decides when the source volume's owner is unknown",
 			content: content("vsc", testDriver, fromVolume(volumeHandle(topology.ScopeNode, "node-9", "pv-deleted")),
 				func(c *snapv1.VolumeSnapshotContent) {
 					c.Status = &snapv1.VolumeSnapshotContentStatus{SnapshotHandle: ptr.To(snapshotHandle(topology.ScopeNode, "node-3", "snap"))}
 				}),
 			want: route.Node("node-3")},
-		{name: "content with nothing to decide by is not routed", content: content("vsc", testDriver), want: ""},
+		{name: "content with nothing to decide by cannot be routed", content: content("vsc", testDriver), want: "",
+			why: "neither a volume handle nor a snapshot handle"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := world(pvMoved).ContentRoute(tc.content); got != tc.want {
-				t.Errorf("ContentRoute = %q, want %q", got, tc.want)
-			}
+			checkDecision(t, world(pvMoved).ContentRoute(tc.content), tc.want, tc.why)
 		})
 	}
 }
@@ -517,7 +579,11 @@ func TestSnapshotRoute(t *testing.T) {
 		content("vsc-node-1", testDriver, accessibleFrom(t, topology.Segment{topology.NodeKey: "id-1"})),
 		content("vsc-pre-zone-a", testDriver, fromSnapshot(snapshotHandle(topology.ScopeZone, "r/a", "snap"))),
 		content("vsc-undecided", testDriver),
+		content("vsc-other", "other.csi.example.com"),
+		content("vsc-pre-node-9", testDriver, fromSnapshot(snapshotHandle(topology.ScopeNode, "node-9", "snap"))),
 		claim("on-node-2", "local", provisioner.AnnSelectedNode, "node-2"),
+		claim("on-node-9", "zonal", provisioner.AnnSelectedNode, "node-9"),
+		claim("pending", "local"),
 		edit(claim("bound-zone-b", "zonal"), func(c *corev1.PersistentVolumeClaim) { c.Spec.VolumeName = "pv-zone-b" }),
 	}
 	snapshot := func(source *string, content *string, bound *string) *snapv1.VolumeSnapshot {
@@ -532,6 +598,7 @@ func TestSnapshotRoute(t *testing.T) {
 		name string
 		snap *snapv1.VolumeSnapshot
 		want string
+		why  string // a fact the reason names when the snapshot cannot be routed
 	}{
 		{name: "snapshot goes where its bound content is",
 			snap: snapshot(ptr.To("on-node-2"), nil, ptr.To("vsc-node-1")), want: route.Node("node-1")},
@@ -549,11 +616,18 @@ func TestSnapshotRoute(t *testing.T) {
 			snap: snapshot(nil, ptr.To("vsc-pre-zone-a"), ptr.To("vsc-pre-zone-a")), want: route.Zone("r/a")},
 		{name: "pre-provisioned snapshot of an uncached content is not routed", snap: snapshot(nil, ptr.To("vsc-9"), nil), want: ""},
 		{name: "snapshot without a source is not routed", snap: snapshot(nil, nil, nil), want: ""},
+		{name: "pre-provisioned snapshot of another driver's content is not routed", snap: snapshot(nil, ptr.To("vsc-other"), nil), want: ""},
+		{name: "snapshot of a pending claim waits with it", snap: snapshot(ptr.To("pending"), nil, nil), want: ""},
+		{name: "pre-provisioned snapshot of a content that cannot be routed says why the content cannot",
+			snap: snapshot(nil, ptr.To("vsc-pre-node-9"), nil), want: "", why: `content "vsc-pre-node-9": snapshot handle`},
+		{name: "snapshot of a claim that cannot be routed says why the claim cannot",
+			snap: snapshot(ptr.To("on-node-9"), nil, nil), want: "", why: `source claim "on-node-9": selected node "node-9" does not exist`},
+		{name: "snapshot whose bound content and claim cannot be routed names both",
+			snap: snapshot(ptr.To("on-node-9"), nil, ptr.To("vsc-undecided")), want: "",
+			why: `bound content "vsc-undecided": its source names neither a volume handle nor a snapshot handle; source claim "on-node-9"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := world(facts...).SnapshotRoute(tc.snap); got != tc.want {
-				t.Errorf("SnapshotRoute = %q, want %q", got, tc.want)
-			}
+			checkDecision(t, world(facts...).SnapshotRoute(tc.snap), tc.want, tc.why)
 		})
 	}
 }
@@ -586,7 +660,7 @@ func BenchmarkClaimRoute(b *testing.B) {
 		{name: "bound to a PV", claim: edit(claim("c", "local"), func(c *corev1.PersistentVolumeClaim) { c.Spec.VolumeName = "pv-node-7-7" })},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			if r.ClaimRoute(bc.claim) == "" {
+			if r.ClaimRoute(bc.claim).Route == "" {
 				b.Fatal("claim not routed")
 			}
 			b.ReportAllocs()
@@ -608,7 +682,7 @@ func BenchmarkContentRoute(b *testing.B) {
 		{name: "pre-provisioned snapshot handle", content: content("vsc", testDriver, fromSnapshot(snapshotHandle(topology.ScopeZone, "r/z7", "snap")))},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			if r.ContentRoute(bc.content) == "" {
+			if r.ContentRoute(bc.content).Route == "" {
 				b.Fatal("content not routed")
 			}
 			b.ReportAllocs()

@@ -18,12 +18,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
@@ -51,6 +53,13 @@ const (
 	kindContent  = "vsc"
 )
 
+// resources name each kind as toposnap_controller_unrouted_objects does.
+var resources = map[string]string{kindClaim: "claims", kindVolume: "volumes", kindSnapshot: "snapshots", kindContent: "contents"}
+
+// reasonNotRouted is the reason of the event on an object of the driver
+// that no node or zone can act on.
+const reasonNotRouted = "NotRouted"
+
 // router stamps route labels: one queue of "<kind>/<key>" items, each
 // decided from the caches and written with a merge patch that carries the
 // resourceVersion it decided on.
@@ -58,6 +67,7 @@ type router struct {
 	Router
 	client    kubernetes.Interface
 	snapshots snapshotclient.Interface
+	recorder  record.EventRecorder
 	claims    corelisters.PersistentVolumeClaimLister
 	volumes   corelisters.PersistentVolumeLister
 	snapList  snapshotlisters.VolumeSnapshotLister
@@ -65,9 +75,28 @@ type router struct {
 	queue     workqueue.TypedRateLimitingInterface[string]
 	synced    []cache.InformerSynced
 	routed    *prometheus.CounterVec
+	unrouted  *prometheus.GaugeVec
 	// zones are the zones seen so far (nodeChanged's memory).
 	zonesMu sync.Mutex
 	zones   map[string]bool
+	// notRouted is why each object of the driver that no node or zone can
+	// act on has no route, by UID: the one state kept, so that a resync
+	// posts no second event for the same reason. An entry goes when its
+	// object is routed, needs no route, or is deleted.
+	notRoutedMu sync.Mutex
+	notRouted   map[types.UID]notRouted
+}
+
+// notRouted is why an object has no route.
+type notRouted struct {
+	kind, reason string
+}
+
+// routedObject is what the router routes: an API object, for its labels
+// and for events.
+type routedObject interface {
+	metav1.Object
+	runtime.Object
 }
 
 // caches implements Facts over the central informers.
@@ -82,7 +111,7 @@ type caches struct {
 
 func newRouter(driver string, client kubernetes.Interface, snapshots snapshotclient.Interface,
 	kubeInformers informers.SharedInformerFactory, snapInformers snapshotinformers.SharedInformerFactory,
-	nodeInformer cache.SharedIndexInformer, registry *prometheus.Registry) (*router, error) {
+	nodeInformer cache.SharedIndexInformer, recorder record.EventRecorder, registry *prometheus.Registry) (*router, error) {
 	claimInformer := kubeInformers.Core().V1().PersistentVolumeClaims().Informer()
 	volumeInformer := kubeInformers.Core().V1().PersistentVolumes().Informer()
 	classInformer := kubeInformers.Storage().V1().StorageClasses().Informer()
@@ -105,7 +134,7 @@ func newRouter(driver string, client kubernetes.Interface, snapshots snapshotcli
 		nodes:    nodeInformer.GetIndexer(),
 	}
 	r := &router{
-		Router: Router{Driver: driver, Facts: facts}, client: client, snapshots: snapshots,
+		Router: Router{Driver: driver, Facts: facts}, client: client, snapshots: snapshots, recorder: recorder,
 		claims: facts.claims, volumes: facts.volumes, contents: facts.contents,
 		snapList: snapInformers.Snapshot().V1().VolumeSnapshots().Lister(),
 		queue:    kube.NewQueue("routes"),
@@ -113,9 +142,17 @@ func newRouter(driver string, client kubernetes.Interface, snapshots snapshotcli
 			Name: "toposnap_controller_routes_written_total",
 			Help: "Route labels written (set, changed or removed), by kind of object.",
 		}, []string{"kind"}),
+		unrouted: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "toposnap_controller_unrouted_objects",
+			Help: "Objects of the driver that no node or zone can act on (each has a NotRouted event saying why), by resource.",
+		}, []string{"resource"}),
+		notRouted: map[types.UID]notRouted{},
+	}
+	for _, resource := range resources {
+		r.unrouted.WithLabelValues(resource).Set(0)
 	}
 	if registry != nil {
-		registry.MustRegister(r.routed)
+		registry.MustRegister(r.routed, r.unrouted)
 	}
 	add := func(kind string) cache.ResourceEventHandlerFuncs {
 		enqueue := func(obj any) {
@@ -123,7 +160,7 @@ func newRouter(driver string, client kubernetes.Interface, snapshots snapshotcli
 				r.queue.Add(kind + "/" + key)
 			}
 		}
-		return cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, obj any) { enqueue(obj) }}
+		return cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, obj any) { enqueue(obj) }, DeleteFunc: r.deleted}
 	}
 	_, _ = claimInformer.AddEventHandler(add(kindClaim))
 	_, _ = volumeInformer.AddEventHandler(add(kindVolume))
@@ -209,7 +246,8 @@ func (r *router) contentChanged(obj any) {
 	}
 }
 
-// sync decides one object's route and writes it when it differs.
+// sync decides one object's route and writes it when it differs; an
+// object left without a route it cannot get is remembered and reported.
 func (r *router) sync(ctx context.Context, item string) error {
 	kind, key, _ := strings.Cut(item, "/")
 	namespace, name, err := cache.SplitMetaNamespaceKey(key)
@@ -217,8 +255,8 @@ func (r *router) sync(ctx context.Context, item string) error {
 		return nil
 	}
 	var (
-		object metav1.Object
-		want   string
+		object routedObject
+		want   Decision
 		patch  func(context.Context, []byte) error
 	)
 	switch kind {
@@ -266,22 +304,97 @@ func (r *router) sync(ctx context.Context, item string) error {
 		return nil
 	}
 	have := route.Of(object.GetLabels())
-	if have == want || want == "" && !r.mayUnroute(kind, object) {
+	if have != want.Route && (want.Route != "" || r.mayUnroute(kind, object)) {
+		body, err := routePatch(object.GetResourceVersion(), want.Route)
+		if err != nil {
+			return err
+		}
+		if err := patch(ctx, body); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				return nil // it changed or went: its event brings it back
+			}
+			return fmt.Errorf("route %s %s to %q: %w", kind, key, want.Route, err)
+		}
+		r.routed.WithLabelValues(kind).Inc()
+		klog.V(2).InfoS("Routed", "kind", kind, "object", key, "from", have, "to", want.Route)
+		have = want.Route
+	}
+	if have != "" || want.Reason == "" {
+		r.forget(object.GetUID())
 		return nil
 	}
-	body, err := routePatch(object.GetResourceVersion(), want)
-	if err != nil {
-		return err
-	}
-	if err := patch(ctx, body); err != nil {
-		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-			return nil // it changed or went: its event brings it back
-		}
-		return fmt.Errorf("route %s %s to %q: %w", kind, key, want, err)
-	}
-	r.routed.WithLabelValues(kind).Inc()
-	klog.V(2).InfoS("Routed", "kind", kind, "object", key, "from", have, "to", want)
+	r.remember(kind, object, want.Reason)
 	return nil
+}
+
+// remember records why an object has no route and, the first time it has
+// this reason, posts a NotRouted event with it. An object deleted since it
+// was read is not remembered: its delete handler has run or will find it.
+func (r *router) remember(kind string, object routedObject, reason string) {
+	uid := object.GetUID()
+	r.notRoutedMu.Lock()
+	last, known := r.notRouted[uid]
+	if known && last.reason == reason {
+		r.notRoutedMu.Unlock()
+		return
+	}
+	// The informer removes an object from its cache before its delete
+	// handler runs, which forgets under this lock: checking the cache
+	// here never leaves behind an entry of an object that is gone.
+	if !r.cached(kind, object) {
+		r.notRoutedMu.Unlock()
+		return
+	}
+	r.notRouted[uid] = notRouted{kind: kind, reason: reason}
+	if !known {
+		r.unrouted.WithLabelValues(resources[kind]).Inc()
+	}
+	r.notRoutedMu.Unlock()
+	r.recorder.Event(object, corev1.EventTypeWarning, reasonNotRouted, reason)
+	klog.V(2).InfoS("Not routed", "kind", kind, "object", klog.KObj(object), "reason", reason)
+}
+
+// forget drops what is remembered of an object that is routed, needs no
+// route, or is gone.
+func (r *router) forget(uid types.UID) {
+	r.notRoutedMu.Lock()
+	defer r.notRoutedMu.Unlock()
+	if last, known := r.notRouted[uid]; known {
+		delete(r.notRouted, uid)
+		r.unrouted.WithLabelValues(resources[last.kind]).Dec()
+	}
+}
+
+// deleted is the routed informers' delete handler.
+func (r *router) deleted(obj any) {
+	if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tombstone.Obj
+	}
+	if object, ok := obj.(metav1.Object); ok {
+		r.forget(object.GetUID())
+	}
+}
+
+// cached: the router's cache holds this object (this UID under its name).
+func (r *router) cached(kind string, object metav1.Object) bool {
+	namespace, name := object.GetNamespace(), object.GetName()
+	var (
+		got metav1.Object
+		err error
+	)
+	switch kind {
+	case kindClaim:
+		got, err = r.claims.PersistentVolumeClaims(namespace).Get(name)
+	case kindVolume:
+		got, err = r.volumes.Get(name)
+	case kindSnapshot:
+		got, err = r.snapList.VolumeSnapshots(namespace).Get(name)
+	case kindContent:
+		got, err = r.contents.Get(name)
+	default:
+		return false
+	}
+	return err == nil && got.GetUID() == object.GetUID()
 }
 
 // mayUnroute: a route is removed only from a claim that lost its selected

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	snapshotlisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,6 +22,7 @@ import (
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/fakeapi"
@@ -199,8 +202,24 @@ func TestCachesFindVolumesByHandle(t *testing.T) {
 }
 
 // routerWorld is a central router over a fake API, its caches filled with
-// what the API holds and its clients' actions cleared.
+// what the API holds and its clients' actions cleared; its events go
+// nowhere and its metrics are registered nowhere.
 func routerWorld(t *testing.T, objects ...runtime.Object) (*fakeapi.World, *router) {
+	t.Helper()
+	rt := newRouterTest(t, &record.FakeRecorder{}, nil, objects...)
+	return rt.World, rt.router
+}
+
+// routerTest is a router's world with what a test looks at besides the
+// API: the router's informers, events and metrics.
+type routerTest struct {
+	*fakeapi.World
+	router        *router
+	kubeInformers informers.SharedInformerFactory
+	snapInformers snapshotinformers.SharedInformerFactory
+}
+
+func newRouterTest(t *testing.T, recorder record.EventRecorder, registry *prometheus.Registry, objects ...runtime.Object) *routerTest {
 	t.Helper()
 	var nodes []any
 	var stored []runtime.Object
@@ -211,23 +230,77 @@ func routerWorld(t *testing.T, objects ...runtime.Object) (*fakeapi.World, *rout
 		}
 		stored = append(stored, obj.DeepCopyObject()) // the fake API writes into what it creates
 	}
-	w := fakeapi.NewWorld(t, stored...)
-	kubeInformers := informers.NewSharedInformerFactory(w.Kube, 0)
-	snapInformers := snapshotinformers.NewSharedInformerFactory(w.Snaps, 0)
+	rt := &routerTest{World: fakeapi.NewWorld(t, stored...)}
+	rt.kubeInformers = informers.NewSharedInformerFactory(rt.Kube, 0)
+	rt.snapInformers = snapshotinformers.NewSharedInformerFactory(rt.Snaps, 0)
 	// Nodes come from a metadata informer in production; nothing starts this one.
 	nodeInformer := cache.NewSharedIndexInformer(&cache.ListWatch{}, &metav1.PartialObjectMetadata{}, 0, cache.Indexers{})
-	r, err := newRouter(testDriver, w.Kube, w.Snaps, kubeInformers, snapInformers, nodeInformer, nil)
+	r, err := newRouter(testDriver, rt.Kube, rt.Snaps, rt.kubeInformers, rt.snapInformers, nodeInformer, recorder, registry)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rt.router = r
 	t.Cleanup(r.queue.ShutDown)
-	w.Fill(kubeInformers, snapInformers)
+	rt.Fill(rt.kubeInformers, rt.snapInformers)
 	if err := nodeInformer.GetStore().Replace(nodes, ""); err != nil {
 		t.Fatal(err)
 	}
-	w.Kube.ClearActions()
-	w.Snaps.ClearActions()
-	return w, r
+	rt.Kube.ClearActions()
+	rt.Snaps.ClearActions()
+	return rt
+}
+
+// addNode puts a Node into the router's cache, as its informer would.
+func (rt *routerTest) addNode(t *testing.T, node *metav1.PartialObjectMetadata) {
+	t.Helper()
+	if err := rt.router.Facts.(*caches).nodes.Add(node); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sync syncs item, as a worker does.
+func (rt *routerTest) sync(t *testing.T, item string) {
+	t.Helper()
+	if err := rt.router.sync(context.Background(), item); err != nil {
+		t.Fatalf("sync %s: %v", item, err)
+	}
+}
+
+// recorded are the events recorded since the last call.
+func recorded(recorder *record.FakeRecorder) []string {
+	var events []string
+	for {
+		select {
+		case event := <-recorder.Events:
+			events = append(events, event)
+		default:
+			return events
+		}
+	}
+}
+
+// unroutedGauge is what toposnap_controller_unrouted_objects reads for a
+// resource.
+func unroutedGauge(t *testing.T, registry *prometheus.Registry, resource string) float64 {
+	t.Helper()
+	families, err := registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, family := range families {
+		if family.GetName() != "toposnap_controller_unrouted_objects" {
+			continue
+		}
+		for _, metric := range family.GetMetric() {
+			for _, label := range metric.GetLabel() {
+				if label.GetName() == "resource" && label.GetValue() == resource {
+					return metric.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no series toposnap_controller_unrouted_objects{resource=%q}", resource)
+	return 0
 }
 
 // writes are the patches the router sent.
@@ -473,5 +546,126 @@ func TestNewZoneRequeuesUnroutedClaims(t *testing.T) {
 	r.nodeChanged(node2) // no driver on it: offers no zone
 	if r.queue.Len() != 0 {
 		t.Errorf("a known zone, or a node without the driver, queued %d claims", r.queue.Len())
+	}
+}
+
+// TestUnroutableObjectIsReportedUntilRouted: an object of the driver that
+// no node or zone can act on gets one NotRouted warning saying why (a
+// resync repeats none) and counts in toposnap_controller_unrouted_objects
+// until the fact it lacked appears; then it is routed and counts no more.
+func TestUnroutableObjectIsReportedUntilRouted(t *testing.T) {
+	node9 := nodeMetadata("node-9", zoned("r", "c", topology.NodeKey, "node-9"))
+	preZoneZ := snapshotHandle(topology.ScopeZone, "r/z", "snap")
+	for _, tc := range []struct {
+		name, resource, item string
+		objects              []runtime.Object
+		why                  string // a fact the event names
+		appears              *metav1.PartialObjectMetadata
+		want                 string // the route once it has appeared
+	}{
+		{name: "zone claim whose selected Node is gone", resource: "claims", item: "pvc/ns/c",
+			objects: []runtime.Object{claim("c", "zonal", provisioner.AnnSelectedNode, "node-9")},
+			why:     "node-9", appears: node9, want: route.Zone("r/c")},
+		{name: "PV without affinity whose handle names no known node", resource: "volumes", item: "pv/pv",
+			objects: []runtime.Object{csiPV("pv", testDriver, volumeHandle(topology.ScopeNode, "node-9", "pv"), nil)},
+			why:     volumeHandle(topology.ScopeNode, "node-9", "pv"), appears: node9, want: route.Node("node-9")},
+		{name: "pre-provisioned content whose handle names no known zone", resource: "contents", item: "vsc/vsc",
+			objects: []runtime.Object{content("vsc", testDriver, fromSnapshot(preZoneZ))},
+			why:     preZoneZ, appears: nodeMetadata("node-z", zoned("r", "z", topology.NodeKey, "node-z")), want: route.Zone("r/z")},
+		{name: "snapshot of a claim that cannot be routed", resource: "snapshots", item: "vs/ns/snap",
+			objects: []runtime.Object{claim("c", "zonal", provisioner.AnnSelectedNode, "node-9"), &snapv1.VolumeSnapshot{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "snap", UID: "uid-snap"},
+				Spec:       snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("c")}}}},
+			why: "node-9", appears: node9, want: route.Zone("r/c")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recorder, registry := record.NewFakeRecorder(10), prometheus.NewRegistry()
+			rt := newRouterTest(t, recorder, registry, append([]runtime.Object{node1, classZonal}, tc.objects...)...)
+			kind, key, _ := strings.Cut(tc.item, "/")
+			namespace, name, _ := cache.SplitMetaNamespaceKey(key)
+
+			rt.sync(t, tc.item)
+			rt.sync(t, tc.item) // a resync
+			events := recorded(recorder)
+			if len(events) != 1 || !strings.HasPrefix(events[0], "Warning NotRouted ") || !strings.Contains(events[0], tc.why) {
+				t.Errorf("events %q, want one NotRouted warning naming %s", events, tc.why)
+			}
+			if got := unroutedGauge(t, registry, tc.resource); got != 1 {
+				t.Errorf("unrouted %s = %v, want 1", tc.resource, got)
+			}
+
+			rt.addNode(t, tc.appears)
+			rt.sync(t, tc.item)
+			if got := routeInAPI(t, rt.World, kind, namespace, name); got != tc.want {
+				t.Errorf("route in the API = %q once %s appeared, want %q", got, tc.appears.Name, tc.want)
+			}
+			if got := unroutedGauge(t, registry, tc.resource); got != 0 {
+				t.Errorf("unrouted %s = %v once routed, want 0", tc.resource, got)
+			}
+			if events := recorded(recorder); len(events) != 0 {
+				t.Errorf("routing it recorded %q, want no event", events)
+			}
+		})
+	}
+}
+
+// TestNotRoutedFollowsTheReason: a new reason is a new event; deleting the
+// object (even as a tombstone) forgets it.
+func TestNotRoutedFollowsTheReason(t *testing.T) {
+	recorder, registry := record.NewFakeRecorder(10), prometheus.NewRegistry()
+	waiting := claim("c", "zonal", provisioner.AnnSelectedNode, "node-9")
+	rt := newRouterTest(t, recorder, registry, node1, classZonal, waiting)
+	rt.sync(t, "pvc/ns/c")
+	rt.addNode(t, nodeMetadata("node-9", map[string]string{topology.NodeKey: "node-9"})) // in no zone
+	rt.sync(t, "pvc/ns/c")
+	rt.sync(t, "pvc/ns/c")
+	events := recorded(recorder)
+	if len(events) != 2 || !strings.Contains(events[0], `"node-9" does not exist`) || !strings.Contains(events[1], `"node-9" has no zone`) {
+		t.Errorf("events %q, want one for the missing Node, then one for its missing zone", events)
+	}
+	if got := unroutedGauge(t, registry, "claims"); got != 1 {
+		t.Errorf("unrouted claims = %v, want 1 (one claim, whatever its reasons)", got)
+	}
+	rt.router.deleted(cache.DeletedFinalStateUnknown{Key: "ns/c", Obj: waiting})
+	if got := unroutedGauge(t, registry, "claims"); got != 0 || len(rt.router.notRouted) != 0 {
+		t.Errorf("after its deletion: unrouted claims = %v, %d remembered; want 0, none", got, len(rt.router.notRouted))
+	}
+}
+
+// TestGoneObjectIsNotRemembered: a claim read before it was deleted and
+// made again under its name (another UID) is not remembered, so no entry
+// outlives the object its delete handler already forgot.
+func TestGoneObjectIsNotRemembered(t *testing.T) {
+	recorder, registry := record.NewFakeRecorder(10), prometheus.NewRegistry()
+	rt := newRouterTest(t, recorder, registry, node1, classZonal, claim("c", "zonal", provisioner.AnnSelectedNode, "node-9"))
+	before := edit(claim("c", "zonal", provisioner.AnnSelectedNode, "node-9"), func(c *corev1.PersistentVolumeClaim) { c.UID = "uid-before" })
+	rt.router.remember(kindClaim, before, `selected node "node-9" does not exist`)
+	if got := unroutedGauge(t, registry, "claims"); got != 0 || len(rt.router.notRouted) != 0 {
+		t.Errorf("unrouted claims = %v, %d remembered; want 0, none", got, len(rt.router.notRouted))
+	}
+	if events := recorded(recorder); len(events) != 0 {
+		t.Errorf("events %q on a claim that is gone, want none", events)
+	}
+}
+
+// TestOnlyObjectsWithoutARouteAreReported: an object that keeps the route
+// it had (its owner's Node is gone) is still acted on by that owner, and an
+// object not the driver's, or waiting for the scheduler, is nobody's
+// problem yet: none of them counts or gets an event.
+func TestOnlyObjectsWithoutARouteAreReported(t *testing.T) {
+	recorder, registry := record.NewFakeRecorder(10), prometheus.NewRegistry()
+	kept := labelled(csiPV("pv", testDriver, volumeHandle(topology.ScopeNode, "node-9", "pv"), nil), route.Node("node-9"))
+	rt := newRouterTest(t, recorder, registry, node1, classZonal, classOther, kept,
+		claim("other", "other", provisioner.AnnSelectedNode, "node-9"), claim("pending", "zonal"))
+	for _, item := range []string{"pv/pv", "pvc/ns/other", "pvc/ns/pending"} {
+		rt.sync(t, item)
+	}
+	if events := recorded(recorder); len(events) != 0 {
+		t.Errorf("events %q, want none", events)
+	}
+	for _, resource := range []string{"claims", "volumes", "snapshots", "contents"} {
+		if got := unroutedGauge(t, registry, resource); got != 0 {
+			t.Errorf("unrouted %s = %v, want 0", resource, got)
+		}
 	}
 }

@@ -158,12 +158,12 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 	if err := nodeInformer.SetTransform(kube.StripManagedFields); err != nil {
 		return err
 	}
-	r, err := newRouter(opts.DriverName, client, snapshots, kubeInformers, snapInformers, nodeInformer, registry)
+	recorder, stopEvents := kube.Recorder(client, "toposnap-controller", "")
+	defer stopEvents()
+	r, err := newRouter(opts.DriverName, client, snapshots, kubeInformers, snapInformers, nodeInformer, recorder, registry)
 	if err != nil {
 		return err
 	}
-	recorder, stopEvents := kube.Recorder(client, "toposnap-controller", "")
-	defer stopEvents()
 	sources := provisioner.NewController(provisioner.Config{
 		DriverName: opts.DriverName, Client: client, Snapshots: snapshots, Recorder: recorder,
 		CapacityNamespace: opts.Namespace, Registry: registry, SourcesOnly: true,
