@@ -33,7 +33,7 @@ func main() {
 	flag.DurationVar(&opts.CapacityInterval, "capacity-interval", time.Minute, "how often CSIStorageCapacity is refreshed (0: never)")
 	flag.DurationVar(&opts.OrphanInterval, "orphan-interval", 5*time.Minute, "how often unreferenced volumes are looked for (0: never)")
 	flag.DurationVar(&opts.OrphanGrace, "orphan-grace", 10*time.Minute, "how long a volume may go unreferenced before it is an orphan")
-	flag.BoolVar(&opts.DeleteOrphans, "delete-orphans", false, "delete orphan volumes instead of only reporting them")
+	flag.BoolVar(&opts.DeleteOrphans, "delete-orphans", false, "delete orphan volumes instead of only reporting them: only those recorded with reclaim policy Delete whose claim is older than the PV list they were compared with (Retain, unrecorded and younger volumes are only reported)")
 	flag.BoolVar(&opts.Routed, "routed", false, "watch only the claims, PVs and snapshots toposnap-controller routed to this node or its zone (needs toposnap-controller)")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
