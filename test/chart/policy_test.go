@@ -22,6 +22,9 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/route"
+	"github.com/toposnap/toposnap/internal/topology"
+	"github.com/toposnap/toposnap/internal/volumeid"
 	"github.com/toposnap/toposnap/test/cluster"
 )
 
@@ -35,7 +38,13 @@ const (
 	zoneKey       = "topology.kubernetes.io/zone"
 	// volumeFinalizer is the provisioner's own PV finalizer.
 	volumeFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
+	// heldLease is a zone Lease that node1 holds (createPolicyWorld).
+	heldLease = "toposnap-zone-held"
 )
+
+// longNode is a node whose name is too long for a label value: its route
+// is hashed (n-…).
+var longNode = strings.Repeat("n", 62)
 
 // clients act as one identity: the node ServiceAccount from some node, or
 // from a token bound to no node.
@@ -103,6 +112,13 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 	node1 := nodeServiceAccount(t, nodeIdentity("node1"))
 	node2 := nodeServiceAccount(t, nodeIdentity("node2"))
 	noNode := nodeServiceAccount(t, nil)
+	nodeLong := nodeServiceAccount(t, nodeIdentity(longNode))
+	zonePV := func() *corev1.PersistentVolume {
+		return policyPV("policy-new", policyDriver, map[string]string{zoneKey: cluster.SeedZone})
+	}
+	node1PV := func() *corev1.PersistentVolume {
+		return policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"})
+	}
 	cases := []policyCase{
 		// PersistentVolumes.
 		{"delete own node-scope PV", node1, deletePV("policy-node1"), ""},
@@ -124,6 +140,15 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"create another driver's PV", node1, createPV(policyPV("policy-new", foreignDriver, map[string]string{nodeKey: "node1"})), "may write only PVs of csi.toposnap.io"},
 		{"create PV reachable from every node", node1, createPV(policyPV("policy-new", policyDriver, nil)), "confined to a node or a zone"},
 		{"create PV not pre-bound to a claim", node1, createPV(withoutClaimRef(policyPV("policy-new", policyDriver, map[string]string{nodeKey: "node1"}))), "pre-bound to its claim"},
+		{"create own PV routed by its hashed name", nodeLong, createPV(routed(policyPV("policy-new", policyDriver, map[string]string{nodeKey: longNode}), route.Node(longNode))), ""},
+		{"create a zone PV of another node's volume (staged into a pod of the zone on that node)", node2,
+			createPV(withHandle(zonePV(), nodeVolumeID("node1", "victim"))), "a node-scope volume handle (vn-) only on a PV pinned to the caller's node"},
+		{"create own node's PV of a zone volume", node1, createPV(withHandle(node1PV(), zoneVolumeID("victim"))), "a zone-scope volume handle (vz-) only on a zone PV"},
+		{"create a PV whose handle is a path", node1, createPV(withHandle(node1PV(), "../x")), "must be a toposnap volume ID"},
+		{"create a PV whose handle is a truncated ID", node1, createPV(withHandle(node1PV(), "vn-abc")), "must be a toposnap volume ID"},
+		{"create a PV whose handle is a snapshot ID", node1, createPV(withHandle(node1PV(), "s"+nodeVolumeID("node1", "victim")[1:])), "must be a toposnap volume ID"},
+		{"create own node's PV routed to a zone", node1, createPV(routed(node1PV(), "z-0123")), "a node-scope volume (vn-) only to its own node (n.node1)"},
+		{"create a zone PV routed to own node", node1, createPV(routed(zonePV(), "n.node1")), "a zone-scope volume (vz-) only to a zone (z-"},
 		{"remove own finalizer from own PV", node1, updatePV("policy-node1", func(pv *corev1.PersistentVolume) {
 			pv.Finalizers = slices.DeleteFunc(pv.Finalizers, func(f string) bool { return f == volumeFinalizer })
 		}), ""},
@@ -173,6 +198,9 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"take a zone Lease for another node", node1, createLease("toposnap-zone-policy", "node2"), "caller node: node1"},
 		{"take a zone Lease with a token bound to no node", noNode, createLease("toposnap-zone-policy", "node1"), "token bound to a pod on a node"},
 		{"take the scheduler's Lease", node1, createLease("toposnap-scheduler", "node1"), "zone-ownership Leases"},
+		{"release own zone Lease", node1, updateLease(heldLease, ""), ""},
+		{"take over another node's zone Lease (fail-over)", node2, updateLease(heldLease, "node2"), ""},
+		{"blank another node's zone Lease", node2, updateLease(heldLease, ""), "only a zone Lease it holds or nobody holds; caller node: node2"},
 
 		// CSIStorageCapacity.
 		{"publish own node's capacity", node1, createCapacity(map[string]string{nodeKey: "node1"}, policyDriver), ""},
@@ -311,6 +339,14 @@ func createPolicyWorld(t *testing.T, ctx context.Context) policyWorld {
 			_ = snap.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), content.Name, metav1.DeleteOptions{})
 		})
 	}
+	held := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: heldLease, Namespace: policyNamespace},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("node1"), LeaseDurationSeconds: ptr.To[int32](15)}}
+	if _, err := client.CoordinationV1().Leases(policyNamespace).Create(ctx, held, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = testCluster.Client.CoordinationV1().Leases(policyNamespace).Delete(context.Background(), heldLease, metav1.DeleteOptions{})
+	})
 	snapshot := &snapv1.VolumeSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: "policy", Namespace: policyNamespace},
 		Spec:       snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr.To("ours")}},
@@ -362,10 +398,15 @@ func deleteAsAdmin(t *testing.T, name string) {
 }
 
 // policyPV is a PV as the provisioner makes it: driver, provisioned-by,
-// the provisioner's finalizer, pre-bound to a claim; affinity is its one
+// the provisioner's finalizer, pre-bound to a claim, the volume ID of its
+// scope (of the node it names, else of the zone); affinity is its one
 // node selector term (nil: no nodeAffinity). Retain, so the PV controller
 // leaves it alone.
 func policyPV(name, driver string, affinity map[string]string) *corev1.PersistentVolume {
+	handle := zoneVolumeID(name)
+	if node, ok := affinity[nodeKey]; ok {
+		handle = nodeVolumeID(node, name)
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:        name,
@@ -377,7 +418,7 @@ func policyPV(name, driver string, affinity map[string]string) *corev1.Persisten
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
 			ClaimRef:                      &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: policyNamespace, Name: "gone", UID: types.UID("gone-" + name)},
-			PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: "handle-" + name}},
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: driver, VolumeHandle: handle}},
 		},
 	}
 	if affinity != nil {
@@ -387,6 +428,23 @@ func policyPV(name, driver string, affinity map[string]string) *corev1.Persisten
 		}
 		pv.Spec.NodeAffinity = &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{term}}}
 	}
+	return pv
+}
+
+// nodeVolumeID is the ID the driver on node gives the volume named name
+// (vn-…).
+func nodeVolumeID(node, name string) string {
+	return volumeid.MakeID(volumeid.KindVolume, topology.ScopeNode, node, name)
+}
+
+// zoneVolumeID is the ID of the seed zone's volume named name (vz-…).
+func zoneVolumeID(name string) string {
+	return volumeid.MakeID(volumeid.KindVolume, topology.ScopeZone, cluster.SeedRegion+"/"+cluster.SeedZone, name)
+}
+
+// withHandle gives pv the volume handle.
+func withHandle(pv *corev1.PersistentVolume, handle string) *corev1.PersistentVolume {
+	pv.Spec.CSI.VolumeHandle = handle
 	return pv
 }
 
@@ -490,6 +548,22 @@ func createLease(name, holder string) func(context.Context, clients) error {
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To[int32](15)}}
 		_, err := c.kube.CoordinationV1().Leases(policyNamespace).Create(ctx, lease, metav1.CreateOptions{DryRun: dryRun})
 		return err
+	}
+}
+
+// updateLease reads the Lease as admin, names holder as its holder and
+// sends the update as c.
+func updateLease(name, holder string) func(context.Context, clients) error {
+	return func(ctx context.Context, c clients) error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			lease, err := testCluster.Client.CoordinationV1().Leases(policyNamespace).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("read Lease %s: %w", name, err)
+			}
+			lease.Spec.HolderIdentity = ptr.To(holder)
+			_, err = c.kube.CoordinationV1().Leases(policyNamespace).Update(ctx, lease, metav1.UpdateOptions{DryRun: dryRun})
+			return err
+		})
 	}
 }
 
