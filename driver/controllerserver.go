@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"maps"
 	"strconv"
 	"strings"
 
@@ -14,7 +13,6 @@ import (
 
 	"github.com/toposnap/toposnap/driver/store"
 	"github.com/toposnap/toposnap/internal/topology"
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // errElsewhere means an ID is well formed but names a pool this node cannot reach.
@@ -265,11 +263,7 @@ func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 	}
 	entries := make([]*csi.ListVolumesResponse_Entry, 0, end-start)
 	for _, vol := range all[start:end] {
-		listed := csiVolume(vol, nil)
-		// What the provisioner recorded at creation (volumerecord), for
-		// its orphan check; only listed, never put in a PV.
-		maps.Copy(listed.VolumeContext, volumerecord.Record(vol.Parameters))
-		entries = append(entries, &csi.ListVolumesResponse_Entry{Volume: listed})
+		entries = append(entries, &csi.ListVolumesResponse_Entry{Volume: csiVolume(vol, nil)})
 	}
 	return &csi.ListVolumesResponse{Entries: entries, NextToken: next}, nil
 }

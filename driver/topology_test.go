@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"context"
 	"fmt"
 	"testing"
 
@@ -11,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/toposnap/toposnap/internal/topology"
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // cluster3 is node1 and node2 in zone cn-hangzhou-b sharing one zone pool,
@@ -218,49 +216,4 @@ func mustSnapshot(t *testing.T, h *harness, name, volumeID string) string {
 		t.Fatalf("snapshot %s of a small volume not ready within the wait", name)
 	}
 	return resp.GetSnapshot().GetSnapshotId()
-}
-
-// TestVolumeKeepsTheProvisionersRecord: the provisioner's record (reclaim
-// policy, claim version) is kept with the volume, listed by ListVolumes
-// (never in CreateVolume's answer, which becomes the PV), and a retry that
-// records something else still finds the volume: a retry may read a newer
-// claim, and a volume made before the record existed must stay reachable.
-func TestVolumeKeepsTheProvisionersRecord(t *testing.T) {
-	h := startDriver(t, "node1", "cn-hangzhou-b", "cn-hangzhou", "")
-	ctx := context.Background()
-	first := volumeRequest("pvc-recorded", "node", 1<<20, nil, nil)
-	first.Parameters[volumerecord.ReclaimPolicy] = "Delete"
-	first.Parameters[volumerecord.ClaimVersion] = "41"
-	created, err := h.controller.CreateVolume(ctx, first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := created.GetVolume().GetVolumeContext()[volumerecord.ReclaimPolicy]; ok {
-		t.Fatalf("CreateVolume's answer carries the record: %v", created.GetVolume().GetVolumeContext())
-	}
-	retry := volumeRequest("pvc-recorded", "node", 1<<20, nil, nil)
-	retry.Parameters[volumerecord.ClaimVersion] = "42"
-	again, err := h.controller.CreateVolume(ctx, retry)
-	if err != nil {
-		t.Fatalf("retry with another record: %v", err)
-	}
-	if again.GetVolume().GetVolumeId() != created.GetVolume().GetVolumeId() {
-		t.Fatalf("retry made %s, first %s", again.GetVolume().GetVolumeId(), created.GetVolume().GetVolumeId())
-	}
-	other := volumeRequest("pvc-recorded", "node", 1<<20, nil, nil)
-	other.Parameters["toposnap.io/placement"] = "spread"
-	if _, err := h.controller.CreateVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
-		t.Fatalf("retry with other driver parameters: %v, want AlreadyExists", err)
-	}
-	list, err := h.controller.ListVolumes(ctx, &csi.ListVolumesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(list.GetEntries()) != 1 {
-		t.Fatalf("listed %d volumes, want 1", len(list.GetEntries()))
-	}
-	listed := list.GetEntries()[0].GetVolume().GetVolumeContext()
-	if listed[volumerecord.ReclaimPolicy] != "Delete" || listed[volumerecord.ClaimVersion] != "41" {
-		t.Fatalf("listed context %v, want the first request's record", listed)
-	}
 }

@@ -241,7 +241,7 @@ func startExplainer(ctx context.Context, client kubernetes.Interface, state *inf
 	if opts.LeaderElect {
 		// A new leader looks again at every pending pod: the old one may have
 		// explained them, or died before it did.
-		e.leader = &kube.Holder{OnStart: e.enqueueAll}
+		e.leader = &kube.Holder{OnStart: func(context.Context) { e.enqueueAll() }}
 		identity, err := os.Hostname()
 		if err != nil {
 			stopEvents()

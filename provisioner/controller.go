@@ -66,10 +66,31 @@ type Controller struct {
 	// sourceQueue holds the snapshots and claims that restores and clones
 	// read from (sourceKey), whose protection finalizer may be due to go.
 	sourceQueue workqueue.TypedRateLimitingInterface[string]
-	// volumesVersion is the resourceVersion the PV cache last synced to.
-	volumesVersion func() string
+	// released are the volumes --delete-orphans may delete (orphans.go).
+	released *releasedVolumes
 	// routed and sourcesOnly are Config's Routed and SourcesOnly.
 	routed, sourcesOnly bool
+	role                Role
+}
+
+// Role says which of a node's volumes a Controller acts on. A routed node
+// runs two: RoleNode from start to end, over its node's objects, and
+// RoleZone only while it holds its zone's Lease, over the zone's objects
+// (watched only then), so a zone's objects reach one node.
+type Role int
+
+const (
+	// RoleAll: the node's and, while it holds the zone's Lease (the
+	// Controller campaigns for it), the zone's.
+	RoleAll Role = iota
+	// RoleNode: the node's only; the zone's Lease is someone else's concern.
+	RoleNode
+	// RoleZone: the zone's only, with the Lease held by Config.Zone.
+	RoleZone
+)
+
+func (r Role) String() string {
+	return [...]string{"node-and-zone", "node", "zone"}[r]
 }
 
 // Config wires a Controller.
@@ -90,6 +111,10 @@ type Config struct {
 	// the API server, and releasing source protection, which needs every
 	// claim, is left to the central controller.
 	Routed bool
+	// Role: which volumes (RoleAll by default). Zone is the zone Lease's
+	// holder for RoleZone.
+	Role Role
+	Zone leaseHolder
 	// SourcesOnly: the central controller's part, releasing source
 	// protection from whole-cluster caches; nothing is provisioned, and
 	// no CSI driver is needed.
@@ -101,7 +126,7 @@ type Config struct {
 func NewController(cfg Config, inf kube.Informers) *Controller {
 	holder := &kube.Holder{}
 	c := &Controller{
-		zone: holder, campaign: holder, routed: cfg.Routed, sourcesOnly: cfg.SourcesOnly,
+		zone: holder, campaign: holder, routed: cfg.Routed, sourcesOnly: cfg.SourcesOnly, role: cfg.Role,
 		driverName: cfg.DriverName, nodeName: cfg.NodeName, nodeSegment: cfg.NodeSegment, timeout: cfg.Timeout,
 		client: cfg.Client, snapClient: cfg.Snapshots, csi: cfg.CSI, recorder: cfg.Recorder,
 		claims:            inf.Routed.Core().V1().PersistentVolumeClaims().Lister(),
@@ -110,6 +135,7 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		snapshots:         inf.RoutedSnaps.Snapshot().V1().VolumeSnapshots().Lister(),
 		contents:          inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Lister(),
 		capacityNamespace: cfg.CapacityNamespace, capacityChanged: make(chan struct{}, 1), metrics: newMetrics(cfg.Registry),
+		released:    &releasedVolumes{},
 		claimQueue:  kube.NewQueue("claims"),
 		volumeQueue: kube.NewQueue("volumes"),
 		sourceQueue: kube.NewQueue("sources"),
@@ -130,7 +156,12 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	classInformer := inf.Cluster.Storage().V1().StorageClasses().Informer()
 	volumeInformer := inf.Routed.Core().V1().PersistentVolumes().Informer()
 	contentInformer := inf.RoutedSnaps.Snapshot().V1().VolumeSnapshotContents().Informer()
-	c.volumesVersion = volumeInformer.LastSyncResourceVersion
+	switch cfg.Role {
+	case RoleNode:
+		c.zone, c.campaign = neverHolds{}, nil
+	case RoleZone:
+		c.zone, c.campaign = cfg.Zone, nil
+	}
 	c.synced = []cache.InformerSynced{claimInformer.HasSynced, volumeInformer.HasSynced, classInformer.HasSynced,
 		snapInformer.HasSynced, contentInformer.HasSynced}
 	kube.RegisterCacheSizes(cfg.Registry, "toposnap_provisioner_cached_objects", map[string]cache.Store{
@@ -141,12 +172,17 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 		return c
 	}
 	// A deleted class's capacity goes at the next refresh: ask for it now.
-	_, _ = classInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		DeleteFunc: func(any) { c.capacityMayHaveChanged() },
-	})
+	// (Not for a zone term's Controller, which publishes nothing: the class
+	// informer is shared and outlives the term.)
+	if c.role != RoleZone {
+		_, _ = classInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			DeleteFunc: func(any) { c.capacityMayHaveChanged() },
+		})
+	}
 	_, _ = volumeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.enqueue(c.volumeQueue, obj) },
 		UpdateFunc: func(_, obj any) { c.enqueue(c.volumeQueue, obj) },
+		DeleteFunc: c.volumeDeleted,
 	})
 	// Nodes only off the central controller, which keeps their metadata.
 	nodeInformer := inf.Self.Core().V1().Nodes().Informer()
@@ -234,16 +270,16 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 		<-ctx.Done()
 		return nil
 	}
-	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment)
-	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" {
+	klog.InfoS("Provisioner running", "driver", c.driverName, "node", c.nodeName, "segment", c.nodeSegment, "role", c.role)
+	if zone := c.nodeSegment[topology.ZoneKey]; zone != "" && c.campaign != nil {
 		lease := ZoneLeaseName(c.nodeSegment[topology.RegionKey], zone)
 		// A new holder takes over the zone's work that waited for it: no
 		// event would bring back a claim its zone claimed, or a released
 		// zone volume, while the former holder was dying.
-		c.campaign.OnStart = c.requeueAll
+		c.campaign.OnStart = func(context.Context) { c.requeueAll() }
 		go c.campaign.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
 	}
-	if background.CapacityInterval > 0 {
+	if background.CapacityInterval > 0 && c.role != RoleZone {
 		go c.publishCapacity(ctx, background.CapacityInterval)
 	}
 	if background.OrphanInterval > 0 {
@@ -418,7 +454,7 @@ func (c *Controller) responsibleFor(pv *corev1.PersistentVolume) bool {
 	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
 		for _, expr := range term.MatchExpressions {
 			if expr.Key == topology.NodeKey {
-				return true
+				return c.role != RoleZone
 			}
 		}
 	}

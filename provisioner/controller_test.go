@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 
 	"slices"
 	"strconv"
@@ -14,11 +15,11 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
 	"github.com/toposnap/toposnap/internal/fakecsi"
 	"github.com/toposnap/toposnap/internal/topology"
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 const ns = "tenant"
@@ -399,39 +400,35 @@ func TestProvisionAndBind(t *testing.T) {
 	if got := server.Count("CreateVolume"); got != 1 {
 		t.Fatalf("CreateVolume called %d times, want 1", got)
 	}
-	// The volume carries the provisioner's record, for the orphan check.
-	listed, err := client.ListVolumes(context.Background(), &csi.ListVolumesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	record := listed.GetEntries()[0].GetVolume().GetVolumeContext()
-	if record[volumerecord.ReclaimPolicy] != "Delete" || record[volumerecord.ClaimVersion] == "" {
-		t.Fatalf("volume context %v, want reclaim policy Delete and the claim's version recorded", record)
-	}
 }
 
 // TestOrphansDeletedOnlyWhenProvablyOrphans: with --delete-orphans, a
-// ready volume no PV names goes only if its record says its PV was a
-// Delete one, made before the PV list it was compared with. A Retain
-// volume (its PV deleted for a re-import), one made before the record
-// existed, one younger than the list (an etcd restored from an older
-// backup) and one the driver lists as still being made stay.
+// volume no PV names goes only if this node saw its PV deleted (a watch
+// event) while Released with reclaim policy Delete, and made for it: a
+// reclaim whose finalizer was removed by hand. A PV turned Retain before
+// it went (the "keep this volume" procedure), a PV gone from a relist (a
+// tombstone: an etcd restored from an older backup), a PV forged around
+// the volume's handle, a volume whose PV was never seen, and one the driver
+// lists as still being made stay (reported).
 func TestOrphansDeletedOnlyWhenProvablyOrphans(t *testing.T) {
 	server, client := fakecsi.Start(t)
 	here := map[string]string{topology.NodeKey: "node1"}
-	record := func(policy, version string) map[string]string {
-		return map[string]string{volumerecord.ReclaimPolicy: policy, volumerecord.ClaimVersion: version}
+	pvOf := func(name string, policy corev1.PersistentVolumeReclaimPolicy) *corev1.PersistentVolume {
+		claim := claimObject(ns, name, "local", "node1")
+		return provisionedPV(claim, server.AddVolume(PVName(claim), here), "node1", corev1.VolumeReleased, policy)
 	}
-	orphan := server.AddRecordedVolume("orphan", here, record("Delete", "50"))
-	kept := []string{
-		server.AddRecordedVolume("retained", here, record("Retain", "50")),
-		server.AddVolume("unrecorded", here),
-		server.AddRecordedVolume("after-the-list", here, record("Delete", "150")),
-		server.AddRecordedVolume("filling", here, record("Delete", "50")),
-	}
-	server.SetVolumeContext(kept[3], map[string]string{volumeStateKey: "creating"})
+	released := pvOf("released", corev1.PersistentVolumeReclaimDelete)
+	retained := pvOf("retained", corev1.PersistentVolumeReclaimRetain)
+	relisted := pvOf("relisted", corev1.PersistentVolumeReclaimDelete)
+	forged := provisionedPV(claimObject(ns, "forger", "local", "node1"), retained.Spec.CSI.VolumeHandle, "node1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete)
+	filling := pvOf("filling", corev1.PersistentVolumeReclaimDelete)
+	server.SetVolumeContext(filling.Spec.CSI.VolumeHandle, map[string]string{volumeStateKey: "creating"})
+	neverSeen := server.AddVolume("never-seen", here)
 	n := newWorld(t, nodeObject("node1", "b")).startNode("node1", "b", server, client, false)
-	n.ctrl.volumesVersion = func() string { return "100" }
+	for _, pv := range []*corev1.PersistentVolume{released, retained, forged, filling} {
+		n.ctrl.volumeDeleted(pv)
+	}
+	n.ctrl.volumeDeleted(cache.DeletedFinalStateUnknown{Key: relisted.Name, Obj: relisted})
 	tracker := &orphanTracker{}
 	for range 2 { // first seen, then past a grace of zero
 		if err := n.ctrl.orphanRound(context.Background(), tracker, 0, true); err != nil {
@@ -439,10 +436,11 @@ func TestOrphansDeletedOnlyWhenProvablyOrphans(t *testing.T) {
 		}
 	}
 	ids := server.VolumeIDs()
+	kept := []string{retained.Spec.CSI.VolumeHandle, relisted.Spec.CSI.VolumeHandle, filling.Spec.CSI.VolumeHandle, neverSeen}
 	slices.Sort(ids)
 	slices.Sort(kept)
 	if !slices.Equal(ids, kept) {
-		t.Fatalf("volumes left %v, want %v (and %s deleted)", ids, kept, orphan)
+		t.Fatalf("volumes left %v, want %v (and %s deleted)", ids, kept, released.Spec.CSI.VolumeHandle)
 	}
 }
 
@@ -458,5 +456,43 @@ func TestNewLeaseHolderLooksAgain(t *testing.T) {
 	n.ctrl.requeueAll()
 	if claims, volumes := n.ctrl.claimQueue.Len(), n.ctrl.volumeQueue.Len(); claims != 1 || volumes != 1 {
 		t.Fatalf("queued %d claims and %d PVs, want 1 and 1", claims, volumes)
+	}
+}
+
+// TestRolesSplitANodesVolumes: a routed node's two Controllers never act
+// on the same volume: RoleNode on its node's, RoleZone (while the Lease is
+// held) on its zone's, RoleAll on both; orphans likewise.
+func TestRolesSplitANodesVolumes(t *testing.T) {
+	nodePV := provisionedPV(claimObject(ns, "n", "local", "b1"), "n", "b1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete)
+	zonePV := provisionedPV(claimObject(ns, "z", "shared", ""), "z", "b1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete)
+	zonePV.Spec.NodeAffinity = &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+		MatchExpressions: []corev1.NodeSelectorRequirement{{Key: topology.ZoneKey, Operator: corev1.NodeSelectorOpIn, Values: []string{"b"}}}}}}}
+	nodeSegments := []*csi.Topology{{Segments: map[string]string{topology.NodeKey: "b1"}}}
+	zoneSegments := []*csi.Topology{{Segments: map[string]string{topology.ZoneKey: "b", topology.RegionKey: "r"}}}
+	for _, tc := range []struct {
+		role               Role
+		holds              bool
+		wantNode, wantZone bool
+	}{
+		{RoleAll, true, true, true},
+		{RoleAll, false, true, false},
+		{RoleNode, true, true, false},
+		{RoleZone, true, false, true},
+		{RoleZone, false, false, false},
+	} {
+		t.Run(fmt.Sprintf("%s/holds=%v", tc.role, tc.holds), func(t *testing.T) {
+			server, client := fakecsi.Start(t)
+			n := newWorld(t, nodeObject("b1", "b")).startNode("b1", "b", server, client, tc.holds)
+			n.ctrl.role = tc.role
+			if tc.role == RoleNode {
+				n.ctrl.zone = neverHolds{}
+			}
+			got := [4]bool{n.ctrl.responsibleFor(nodePV), n.ctrl.responsibleFor(zonePV),
+				n.ctrl.responsibleForSegments(nodeSegments), n.ctrl.responsibleForSegments(zoneSegments)}
+			want := [4]bool{tc.wantNode, tc.wantZone, tc.wantNode, tc.wantZone}
+			if got != want {
+				t.Fatalf("responsible for node PV, zone PV, node volume, zone volume = %v, want %v", got, want)
+			}
+		})
 	}
 }

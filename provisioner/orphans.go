@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -15,7 +16,7 @@ import (
 
 	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
-	"github.com/toposnap/toposnap/internal/volumerecord"
+	"github.com/toposnap/toposnap/internal/volumeid"
 )
 
 // volumeStateKey in a listed volume's context says it is not ready yet
@@ -72,9 +73,6 @@ func (c *Controller) reportOrphans(ctx context.Context, interval, grace time.Dur
 }
 
 func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, grace time.Duration, deleteOrphans bool) error {
-	// The PV cache reflects at least this version: a volume whose claim is
-	// newer was made after the list it is compared with (volumerecord).
-	listed := c.volumesVersion()
 	var volumes []*csi.Volume
 	token := ""
 	for {
@@ -117,24 +115,25 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 		}
 		orphans = slices.DeleteFunc(orphans, func(vol *csi.Volume) bool { return referenced[vol.GetVolumeId()] })
 	}
-	c.metrics.orphans.Set(float64(len(orphans)))
+	c.countOrphans(orphans)
 	node, _ := c.nodes.Get(c.nodeName)
 	for _, vol := range orphans {
 		if node != nil {
 			c.recorder.Eventf(node, corev1.EventTypeWarning, "OrphanVolume",
-				"volume %s (%d bytes) is not referenced by any PV%s", vol.GetVolumeId(), vol.GetCapacityBytes(), keptNote(deleteOrphans, vol, listed))
+				"volume %s (%d bytes) is not referenced by any PV%s", vol.GetVolumeId(), vol.GetCapacityBytes(), c.keptNote(deleteOrphans, vol))
 		}
 		if !deleteOrphans {
 			continue
 		}
-		if kept := volumerecord.DeletableOrphan(vol.GetVolumeContext(), listed); kept != "" {
-			klog.InfoS("Orphan volume kept", "volume", vol.GetVolumeId(), "reason", kept)
+		if !c.released.seen(vol.GetVolumeId()) {
+			klog.InfoS("Orphan volume kept", "volume", vol.GetVolumeId(), "reason", notSeenReleased)
 			continue
 		}
 		if _, err := c.csi.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()}); err != nil {
 			klog.ErrorS(err, "Deleting orphan volume failed", "volume", vol.GetVolumeId())
 			continue
 		}
+		c.released.forget(vol.GetVolumeId())
 		klog.InfoS("Deleted orphan volume", "volume", vol.GetVolumeId())
 	}
 	return nil
@@ -145,10 +144,30 @@ func (c *Controller) orphanRound(ctx context.Context, tracker *orphanTracker, gr
 func (c *Controller) responsibleForSegments(topologies []*csi.Topology) bool {
 	for _, t := range topologies {
 		if node, ok := t.GetSegments()[topology.NodeKey]; ok {
-			return node == c.nodeName
+			return node == c.nodeName && c.role != RoleZone
 		}
 	}
 	return c.zone.Holds()
+}
+
+// countOrphans sets the orphan gauge of the pools this Controller looks at.
+func (c *Controller) countOrphans(orphans []*csi.Volume) {
+	counts := map[string]int{}
+	for _, vol := range orphans {
+		pool := "zone"
+		for _, t := range vol.GetAccessibleTopology() {
+			if _, ok := t.GetSegments()[topology.NodeKey]; ok {
+				pool = "node"
+			}
+		}
+		counts[pool]++
+	}
+	if c.role != RoleZone {
+		c.metrics.orphans.WithLabelValues("node").Set(float64(counts["node"]))
+	}
+	if c.role != RoleNode {
+		c.metrics.orphans.WithLabelValues("zone").Set(float64(counts["zone"]))
+	}
 }
 
 // listReferenced adds the handle of every PV of the driver that carries no
@@ -172,13 +191,66 @@ func (c *Controller) listReferenced(ctx context.Context, referenced map[string]b
 	}
 }
 
-// keptNote says, in an orphan's event, why --delete-orphans keeps it.
-func keptNote(deleteOrphans bool, vol *csi.Volume, listed string) string {
-	if !deleteOrphans {
+// notSeenReleased is why --delete-orphans keeps most orphans.
+const notSeenReleased = "this node did not see its PV deleted while Released with reclaim policy Delete " +
+	"(a Retain volume, or one whose PV vanished from a relist, as after an etcd restore, is only reported)"
+
+// keptNote says, in an orphan's event, what --delete-orphans does with it.
+func (c *Controller) keptNote(deleteOrphans bool, vol *csi.Volume) string {
+	switch {
+	case !deleteOrphans:
 		return ""
+	case c.released.seen(vol.GetVolumeId()):
+		return "; deleting it (--delete-orphans)"
 	}
-	if kept := volumerecord.DeletableOrphan(vol.GetVolumeContext(), listed); kept != "" {
-		return "; kept: " + kept
+	return "; kept: " + notSeenReleased
+}
+
+// releasedVolumes are the handles of PVs this node saw deleted (a watch
+// event, not a relist) while Released with reclaim policy Delete, and made
+// for their volume: the only orphans --delete-orphans deletes. That is a
+// reclaim whose finalizer someone removed by hand. A PV turned Retain
+// before it went, a PV gone from a relist (an etcd restored from an older
+// backup), or one that vanished while this process was down leaves a
+// volume that is only reported. Entries go when their volume is deleted,
+// or after a day.
+type releasedVolumes struct {
+	mu      sync.Mutex
+	handles map[string]time.Time
+}
+
+// releasedTTL bounds how long a seen release is remembered.
+const releasedTTL = 24 * time.Hour
+
+// note records a deleted PV's final state if it qualifies.
+func (r *releasedVolumes) note(pv *corev1.PersistentVolume, driver string, now time.Time) {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != driver || pv.Annotations[AnnProvisionedBy] != driver ||
+		pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete ||
+		pv.Status.Phase != corev1.VolumeReleased || !volumeid.CreatedUnder(pv.Spec.CSI.VolumeHandle, pv.Name) {
+		return
 	}
-	return "; deleting it (--delete-orphans)"
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handles == nil {
+		r.handles = map[string]time.Time{}
+	}
+	for handle, at := range r.handles {
+		if now.Sub(at) > releasedTTL {
+			delete(r.handles, handle)
+		}
+	}
+	r.handles[pv.Spec.CSI.VolumeHandle] = now
+}
+
+func (r *releasedVolumes) seen(handle string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.handles[handle]
+	return ok
+}
+
+func (r *releasedVolumes) forget(handle string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.handles, handle)
 }

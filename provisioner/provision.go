@@ -19,7 +19,6 @@ import (
 
 	"github.com/toposnap/toposnap/internal/claimsource"
 	"github.com/toposnap/toposnap/internal/topology"
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // provision makes the claim's volume and publishes its PV. The claim holds
@@ -261,14 +260,6 @@ func (c *Controller) createRequest(ctx context.Context, claim *corev1.Persistent
 	} else if requirement, err = TopologyRequirement(topology.Segment(c.zoneLabels()), c.zoneLabels(), class); err != nil {
 		return nil, err
 	}
-	// Recorded with the volume, for the orphan check (volumerecord): the
-	// driver keeps the first request's and ignores them on a retry.
-	reclaim := corev1.PersistentVolumeReclaimDelete
-	if class.ReclaimPolicy != nil {
-		reclaim = *class.ReclaimPolicy
-	}
-	params[volumerecord.ReclaimPolicy] = string(reclaim)
-	params[volumerecord.ClaimVersion] = claim.ResourceVersion
 	request := claim.Spec.Resources.Requests[corev1.ResourceStorage]
 	req := &csi.CreateVolumeRequest{
 		Name:                      PVName(claim),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -12,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 
 	"github.com/toposnap/toposnap/internal/route"
@@ -34,25 +36,33 @@ func (c *Controller) shouldReclaim(pv *corev1.PersistentVolume) bool {
 // from live reads: the PV, the claim its claimRef names (nil if there is
 // none) and the other PVs that name its volume handle. "" lets it go.
 //
-// A volume is deleted for the PV it was made for only: toposnap names a
-// claim's PV pvc-<claim uid> and creates its volume under that name, and
-// the handle carries the name's hash. So a PV forged around a victim's
-// handle (another name), or one re-pointed at another claim, never deletes
-// it, and neither does the old PV of a volume an operator re-imported.
+// A volume is deleted for the PV it was made for only: toposnap creates a
+// claim's volume under the name of its PV, and the handle carries the
+// name's hash. So a PV forged around another volume's handle (under
+// another name) never deletes it, and neither does a second PV an operator
+// made for a re-imported volume. (A populator may re-point the PV at
+// another claim: the claim it names now is the one that must be gone.)
 func reclaimRefusal(pv *corev1.PersistentVolume, claim *corev1.PersistentVolumeClaim, sharing []string) string {
+	if refusal := handleRefusal(pv); refusal != "" {
+		return refusal
+	}
 	ref := pv.Spec.ClaimRef
-	handle := pv.Spec.CSI.VolumeHandle
 	switch {
-	case ref == nil || ref.UID == "":
-		return "the PV names no claim uid"
-	case pv.Name != "pvc-"+string(ref.UID):
-		return fmt.Sprintf("the PV's name is not pvc-<uid of its claim> (claim uid %s): toposnap did not provision it for that claim", ref.UID)
-	case !volumeid.CreatedUnder(handle, pv.Name):
-		return fmt.Sprintf("the volume was not created for PV %s (its handle names another CSI volume name)", pv.Name)
 	case claim != nil && claim.UID == ref.UID:
 		return fmt.Sprintf("claim %s/%s of uid %s still exists", claim.Namespace, claim.Name, claim.UID)
 	case len(sharing) > 0:
 		return fmt.Sprintf("PV %s also names the volume; delete or re-point it first", strings.Join(sharing, ", "))
+	}
+	return ""
+}
+
+// handleRefusal is the part of reclaimRefusal the PV alone decides.
+func handleRefusal(pv *corev1.PersistentVolume) string {
+	switch {
+	case pv.Spec.ClaimRef == nil || pv.Spec.ClaimRef.UID == "":
+		return "the PV names no claim uid"
+	case !volumeid.CreatedUnder(pv.Spec.CSI.VolumeHandle, pv.Name):
+		return fmt.Sprintf("the volume was not created for PV %s (its handle names another CSI volume name)", pv.Name)
 	}
 	return ""
 }
@@ -71,6 +81,9 @@ func (c *Controller) confirmReclaim(ctx context.Context, cached *corev1.Persiste
 	if pv.UID != cached.UID || !c.shouldReclaim(pv) {
 		return nil, "", nil
 	}
+	if refusal := handleRefusal(pv); refusal != "" {
+		return pv, refusal, nil // no further reads for a PV that cannot pass
+	}
 	var claim *corev1.PersistentVolumeClaim
 	if ref := pv.Spec.ClaimRef; ref != nil && ref.Name != "" {
 		claim, err = c.client.CoreV1().PersistentVolumeClaims(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
@@ -88,10 +101,11 @@ func (c *Controller) confirmReclaim(ctx context.Context, cached *corev1.Persiste
 	return pv, reclaimRefusal(pv, claim, sharing), nil
 }
 
-// pvsNaming lists, live, the other PVs of the driver that name pv's volume
-// handle. Routed, a PV of the same volume is routed like it (by affinity or
-// by the handle's owner) or not routed yet: those two selections are read,
-// not the whole cluster. Unrouted, every PV is.
+// pvsNaming lists the other PVs of the driver that name pv's volume handle,
+// from the API server's watch cache (resourceVersion 0: no etcd read).
+// Routed, a PV of the same volume is routed like it (by affinity or by the
+// handle's owner) or not routed yet: those two selections are read, not
+// the whole cluster. Unrouted, every PV is.
 func (c *Controller) pvsNaming(ctx context.Context, pv *corev1.PersistentVolume) ([]string, error) {
 	selectors := []string{""}
 	if c.routed {
@@ -102,7 +116,7 @@ func (c *Controller) pvsNaming(ctx context.Context, pv *corev1.PersistentVolume)
 	}
 	var sharing []string
 	for _, selector := range selectors {
-		options := metav1.ListOptions{Limit: 500, LabelSelector: selector}
+		options := metav1.ListOptions{LabelSelector: selector, ResourceVersion: "0"}
 		for {
 			page, err := c.client.CoreV1().PersistentVolumes().List(ctx, options)
 			if err != nil {
@@ -173,4 +187,26 @@ func (c *Controller) syncVolume(ctx context.Context, key string) error {
 	c.capacityMayHaveChanged()
 	klog.InfoS("Deleted volume", "pv", pv.Name, "volume", pv.Spec.CSI.VolumeHandle)
 	return nil
+}
+
+// volumeDeleted: a PV gone from a watch event (a tombstone is a relist's
+// guess) is noted for the orphan check, and the other PVs that named its
+// volume are looked at again (a reclaim refused because they shared it).
+func (c *Controller) volumeDeleted(obj any) {
+	pv, ok := obj.(*corev1.PersistentVolume)
+	if !ok || pv.Spec.CSI == nil {
+		return
+	}
+	if c.responsibleFor(pv) {
+		c.released.note(pv, c.driverName, time.Now())
+	}
+	others, err := c.volumes.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, other := range others {
+		if other.Spec.CSI != nil && other.Spec.CSI.VolumeHandle == pv.Spec.CSI.VolumeHandle && other.UID != pv.UID {
+			c.volumeQueue.Add(other.Name)
+		}
+	}
 }

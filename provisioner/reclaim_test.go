@@ -19,6 +19,8 @@ import (
 // forged PV, a re-pointed claimRef, a volume another PV still names, a
 // claim that still exists and a PV bound again since the cache saw it all
 // keep the volume (with a VolumeDeleteRefused event where it is a refusal).
+// A PV a populator re-pointed at the user's claim is reclaimed (TestReclaim
+// and the populated row of TestReclaimRefusal).
 func TestReclaimConfirmsLive(t *testing.T) {
 	victim := claimObject(ns, "data", "local", "node1")
 	cases := []struct {
@@ -39,15 +41,6 @@ func TestReclaimConfirmsLive(t *testing.T) {
 				return []runtimeObject{forged}
 			},
 			pv: "pvc-uid-tenant-evil", refusal: "was not created for PV pvc-uid-tenant-evil",
-		},
-		{
-			name: "the victim's PV re-pointed at another claim uid",
-			world: func(handle string) []runtimeObject {
-				pv := provisionedPV(victim, handle, "node1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete)
-				pv.Spec.ClaimRef.UID = "uid-other"
-				return []runtimeObject{pv}
-			},
-			pv: PVName(victim), refusal: "not pvc-<uid of its claim>",
 		},
 		{
 			name: "an operator's re-import names the same volume",
@@ -127,6 +120,9 @@ func TestReclaimRefusal(t *testing.T) {
 	noRef.Spec.ClaimRef = nil
 	gone := claim.DeepCopy()
 	gone.UID = "uid-recreated"
+	repointed := pv.DeepCopy()
+	repointed.Spec.ClaimRef = &corev1.ObjectReference{Namespace: ns, Name: "user", UID: "uid-user"}
+	forged := provisionedPV(claimObject(ns, "forger", "local", "node1"), handle, "node1", corev1.VolumeReleased, corev1.PersistentVolumeReclaimDelete)
 	for _, tc := range []struct {
 		name    string
 		pv      *corev1.PersistentVolume
@@ -139,6 +135,8 @@ func TestReclaimRefusal(t *testing.T) {
 		{"no claim reference", noRef, nil, nil, "names no claim uid"},
 		{"claim still there", pv, claim, nil, "still exists"},
 		{"shared", pv, nil, []string{"a", "b"}, "PV a, b also names"},
+		{"populated: re-pointed at the user's claim, now gone", repointed, nil, nil, ""},
+		{"forged around the volume under another name", forged, nil, nil, "was not created for PV pvc-uid-tenant-forger"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := reclaimRefusal(tc.pv, tc.claim, tc.sharing)

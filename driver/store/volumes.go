@@ -10,8 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
-
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // ImageName is a block volume's image file, inside its volume directory.
@@ -305,7 +303,7 @@ func sameVolume(existing Volume, req VolumeRequest) error {
 		return fmt.Errorf("volume %q was created from another source: %w", req.Name, ErrExists)
 	case existing.Block != req.Block:
 		return fmt.Errorf("volume %q was created with another access type (block=%v): %w", req.Name, existing.Block, ErrExists)
-	case !maps.Equal(volumerecord.WithoutRecord(existing.Parameters), volumerecord.WithoutRecord(req.Parameters)):
+	case !maps.Equal(existing.Parameters, req.Parameters) && (len(existing.Parameters) > 0 || len(req.Parameters) > 0):
 		return fmt.Errorf("volume %q was created with other parameters: %w", req.Name, ErrExists)
 	}
 	return nil

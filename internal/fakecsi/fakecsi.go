@@ -6,7 +6,6 @@ package fakecsi
 
 import (
 	"context"
-	"maps"
 	"net"
 	"sync"
 	"testing"
@@ -17,11 +16,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/internal/volumeid"
-	"github.com/toposnap/toposnap/internal/volumerecord"
 )
 
 // Fault is a scripted failure of one call.
@@ -36,17 +33,16 @@ type Fault struct {
 type Server struct {
 	csi.UnimplementedControllerServer
 	mu        sync.Mutex
-	volumes   map[string]*csi.Volume       // by CSI name
-	records   map[string]map[string]string // volumerecord keys of each volume's first create, by CSI name
-	snapshots map[string]*csi.Snapshot     // by CSI name
-	faults    map[string][]Fault           // by method name, used in order
+	volumes   map[string]*csi.Volume   // by CSI name
+	snapshots map[string]*csi.Snapshot // by CSI name
+	faults    map[string][]Fault       // by method name, used in order
 	calls     []string
 }
 
 // Start serves a new fake for the test's lifetime and returns a client.
 func Start(t testing.TB) (*Server, csi.ControllerClient) {
 	t.Helper()
-	server := &Server{volumes: map[string]*csi.Volume{}, records: map[string]map[string]string{}, snapshots: map[string]*csi.Snapshot{}, faults: map[string][]Fault{}}
+	server := &Server{volumes: map[string]*csi.Volume{}, snapshots: map[string]*csi.Snapshot{}, faults: map[string][]Fault{}}
 	listener := bufconn.Listen(1 << 20)
 	grpcServer := grpc.NewServer()
 	csi.RegisterControllerServer(grpcServer, server)
@@ -117,16 +113,6 @@ func (s *Server) AddVolume(name string, segments map[string]string) string {
 	return volume.VolumeId
 }
 
-// AddRecordedVolume makes a volume exist with the provisioner's record
-// (volumerecord), as if created earlier by a provisioner.
-func (s *Server) AddRecordedVolume(name string, segments, record map[string]string) string {
-	id := s.AddVolume(name, segments)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.records[name] = record
-	return id
-}
-
 // AddSnapshot makes a snapshot exist, as if cut earlier.
 func (s *Server) AddSnapshot(name, sourceVolumeID string, segments map[string]string) string {
 	s.mu.Lock()
@@ -174,7 +160,6 @@ func (s *Server) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 			volume.AccessibleTopology = []*csi.Topology{requisite[0]}
 		}
 		s.volumes[req.GetName()] = volume
-		s.records[req.GetName()] = volumerecord.Record(req.GetParameters())
 	}
 	if failing {
 		return nil, fault.Err
@@ -295,17 +280,8 @@ func (s *Server) ListVolumes(_ context.Context, _ *csi.ListVolumesRequest) (*csi
 		return nil, fault.Err
 	}
 	resp := &csi.ListVolumesResponse{}
-	for name, volume := range s.volumes {
-		// As the driver: the provisioner's record is listed, not answered.
-		listed := proto.Clone(volume).(*csi.Volume)
-		if record := s.records[name]; len(record) > 0 {
-			listed.VolumeContext = maps.Clone(listed.VolumeContext)
-			if listed.VolumeContext == nil {
-				listed.VolumeContext = map[string]string{}
-			}
-			maps.Copy(listed.VolumeContext, record)
-		}
-		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: listed})
+	for _, volume := range s.volumes {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: volume})
 	}
 	return resp, nil
 }

@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/informers"
@@ -246,6 +247,37 @@ type Env struct {
 	Registry *prometheus.Registry
 	stop     []func()
 	synced   atomic.Bool // every informer started by Start has synced
+	// zone is the zone's route with EnvOptions.ZoneOnLease ("" without).
+	zone   string
+	resync time.Duration
+}
+
+// ZoneInformers are fresh factories over the zone's objects (claims and
+// PVs, snapshots and contents routed to the zone), beside the Env's class
+// and own-Node factories; ok is false without EnvOptions.ZoneOnLease or a
+// zone. ZoneTerms starts them after Term registered its informers, and
+// shuts them down at the term's end.
+func (e *Env) ZoneInformers() (zone Informers, ok bool) {
+	if e.zone == "" {
+		return Informers{}, false
+	}
+	selector := labels.SelectorFromSet(labels.Set{route.Label: e.zone}).String()
+	routed := func(o *metav1.ListOptions) { o.LabelSelector = selector }
+	zone = e.Informers
+	zone.Routed = informers.NewSharedInformerFactoryWithOptions(e.Client, e.resync,
+		informers.WithTransform(StripManagedFields), informers.WithTweakListOptions(routed))
+	zone.RoutedSnaps = snapshotinformers.NewSharedInformerFactoryWithOptions(GatedSnapshots(e.Snapshots, e.SnapshotAPI), e.resync,
+		snapshotinformers.WithTransform(StripManagedFields), snapshotinformers.WithTweakListOptions(routed))
+	return zone, true
+}
+
+// StartZone starts ZoneInformers' own factories until ctx ends (Term
+// calls it once its informers are registered). The shared ones are the
+// Env's to start: an informer a term registers first on them would stop
+// with the term and never start again.
+func (e *Env) StartZone(ctx context.Context, zone Informers) {
+	zone.Routed.Start(ctx.Done())
+	zone.RoutedSnaps.Start(ctx.Done())
 }
 
 // EnvOptions are the flags every node-deployed controller shares.
@@ -260,6 +292,9 @@ type EnvOptions struct {
 	// node (and to its zone, when the driver reports one), and only this
 	// node's Node.
 	Routed bool
+	// ZoneOnLease (with Routed): the node's informers leave the zone's
+	// objects out; ZoneInformers watches them, for the zone Lease's holder.
+	ZoneOnLease bool
 }
 
 // Informers are the factories a node-deployed controller registers on, by
@@ -313,7 +348,7 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 		return nil, err
 	}
 	config.QPS, config.Burst = opts.QPS, opts.Burst
-	env := &Env{Registry: prometheus.NewRegistry()}
+	env := &Env{Registry: prometheus.NewRegistry(), resync: opts.Resync}
 	if env.Client, err = kubernetes.NewForConfig(config); err != nil {
 		return nil, fmt.Errorf("create API client: %w", err)
 	}
@@ -350,6 +385,10 @@ func NewEnv(ctx context.Context, opts EnvOptions) (*Env, error) {
 	env.Informers = SameInformers(env.KubeInformers, env.SnapInformers)
 	if opts.Routed {
 		zone := route.ZoneOf(env.Driver.Segment[topology.RegionKey], env.Driver.Segment[topology.ZoneKey])
+		if opts.ZoneOnLease && zone != "" {
+			env.zone = route.Zone(zone)
+			zone = ""
+		}
 		selector := route.Selector(opts.NodeName, zone).String()
 		routed := func(o *metav1.ListOptions) { o.LabelSelector = selector }
 		env.Informers.Routed = informers.NewSharedInformerFactoryWithOptions(env.Client, opts.Resync,

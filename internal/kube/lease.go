@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +17,13 @@ import (
 // process holds it.
 type Holder struct {
 	held atomic.Bool
-	// OnStart, if set before Campaign, runs each time the Lease is won.
-	OnStart func()
+	// mu orders a term's start (which client-go runs in a goroutine of its
+	// own) with its end: a start seen after its end holds nothing.
+	mu sync.Mutex
+	// OnStart, if set before Campaign, runs each time the Lease is won,
+	// with a context that ends when the term ends (the Lease is lost or
+	// released); Holds is true from just before it is called.
+	OnStart func(term context.Context)
 }
 
 // Holds reports whether this process currently holds the Lease.
@@ -40,16 +46,27 @@ func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, name
 			ReleaseOnCancel: true,
 			Name:            lease,
 			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(context.Context) {
+				OnStartedLeading: func(term context.Context) {
+					// client-go ends the term's context before it calls
+					// OnStoppedLeading: a start that finds it ended lost
+					// the race with its own end.
+					h.mu.Lock()
+					started := term.Err() == nil
+					h.held.Store(started)
+					h.mu.Unlock()
+					if !started {
+						return
+					}
 					klog.InfoS("Holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
-					h.held.Store(true)
 					if h.OnStart != nil {
-						h.OnStart()
+						h.OnStart(term)
 					}
 				},
 				OnStoppedLeading: func() {
-					klog.InfoS("No longer holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
+					h.mu.Lock()
 					h.held.Store(false)
+					h.mu.Unlock()
+					klog.InfoS("No longer holding lease", "lease", klog.KRef(namespace, lease), "identity", identity)
 				},
 			},
 		})

@@ -11,21 +11,28 @@ import (
 
 	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
+	"github.com/toposnap/toposnap/test/cluster"
 )
 
 // TestNodeAgentsHoldOnlyTheirOwn: with toposnap-controller routing, a
 // node's provisioner and snapshotter cache the claims and PVs routed to
-// their node or zone and their own Node, not the cluster's: a claim made
-// on node2 never reaches node1's caches, and every claim and PV of the
-// driver carries the route of the node that holds its volume.
+// their node (the snapshotter its zone's too) and their own Node, not the
+// cluster's: a claim made on node2 never reaches node1's caches, a zone
+// claim never reaches the node cache of node1's provisioner (the zone's
+// objects are watched by the zone Lease's holder, apart), and every claim
+// and PV of the driver carries the route of the node that holds its volume.
 func TestNodeAgentsHoldOnlyTheirOwn(t *testing.T) {
 	needEnv(t)
 	ns := createNamespace(t)
 	createClass(t, "e2e-node", "node")
+	createClass(t, "e2e-zone", "zone", cluster.SeedZone)
 	for _, node := range []string{"node1", "node2"} {
 		createClaim(t, ns, "on-"+node, "e2e-node", "64Mi", nil)
 		createPodIn(t, ns, "app-"+node, "on-"+node, map[string]string{topology.HostnameKey: node})
 	}
+	createClaim(t, ns, "in-zone", "e2e-zone", "64Mi", nil)
+	createPodIn(t, ns, "app-zone", "in-zone", map[string]string{topology.HostnameKey: "node1"})
+	waitBound(t, ns, "in-zone", "app-zone")
 	for _, node := range []string{"node1", "node2"} {
 		pv, got := waitBound(t, ns, "on-"+node, "app-"+node)
 		if got != node {
@@ -54,21 +61,25 @@ func TestNodeAgentsHoldOnlyTheirOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	location := topology.LocationFromLabels("node1", node1.Labels)
-	selector := route.Selector("node1", route.ZoneOf(location.Region, location.Zone)).String()
+	zone := route.ZoneOf(location.Region, location.Zone)
+	selectors := map[string]string{
+		"provisioner": route.Selector("node1", "").String(),
+		"snapshotter": route.Selector("node1", zone).String(),
+	}
 	if err := poll(ctxFor(t, time.Minute), 200*time.Millisecond, time.Minute, func() (bool, error) {
 		ctx := ctxFor(t, 10*time.Second)
-		claims, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{LabelSelector: selector})
-		if err != nil {
-			return false, err
-		}
 		all, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err
 		}
-		if len(all.Items) <= len(claims.Items) {
-			return false, fmt.Errorf("every one of the cluster's %d claims is routed to node1 or its zone: the test shows nothing", len(all.Items))
-		}
 		for _, component := range []string{"provisioner", "snapshotter"} {
+			claims, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{LabelSelector: selectors[component]})
+			if err != nil {
+				return false, err
+			}
+			if len(all.Items) <= len(claims.Items) {
+				return false, fmt.Errorf("every one of the cluster's %d claims is routed to what node1's %s watches: the test shows nothing", len(all.Items), component)
+			}
 			cached, err := cachedObjects(ctx, component, "persistentvolumeclaims")
 			if err != nil || cached != len(claims.Items) {
 				t.Logf("node1's %s caches %d claims, %d are routed to it (of %d): %v", component, cached, len(claims.Items), len(all.Items), err)
@@ -79,6 +90,13 @@ func TestNodeAgentsHoldOnlyTheirOwn(t *testing.T) {
 		return err == nil && nodes == 1, nil
 	}); err != nil {
 		t.Fatalf("node1's caches do not hold exactly what is routed to it: %v", err)
+	}
+	zoneClaim, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctxFor(t, time.Minute), "in-zone", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if route.Of(zoneClaim.Labels) != route.Zone(zone) {
+		t.Fatalf("zone claim routed to %q, want %q: the test shows nothing", route.Of(zoneClaim.Labels), route.Zone(zone))
 	}
 	for _, claim := range []string{"on-node2"} {
 		live, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims(ns).Get(ctxFor(t, time.Minute), claim, metav1.GetOptions{})
