@@ -16,11 +16,11 @@ import (
 
 // TestNodeAgentsHoldOnlyTheirOwn: with toposnap-controller routing, a
 // node's provisioner and snapshotter cache the claims and PVs routed to
-// their node (the snapshotter its zone's too) and their own Node, not the
-// cluster's: a claim made on node2 never reaches node1's caches, a zone
-// claim never reaches the node cache of node1's provisioner (the zone's
-// objects are watched by the zone Lease's holder, apart), and every claim
-// and PV of the driver carries the route of the node that holds its volume.
+// their node and their own Node, not the cluster's: a claim made on node2
+// never reaches node1's caches, a zone claim never reaches node1's node
+// caches (the zone's objects are watched apart, by the zone Lease's holder
+// while it holds it), and every claim and PV of the driver carries the
+// route of the node that holds its volume.
 func TestNodeAgentsHoldOnlyTheirOwn(t *testing.T) {
 	needEnv(t)
 	ns := createNamespace(t)
@@ -62,10 +62,8 @@ func TestNodeAgentsHoldOnlyTheirOwn(t *testing.T) {
 	}
 	location := topology.LocationFromLabels("node1", node1.Labels)
 	zone := route.ZoneOf(location.Region, location.Zone)
-	selectors := map[string]string{
-		"provisioner": route.Selector("node1", "").String(),
-		"snapshotter": route.Selector("node1", zone).String(),
-	}
+	own := route.Selector("node1", "").String()
+	selectors := map[string]string{"provisioner": own, "snapshotter": own}
 	if err := poll(ctxFor(t, time.Minute), 200*time.Millisecond, time.Minute, func() (bool, error) {
 		ctx := ctxFor(t, 10*time.Second)
 		all, err := env.Cluster.Client.CoreV1().PersistentVolumeClaims("").List(ctx, metav1.ListOptions{})

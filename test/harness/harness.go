@@ -425,7 +425,7 @@ func (e *Env) startNode(ctx context.Context, name, zone, zonePool string) (*Node
 	if err := n.start("provisioner", "toposnap-provisioner", append(provisionerArgs, "--metrics-address", n.metrics["provisioner"])...); err != nil {
 		return nil, err
 	}
-	if err := n.start("snapshotter", "toposnap-snapshotter", append(common, "--common-controller", "--metrics-address", n.metrics["snapshotter"])...); err != nil {
+	if err := n.start("snapshotter", "toposnap-snapshotter", append(common, "--common-controller", "--lease-namespace", "default", "--metrics-address", n.metrics["snapshotter"])...); err != nil {
 		return nil, err
 	}
 	return n, nil

@@ -103,7 +103,7 @@ var Processes = []Process{
 		Name: "snapshotter", Package: "./snapshotter/cmd/toposnap-snapshotter", Scope: Node, Ready: "/readyz",
 		Args: func(at Where) []string {
 			return []string{"--kubeconfig", at.Kubeconfig, "--metrics-address", at.Metrics, "--csi-address", at.Socket,
-				"--node-name", at.Node, "--routed"}
+				"--node-name", at.Node, "--lease-namespace", at.Namespace, "--routed"}
 		},
 	},
 }

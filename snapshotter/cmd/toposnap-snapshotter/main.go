@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/snapshotter"
 )
 
@@ -28,6 +29,7 @@ func main() {
 	flag.IntVar(&opts.Burst, "kube-api-burst", 50, "API requests in a burst above --kube-api-qps")
 	flag.BoolVar(&opts.CommonController, "common-controller", false, "also bind VolumeSnapshots to contents (only where no snapshot-controller runs)")
 	flag.StringVar(&opts.MetricsAddress, "metrics-address", "", "serve /metrics and /healthz here (empty: off)")
+	flag.StringVar(&opts.LeaseNamespace, "lease-namespace", kube.EnvOr("POD_NAMESPACE", "kube-system"), "namespace of the zone Leases (the provisioner's --capacity-namespace); with --routed, the zone's snapshots are watched while this node holds its zone's")
 	flag.BoolVar(&opts.Routed, "routed", false, "watch only the snapshots, contents, claims and PVs toposnap-controller routed to this node or its zone (needs toposnap-controller)")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
