@@ -33,9 +33,9 @@ type Options struct {
 }
 
 // Run handles this node's snapshots until ctx ends. Routed, the zone's
-// snapshots and contents are watched only while this node's provisioner
-// holds its zone's Lease (followed with a watch of that Lease, no campaign
-// of its own), by a second Controller that lives for that term.
+// snapshots and contents are watched only while this node holds its zone's
+// Lease (the provisioner's, campaigned for as the same node), by a second
+// Controller that lives for that term.
 func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-snapshotter",
@@ -57,7 +57,7 @@ func Run(ctx context.Context, opts Options) error {
 		segment := cfg.NodeSegment
 		terms := &kube.ZoneTerms{
 			Env: env, Namespace: opts.LeaseNamespace, Identity: cfg.NodeName,
-			Lease: kube.ZoneLeaseName(segment[topology.RegionKey], segment[topology.ZoneKey]), Follow: true,
+			Lease: kube.ZoneLeaseName(segment[topology.RegionKey], segment[topology.ZoneKey]),
 		}
 		terms.Term = func(term context.Context, zone kube.Informers) {
 			zoneCfg := cfg

@@ -20,9 +20,9 @@ func ZoneLeaseName(region, zone string) string {
 // Lease: Term gets fresh informers over the zone's objects (Env's
 // ZoneInformers) and runs until the term's context ends, at the loss; the
 // informers are shut down after it returns. So the zone's objects are
-// watched by its holder alone. The provisioner campaigns; the snapshotter
-// follows (Follow): it watches the one Lease and works while its node's
-// provisioner holds it, at no request of its own.
+// watched by its holder alone. The provisioner and the snapshotter of a
+// node campaign as the same identity (the node), so both hold the Lease
+// when their node does.
 type ZoneTerms struct {
 	Env       *Env
 	Namespace string
@@ -33,18 +33,11 @@ type ZoneTerms struct {
 	// Term registers its informers on zone, starts them with StartZone and
 	// works until term ends.
 	Term func(term context.Context, zone Informers)
-	// Follow: do not campaign; hold while the Lease names Identity and is
-	// not expired.
-	Follow bool
 }
 
-// Run campaigns (or follows) until ctx ends.
+// Run campaigns until ctx ends.
 func (z *ZoneTerms) Run(ctx context.Context) {
 	z.Holder.OnStart = z.term
-	if z.Follow {
-		z.Holder.Follow(ctx, z.Env.Client, z.Namespace, z.Lease, z.Identity)
-		return
-	}
 	z.Holder.Campaign(ctx, z.Env.Client, z.Namespace, z.Lease, z.Identity)
 }
 
