@@ -34,8 +34,8 @@ type Options struct {
 
 // Run handles this node's snapshots until ctx ends. Routed, the zone's
 // snapshots and contents are watched only while this node holds its zone's
-// Lease (the provisioner's, campaigned for as the same node), by a second
-// Controller that lives for that term.
+// snapshot Lease (kube.SnapshotLeaseName), by a second Controller that
+// lives for that term.
 func Run(ctx context.Context, opts Options) error {
 	env, err := kube.NewEnv(ctx, kube.EnvOptions{
 		Kubeconfig: opts.Kubeconfig, CSIAddress: opts.CSIAddress, Component: "toposnap-snapshotter",
@@ -57,7 +57,7 @@ func Run(ctx context.Context, opts Options) error {
 		segment := cfg.NodeSegment
 		terms := &kube.ZoneTerms{
 			Env: env, Namespace: opts.LeaseNamespace, Identity: cfg.NodeName,
-			Lease: kube.ZoneLeaseName(segment[topology.RegionKey], segment[topology.ZoneKey]),
+			Lease: kube.SnapshotLeaseName(segment[topology.RegionKey], segment[topology.ZoneKey]),
 		}
 		terms.Term = func(term context.Context, zone kube.Informers) {
 			zoneCfg := cfg

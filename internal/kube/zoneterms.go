@@ -16,13 +16,17 @@ func ZoneLeaseName(region, zone string) string {
 	return "toposnap-zone-" + hex.EncodeToString(sum[:8])
 }
 
+// SnapshotLeaseName is the Lease whose holder's snapshotter cuts and
+// deletes the zone's snapshots.
+func SnapshotLeaseName(region, zone string) string { return ZoneLeaseName(region, zone) + "-snapshots" }
+
 // ZoneTerms runs a zone's work for each term this node holds the zone's
 // Lease: Term gets fresh informers over the zone's objects (Env's
 // ZoneInformers) and runs until the term's context ends, at the loss; the
 // informers are shut down after it returns. So the zone's objects are
-// watched by its holder alone. The provisioner and the snapshotter of a
-// node campaign as the same identity (the node), so both hold the Lease
-// when their node does.
+// watched by its holder alone. The provisioner and the snapshotter each
+// campaign for a Lease of their own (SnapshotLeaseName), so a node whose
+// snapshotter is down does not keep the zone's snapshots from moving on.
 type ZoneTerms struct {
 	Env       *Env
 	Namespace string

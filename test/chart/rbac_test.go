@@ -27,6 +27,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/provisioner"
 	"github.com/toposnap/toposnap/test/cluster"
@@ -130,6 +131,7 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 	webhookHost := rbacRelease + "-toposnap-webhook." + rbacNamespace + ".svc"
 
 	zoneLease := provisioner.ZoneLeaseName(cluster.SeedRegion, cluster.SeedZone)
+	snapshotLease := kube.SnapshotLeaseName(cluster.SeedRegion, cluster.SeedZone)
 	checks := []struct {
 		what  string
 		check func() bool
@@ -156,6 +158,10 @@ func TestComponentsRunWithTheChartsRBAC(t *testing.T) {
 			return err == nil && slices.ContainsFunc(list.Items, func(c storagev1.CSIStorageCapacity) bool { return c.StorageClassName == "rbac-node" })
 		}},
 		{"snapshotter running (informers synced)", func() bool { return procs[2].logContains("Snapshotter running") }},
+		{"snapshotter holding zone snapshot Lease " + snapshotLease, func() bool {
+			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, snapshotLease, metav1.GetOptions{})
+			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == rbacNode
+		}},
 		{"toposnap-controller leading (holder of Lease toposnap-controller)", func() bool {
 			lease, err := client.CoordinationV1().Leases(rbacNamespace).Get(ctx, "toposnap-controller", metav1.GetOptions{})
 			return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == controllerIdentity

@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/provisioner"
 	"github.com/toposnap/toposnap/test/cluster"
@@ -352,23 +353,24 @@ func TestClaimsInTwoZones(t *testing.T) {
 				})
 			})
 		}
-		g.run("each zone's Lease is held by a node of that zone", func(t *testing.T) {
+		g.run("each zone's Leases are held by a node of that zone", func(t *testing.T) {
 			ctx := ctxFor(t, 2*time.Minute)
 			for zone, nodes := range env.Zones() {
-				lease := provisioner.ZoneLeaseName(cluster.SeedRegion, zone)
-				var holder string
-				if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
-					got, err := env.Cluster.Client.CoordinationV1().Leases("default").Get(ctx, lease, metav1.GetOptions{})
-					if err != nil {
-						return false, nil
+				for _, lease := range []string{provisioner.ZoneLeaseName(cluster.SeedRegion, zone), kube.SnapshotLeaseName(cluster.SeedRegion, zone)} {
+					var holder string
+					if err := poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
+						got, err := env.Cluster.Client.CoordinationV1().Leases("default").Get(ctx, lease, metav1.GetOptions{})
+						if err != nil {
+							return false, nil
+						}
+						holder = ptr.Deref(got.Spec.HolderIdentity, "")
+						return holder != "", nil
+					}); err != nil {
+						t.Fatalf("zone %s's Lease default/%s has no holder: %v", zone, lease, err)
 					}
-					holder = ptr.Deref(got.Spec.HolderIdentity, "")
-					return holder != "", nil
-				}); err != nil {
-					t.Fatalf("zone %s's Lease default/%s has no holder: %v", zone, lease, err)
-				}
-				if !slices.Contains(nodes, holder) {
-					t.Errorf("zone %s's Lease is held by %q, not by one of its nodes %v", zone, holder, nodes)
+					if !slices.Contains(nodes, holder) {
+						t.Errorf("zone %s's Lease %s is held by %q, not by one of its nodes %v", zone, lease, holder, nodes)
+					}
 				}
 			}
 		})
