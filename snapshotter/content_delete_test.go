@@ -305,3 +305,35 @@ func TestDynamicContentWithoutUIDIsRefused(t *testing.T) {
 		t.Fatalf("deleted content without a uid: stuck = %v, CSI calls %v", getContent(w, content.Name) != nil, n.csi.Calls())
 	}
 }
+
+// TestMarkedContentGoesThoughTheCacheLags: the binder marks a content
+// being-deleted once it sees its VolumeSnapshot being deleted; the mark can
+// reach a node before the snapshot's deletion does (two watches, no order).
+// The node then asks the API server instead of trusting its cache, and the
+// backend snapshot goes with the VolumeSnapshot (Delete policy).
+func TestMarkedContentGoesThoughTheCacheLags(t *testing.T) {
+	content := &snapv1.VolumeSnapshotContent{ObjectMeta: metav1.ObjectMeta{Name: "precut", Finalizers: []string{FinalizerContentBound},
+		Annotations: map[string]string{AnnSnapshotBeingDeleted: "yes"}},
+		Spec: snapv1.VolumeSnapshotContentSpec{Driver: driver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
+			VolumeSnapshotRef: corev1.ObjectReference{Namespace: ns, Name: "imported", UID: "uid-imported"},
+			Source:            snapv1.VolumeSnapshotContentSource{SnapshotHandle: ptr.To(fakecsi.SnapshotID("s"))}}}
+	snap := &snapv1.VolumeSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "imported", UID: "uid-imported", Finalizers: []string{FinalizerSnapshotBound}},
+		Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{VolumeSnapshotContentName: ptr.To("precut")}}}
+	w := fakeapi.NewWorld(t, content, snap)
+	n := startNode(t, w, "node1")
+	n.csi.AddSnapshot("s", "vol-x", map[string]string{topology.NodeKey: "node1"})
+	ctx := context.Background()
+	if err := w.Snaps.SnapshotV1().VolumeSnapshotContents().Delete(ctx, "precut", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.w.Fill(n.kubeStores, n.snapStores) // the cache sees the marked content and a live snapshot
+	if err := w.Snaps.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "imported", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_ = n.ctrl.syncContent(ctx, "precut") // the snapshot's deletion has not reached the cache
+	}
+	if slices.Contains(n.csi.SnapshotIDs(), fakecsi.SnapshotID("s")) || getContent(w, "precut") != nil {
+		t.Fatalf("backend snapshot or content kept though the VolumeSnapshot is being deleted (CSI calls %v)", n.csi.Calls())
+	}
+}

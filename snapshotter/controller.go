@@ -98,8 +98,14 @@ func NewController(cfg Config, inf kube.Informers) *Controller {
 	if c.binds() {
 		_, _ = snapInformer.AddEventHandler(handler(c.snapQueue))
 	}
-	// A snapshot gone is its content's business: an orphan is deleted.
+	// A snapshot gone is its content's business: an orphan is deleted. A
+	// snapshot being deleted lets its content go.
 	_, _ = snapInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, obj any) {
+			if snap, ok := obj.(*snapv1.VolumeSnapshot); ok && snap.DeletionTimestamp != nil {
+				c.contentQueue.Add(boundContentName(snap))
+			}
+		},
 		DeleteFunc: func(obj any) {
 			if tombstone, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = tombstone.Obj
@@ -472,8 +478,12 @@ func (c *Controller) unusedContent(ctx context.Context, content *snapv1.VolumeSn
 		// deleteContent against one bound meanwhile.
 		return true, nil
 	}
-	if cached, err := c.snapLister.VolumeSnapshots(ref.Namespace).Get(ref.Name); err == nil && cached.UID == ref.UID && cached.DeletionTimestamp == nil {
-		return false, nil // live in the cache: no need to ask
+	// Live in the cache: no need to ask, unless the binder marked the
+	// content because it saw the snapshot being deleted (the mark and the
+	// snapshot's deletion reach this cache in either order).
+	if cached, err := c.snapLister.VolumeSnapshots(ref.Namespace).Get(ref.Name); err == nil && cached.UID == ref.UID && cached.DeletionTimestamp == nil &&
+		!metav1.HasAnnotation(content.ObjectMeta, AnnSnapshotBeingDeleted) {
+		return false, nil
 	}
 	snap, err := c.cfg.Snapshots.SnapshotV1().VolumeSnapshots(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 	switch {
