@@ -69,6 +69,10 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
+	layout, err := layoutOf(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
 	block, err := checkCapabilities(req.GetVolumeCapabilities(), scope)
 	if err != nil {
 		return nil, err
@@ -102,6 +106,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	vol, err := pool.CreateVolume(ctx, store.VolumeRequest{
 		Name: req.GetName(), CapacityBytes: size, Parameters: req.GetParameters(), Source: source, Block: block,
+		Layout: layout,
 	})
 	if err != nil {
 		return nil, storeStatus(err, "create volume %q", req.GetName())
@@ -159,7 +164,7 @@ func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int
 		if !snap.Ready() {
 			return nil, 0, false, status.Errorf(codes.FailedPrecondition, "source snapshot %q is not ready yet; retry once it is", id)
 		}
-		return &store.Source{Pool: pool, SnapshotID: id}, snap.SizeBytes, snap.Block, nil
+		return &store.Source{Pool: pool, SnapshotID: id, Layout: snap.Layout}, snap.SizeBytes, snap.Block, nil
 	case src.GetVolume() != nil:
 		id := src.GetVolume().GetVolumeId()
 		pool, err := d.locate(id, store.KindVolume)
@@ -177,7 +182,7 @@ func (d *Driver) resolveSource(src *csi.VolumeContentSource) (*store.Source, int
 		if vol.State != store.StateReady {
 			return nil, 0, false, status.Errorf(codes.FailedPrecondition, "source volume %q is still being created", id)
 		}
-		return &store.Source{Pool: pool, VolumeID: id}, vol.CapacityBytes, vol.Block, nil
+		return &store.Source{Pool: pool, VolumeID: id, Layout: vol.Layout}, vol.CapacityBytes, vol.Block, nil
 	}
 	return nil, 0, false, status.Error(codes.InvalidArgument, "volume content source must name a snapshot or a volume")
 }

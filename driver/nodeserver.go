@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -46,6 +47,12 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
+	if vol.Layout == store.LayoutSealed {
+		if err := d.stageSealed(pool, id, req.GetStagingTargetPath()); err != nil {
+			return nil, err
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
 	dir, err := pool.OpenVolumeDir(id)
 	if err != nil {
 		return nil, storeStatus(err, "volume %q", id)
@@ -55,6 +62,65 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// stageSealed mounts a sealed volume (store.Layout) at target: on a btrfs
+// pool an overlay whose upper layer is its data/, so that no btrfs ioctl
+// a pod makes reaches the pool; elsewhere data/ itself.
+func (d *Driver) stageSealed(pool *store.Pool, id, target string) error {
+	dirs, err := pool.OpenSealed(id)
+	if err != nil {
+		return storeStatus(err, "volume %q", id)
+	}
+	defer dirs.Close()
+	if pool.BackendName() != "btrfs" {
+		return d.mountDescriptor(dirs.Data, target)
+	}
+	mounted, err := d.mountPoint(target)
+	if err != nil || mounted {
+		return err
+	}
+	if err := mountOverlay(dirs, target); err != nil {
+		return status.Errorf(codes.Internal, "mount volume %s at %s: %v", id, target, err)
+	}
+	return nil
+}
+
+// mountOverlay mounts the overlay of dirs at target with the new mount
+// API, each layer given by its descriptor (FSCONFIG_SET_FD, Linux 6.8+;
+// older kernels take the layers' /proc/self/fd paths, which name the
+// same directories): no pool path is resolved again.
+func mountOverlay(dirs store.SealedDirs, target string) error {
+	fs, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open an overlay filesystem: %w", err)
+	}
+	defer func() { _ = unix.Close(fs) }()
+	layers := []struct {
+		key, legacyKey string
+		dir            *os.File
+	}{{"lowerdir+", "lowerdir", dirs.Lower}, {"upperdir", "upperdir", dirs.Data}, {"workdir", "workdir", dirs.Work}}
+	for _, l := range layers {
+		err := unix.FsconfigSetFd(fs, l.key, int(l.dir.Fd()))
+		if errors.Is(err, unix.EINVAL) {
+			err = unix.FsconfigSetString(fs, l.legacyKey, "/proc/self/fd/"+strconv.Itoa(int(l.dir.Fd())))
+		}
+		if err != nil {
+			return fmt.Errorf("overlay %s: %w", l.legacyKey, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fs); err != nil {
+		return fmt.Errorf("create the overlay: %w", err)
+	}
+	mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("mount the overlay: %w", err)
+	}
+	defer func() { _ = unix.Close(mnt) }()
+	if err := unix.MoveMount(mnt, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("attach the overlay at %s: %w", target, err)
+	}
+	return nil
 }
 
 // NodeUnstageVolume unmounts the staging path and removes it, and detaches

@@ -251,7 +251,7 @@ func TestRestoreOutlivesTheDeadline(t *testing.T) {
 func TestDeleteVolumeWithNestedSubvolumes(t *testing.T) {
 	h, pool := startBtrfsDriver(t, 2<<30, 100<<30)
 	ctx := ctxT(t)
-	volume := mustCreate(t, h, volumeRequest("nesting", "node", 256<<20, nil, nil))
+	volume := mustCreate(t, h, allowNested(volumeRequest("nesting", "node", 256<<20, nil, nil)))
 	mounted := publish(t, h, volume, false)
 	ids := []uint64{}
 	parent := mounted

@@ -240,6 +240,71 @@ func nestedCorrections(t *testing.T, h *harness) float64 {
 
 func isQuotaError(err error) bool { return errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC) }
 
+// allowNested makes req a volume of a class with nestedSubvolumes "allow":
+// the pod sees its btrfs subvolume, as every volume did before sealing.
+func allowNested(req *csi.CreateVolumeRequest) *csi.CreateVolumeRequest {
+	req.Parameters["nestedSubvolumes"] = "allow"
+	return req
+}
+
+// TestSealedVolumeShowsThePodNoBtrfs (item 1, closed): in a volume of the
+// default class the pod's btrfs ioctls never reach the pool. A subvolume
+// create with a zeroed inheritance list, one naming the neighbour's limit
+// group, one naming a group that does not exist (the probe), a plain
+// create and a snapshot all answer ENOTTY, so nothing is left to put back
+// and no snapshot has a hole. What a pod does with files still works
+// (reflinks included), and its writes stop at its size.
+func TestSealedVolumeShowsThePodNoBtrfs(t *testing.T) {
+	h, pool := startBtrfsDriver(t, 2<<30, 100<<30)
+	bin := tenantBinary(t)
+	const size = 32 << 20
+	neighbourID := mustCreate(t, h, volumeRequest("sealed-neighbour", "node", size, nil, nil))
+	neighbourSubvolume, err := btrfs.SubvolumeID(h.driver.nodePool.VolumeDir(neighbourID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	volume := mustCreate(t, h, volumeRequest("sealed", "node", size, nil, nil))
+	tenant := runPod(t, h, bin, volume)
+	corrections := nestedCorrections(t, h)
+	for _, attack := range []struct {
+		action  string
+		inherit []uint64
+		source  string
+	}{
+		{"subvolume-inherit", []uint64{}, ""},
+		{"subvolume-inherit", []uint64{1<<48 | neighbourSubvolume}, ""},
+		{"subvolume-inherit", []uint64{1<<48 | 999999}, ""},
+		{"subvolume", nil, ""},
+		{"snapshot-inherit", nil, tenant.target},
+	} {
+		res := tenant.do(attack.action, "nested", tenantops.Request{Inherit: attack.inherit, Source: attack.source})
+		if !errors.Is(res.Failure(), unix.ENOTTY) {
+			t.Errorf("tenant %s (inheriting %v) in a sealed volume: %v; want ENOTTY (no btrfs ioctl reaches the pool)",
+				attack.action, attack.inherit, res.Failure())
+		}
+	}
+	tenant.must("fill", "data.bin", tenantops.Request{Size: 4 << 20})
+	if err := tenantops.Reflink(filepath.Join(tenant.target, "copy.bin"), filepath.Join(tenant.target, "data.bin")); err != nil {
+		t.Errorf("a reflink inside the sealed volume: %v", err)
+	}
+	res := tenant.do("fill", "big.bin", tenantops.Request{Size: 3 * size})
+	if !isQuotaError(res.Failure()) || res.Written > size {
+		t.Errorf("a 32 MiB sealed volume took %.1f MiB (err %v); want EDQUOT within its size", float64(res.Written)/(1<<20), res.Failure())
+	}
+	if !eventually(t, pool, 30*time.Second, func() bool { return tenant.usage() >= res.Written }) {
+		t.Errorf("NodeGetVolumeStats reports %d bytes used; the tenant wrote %d", tenant.usage(), res.Written)
+	}
+	if got := nestedCorrections(t, h); got != corrections {
+		t.Errorf("%v nested-subvolume corrections: nothing should have needed one", got-corrections)
+	}
+	// The snapshot holds what the pod saw, restored the same way.
+	want := hashFile(t, filepath.Join(tenant.target, "data.bin"))
+	restored := mustCreate(t, h, restoreRequest("sealed-restored", size, mustSnapshot(t, h, "sealed-snap", volume)))
+	if got := hashFile(t, filepath.Join(publish(t, h, restored, true), "data.bin")); got != want {
+		t.Error("the restore's data.bin differs from what the tenant wrote")
+	}
+}
+
 // TestNestedSubvolumeInheritanceListCannotEscapeTheVolume (item 1): a
 // tenant creates a subvolume in its 32 MiB volume with its own qgroup
 // inheritance list and writes 96 MiB into it at once. Whatever list it
@@ -263,7 +328,7 @@ func TestNestedSubvolumeInheritanceListCannotEscapeTheVolume(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			suffix := strconv.Itoa(i)
-			tenant := runPod(t, h, bin, mustCreate(t, h, volumeRequest("tenant-"+suffix, "node", tenantSize, nil, nil)))
+			tenant := runPod(t, h, bin, mustCreate(t, h, allowNested(volumeRequest("tenant-"+suffix, "node", tenantSize, nil, nil))))
 			neighbourID := mustCreate(t, h, volumeRequest("neighbour-"+suffix, "node", neighbourSize, nil, nil))
 			neighbour := runPod(t, h, bin, neighbourID)
 			neighbourSubvolume, err := btrfs.SubvolumeID(h.driver.nodePool.VolumeDir(neighbourID))
@@ -326,7 +391,7 @@ func TestNestedSubvolumeRefusesCopiesUntilFlattened(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			name := strings.ReplaceAll(tt.name, ", ", "-")
 			name = strings.ReplaceAll(name, " ", "-")
-			source := mustCreate(t, h, volumeRequest(name+"-source", "node", size, nil, nil))
+			source := mustCreate(t, h, allowNested(volumeRequest(name+"-source", "node", size, nil, nil)))
 			tenant := runPod(t, h, bin, source)
 			tenant.must("subvolume", nested, tenantops.Request{})
 			tenant.must("fill", filepath.Join(nested, "data.bin"), tenantops.Request{Size: 4 << 20})
@@ -366,7 +431,7 @@ func TestFullVolumeWithNestedSubvolumeIsDeleted(t *testing.T) {
 		return resp.GetAvailableCapacity()
 	}
 	before := capacity()
-	volume := mustCreate(t, h, volumeRequest("full", "node", 64<<20, nil, nil))
+	volume := mustCreate(t, h, allowNested(volumeRequest("full", "node", 64<<20, nil, nil)))
 	tenant := runPod(t, h, bin, volume)
 	tenant.must("subvolume", "nested", tenantops.Request{})
 	if res := tenant.do("fill", "nested/fill.bin", tenantops.Request{Size: 256 << 20}); !isQuotaError(res.Failure()) {

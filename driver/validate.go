@@ -116,6 +116,22 @@ func accessType(block bool) string {
 	return "mount"
 }
 
+// layoutOf reads the nestedSubvolumes parameter: "deny" (the default)
+// seals a filesystem volume (store.Layout: the pod sees an overlay, no
+// btrfs ioctl reaches the pool); "allow" shows the pod its subvolume, where
+// it may nest subvolumes of its own (each put back under the volume's
+// limit by the pool's watcher, and refused by snapshots while there).
+func layoutOf(params map[string]string) (store.Layout, error) {
+	switch v := params["nestedSubvolumes"]; v {
+	case "", "deny":
+		return store.LayoutSealed, nil
+	case "allow":
+		return store.LayoutRoot, nil
+	default:
+		return "", status.Errorf(codes.InvalidArgument, "parameter nestedSubvolumes is %q; want deny (the default) or allow", v)
+	}
+}
+
 // scopeOf reads the scope parameter.
 func scopeOf(params map[string]string) (topology.Scope, error) {
 	scope, err := topology.ParseScope(params["scope"])

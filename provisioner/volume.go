@@ -44,7 +44,7 @@ const (
 )
 
 // knownParameters are the StorageClass parameters the driver understands.
-var knownParameters = map[string]bool{"scope": true, "toposnap.io/placement": true}
+var knownParameters = map[string]bool{"scope": true, "toposnap.io/placement": true, "nestedSubvolumes": true}
 
 // DriverParameters returns the class parameters to pass to CreateVolume, or
 // an error naming an unknown one (a typo in a class must not be ignored).
@@ -63,11 +63,16 @@ func DriverParameters(class *storagev1.StorageClass) (map[string]string, error) 
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("StorageClass %s has unknown parameter(s) %s; known: scope, toposnap.io/placement",
+		return nil, fmt.Errorf("StorageClass %s has unknown parameter(s) %s; known: scope, toposnap.io/placement, nestedSubvolumes",
 			class.Name, strings.Join(unknown, ", "))
 	}
 	if _, err := topology.ParseScope(params["scope"]); err != nil {
 		return nil, fmt.Errorf("StorageClass %s: %w", class.Name, err)
+	}
+	switch v := params["nestedSubvolumes"]; v {
+	case "", "deny", "allow":
+	default:
+		return nil, fmt.Errorf("StorageClass %s: parameter nestedSubvolumes is %q; want deny (the default) or allow", class.Name, v)
 	}
 	return params, nil
 }

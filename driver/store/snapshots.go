@@ -63,7 +63,7 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 		return again, nil
 	}
 	// Hold the source volume for the whole copy, so it cannot be deleted under it.
-	sourceRef := &Source{Pool: p, VolumeID: source.ID}
+	sourceRef := &Source{Pool: p, VolumeID: source.ID, Layout: source.Layout}
 	lease, err := sourceRef.lease()
 	if err != nil {
 		lock.unlock()
@@ -72,6 +72,7 @@ func (p *Pool) CreateSnapshot(name string, source Volume) (Snapshot, error) {
 	snap := Snapshot{
 		ID: id, Name: name, SourceVolumeID: source.ID, SizeBytes: source.CapacityBytes,
 		Segment: p.cfg.Segment, State: StateCreating, CreatedAt: time.Now().UTC(), Block: source.Block,
+		Layout: source.Layout,
 	}
 	if err := p.reserveSnapshot(snap); err != nil {
 		lease.unlock()

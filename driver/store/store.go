@@ -72,6 +72,8 @@ type Volume struct {
 	CreatedAt        time.Time        `json:"createdAt"`
 	// Block volumes are an image file (ImageName) in the volume directory.
 	Block bool `json:"block,omitempty"`
+	// Layout is where its files are in its directory (see Layout).
+	Layout Layout `json:"layout,omitempty"`
 }
 
 // Snapshot is a snapshot's metadata.
@@ -87,6 +89,8 @@ type Snapshot struct {
 	Failure string `json:"failure,omitempty"`
 	// Block is set for snapshots of block volumes.
 	Block bool `json:"block,omitempty"`
+	// Layout is its source volume's: restores and clones keep it.
+	Layout Layout `json:"layout,omitempty"`
 }
 
 // Ready reports whether the snapshot is complete and durable.

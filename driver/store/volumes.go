@@ -21,6 +21,9 @@ type Source struct {
 	Pool       *Pool
 	SnapshotID string
 	VolumeID   string
+	// Layout is the source's (a volume's, or the one a snapshot was cut
+	// from): the copy has the same tree, so the same layout.
+	Layout Layout
 }
 
 // id is the source object's ID.
@@ -71,6 +74,9 @@ type VolumeRequest struct {
 	Source        *Source
 	// Block asks for a raw block volume: an image file of CapacityBytes.
 	Block bool
+	// Layout is an empty filesystem volume's (a filled one takes its
+	// source's, a block volume has none).
+	Layout Layout
 }
 
 // LookupVolume returns a volume's metadata or ErrNotFound.
@@ -131,9 +137,13 @@ func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, err
 		Parameters: req.Parameters, Segment: p.cfg.Segment, State: StateCreating,
 		CreatedAt: time.Now().UTC(), Block: req.Block,
 	}
+	if !req.Block {
+		vol.Layout = req.Layout
+	}
 	var lease *objectLock
 	if req.Source != nil {
 		vol.SourceSnapshotID, vol.SourceVolumeID = req.Source.SnapshotID, req.Source.VolumeID
+		vol.Layout = req.Source.Layout
 		// Hold the source for the whole copy, so it cannot be deleted under it.
 		if lease, err = req.Source.lease(); err != nil {
 			return Volume{}, err
@@ -212,6 +222,9 @@ func (p *Pool) makeVolume(id string, vol Volume) error {
 	}
 	if vol.Block {
 		return p.sizeImage(id, vol.CapacityBytes)
+	}
+	if vol.Layout == LayoutSealed {
+		return p.seal(id)
 	}
 	return nil
 }

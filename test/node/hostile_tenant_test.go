@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,20 +19,19 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/driver/store/btrfs"
 	"github.com/toposnap/toposnap/internal/testpool"
 	"github.com/toposnap/toposnap/test/cluster"
 )
 
-// The hostile tenant's volumes and what it may get past its own: the
-// nested-subvolume watcher puts an escaped subvolume back under its
-// volume's limit within milliseconds, and what a pod writes meanwhile is
-// bounded (driver/store/btrfs TestWatchBoundsInheritanceEscape's
-// maxOvershoot).
+// The hostile tenant's volumes.
 const (
 	tenantSize    = 32 << 20
 	neighbourSize = 64 << 20
-	tenantSlack   = 8 << 20
-	// escapeSize is what each escape tries to write: three times its limit.
+	// tenantSlack is what the neighbour leaves unwritten of its size
+	// (metadata).
+	tenantSlack = 8 << 20
+	// escapeSize is what each fill tries to write: three times its limit.
 	escapeSize = 96 << 20
 	// qgroupLevel1 places a btrfs qgroup at level 1 (a volume's limit
 	// group is 1/<its subvolume id>).
@@ -58,15 +56,15 @@ type tenantOutcome struct {
 
 // A hostile tenant on the real node: unprivileged pods (uid 1000, no
 // capabilities, the runtime's default seccomp profile) run our static
-// program test/node/tenant against a btrfs node pool installed by helm.
-// The tenant nests a plain subvolume in one of its volumes, and in each of
-// its two volumes creates a subvolume whose qgroup inheritance list names
-// nothing, or its neighbour's limit group, and writes three times the
-// volume's size into it: each write ends in EDQUOT with no more than the
-// size and a little slack written, the neighbour can still write all of
-// its size but that slack afterwards, and a VolumeSnapshot of the tenant's
-// claim is refused with a reason naming the nested subvolume, never cut
-// with a hole where it is.
+// program test/node/tenant against a btrfs node pool installed by helm,
+// in claims of the chart's default class (sealed volumes). Every btrfs
+// ioctl the tenant tries in its volume answers ENOTTY: reading its
+// subvolume id (the probe a neighbour's group is found with), nesting a
+// plain subvolume, nesting one whose qgroup inheritance list names
+// nothing, or the neighbour's limit group. Its writes end in EDQUOT within
+// its size, the neighbour writes its own size, and a VolumeSnapshot of the
+// tenant's claim becomes ready: there is no nested subvolume for it to
+// leave out.
 func TestHostileTenant(t *testing.T) {
 	needNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
@@ -85,59 +83,53 @@ func TestHostileTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { removeTenantNamespace(t, snaps, namespace) })
-	for name, size := range map[string]int64{"tenant": tenantSize, "tenant-b": tenantSize, "neighbour": neighbourSize} {
+	for name, size := range map[string]int64{"tenant": tenantSize, "neighbour": neighbourSize} {
 		if _, err := client.CoreV1().PersistentVolumeClaims(namespace).Create(ctx, tenantClaim(name, size), metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create claim %s: %v", name, err)
 		}
 	}
-
-	// Whose limit group to name: the neighbour's pod reads its volume's
-	// subvolume id, which any user may (INO_LOOKUP).
-	probe := runTenantPod(ctx, t, namespace, "neighbour-id", "neighbour", program, []tenantStep{{Action: "subvolume-id", Path: "/data"}})
-	if probe[0].Error != "" || probe[0].Subvolume == 0 {
-		t.Fatalf("the neighbour's pod could not read its subvolume id: %+v", probe[0])
+	// The neighbour's first pod binds its claim; its limit group is then
+	// read by root on the node (the tenant cannot: its probe is among the
+	// attacks), so that the attack naming it names a group that exists.
+	first := runTenantPod(ctx, t, namespace, "neighbour-first", "neighbour", program, []tenantStep{
+		{Action: "fill", Path: "/data/first.bin", Size: 1 << 20},
+	})[0]
+	if first.Error != "" {
+		t.Fatalf("the neighbour's first write: %s", first.Error)
 	}
-	neighbourGroup := qgroupLevel1 | probe[0].Subvolume
+	neighbourPV := boundVolume(ctx, t, namespace, "neighbour")
+	neighbourSubvolume, err := btrfs.SubvolumeID(filepath.Join(pool, "volumes", neighbourPV))
+	if err != nil {
+		t.Fatalf("the neighbour's subvolume: %v", err)
+	}
 
-	// Each escape on a volume of its own, with room to write: one that
-	// found its volume already full would prove nothing.
 	attacks := runTenantPod(ctx, t, namespace, "tenant", "tenant", program, []tenantStep{
+		{Action: "subvolume-id", Path: "/data"},
 		{Action: "nest", Path: "/data/nested"},
 		{Action: "escape", Path: "/data/outside", Inherit: []uint64{}, Size: escapeSize},
+		{Action: "escape", Path: "/data/into-neighbour", Inherit: []uint64{qgroupLevel1 | neighbourSubvolume}, Size: escapeSize},
+		{Action: "fill", Path: "/data/fill.bin", Size: escapeSize},
 	})
-	nest, outside := attacks[0], attacks[1]
-	// The plain nested subvolume proves the pod may create subvolumes in
-	// its volume at all: the escapes are stopped by the limit, not by a
-	// permission.
-	if nest.Error != "" {
-		t.Fatalf("the tenant could not nest a plain subvolume in its volume: %s", nest.Error)
-	}
-	intoNeighbour := runTenantPod(ctx, t, namespace, "tenant-b", "tenant-b", program, []tenantStep{
-		{Action: "escape", Path: "/data/into-neighbour", Inherit: []uint64{neighbourGroup}, Size: escapeSize},
-	})[0]
-	for _, escape := range []tenantOutcome{outside, intoNeighbour} {
-		refusedAtCreate := escape.Written == 0 && strings.HasPrefix(escape.Error, "create subvolume")
-		if !refusedAtCreate && escape.Errno != "EDQUOT" {
-			t.Errorf("escape %s (inheriting %v) wrote %.1f MiB and ended with %q, want EDQUOT", escape.Path, escape.Inherit, float64(escape.Written)/(1<<20), escape.Error)
+	for _, attack := range attacks[:4] {
+		if attack.Errno != "ENOTTY" {
+			t.Errorf("tenant %s %s (inheriting %v): %q (written %d), want ENOTTY: no btrfs ioctl may reach the pool",
+				attack.Action, attack.Path, attack.Inherit, attack.Error, attack.Written)
 		}
-		if escape.Written > tenantSize+tenantSlack {
-			t.Errorf("escape %s (inheriting %v) wrote %.1f MiB into a %d MiB volume, want at most %d MiB",
-				escape.Path, escape.Inherit, float64(escape.Written)/(1<<20), tenantSize>>20, (tenantSize+tenantSlack)>>20)
-		}
-		t.Logf("escape %s (inheriting %v) wrote %.1f MiB into a %d MiB volume: %s", escape.Path, escape.Inherit, float64(escape.Written)/(1<<20), tenantSize>>20, escape.Error)
 	}
+	fill := attacks[4]
+	if fill.Errno != "EDQUOT" || fill.Written > tenantSize {
+		t.Errorf("the tenant wrote %.1f MiB into its %d MiB volume and ended with %q, want EDQUOT within its size",
+			float64(fill.Written)/(1<<20), tenantSize>>20, fill.Error)
+	}
+	t.Logf("the tenant wrote %.1f MiB into its %d MiB volume: %s", float64(fill.Written)/(1<<20), tenantSize>>20, fill.Error)
 
-	// The neighbour is untouched: what the tenant charged to its group
-	// went back with the nested subvolume, and its whole size is its own.
 	mine := runTenantPod(ctx, t, namespace, "neighbour-write", "neighbour", program, []tenantStep{
-		{Action: "fill", Path: "/data/mine.bin", Size: neighbourSize - tenantSlack},
+		{Action: "fill", Path: "/data/mine.bin", Size: neighbourSize - tenantSlack - 1<<20},
 	})[0]
 	if mine.Error != "" {
-		t.Errorf("the neighbour wrote only %.1f MiB of %d MiB into its own volume: %s", float64(mine.Written)/(1<<20), (neighbourSize-tenantSlack)>>20, mine.Error)
+		t.Errorf("the neighbour wrote only %.1f MiB of %d MiB into its own volume: %s", float64(mine.Written)/(1<<20), (neighbourSize-tenantSlack-1<<20)>>20, mine.Error)
 	}
 
-	// A snapshot of the tenant's volume would show an empty directory
-	// where the nested subvolume is: it is refused, and says why.
 	snapshot := &snapv1.VolumeSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: "tenant", Namespace: namespace},
 		Spec: snapv1.VolumeSnapshotSpec{
@@ -151,26 +143,38 @@ func TestHostileTenant(t *testing.T) {
 	var status *snapv1.VolumeSnapshotStatus
 	err = cluster.Poll(ctx, time.Second, 3*time.Minute, func() (bool, error) {
 		current, err := snaps.SnapshotV1().VolumeSnapshots(namespace).Get(ctx, snapshot.Name, metav1.GetOptions{})
-		if err != nil {
+		if err != nil || current.Status == nil {
 			return false, nil
 		}
 		status = current.Status
-		if status == nil {
+		return ptr.Deref(status.ReadyToUse, false) || status.Error != nil, nil
+	})
+	if err != nil || !ptr.Deref(status.ReadyToUse, false) {
+		described, _ := testCluster.Kubectl(ctx, "describe", "volumesnapshot,volumesnapshotcontent", "-n", namespace)
+		t.Fatalf("the tenant's snapshot is not ready (status %+v): %v\n%s", status, err, described)
+	}
+}
+
+// boundVolume waits for claim to be bound and returns its volume handle.
+func boundVolume(ctx context.Context, t *testing.T, namespace, claim string) string {
+	t.Helper()
+	var handle string
+	err := cluster.Poll(ctx, time.Second, 3*time.Minute, func() (bool, error) {
+		pvc, err := testCluster.Client.CoreV1().PersistentVolumeClaims(namespace).Get(ctx, claim, metav1.GetOptions{})
+		if err != nil || pvc.Spec.VolumeName == "" {
 			return false, nil
 		}
-		if ptr.Deref(status.ReadyToUse, false) {
-			return true, nil
+		pv, err := testCluster.Client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil || pv.Spec.CSI == nil {
+			return false, nil
 		}
-		return status.Error != nil && strings.Contains(ptr.Deref(status.Error.Message, ""), `"nested"`), nil
+		handle = pv.Spec.CSI.VolumeHandle
+		return true, nil
 	})
 	if err != nil {
-		described, _ := testCluster.Kubectl(ctx, "describe", "volumesnapshot,volumesnapshotcontent", "-n", namespace)
-		t.Fatalf("the tenant's snapshot was never refused naming \"nested\" (status %+v): %v\n%s", status, err, described)
+		t.Fatalf("claim %s never bound: %v", claim, err)
 	}
-	if ptr.Deref(status.ReadyToUse, false) {
-		t.Fatalf("the tenant's snapshot is ready though its volume holds the nested subvolume \"nested\", which a btrfs snapshot leaves out")
-	}
-	t.Logf("snapshot refused: %s", ptr.Deref(status.Error.Message, ""))
+	return handle
 }
 
 // buildTenantProgram builds test/node/tenant as a static binary in a
