@@ -109,6 +109,15 @@ func mountOverlay(dirs store.SealedDirs, target string) error {
 			return fmt.Errorf("overlay %s: %w", l.legacyKey, err)
 		}
 	}
+	// No overlay metadata in data/ is obeyed: redirects and metacopy would
+	// point lookups into the lower layer (empty, but a zone pool's upper
+	// layer is written by every node of the zone), and the index follows
+	// file handles.
+	for _, opt := range [][2]string{{"redirect_dir", "nofollow"}, {"metacopy", "off"}, {"index", "off"}} {
+		if err := unix.FsconfigSetString(fs, opt[0], opt[1]); err != nil {
+			return fmt.Errorf("overlay option %s=%s: %w", opt[0], opt[1], err)
+		}
+	}
 	if err := unix.FsconfigCreate(fs); err != nil {
 		return fmt.Errorf("create the overlay: %w", err)
 	}
