@@ -16,6 +16,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
@@ -60,6 +63,9 @@ type Options struct {
 
 	// Pacing of the Node reads at start-up (tests shorten it).
 	nodeRetryInitial, nodeRetryMax time.Duration
+	// events, when set, posts Warning events on this node's Node object
+	// (Run sets it when the driver has API access).
+	events record.EventRecorder
 }
 
 // Driver implements the three CSI services.
@@ -97,6 +103,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 		Scope: topology.ScopeNode, Dir: opts.DataDir, Owner: location.Node,
 		Capacity: opts.Capacity, Segment: location.VolumeSegment(topology.ScopeNode), Holder: opts.NodeID,
 		BackendKind: opts.Backend, OnNestedCorrection: m.nestedCorrection("node"),
+		OnUnrecovered: d.reportUnrecovered("node"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open node pool: %w", err)
@@ -113,6 +120,7 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 			Scope: topology.ScopeZone, Dir: opts.ZoneDataDir, Owner: location.Region + "/" + location.Zone,
 			Capacity: capacity, Segment: location.VolumeSegment(topology.ScopeZone), Holder: opts.NodeID,
 			BackendKind: opts.ZoneBackend, OnNestedCorrection: m.nestedCorrection("zone"),
+			OnUnrecovered: d.reportUnrecovered("zone"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open zone pool: %w", err)
@@ -121,6 +129,21 @@ func newDriver(opts Options, location topology.Location, m *metrics) (*Driver, e
 	m.watchRecovery(map[string]*store.Pool{"node": d.nodePool, "zone": d.zonePool})
 	d.detachLeakedDevices()
 	return d, nil
+}
+
+// reportUnrecovered posts a Warning event on this node's Node for each
+// failed attempt to finish work a crash left in pool (the recorder folds
+// repeats into a count): the object is named by its pool path, the PV or
+// content by its volume or snapshot ID (their CSI handle).
+func (d *Driver) reportUnrecovered(pool string) func(object string, err error) {
+	return func(object string, err error) {
+		if d.opts.events == nil {
+			return
+		}
+		node := &corev1.ObjectReference{Kind: "Node", Name: d.location.Node, UID: types.UID(d.location.Node)}
+		d.opts.events.Eventf(node, corev1.EventTypeWarning, "PoolObjectNotRecovered",
+			"%s pool: %s could not be recovered; retried with backoff (toposnap_driver_unrecovered_objects): %v", pool, object, err)
+	}
 }
 
 // Close stops background snapshot copies.
@@ -144,12 +167,17 @@ func Run(ctx context.Context, opts Options) error {
 	if err := kube.ServeProbes(ctx, opts.MetricsAddress, m.registry, kube.Probes{Healthy: state.healthy, Ready: state.ready}); err != nil {
 		return err
 	}
-	location, err := resolveLocation(ctx, opts, state.setWaiting)
+	location, client, err := resolveLocation(ctx, opts, state.setWaiting)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting
 		}
 		return err
+	}
+	if client != nil {
+		recorder, stop := kube.Recorder(client, "toposnap-driver", location.Node)
+		defer stop()
+		opts.events = recorder
 	}
 	d, err := newDriver(opts, location, m)
 	if err != nil {

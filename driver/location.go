@@ -40,18 +40,18 @@ const (
 // zone known while a zone pool needs one. Each reason is passed to waiting
 // (nil once decided) for the readiness probe, and logged when it changes.
 // Only ctx ending stops it.
-func resolveLocation(ctx context.Context, opts Options, waiting func(error)) (topology.Location, error) {
+func resolveLocation(ctx context.Context, opts Options, waiting func(error)) (topology.Location, kubernetes.Interface, error) {
 	if opts.Kubeconfig == "" && !opts.InCluster {
-		return topology.Location{Node: opts.NodeID, Zone: opts.Zone, Region: opts.Region}, nil
+		return topology.Location{Node: opts.NodeID, Zone: opts.Zone, Region: opts.Region}, nil, nil
 	}
 	config, err := kube.RestConfig(opts.Kubeconfig)
 	if err != nil {
-		return topology.Location{}, err
+		return topology.Location{}, nil, err
 	}
 	config.Timeout = 10 * time.Second // one read; the loop retries
 	client, err := kubernetes.NewForConfig(config)
 	if err != nil {
-		return topology.Location{}, fmt.Errorf("create API client: %w", err)
+		return topology.Location{}, nil, fmt.Errorf("create API client: %w", err)
 	}
 	delay, maxDelay := opts.nodeRetryInitial, opts.nodeRetryMax
 	if delay <= 0 {
@@ -65,10 +65,10 @@ func resolveLocation(ctx context.Context, opts Options, waiting func(error)) (to
 		location, err := readLocation(ctx, client, opts)
 		if err == nil {
 			waiting(nil)
-			return location, nil
+			return location, client, nil
 		}
 		if ctx.Err() != nil {
-			return topology.Location{}, ctx.Err()
+			return topology.Location{}, nil, ctx.Err()
 		}
 		waiting(err)
 		if reason := err.Error(); reason != lastReason {
@@ -83,7 +83,7 @@ func resolveLocation(ctx context.Context, opts Options, waiting func(error)) (to
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return topology.Location{}, ctx.Err()
+			return topology.Location{}, nil, ctx.Err()
 		case <-timer.C:
 		}
 		delay = min(2*delay, maxDelay)

@@ -3,7 +3,10 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"k8s.io/client-go/tools/record"
 
 	"github.com/toposnap/toposnap/driver/store"
 	"github.com/toposnap/toposnap/internal/topology"
@@ -12,7 +15,8 @@ import (
 // TestUnrecoveredObjectIsAGaugeNotAnExit: a pool holding an object the
 // driver cannot recover (metadata it did not write) does not stop the
 // driver from starting; the object is counted in
-// toposnap_driver_unrecovered_objects for that pool.
+// toposnap_driver_unrecovered_objects for that pool and reported by a
+// Warning event on the Node.
 func TestUnrecoveredObjectIsAGaugeNotAnExit(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{NodeID: "node1", DataDir: filepath.Join(dir, "pool"), ZoneDataDir: filepath.Join(dir, "zone"), Capacity: 1 << 30}
@@ -29,11 +33,21 @@ func TestUnrecoveredObjectIsAGaugeNotAnExit(t *testing.T) {
 	}
 
 	m := newMetrics()
+	events := record.NewFakeRecorder(10)
+	opts.events = events
 	d, err := newDriver(opts, location, m)
 	if err != nil {
 		t.Fatalf("a planted metadata file stopped the driver: %v", err)
 	}
 	defer d.Close()
+	select {
+	case event := <-events.Events:
+		if !strings.HasPrefix(event, "Warning PoolObjectNotRecovered zone pool: ") || !strings.Contains(event, planted) {
+			t.Errorf("event %q; want a PoolObjectNotRecovered warning naming the zone pool and %s", event, planted)
+		}
+	default:
+		t.Error("no event on the Node for the unrecovered object")
+	}
 	families, err := m.registry.Gather()
 	if err != nil {
 		t.Fatal(err)
