@@ -65,8 +65,9 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 }
 
 // stageSealed mounts a sealed volume (store.Layout) at target: on a btrfs
-// pool an overlay whose upper layer is its data/, so that no btrfs ioctl
-// a pod makes reaches the pool; elsewhere data/ itself.
+// pool its pod directory inside an overlay whose upper layer is the
+// volume's upper/, so that no btrfs ioctl a pod makes reaches the pool;
+// elsewhere the pod directory itself.
 func (d *Driver) stageSealed(pool *store.Pool, id, target string) error {
 	dirs, err := pool.OpenSealed(id)
 	if err != nil {
@@ -74,62 +75,116 @@ func (d *Driver) stageSealed(pool *store.Pool, id, target string) error {
 	}
 	defer dirs.Close()
 	if pool.BackendName() != "btrfs" {
-		return d.mountDescriptor(dirs.Data, target)
+		return d.mountDescriptor(dirs.Pod, target)
 	}
 	mounted, err := d.mountPoint(target)
 	if err != nil || mounted {
 		return err
 	}
-	if err := mountOverlay(dirs, target); err != nil {
-		return status.Errorf(codes.Internal, "mount volume %s at %s: %v", id, target, err)
+	noexec, err := mountedNoexec(dirs.Upper)
+	if err != nil {
+		return status.Errorf(codes.Internal, "volume %s: %v", id, err)
+	}
+	tree, err := overlayPodDir(dirs, noexec)
+	if errors.Is(err, errReadOnlyOverlay) {
+		// A full volume: its limit refused the overlay's work directory.
+		err = pool.WithLimitLifted(id, func() error {
+			tree, err = overlayPodDir(dirs, noexec)
+			return err
+		})
+	}
+	if err != nil {
+		return status.Errorf(codes.Internal, "mount volume %s: %v", id, err)
+	}
+	defer func() { _ = unix.Close(tree) }()
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return status.Errorf(codes.Internal, "attach volume %s at %s: %v", id, target, err)
 	}
 	return nil
 }
 
-// mountOverlay mounts the overlay of dirs at target with the new mount
-// API, each layer given by its descriptor (FSCONFIG_SET_FD, Linux 6.8+;
-// older kernels take the layers' /proc/self/fd paths, which name the
-// same directories): no pool path is resolved again.
-func mountOverlay(dirs store.SealedDirs, target string) error {
+// errReadOnlyOverlay: the kernel mounted the overlay read-only, which it
+// does when it cannot make its work directory.
+var errReadOnlyOverlay = errors.New("the overlay came up read-only (its work directory could not be made)")
+
+// mountedNoexec reports whether the pool's mount holding dir is noexec,
+// which the overlay keeps (its own mount starts with no flags).
+func mountedNoexec(dir *os.File) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(dir.Fd()), &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", dir.Name(), err)
+	}
+	return st.Flags&unix.ST_NOEXEC != 0, nil
+}
+
+// overlayPodDir makes the overlay of dirs with the new mount API, each
+// layer given by its descriptor (FSCONFIG_SET_FD, Linux 6.8+; older
+// kernels take the layers' /proc/self/fd paths, which name the same
+// directories), and returns a detached mount of its pod directory, nosuid
+// and nodev (noexec too when the pool is): no pool path is resolved again.
+func overlayPodDir(dirs store.SealedDirs, noexec bool) (int, error) {
 	fs, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("open an overlay filesystem: %w", err)
+		return -1, fmt.Errorf("open an overlay filesystem: %w", err)
 	}
 	defer func() { _ = unix.Close(fs) }()
 	layers := []struct {
 		key, legacyKey string
 		dir            *os.File
-	}{{"lowerdir+", "lowerdir", dirs.Lower}, {"upperdir", "upperdir", dirs.Data}, {"workdir", "workdir", dirs.Work}}
+	}{{"lowerdir+", "lowerdir", dirs.Lower}, {"upperdir", "upperdir", dirs.Upper}, {"workdir", "workdir", dirs.Work}}
 	for _, l := range layers {
 		err := unix.FsconfigSetFd(fs, l.key, int(l.dir.Fd()))
 		if errors.Is(err, unix.EINVAL) {
 			err = unix.FsconfigSetString(fs, l.legacyKey, "/proc/self/fd/"+strconv.Itoa(int(l.dir.Fd())))
 		}
 		if err != nil {
-			return fmt.Errorf("overlay %s: %w", l.legacyKey, err)
+			return -1, fmt.Errorf("overlay %s: %w", l.legacyKey, err)
 		}
 	}
-	// No overlay metadata in data/ is obeyed: redirects and metacopy would
-	// point lookups into the lower layer (empty, but a zone pool's upper
-	// layer is written by every node of the zone), and the index follows
-	// file handles.
+	// No overlay metadata in the upper layer is obeyed: redirects and
+	// metacopy would point lookups into the lower layer (empty, but a zone
+	// pool's upper layer is written by every node of the zone), and the
+	// index follows file handles.
 	for _, opt := range [][2]string{{"redirect_dir", "nofollow"}, {"metacopy", "off"}, {"index", "off"}} {
 		if err := unix.FsconfigSetString(fs, opt[0], opt[1]); err != nil {
-			return fmt.Errorf("overlay option %s=%s: %w", opt[0], opt[1], err)
+			return -1, fmt.Errorf("overlay option %s=%s: %w", opt[0], opt[1], err)
 		}
 	}
 	if err := unix.FsconfigCreate(fs); err != nil {
-		return fmt.Errorf("create the overlay: %w", err)
+		return -1, fmt.Errorf("create the overlay: %w", err)
 	}
-	mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, 0)
+	attrs := uint32(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	if noexec {
+		attrs |= unix.MOUNT_ATTR_NOEXEC
+	}
+	mnt, err := unix.Fsmount(fs, unix.FSMOUNT_CLOEXEC, int(attrs))
 	if err != nil {
-		return fmt.Errorf("mount the overlay: %w", err)
+		return -1, fmt.Errorf("mount the overlay: %w", err)
 	}
 	defer func() { _ = unix.Close(mnt) }()
-	if err := unix.MoveMount(mnt, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("attach the overlay at %s: %w", target, err)
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(mnt, &st); err != nil {
+		return -1, fmt.Errorf("statfs the overlay: %w", err)
 	}
-	return nil
+	if st.Flags&unix.ST_RDONLY != 0 {
+		return -1, errReadOnlyOverlay
+	}
+	// The pod's directory, looked up in the overlay without symlinks: the
+	// overlay's root is merged (its listing cached by the kernel), the pod
+	// directory exists in the upper layer only and passes straight through.
+	pod, err := unix.Openat2(mnt, store.SealedPodDir, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open the pod directory in the overlay: %w", err)
+	}
+	defer func() { _ = unix.Close(pod) }()
+	tree, err := unix.OpenTree(pod, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return -1, fmt.Errorf("clone the pod directory's mount: %w", err)
+	}
+	return tree, nil
 }
 
 // NodeUnstageVolume unmounts the staging path and removes it, and detaches

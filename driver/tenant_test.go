@@ -283,6 +283,13 @@ func TestSealedVolumeShowsThePodNoBtrfs(t *testing.T) {
 				attack.action, attack.inherit, res.Failure())
 		}
 	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(tenant.target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 {
+		t.Errorf("the sealed volume is mounted with flags %#x; want nosuid and nodev (a setuid file or device node planted in a zone volume must not work)", st.Flags)
+	}
 	tenant.must("fill", "data.bin", tenantops.Request{Size: 4 << 20})
 	if err := tenantops.Reflink(filepath.Join(tenant.target, "copy.bin"), filepath.Join(tenant.target, "data.bin")); err != nil {
 		t.Errorf("a reflink inside the sealed volume: %v", err)
@@ -303,6 +310,28 @@ func TestSealedVolumeShowsThePodNoBtrfs(t *testing.T) {
 	if got := hashFile(t, filepath.Join(publish(t, h, restored, true), "data.bin")); got != want {
 		t.Error("the restore's data.bin differs from what the tenant wrote")
 	}
+}
+
+// TestFullSealedVolumeIsStagedWritable: the overlay recreates its work
+// directory at each mount, which the limit of a full volume refuses (the
+// kernel then mounts the overlay read-only, and the pod could not even
+// delete a file to make room). A tenant fills its volume, its pod leaves,
+// and the next pod can delete and write again.
+func TestFullSealedVolumeIsStagedWritable(t *testing.T) {
+	h, _ := startBtrfsDriver(t, 2<<30, 100<<30)
+	bin := tenantBinary(t)
+	const size = 32 << 20
+	volume := mustCreate(t, h, volumeRequest("full-sealed", "node", size, nil, nil))
+	first := runPod(t, h, bin, volume)
+	if res := first.do("fill", "fill.bin", tenantops.Request{Size: 2 * size}); !isQuotaError(res.Failure()) {
+		t.Fatalf("filling a 32 MiB volume: %.1f MiB written, %v; want EDQUOT", float64(res.Written)/(1<<20), res.Failure())
+	}
+	first.leave()
+	second := runPod(t, h, bin, volume)
+	if err := os.Remove(filepath.Join(second.target, "fill.bin")); err != nil {
+		t.Fatalf("the next pod of a full sealed volume cannot delete a file: %v", err)
+	}
+	second.must("fill", "again.bin", tenantops.Request{Size: 1 << 20})
 }
 
 // TestNestedSubvolumeInheritanceListCannotEscapeTheVolume (item 1): a

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,35 +17,42 @@ import (
 // subvolumes with a qgroup inheritance list of its choosing (out of its
 // limit, or into a neighbour's), probe which qgroups exist. No check can
 // see the list in time (the kernel reads it after any check could), so a
-// sealed volume never shows the pod btrfs at all: its files are in data/,
-// and the node mounts an overlay whose upper layer is data/ (work/ is the
-// overlay's work directory, lower/ its empty lower layer). An overlay
-// passes reads, writes, reflinks and attributes to btrfs and answers every
-// btrfs ioctl with ENOTTY; writes still land in the subvolume, under its
-// limit. Pools of other backends bind-mount data/.
+// sealed volume never shows the pod btrfs at all. Its directory holds
+// upper/ (an overlay's upper layer), work/ (the overlay's work directory)
+// and lower/ (its empty lower layer); the pod's files are in upper/root/.
+// The node mounts the overlay and gives the pod its root/: a directory
+// only the upper layer has, which the overlay passes straight through (its
+// own root is a merged directory, whose listing the kernel would cache).
+// An overlay passes reads, writes, reflinks and attributes to btrfs and
+// answers every btrfs ioctl with ENOTTY; writes still land in the
+// subvolume, under its limit. Pools of other backends bind-mount
+// upper/root/.
 type Layout string
 
 const (
 	// LayoutRoot: the volume's directory is what the pod sees (block
-	// volumes, volumes made before layouts, and classes whose tenants may
-	// nest btrfs subvolumes: nestedSubvolumes "allow").
+	// volumes, volumes made before layouts, and copies of them for classes
+	// whose tenants may nest btrfs subvolumes: nestedSubvolumes "allow").
 	LayoutRoot Layout = ""
-	// LayoutSealed: the pod sees data/ through an overlay (see Layout).
+	// LayoutSealed: the pod sees upper/root/ through an overlay (see Layout).
 	LayoutSealed Layout = "sealed"
 )
 
-// The sealed layout's directories, and their modes: data/ is the pod's (as
-// a volume's root was), the other two are the node's.
+// The sealed layout's directories. SealedPodDir is the pod's directory
+// inside the upper layer.
 const (
-	SealedData  = "data"
-	SealedWork  = "work"
-	SealedLower = "lower"
+	SealedUpper  = "upper"
+	SealedWork   = "work"
+	SealedLower  = "lower"
+	SealedPodDir = "root"
 )
 
+// sealedDirs are made in this order, with these modes: the pod's directory
+// as a volume's root was, the rest the node's.
 var sealedDirs = []struct {
 	name string
 	mode uint32
-}{{SealedData, 0o777}, {SealedWork, 0o700}, {SealedLower, 0o555}}
+}{{SealedUpper, 0o755}, {SealedUpper + "/" + SealedPodDir, 0o777}, {SealedWork, 0o700}, {SealedLower, 0o555}}
 
 // seal gives the new, empty volume id the sealed layout. Its own directory
 // becomes root's (0755): nothing but the node enters it.
@@ -54,14 +63,8 @@ func (p *Pool) seal(id string) error {
 	}
 	defer dir.Close()
 	for _, d := range sealedDirs {
-		if err := unix.Mkdirat(int(dir.Fd()), d.name, d.mode); err != nil {
-			return fmt.Errorf("seal volume %s: create %s: %w", id, d.name, err)
-		}
-		// Mkdirat applies the umask; fchmodat on the name just made, in the
-		// directory held (no symlink can be there: the volume is new and
-		// no pod has it).
-		if err := unix.Fchmodat(int(dir.Fd()), d.name, d.mode, unix.AT_SYMLINK_NOFOLLOW); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("seal volume %s: chmod %s: %w", id, d.name, err)
+		if err := mkdirMode(dir, d.name, d.mode); err != nil {
+			return fmt.Errorf("seal volume %s: %w", id, err)
 		}
 	}
 	if err := unix.Fchmod(int(dir.Fd()), 0o755); err != nil {
@@ -70,15 +73,109 @@ func (p *Pool) seal(id string) error {
 	return unix.Fsync(int(dir.Fd()))
 }
 
-// SealedDirs are a sealed volume's three directories, held open (O_PATH)
-// for mounting: what was checked is what is mounted.
+// mkdirMode makes name in dir with exactly mode (Mkdirat applies the
+// umask). The volume is new or not yet ready: no pod has it, so nothing
+// can be swapped in at name between the two calls.
+func mkdirMode(dir *os.File, name string, mode uint32) error {
+	if err := unix.Mkdirat(int(dir.Fd()), name, mode); err != nil {
+		return fmt.Errorf("create %s: %w", name, err)
+	}
+	if err := unix.Fchmodat(int(dir.Fd()), name, mode, 0); err != nil {
+		return fmt.Errorf("chmod %s: %w", name, err)
+	}
+	return nil
+}
+
+// sealFilled seals a volume filled from a source of the root layout (a
+// volume made before sealing, or of a class that allowed nesting), before
+// it is ready: every entry of its directory moves into the pod's directory
+// of a new upper layer, which takes the directory's owner and mode. A
+// crash midway leaves the volume "creating", redone from the start.
+func (p *Pool) sealFilled(id string) error {
+	dir, err := p.openKind("volumes/"+id, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
+	if err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	defer dir.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(dir.Fd()), &st); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return fmt.Errorf("seal volume %s: list it: %w", id, err)
+	}
+	// The new upper layer under a name no entry has (the tenant chose them).
+	taken := map[string]bool{}
+	for _, n := range names {
+		taken[n] = true
+	}
+	upper := ".toposnap-upper-" + strconv.FormatUint(rand.Uint64(), 16)
+	for taken[upper] {
+		upper = ".toposnap-upper-" + strconv.FormatUint(rand.Uint64(), 16)
+	}
+	if err := mkdirMode(dir, upper, 0o755); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	podDir := upper + "/" + SealedPodDir
+	if err := mkdirMode(dir, podDir, st.Mode&0o7777); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	if err := unix.Fchownat(int(dir.Fd()), podDir, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("seal volume %s: chown: %w", id, err)
+	}
+	pod, err := openDirAt(dir, podDir)
+	if err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	defer pod.Close()
+	for _, n := range names {
+		if err := unix.Renameat2(int(dir.Fd()), n, int(pod.Fd()), n, unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("seal volume %s: move %q: %w", id, n, err)
+		}
+	}
+	if err := unix.Renameat2(int(dir.Fd()), upper, int(dir.Fd()), SealedUpper, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	for _, d := range sealedDirs[2:] {
+		if err := mkdirMode(dir, d.name, d.mode); err != nil {
+			return fmt.Errorf("seal volume %s: %w", id, err)
+		}
+	}
+	if err := unix.Fchownat(int(dir.Fd()), "", 0, 0, unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("seal volume %s: chown: %w", id, err)
+	}
+	if err := unix.Fchmod(int(dir.Fd()), 0o755); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	return unix.Fsync(int(dir.Fd()))
+}
+
+// openDirAt opens the directory rel beneath dir, following no symlink.
+func openDirAt(dir *os.File, rel string) (*os.File, error) {
+	fd, err := unix.Openat2(int(dir.Fd()), rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: beneath,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", rel, err)
+	}
+	return os.NewFile(uintptr(fd), dir.Name()+"/"+rel), nil
+}
+
+// SealedDirs are a sealed volume's directories, held open for mounting:
+// what was checked is what is mounted.
 type SealedDirs struct {
-	Data, Work, Lower *os.File
+	// Upper, Work and Lower are the overlay's layers; Lower was read
+	// through this very descriptor and found empty.
+	Upper, Work, Lower *os.File
+	// Pod is the pod's directory (upper/root), for pools that bind-mount it.
+	Pod *os.File
 }
 
 // Close releases the descriptors.
 func (s SealedDirs) Close() {
-	for _, f := range []*os.File{s.Data, s.Work, s.Lower} {
+	for _, f := range []*os.File{s.Upper, s.Work, s.Lower, s.Pod} {
 		if f != nil {
 			f.Close()
 		}
@@ -95,30 +192,31 @@ func (p *Pool) OpenSealed(id string) (SealedDirs, error) {
 	}
 	var out SealedDirs
 	for _, d := range []struct {
-		name string
-		dst  **os.File
-	}{{SealedData, &out.Data}, {SealedWork, &out.Work}, {SealedLower, &out.Lower}} {
-		f, err := p.openKind("volumes/"+id+"/"+d.name, unix.O_PATH|unix.O_DIRECTORY, unix.S_IFDIR)
+		name  string
+		flags int
+		dst   **os.File
+	}{
+		{SealedUpper, unix.O_PATH | unix.O_DIRECTORY, &out.Upper},
+		{SealedWork, unix.O_PATH | unix.O_DIRECTORY, &out.Work},
+		{SealedLower, unix.O_RDONLY | unix.O_DIRECTORY, &out.Lower},
+		{SealedUpper + "/" + SealedPodDir, unix.O_PATH | unix.O_DIRECTORY, &out.Pod},
+	} {
+		f, err := p.openKind("volumes/"+id+"/"+d.name, d.flags, unix.S_IFDIR)
 		if err != nil {
 			out.Close()
 			return SealedDirs{}, err
 		}
 		*d.dst = f
 	}
-	if err := p.checkEmpty("volumes/" + id + "/" + SealedLower); err != nil {
+	if err := checkEmpty(out.Lower); err != nil {
 		out.Close()
 		return SealedDirs{}, err
 	}
 	return out, nil
 }
 
-// checkEmpty refuses rel unless it is an empty directory.
-func (p *Pool) checkEmpty(rel string) error {
-	f, err := p.openKind(rel, unix.O_RDONLY|unix.O_DIRECTORY, unix.S_IFDIR)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+// checkEmpty refuses the open directory f unless it is empty.
+func checkEmpty(f *os.File) error {
 	names, err := f.Readdirnames(1)
 	if errors.Is(err, io.EOF) {
 		return nil
@@ -127,4 +225,29 @@ func (p *Pool) checkEmpty(rel string) error {
 		return fmt.Errorf("read %s: %w", f.Name(), err)
 	}
 	return fmt.Errorf("%s: %w: holds %q, must be empty", f.Name(), ErrForeign, names[0])
+}
+
+// WithLimitLifted runs fn with the volume's limit lifted, then puts back
+// the limit its metadata gives. Mounting an overlay recreates its work
+// directory, which the limit of a full volume refuses (the kernel then
+// mounts the overlay read-only, and the pod could not even delete files).
+func (p *Pool) WithLimitLifted(id string, fn func() error) error {
+	held, err := p.holdDirs("volumes")
+	if err != nil {
+		return err
+	}
+	err = p.backend.Expand(held.path("volumes", id), 0)
+	held.close()
+	if err != nil {
+		return fmt.Errorf("lift the limit of %s: %w", id, err)
+	}
+	fnErr := fn()
+	vol, err := p.LookupVolume(id)
+	if err == nil {
+		err = p.applySize(vol)
+	}
+	if err != nil {
+		return errors.Join(fnErr, fmt.Errorf("put back the limit of %s: %w", id, err))
+	}
+	return fnErr
 }

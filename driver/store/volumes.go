@@ -22,7 +22,7 @@ type Source struct {
 	SnapshotID string
 	VolumeID   string
 	// Layout is the source's (a volume's, or the one a snapshot was cut
-	// from): the copy has the same tree, so the same layout.
+	// from): how its tree is laid out.
 	Layout Layout
 }
 
@@ -74,8 +74,10 @@ type VolumeRequest struct {
 	Source        *Source
 	// Block asks for a raw block volume: an image file of CapacityBytes.
 	Block bool
-	// Layout is an empty filesystem volume's (a filled one takes its
-	// source's, a block volume has none).
+	// Layout is the filesystem volume's (its class's). A copy of a sealed
+	// source is sealed whatever the class says; a copy of an unsealed one
+	// is sealed when asked, its tree moved into place before it is ready.
+	// Block volumes have none.
 	Layout Layout
 }
 
@@ -143,7 +145,9 @@ func (p *Pool) CreateVolume(ctx context.Context, req VolumeRequest) (Volume, err
 	var lease *objectLock
 	if req.Source != nil {
 		vol.SourceSnapshotID, vol.SourceVolumeID = req.Source.SnapshotID, req.Source.VolumeID
-		vol.Layout = req.Source.Layout
+		if req.Source.Layout == LayoutSealed && !req.Block {
+			vol.Layout = LayoutSealed // a sealed tree cannot be unsealed
+		}
 		// Hold the source for the whole copy, so it cannot be deleted under it.
 		if lease, err = req.Source.lease(); err != nil {
 			return Volume{}, err
@@ -296,6 +300,11 @@ func (p *Pool) fill(j *job, vol Volume, src *Source) error {
 	}
 	if vol.Block {
 		if err := p.sizeImage(vol.ID, vol.CapacityBytes); err != nil {
+			return err
+		}
+	}
+	if vol.Layout == LayoutSealed && src.Layout != LayoutSealed {
+		if err := p.sealFilled(vol.ID); err != nil {
 			return err
 		}
 	}
