@@ -36,8 +36,35 @@ const (
 
 func TestMain(m *testing.M) {
 	os.Exit(tenantops.ServeOr(tenantEnv, map[string]tenantops.Action{
-		"flatten": func(req tenantops.Request) (int64, error) { return 0, flatten(req.Path) },
+		"flatten":    func(req tenantops.Request) (int64, error) { return 0, flatten(req.Path) },
+		"copy-range": func(req tenantops.Request) (int64, error) { return copyRange(req.Path, req.Source) },
 	}, m.Run))
+}
+
+// copyRange is what `cp --reflink=auto` does between two of a tenant's
+// volumes: copy_file_range, which btrfs answers with a reflink.
+func copyRange(dst, src string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	var copied int64
+	for {
+		n, err := unix.CopyFileRange(int(in.Fd()), nil, int(out.Fd()), nil, 1<<30, 0)
+		copied += int64(n)
+		if err != nil {
+			return copied, fmt.Errorf("copy_file_range: %w", err)
+		}
+		if n == 0 {
+			return copied, out.Sync()
+		}
+	}
 }
 
 // flatten is what a tenant told that its nested subvolume blocks snapshots
@@ -332,6 +359,62 @@ func TestFullSealedVolumeIsStagedWritable(t *testing.T) {
 		t.Fatalf("the next pod of a full sealed volume cannot delete a file: %v", err)
 	}
 	second.must("fill", "again.bin", tenantops.Request{Size: 1 << 20})
+}
+
+// TestReflinkedDataOfADeletedVolumeStaysCounted (item 1): a tenant copies
+// 24 MiB from its volume A into its volume B with copy_file_range, which
+// btrfs answers with a reflink (through both overlays), so the bytes stay
+// charged to A, outside B's limit; then A is deleted. The bytes are still
+// on the disk, charged to A's deleted subvolume: the pool keeps counting
+// them as promised, so its capacity grows by A's size minus them, not by
+// A's size (repeated, the tenant would otherwise fill the pool past every
+// promise).
+func TestReflinkedDataOfADeletedVolumeStaysCounted(t *testing.T) {
+	h, pool := startBtrfsDriver(t, 2<<30, 256<<20)
+	bin := tenantBinary(t)
+	ctx := ctxT(t)
+	const size, data, slack = 32 << 20, 24 << 20, 2 << 20
+	capacity := func() int64 {
+		committed, err := os.Open(pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer committed.Close()
+		if err := unix.Syncfs(int(committed.Fd())); err != nil { // the quota tree is read as committed
+			t.Fatal(err)
+		}
+		resp, err := h.controller.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"scope": "node"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetAvailableCapacity()
+	}
+	a := mustCreate(t, h, volumeRequest("reflink-a", "node", size, nil, nil))
+	b := mustCreate(t, h, volumeRequest("reflink-b", "node", size, nil, nil))
+	podA, podB := runPod(t, h, bin, a), runPod(t, h, bin, b)
+	podA.must("fill", "data.bin", tenantops.Request{Size: data})
+	podB.tenant().Must(t, "copy-range", filepath.Join(podB.target, "copy.bin"), tenantops.Request{Source: filepath.Join(podA.target, "data.bin")})
+	if !eventually(t, pool, 10*time.Second, func() bool { return podB.usage() < slack }) {
+		t.Fatalf("volume B is charged %d bytes for the copy: it was not a reflink, so this test proves nothing", podB.usage())
+	}
+	podA.leave()
+	before := capacity()
+	if _, err := h.controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: a}); err != nil {
+		t.Fatal(err)
+	}
+	after := capacity()
+	t.Logf("capacity %d MiB before deleting A, %d MiB after", before>>20, after>>20)
+	if after-before > size-data+slack {
+		t.Errorf("deleting A freed %d MiB of capacity, but %d MiB of its data is still on the disk in B, charged to no limit; want at most %d MiB freed",
+			(after-before)>>20, data>>20, (size-data+slack)>>20)
+	}
+	// Once B drops the copy, the blocks go and so does the count.
+	if err := os.Remove(filepath.Join(podB.target, "copy.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(t, pool, time.Minute, func() bool { return capacity() >= before+size-slack }) {
+		t.Errorf("capacity %d MiB after the copy was removed; want about %d MiB", capacity()>>20, (before+size)>>20)
+	}
 }
 
 // TestNestedSubvolumeInheritanceListCannotEscapeTheVolume (item 1): a

@@ -12,8 +12,12 @@ type Capacity struct {
 	Total int64
 	// Allocated is the sum of the sizes of the pool's volumes, in any
 	// state, and of its snapshots of block volumes (each may pin up to its
-	// volume's size, which no filesystem limit bounds).
+	// volume's size, which no filesystem limit bounds), plus Lingering.
 	Allocated int64
+	// Lingering is what the filesystem still holds of deleted volumes,
+	// charged to no volume's limit (btrfs: blocks a snapshot or a reflink
+	// into another volume keeps), counted as promised until freed.
+	Lingering int64
 	// FilesystemFree is what statfs says an unprivileged writer can still
 	// use on the pool's filesystem.
 	FilesystemFree int64
@@ -30,6 +34,12 @@ type Capacity struct {
 // existing volumes write what they may.
 func (c Capacity) Available() int64 {
 	return max(min(c.Total-c.Allocated, c.FilesystemFree-c.Unwritten), 0)
+}
+
+// lingering is a backend that can say what deleted volumes still hold
+// outside every volume's limit (btrfs.Backend.LingeringCharge).
+type lingering interface {
+	LingeringCharge() (int64, error)
 }
 
 // statfs reads the pool filesystem's size and free space.
@@ -88,6 +98,12 @@ func (p *Pool) capacityExcept(except string) (Capacity, error) {
 		}
 		c.Unwritten += max(vol.CapacityBytes-used, 0)
 	}
+	if l, ok := p.backend.(lingering); ok {
+		if c.Lingering, err = l.LingeringCharge(); err != nil {
+			return Capacity{}, fmt.Errorf("measure the pool: %w", err)
+		}
+		c.Allocated += c.Lingering
+	}
 	snapshots, err := p.ListSnapshots()
 	if err != nil {
 		return Capacity{}, err
@@ -128,8 +144,8 @@ func (p *Pool) fits(except string, size, used int64) error {
 		used = 0
 	}
 	if size > c.Total-c.Allocated || size-used > c.FilesystemFree-c.Unwritten {
-		return fmt.Errorf("%w: requested %d bytes; the pool promises %d of %d bytes and its filesystem has %d free of which volumes may still write %d",
-			ErrNoSpace, size, c.Allocated, c.Total, c.FilesystemFree, c.Unwritten)
+		return fmt.Errorf("%w: requested %d bytes; the pool promises %d of %d bytes (%d of them still held by deleted volumes) and its filesystem has %d free of which volumes may still write %d",
+			ErrNoSpace, size, c.Allocated, c.Total, c.Lingering, c.FilesystemFree, c.Unwritten)
 	}
 	return nil
 }

@@ -53,6 +53,7 @@ package btrfs
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -402,6 +403,42 @@ func (b *Backend) Usage(path string) (int64, error) {
 		return 0, fmt.Errorf("read usage of %s: %w", path, err)
 	}
 	return int64(used), nil
+}
+
+// LingeringCharge is what simple quotas still charge to subvolumes that
+// were deleted: blocks of a deleted volume that a snapshot of it, or a
+// reflink a tenant made into another of its volumes, still holds (an extent
+// stays charged to the subvolume that wrote it for as long as it exists).
+// No volume's limit bounds these bytes, so the pool counts them as
+// promised until they are freed. A deleted subvolume is one no directory
+// links any more (no ROOT_BACKREF), whether or not the cleaner has dropped
+// it yet. Under full quotas each volume is charged what it references, so
+// nothing lingers: 0.
+func (b *Backend) LingeringCharge() (int64, error) {
+	if !b.simple {
+		return 0, nil
+	}
+	items, err := treeSearch(b.root, quotaTreeID, 0, 0, qgroupInfoKey, qgroupInfoKey, firstFreeObjectID, qgroupID(1, 0)-1)
+	if err != nil {
+		return 0, fmt.Errorf("list qgroups: %w", err)
+	}
+	// Every linked subvolume, in one search of the root tree.
+	backrefs, err := treeSearch(b.root, rootTreeID, firstFreeObjectID, ^uint64(0), rootBackrefKey, rootBackrefKey, 0, ^uint64(0))
+	if err != nil {
+		return 0, fmt.Errorf("list subvolumes: %w", err)
+	}
+	linked := make(map[uint64]bool, len(backrefs))
+	for _, ref := range backrefs {
+		linked[ref.objectID] = true
+	}
+	var total int64
+	for _, item := range items {
+		if len(item.data) < 16 || linked[item.offset] {
+			continue
+		}
+		total += int64(binary.LittleEndian.Uint64(item.data[8:]))
+	}
+	return total, nil
 }
 
 // Delete removes the volume or snapshot at path with every subvolume nested
