@@ -64,6 +64,18 @@ func (m *metrics) watchRecovery(pools map[string]*store.Pool) {
 			Help:        "Objects (or pool subdirectories) whose crash recovery has not succeeded yet; retried with backoff.",
 			ConstLabels: prometheus.Labels{"pool": name},
 		}, func() float64 { return float64(len(pool.Unrecovered())) }))
+		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "toposnap_driver_lingering_bytes",
+			Help:        "Bytes deleted volumes still hold outside every volume's limit (btrfs: blocks a snapshot or a reflink into another volume keeps), counted as promised until freed.",
+			ConstLabels: prometheus.Labels{"pool": name},
+		}, func() float64 {
+			bytes, err := pool.Lingering()
+			if err != nil {
+				klog.V(2).InfoS("Cannot measure lingering bytes", "pool", name, "err", err)
+				return 0
+			}
+			return float64(bytes)
+		}))
 	}
 }
 

@@ -265,6 +265,29 @@ func nestedCorrections(t *testing.T, h *harness) float64 {
 	return 0
 }
 
+// gauge reads a driver gauge for one pool.
+func gauge(t *testing.T, h *harness, name, pool string) float64 {
+	t.Helper()
+	families, err := h.driver.metrics.registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, family := range families {
+		if family.GetName() != name {
+			continue
+		}
+		for _, metric := range family.GetMetric() {
+			for _, label := range metric.GetLabel() {
+				if label.GetName() == "pool" && label.GetValue() == pool {
+					return metric.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{pool=%q}", name, pool)
+	return 0
+}
+
 func isQuotaError(err error) bool { return errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.ENOSPC) }
 
 // allowNested makes req a volume of a class with nestedSubvolumes "allow":
@@ -404,6 +427,9 @@ func TestReflinkedDataOfADeletedVolumeStaysCounted(t *testing.T) {
 	}
 	after := capacity()
 	t.Logf("capacity %d MiB before deleting A, %d MiB after", before>>20, after>>20)
+	if lingering := gauge(t, h, "toposnap_driver_lingering_bytes", "node"); lingering < data {
+		t.Errorf("toposnap_driver_lingering_bytes{pool=\"node\"} = %v; want at least the %d bytes B holds of A", lingering, data)
+	}
 	if after-before > size-data+slack {
 		t.Errorf("deleting A freed %d MiB of capacity, but %d MiB of its data is still on the disk in B, charged to no limit; want at most %d MiB freed",
 			(after-before)>>20, data>>20, (size-data+slack)>>20)
