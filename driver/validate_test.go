@@ -6,6 +6,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/toposnap/toposnap/driver/store"
 )
 
 func TestVolumeSize(t *testing.T) {
@@ -61,5 +63,23 @@ func TestPage(t *testing.T) {
 				t.Fatalf("page = %d, %d, %q, %v", start, end, next, err)
 			}
 		})
+	}
+}
+
+func TestLayoutOf(t *testing.T) {
+	for _, tt := range []struct {
+		value string
+		want  store.Layout
+		code  codes.Code
+	}{
+		{"", store.LayoutSealed, codes.OK},
+		{"deny", store.LayoutSealed, codes.OK},
+		{"allow", store.LayoutRoot, codes.OK},
+		{"yes", "", codes.InvalidArgument},
+	} {
+		got, err := layoutOf(map[string]string{"nestedSubvolumes": tt.value})
+		if status.Code(err) != tt.code || got != tt.want {
+			t.Errorf("nestedSubvolumes %q: %q, %v; want %q, %v", tt.value, got, err, tt.want, tt.code)
+		}
 	}
 }

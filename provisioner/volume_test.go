@@ -33,6 +33,8 @@ func TestDriverParameters(t *testing.T) {
 		{"reserved keys dropped", map[string]string{"csi.storage.k8s.io/fstype": "ext4"}, map[string]string{}, ""},
 		{"unknown key refused", map[string]string{"scpoe": "zone"}, nil, "unknown parameter(s) scpoe"},
 		{"bad scope refused", map[string]string{"scope": "rack"}, nil, "scope"},
+		{"nestedSubvolumes passes", map[string]string{"nestedSubvolumes": "allow"}, map[string]string{"nestedSubvolumes": "allow"}, ""},
+		{"bad nestedSubvolumes refused", map[string]string{"nestedSubvolumes": "yes"}, nil, `nestedSubvolumes is "yes"; want deny (the default) or allow`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -43,7 +45,7 @@ func TestDriverParameters(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || len(got) != len(tt.want) || got["scope"] != tt.want["scope"] {
+			if err != nil || len(got) != len(tt.want) || got["scope"] != tt.want["scope"] || got["nestedSubvolumes"] != tt.want["nestedSubvolumes"] {
 				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
 			}
 		})
