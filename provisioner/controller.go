@@ -277,6 +277,7 @@ func (c *Controller) Run(ctx context.Context, workers int, background Background
 		// event would bring back a claim its zone claimed, or a released
 		// zone volume, while the former holder was dying.
 		c.campaign.OnStart = func(context.Context) { c.requeueAll() }
+		c.campaign.Bounded = true
 		go c.campaign.Campaign(ctx, c.client, c.capacityNamespace, lease, c.nodeName)
 	}
 	if background.CapacityInterval > 0 && c.role != RoleZone {

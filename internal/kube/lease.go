@@ -24,6 +24,11 @@ type Holder struct {
 	// with a context that ends when the term ends (the Lease is lost or
 	// released); Holds is true from just before it is called.
 	OnStart func(term context.Context)
+	// Bounded, if set before Campaign, honours the Lease's
+	// CandidatesAnnotation (candidates.go): campaign only while listed.
+	Bounded bool
+	// followerPoll replaces FollowerPoll (tests).
+	followerPoll time.Duration
 }
 
 // Holds reports whether this process currently holds the Lease.
@@ -38,11 +43,19 @@ func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, name
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 	}
 	for ctx.Err() == nil {
-		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+		campaign, stop := ctx, context.CancelFunc(func() {})
+		if h.Bounded {
+			if !h.awaitCandidacy(ctx, client, namespace, lease, identity) {
+				return
+			}
+			campaign, stop = context.WithCancel(ctx)
+			go h.dropCandidacy(campaign, stop, client, namespace, lease, identity)
+		}
+		leaderelection.RunOrDie(campaign, leaderelection.LeaderElectionConfig{
 			Lock:            lock,
-			LeaseDuration:   15 * time.Second,
-			RenewDeadline:   10 * time.Second,
-			RetryPeriod:     2 * time.Second,
+			LeaseDuration:   leaseDuration,
+			RenewDeadline:   renewDeadline,
+			RetryPeriod:     retryPeriod,
 			ReleaseOnCancel: true,
 			Name:            lease,
 			Callbacks: leaderelection.LeaderCallbacks{
@@ -70,5 +83,54 @@ func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, name
 				},
 			},
 		})
+		stop()
+	}
+}
+
+func (h *Holder) poll() time.Duration {
+	if h.followerPoll > 0 {
+		return h.followerPoll
+	}
+	return FollowerPoll
+}
+
+// awaitCandidacy reads the Lease once per follower poll until identity may
+// campaign for it (a Lease that cannot be read, or does not exist yet, is
+// campaigned for: client-go creates it or retries); false when ctx ended.
+func (h *Holder) awaitCandidacy(ctx context.Context, client kubernetes.Interface, namespace, lease, identity string) bool {
+	for {
+		current, err := client.CoordinationV1().Leases(namespace).Get(ctx, lease, metav1.GetOptions{})
+		if err != nil || MayCampaign(current, identity, time.Now(), h.poll()) {
+			return ctx.Err() == nil
+		}
+		klog.V(4).InfoS("Not a candidate for the lease; following", "lease", klog.KRef(namespace, lease), "identity", identity)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(h.poll()):
+		}
+	}
+}
+
+// dropCandidacy ends the campaign (stop) once identity, not holding the
+// Lease, may no longer campaign for it; it returns when campaign ends.
+func (h *Holder) dropCandidacy(campaign context.Context, stop context.CancelFunc, client kubernetes.Interface, namespace, lease, identity string) {
+	ticker := time.NewTicker(h.poll())
+	defer ticker.Stop()
+	for {
+		select {
+		case <-campaign.Done():
+			return
+		case <-ticker.C:
+		}
+		if h.Holds() {
+			continue
+		}
+		current, err := client.CoordinationV1().Leases(namespace).Get(campaign, lease, metav1.GetOptions{})
+		if err == nil && !MayCampaign(current, identity, time.Now(), h.poll()) && !h.Holds() {
+			klog.InfoS("No longer a candidate for the lease", "lease", klog.KRef(namespace, lease), "identity", identity)
+			stop()
+			return
+		}
 	}
 }

@@ -42,6 +42,7 @@ type ZoneTerms struct {
 // Run campaigns until ctx ends.
 func (z *ZoneTerms) Run(ctx context.Context) {
 	z.Holder.OnStart = z.term
+	z.Holder.Bounded = true // the Lease's candidates, if toposnap-controller wrote them
 	z.Holder.Campaign(ctx, z.Env.Client, z.Namespace, z.Lease, z.Identity)
 }
 

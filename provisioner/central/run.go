@@ -11,6 +11,7 @@ import (
 	snapshotclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	snapshotinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
 	"github.com/prometheus/client_golang/prometheus"
+	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -48,6 +49,9 @@ type Options struct {
 	// SnapshotBinder: bind VolumeSnapshots to contents (toposnap is the
 	// cluster's snapshot controller); never beside the upstream one.
 	SnapshotBinder bool
+	// LeaseCandidates is how many of a zone's nodes may campaign for each
+	// of its Leases (candidates.go); 0 lets every node campaign.
+	LeaseCandidates int
 }
 
 // Run campaigns for leadership and, while leading, routes objects and
@@ -158,6 +162,10 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 	if err := nodeInformer.SetTransform(kube.StripManagedFields); err != nil {
 		return err
 	}
+	var csiNodes cache.SharedIndexInformer
+	if opts.LeaseCandidates > 0 {
+		csiNodes = kubeInformers.Storage().V1().CSINodes().Informer()
+	}
 	recorder, stopEvents := kube.Recorder(client, "toposnap-controller", "")
 	defer stopEvents()
 	r, err := newRouter(opts.DriverName, client, snapshots, kubeInformers, snapInformers, nodeInformer, recorder, registry)
@@ -185,6 +193,15 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 	if !cache.WaitForCacheSync(ctx.Done(), r.synced...) {
 		return ctx.Err()
 	}
+	if csiNodes != nil {
+		if !cache.WaitForCacheSync(ctx.Done(), csiNodes.HasSynced, nodeInformer.HasSynced) {
+			return ctx.Err()
+		}
+		keeper := newCandidateKeeper(client, opts.Namespace, opts.LeaseCandidates)
+		go wait.UntilWithContext(ctx, func(ctx context.Context) {
+			keeper.sync(ctx, eligibleByZone(opts.DriverName, nodesOf(nodeInformer.GetStore()), csiNodesOf(csiNodes.GetStore())))
+		}, 20*time.Second)
+	}
 	synced.Store(true)
 	klog.InfoS("Caches filled; routing", "driver", opts.DriverName)
 	for range opts.Workers {
@@ -198,4 +215,27 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 		}()
 	}
 	return sources.Run(ctx, opts.Workers, provisioner.Background{CapacityInterval: opts.CapacityInterval})
+}
+
+// nodesOf lists the Nodes' names and labels from the metadata informer's
+// store.
+func nodesOf(store cache.Store) []nodeLabels {
+	var out []nodeLabels
+	for _, obj := range store.List() {
+		if m, ok := obj.(metav1.Object); ok {
+			out = append(out, nodeLabels{name: m.GetName(), labels: m.GetLabels()})
+		}
+	}
+	return out
+}
+
+// csiNodesOf lists the CSINodes of the informer's store.
+func csiNodesOf(store cache.Store) []*storagev1.CSINode {
+	var out []*storagev1.CSINode
+	for _, obj := range store.List() {
+		if cn, ok := obj.(*storagev1.CSINode); ok {
+			out = append(out, cn)
+		}
+	}
+	return out
 }

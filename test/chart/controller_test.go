@@ -91,6 +91,8 @@ var controllerMay = map[string][]string{
 	"/nodes":                        {"list", "watch"},
 	"/events":                       {"create", "patch"},
 	"storage.k8s.io/storageclasses": {"get", "list", "watch"},
+	// Which nodes run the driver: the zone Leases' candidates.
+	"storage.k8s.io/csinodes":                        {"list", "watch"},
 	"snapshot.storage.k8s.io/volumesnapshots":        {"get", "list", "watch", "patch", "update"},
 	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get", "list", "watch", "patch", "create", "update", "delete"},
 	// With --snapshot-binder only (snapshotController.toposnap).
@@ -144,6 +146,7 @@ func TestControllerRolesGrantOnlyWhatItUses(t *testing.T) {
 		{"", "persistentvolumes", "list watch patch"},
 		{"", "nodes", "list watch"},
 		{"storage.k8s.io", "storageclasses", "get list watch"},
+		{"storage.k8s.io", "csinodes", "list watch"},
 		{"snapshot.storage.k8s.io", "volumesnapshots", "list watch patch get update"},
 		{"snapshot.storage.k8s.io", "volumesnapshotcontents", "list watch patch get create update delete"},
 		{"snapshot.storage.k8s.io", "volumesnapshots/status", "update"},
@@ -170,10 +173,10 @@ func TestControllerRolesGrantOnlyWhatItUses(t *testing.T) {
 					if !slices.Contains(allowed, verb) {
 						t.Errorf("Role rule %d grants %s on %s/%s; toposnap-controller may only %v there", i, verb, group, resource, allowed)
 					}
-					// create cannot be narrowed by name; get and update can.
-					if group == "coordination.k8s.io" && verb != "create" && !slices.Equal(rule.ResourceNames, []string{controllerLease}) {
-						t.Errorf("Role rule %d grants %s on Leases other than %s: %+v", i, verb, controllerLease, rule)
-					}
+					// Leases: its own, and the zone Leases' candidates, whose
+					// names (a hash of the zone) RBAC cannot know; which
+					// fields it writes there is the admission policies' and
+					// the code's to keep (central/candidates.go).
 				}
 			}
 		}

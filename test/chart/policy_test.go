@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"github.com/toposnap/toposnap/internal/kube"
 	"github.com/toposnap/toposnap/internal/route"
 	"github.com/toposnap/toposnap/internal/topology"
 	"github.com/toposnap/toposnap/internal/volumeid"
@@ -40,6 +41,9 @@ const (
 	volumeFinalizer = "external-provisioner.volume.kubernetes.io/finalizer"
 	// heldLease is a zone Lease that node1 holds (createPolicyWorld).
 	heldLease = "toposnap-zone-held"
+	// candidatesLease is a zone Lease node1 holds whose candidates
+	// toposnap-controller wrote (createPolicyWorld).
+	candidatesLease = "toposnap-zone-candidates"
 )
 
 // longNode is a node whose name is too long for a label value: its route
@@ -201,6 +205,10 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"release own zone Lease", node1, updateLease(heldLease, ""), ""},
 		{"take over another node's zone Lease (fail-over)", node2, updateLease(heldLease, "node2"), ""},
 		{"blank another node's zone Lease", node2, updateLease(heldLease, ""), "only a zone Lease it holds or nobody holds; caller node: node2"},
+		{"change a zone Lease's candidates", node1, annotateLease(candidatesLease, "node1"), "toposnap-controller's to write"},
+		{"add candidates to a zone Lease", node1, annotateLease(heldLease, "node1"), "toposnap-controller's to write"},
+		{"create a zone Lease with candidates", node1, createLeaseWith("toposnap-zone-policy", "node1", "node1"), "toposnap-controller's to write"},
+		{"renew a zone Lease keeping its candidates", node1, updateLease(candidatesLease, "node1"), ""},
 
 		// CSIStorageCapacity.
 		{"publish own node's capacity", node1, createCapacity(map[string]string{nodeKey: "node1"}, policyDriver), ""},
@@ -346,6 +354,15 @@ func createPolicyWorld(t *testing.T, ctx context.Context) policyWorld {
 	}
 	t.Cleanup(func() {
 		_ = testCluster.Client.CoordinationV1().Leases(policyNamespace).Delete(context.Background(), heldLease, metav1.DeleteOptions{})
+	})
+	withCandidates := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: candidatesLease, Namespace: policyNamespace,
+		Annotations: map[string]string{kube.CandidatesAnnotation: "node1,node3"}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("node1"), LeaseDurationSeconds: ptr.To[int32](15)}}
+	if _, err := client.CoordinationV1().Leases(policyNamespace).Create(ctx, withCandidates, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = testCluster.Client.CoordinationV1().Leases(policyNamespace).Delete(context.Background(), candidatesLease, metav1.DeleteOptions{})
 	})
 	snapshot := &snapv1.VolumeSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Name: "policy", Namespace: policyNamespace},
@@ -548,6 +565,36 @@ func createLease(name, holder string) func(context.Context, clients) error {
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To[int32](15)}}
 		_, err := c.kube.CoordinationV1().Leases(policyNamespace).Create(ctx, lease, metav1.CreateOptions{DryRun: dryRun})
 		return err
+	}
+}
+
+// createLeaseWith is createLease with a candidates annotation.
+func createLeaseWith(name, holder, candidates string) func(context.Context, clients) error {
+	return func(ctx context.Context, c clients) error {
+		lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: policyNamespace,
+			Annotations: map[string]string{kube.CandidatesAnnotation: candidates}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To[int32](15)}}
+		_, err := c.kube.CoordinationV1().Leases(policyNamespace).Create(ctx, lease, metav1.CreateOptions{DryRun: dryRun})
+		return err
+	}
+}
+
+// annotateLease reads the Lease as admin, sets its candidates and sends
+// the update as c.
+func annotateLease(name, candidates string) func(context.Context, clients) error {
+	return func(ctx context.Context, c clients) error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			lease, err := testCluster.Client.CoordinationV1().Leases(policyNamespace).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return fmt.Errorf("read Lease %s: %w", name, err)
+			}
+			if lease.Annotations == nil {
+				lease.Annotations = map[string]string{}
+			}
+			lease.Annotations[kube.CandidatesAnnotation] = candidates
+			_, err = c.kube.CoordinationV1().Leases(policyNamespace).Update(ctx, lease, metav1.UpdateOptions{DryRun: dryRun})
+			return err
+		})
 	}
 }
 

@@ -35,6 +35,7 @@ func main() {
 	flag.DurationVar(&opts.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader tries to renew before it steps down")
 	flag.DurationVar(&opts.RetryPeriod, "leader-election-retry-period", 2*time.Second, "how often a standby tries to take the Lease")
 	flag.DurationVar(&opts.CapacityInterval, "capacity-interval", time.Minute, "how often CSIStorageCapacity of deleted classes is removed (0: never)")
+	flag.IntVar(&opts.LeaseCandidates, "lease-candidates", 3, "how many of a zone's nodes (with the driver registered) may campaign for each of its Leases; 0: all of them")
 	flag.BoolVar(&opts.SnapshotBinder, "snapshot-binder", false, "bind VolumeSnapshots to contents, as the upstream snapshot-controller does (only where none runs)")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
