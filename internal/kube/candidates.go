@@ -19,7 +19,7 @@ import (
 // while the Lease lists it (or names it holder), and otherwise reads the
 // Lease once per FollowerPoll. Should no candidate take an expired Lease
 // (their agents down, the controller too), every node campaigns again once
-// it has gone unrenewed for its duration plus the follower poll.
+// it has gone unrenewed for its duration plus FallbackGrace.
 
 // CandidatesAnnotation lists, comma-separated, the identities that may
 // campaign for a Lease. A Lease without it admits everyone.
@@ -27,6 +27,17 @@ const CandidatesAnnotation = "toposnap.io/lease-candidates"
 
 // FollowerPoll is how often a node that is not a candidate reads the Lease.
 const FollowerPoll = time.Minute
+
+// FallbackGrace is how long past its duration a Lease must go unrenewed
+// before nodes that are not candidates campaign for it: longer than the
+// controller takes to offer it to the next candidates (RotateAfter, a
+// sync) and for them to notice (a follower poll), so that the fallback
+// is for a controller that is down too.
+const FallbackGrace = 3 * time.Minute
+
+// RotateAfter is how long toposnap-controller lets a Lease go unheld
+// before it offers it to the next candidates: its duration and a sync.
+const RotateAfter = 40 * time.Second
 
 // leaseTimes are the leader election's timings, for every Lease.
 const (
@@ -64,10 +75,12 @@ func MayCampaign(lease *coordinationv1.Lease, identity string, now time.Time, gr
 // Unrenewed reports whether lease has gone unrenewed (or was never held)
 // for longer than its duration plus grace.
 func Unrenewed(lease *coordinationv1.Lease, now time.Time, grace time.Duration) bool {
-	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" || lease.Spec.RenewTime == nil {
-		since := lease.CreationTimestamp.Time
-		return now.Sub(since) > leaseDuration+grace
+	if lease.Spec.RenewTime == nil {
+		// Never held (made by the controller with its candidates).
+		return now.Sub(lease.CreationTimestamp.Time) > leaseDuration+grace
 	}
+	// Held, or released (client-go empties the holder and renews with a
+	// duration of 1 s): either way its last renewal counts.
 	duration := leaseDuration
 	if lease.Spec.LeaseDurationSeconds != nil {
 		duration = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second

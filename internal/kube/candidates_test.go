@@ -37,6 +37,8 @@ func TestMayCampaign(t *testing.T) {
 		{"not listed, renewed within duration plus grace", lease(ptr.To("a,c"), "a", 70*time.Second), false},
 		{"not listed, unrenewed past duration plus grace", lease(ptr.To("a,c"), "a", 80*time.Second), true},
 		{"empty list, never held for long", lease(ptr.To(""), "", 0), true},
+		{"not listed, released a moment ago (a candidate will take it)", released(lease(ptr.To("a,c"), "", 0), now.Add(-time.Second)), false},
+		{"not listed, released long ago", released(lease(ptr.To("a,c"), "", 0), now.Add(-2*time.Minute)), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := MayCampaign(tt.lease, "me", now, time.Minute); got != tt.want {
@@ -96,4 +98,13 @@ func reversed(s []string) []string {
 	out := slices.Clone(s)
 	slices.Reverse(out)
 	return out
+}
+
+// released is lease as client-go leaves it when its holder lets go: no
+// holder, a duration of 1 s, renewed at.
+func released(lease *coordinationv1.Lease, at time.Time) *coordinationv1.Lease {
+	lease.Spec.HolderIdentity = ptr.To("")
+	lease.Spec.LeaseDurationSeconds = ptr.To[int32](1)
+	lease.Spec.RenewTime = &metav1.MicroTime{Time: at}
+	return lease
 }

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -87,6 +88,13 @@ func (h *Holder) Campaign(ctx context.Context, client kubernetes.Interface, name
 	}
 }
 
+func (h *Holder) grace() time.Duration {
+	if h.followerPoll > 0 {
+		return 3 * h.followerPoll
+	}
+	return FallbackGrace
+}
+
 func (h *Holder) poll() time.Duration {
 	if h.followerPoll > 0 {
 		return h.followerPoll
@@ -100,7 +108,13 @@ func (h *Holder) poll() time.Duration {
 func (h *Holder) awaitCandidacy(ctx context.Context, client kubernetes.Interface, namespace, lease, identity string) bool {
 	for {
 		current, err := client.CoordinationV1().Leases(namespace).Get(ctx, lease, metav1.GetOptions{})
-		if err != nil || MayCampaign(current, identity, time.Now(), h.poll()) {
+		switch {
+		case apierrors.IsNotFound(err):
+			return ctx.Err() == nil // client-go makes it
+		case err != nil:
+			// An API server in trouble is not read every 2 s by every node.
+			klog.V(2).InfoS("Cannot read the lease; following", "lease", klog.KRef(namespace, lease), "err", err)
+		case MayCampaign(current, identity, time.Now(), h.grace()):
 			return ctx.Err() == nil
 		}
 		klog.V(4).InfoS("Not a candidate for the lease; following", "lease", klog.KRef(namespace, lease), "identity", identity)
@@ -127,7 +141,7 @@ func (h *Holder) dropCandidacy(campaign context.Context, stop context.CancelFunc
 			continue
 		}
 		current, err := client.CoordinationV1().Leases(namespace).Get(campaign, lease, metav1.GetOptions{})
-		if err == nil && !MayCampaign(current, identity, time.Now(), h.poll()) && !h.Holds() {
+		if err == nil && !MayCampaign(current, identity, time.Now(), h.grace()) && !h.Holds() {
 			klog.InfoS("No longer a candidate for the lease", "lease", klog.KRef(namespace, lease), "identity", identity)
 			stop()
 			return

@@ -24,6 +24,8 @@ import (
 // every node of the zone. A node is eligible when the driver is registered
 // on it (its CSINode lists the driver: its agents run). The holder stays a
 // candidate; a Lease nobody has held for rotateAfter gets the next few.
+// Nodes that are not candidates campaign anyway only after
+// kube.FallbackGrace, longer than a rotation takes to be noticed.
 
 // candidateKeeper keeps the zone Leases' candidates.
 type candidateKeeper struct {
@@ -34,15 +36,24 @@ type candidateKeeper struct {
 	k           int
 	rotateAfter time.Duration
 	now         func() time.Time
-	// rounds and unheldSince are per Lease, the leader's memory: a new
-	// leader starts again at round 0, which only delays a rotation.
+	// rounds, unheldSince and renewals are per Lease, the leader's memory:
+	// a new leader starts again at round 0, which only delays a rotation.
 	rounds      map[string]int
 	unheldSince map[string]time.Time
+	// renewals is each Lease's last holder and renew time as seen, and
+	// when this process saw it change: a holder is alive while it keeps
+	// changing, on this clock (the nodes' clocks may differ from it).
+	renewals map[string]renewal
+}
+
+type renewal struct {
+	holder, renewed string
+	seen            time.Time
 }
 
 func newCandidateKeeper(client kubernetes.Interface, namespace string, k int) *candidateKeeper {
-	return &candidateKeeper{client: client, namespace: namespace, k: k, rotateAfter: 90 * time.Second,
-		now: time.Now, rounds: map[string]int{}, unheldSince: map[string]time.Time{}}
+	return &candidateKeeper{client: client, namespace: namespace, k: k, rotateAfter: kube.RotateAfter,
+		now: time.Now, rounds: map[string]int{}, unheldSince: map[string]time.Time{}, renewals: map[string]renewal{}}
 }
 
 // nodeLabels is what the keeper needs of a Node: its name and labels.
@@ -76,6 +87,34 @@ func eligibleByZone(driver string, nodes []nodeLabels, csiNodes []*storagev1.CSI
 	return out
 }
 
+// liveHolder is the Lease's holder while it keeps renewing it: its renew
+// time changed within the Lease's duration and a sync of this process's
+// clock; "" otherwise.
+func (c *candidateKeeper) liveHolder(name string, lease *coordinationv1.Lease, now time.Time) string {
+	if lease == nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" || lease.Spec.RenewTime == nil {
+		delete(c.renewals, name)
+		return ""
+	}
+	current := renewal{holder: *lease.Spec.HolderIdentity, renewed: lease.Spec.RenewTime.UTC().String()}
+	if last, ok := c.renewals[name]; ok && last.holder == current.holder && last.renewed == current.renewed {
+		current.seen = last.seen
+	} else {
+		current.seen = now
+	}
+	c.renewals[name] = current
+	duration := 15 * time.Second
+	if lease.Spec.LeaseDurationSeconds != nil {
+		duration = time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second
+	}
+	if now.Sub(current.seen) > duration+syncEvery {
+		return ""
+	}
+	return current.holder
+}
+
+// syncEvery is how often the leader writes the candidates.
+const syncEvery = 20 * time.Second
+
 // sync writes the candidates of every zone's two Leases.
 func (c *candidateKeeper) sync(ctx context.Context, zones map[string][]string) {
 	for key, eligible := range zones {
@@ -100,10 +139,7 @@ func (c *candidateKeeper) syncLease(ctx context.Context, name string, eligible [
 		return err
 	}
 	now := c.now()
-	holder := ""
-	if lease != nil && lease.Spec.HolderIdentity != nil && !kube.Unrenewed(lease, now, 0) {
-		holder = *lease.Spec.HolderIdentity
-	}
+	holder := c.liveHolder(name, lease, now)
 	switch since, waiting := c.unheldSince[name]; {
 	case holder != "":
 		delete(c.unheldSince, name)

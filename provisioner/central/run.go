@@ -200,7 +200,7 @@ func lead(ctx context.Context, opts Options, client kubernetes.Interface, snapsh
 		keeper := newCandidateKeeper(client, opts.Namespace, opts.LeaseCandidates)
 		go wait.UntilWithContext(ctx, func(ctx context.Context) {
 			keeper.sync(ctx, eligibleByZone(opts.DriverName, nodesOf(nodeInformer.GetStore()), csiNodesOf(csiNodes.GetStore())))
-		}, 20*time.Second)
+		}, syncEvery)
 	}
 	synced.Store(true)
 	klog.InfoS("Caches filled; routing", "driver", opts.DriverName)

@@ -61,9 +61,16 @@ type clients struct {
 // ServiceAccount with the given user extra (nil: a token bound to no pod).
 func nodeServiceAccount(t *testing.T, extra map[string][]string) clients {
 	t.Helper()
+	return serviceAccount(t, "node", extra)
+}
+
+// serviceAccount returns clients acting as the release's ServiceAccount of
+// component (node, controller).
+func serviceAccount(t *testing.T, component string, extra map[string][]string) clients {
+	t.Helper()
 	config := rest.CopyConfig(testCluster.RestConfig)
 	config.Impersonate = rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:" + policyNamespace + ":" + policyRelease + "-toposnap-node",
+		UserName: "system:serviceaccount:" + policyNamespace + ":" + policyRelease + "-toposnap-" + component,
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + policyNamespace, "system:authenticated"},
 		Extra:    extra,
 	}
@@ -117,6 +124,7 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 	node2 := nodeServiceAccount(t, nodeIdentity("node2"))
 	noNode := nodeServiceAccount(t, nil)
 	nodeLong := nodeServiceAccount(t, nodeIdentity(longNode))
+	controller := serviceAccount(t, "controller", nil)
 	zonePV := func() *corev1.PersistentVolume {
 		return policyPV("policy-new", policyDriver, map[string]string{zoneKey: cluster.SeedZone})
 	}
@@ -209,6 +217,12 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"add candidates to a zone Lease", node1, annotateLease(heldLease, "node1"), "toposnap-controller's to write"},
 		{"create a zone Lease with candidates", node1, createLeaseWith("toposnap-zone-policy", "node1", "node1"), "toposnap-controller's to write"},
 		{"renew a zone Lease keeping its candidates", node1, updateLease(candidatesLease, "node1"), ""},
+		// toposnap-controller's Leases: its own, and zone Leases' candidates.
+		{"controller writes a zone Lease's candidates", controller, annotateLease(candidatesLease, "node2,node3"), ""},
+		{"controller creates a zone Lease held by nobody", controller, createLeaseWith("toposnap-zone-policy", "", "node1"), ""},
+		{"controller creates a zone Lease with a holder", controller, createLeaseWith("toposnap-zone-policy", "node1", "node1"), "never a zone Lease's holder"},
+		{"controller changes a zone Lease's holder", controller, updateLease(heldLease, "node2"), "never a zone Lease's holder"},
+		{"controller takes the scheduler's Lease", controller, createLease("toposnap-scheduler", "x"), "only its own Lease"},
 
 		// CSIStorageCapacity.
 		{"publish own node's capacity", node1, createCapacity(map[string]string{nodeKey: "node1"}, policyDriver), ""},
@@ -265,8 +279,8 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 func checkPoliciesTypeCheck(t *testing.T, ctx context.Context) {
 	t.Helper()
 	api := testCluster.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies()
-	for _, suffix := range []string{"volumes", "claims", "contents", "snapshots", "capacities", "leases"} {
-		name := policyRelease + "-toposnap-node-" + suffix
+	for _, suffix := range []string{"node-volumes", "node-claims", "node-contents", "node-snapshots", "node-capacities", "node-leases", "controller-leases"} {
+		name := policyRelease + "-toposnap-" + suffix
 		err := cluster.Poll(ctx, 200*time.Millisecond, time.Minute, func() (bool, error) {
 			policy, err := api.Get(ctx, name, metav1.GetOptions{})
 			if err != nil {

@@ -46,7 +46,7 @@ var commonKinds = map[string]int{
 	"DaemonSet": 1, "Deployment": 3, "Service": 2, "PodDisruptionBudget": 3, "Secret": 3,
 	"MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
 	"StorageClass": 1, "VolumeSnapshotClass": 1,
-	"ValidatingAdmissionPolicy": 6, "ValidatingAdmissionPolicyBinding": 6,
+	"ValidatingAdmissionPolicy": 7, "ValidatingAdmissionPolicyBinding": 7,
 }
 
 // with returns commonKinds changed by delta (0 removes a kind).

@@ -392,8 +392,8 @@ func TestNodeAdmissionPoliciesBindToTheNodeServiceAccount(t *testing.T) {
 				}
 				return
 			}
-			if len(policies) != 6 || len(bindings) != len(policies) {
-				t.Fatalf("rendered %d policies and %d bindings, want 6 of each", len(policies), len(bindings))
+			if len(policies) != 7 || len(bindings) != len(policies) {
+				t.Fatalf("rendered %d policies and %d bindings, want 7 of each (six for the node, one for toposnap-controller's Leases)", len(policies), len(bindings))
 			}
 			bound := map[string]bool{}
 			for _, binding := range bindings {
@@ -416,8 +416,12 @@ func TestNodeAdmissionPoliciesBindToTheNodeServiceAccount(t *testing.T) {
 					t.Errorf("policy %s failurePolicy %v, want Fail", name, policy.Spec.FailurePolicy)
 				}
 				want := []admissionv1.MatchCondition{{Name: "node-serviceaccount", Expression: "request.userInfo.username == '" + user + "'"}}
+				if strings.HasSuffix(name, "-controller-leases") {
+					controllerUser := "system:serviceaccount:" + dryRunNamespace + ":" + releaseName + "-toposnap-controller"
+					want = []admissionv1.MatchCondition{{Name: "controller-serviceaccount", Expression: "request.userInfo.username == '" + controllerUser + "'"}}
+				}
 				if !slices.Equal(policy.Spec.MatchConditions, want) {
-					t.Errorf("policy %s matchConditions %+v, want only %s's requests", name, policy.Spec.MatchConditions, user)
+					t.Errorf("policy %s matchConditions %+v, want only %s's requests", name, policy.Spec.MatchConditions, want[0].Expression)
 				}
 				if len(policy.Spec.Validations) == 0 {
 					t.Errorf("policy %s validates nothing", name)
