@@ -18,6 +18,7 @@ var (
 	seedFlag    = flag.Uint64("chaos.seed", 1, "seed of the campaign (faults, operations, their times)")
 	profileFlag = flag.String("chaos.profile", Short.Name, "campaign profile: short (make test) or full (make chaos)")
 	reportFlag  = flag.String("chaos.report", "", "file to write the report to (default bin/chaos/seed-<seed>-<profile>.txt in the repository)")
+	btrfsFlag   = flag.Bool("chaos.btrfs-pools", false, "each node's pool on a loop-backed btrfs filesystem of its own (sealed volumes: overlays over subvolumes), as in production")
 )
 
 var env *harness.Env
@@ -40,7 +41,7 @@ func TestMain(m *testing.M) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		env, err = harness.Start(ctx, c, harness.Options{ExtenderPort: extenderPort, Webhook: true,
-			Workers: append(slices.Clone(harness.Workers), cluster.SecondZoneWorker)})
+			Workers: append(slices.Clone(harness.Workers), cluster.SecondZoneWorker), BtrfsNodePools: *btrfsFlag})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "chaos set-up: %v\n", err)
 			c.Stop()
