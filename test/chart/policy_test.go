@@ -215,12 +215,12 @@ func TestNodeAdmissionPoliciesConfineTheNodeServiceAccount(t *testing.T) {
 		{"blank another node's zone Lease", node2, updateLease(heldLease, ""), "only a zone Lease it holds or nobody holds; caller node: node2"},
 		{"change a zone Lease's candidates", node1, annotateLease(candidatesLease, "node1"), "toposnap-controller's to write"},
 		{"add candidates to a zone Lease", node1, annotateLease(heldLease, "node1"), "toposnap-controller's to write"},
-		{"create a zone Lease with candidates", node1, createLeaseWith("toposnap-zone-policy", "node1", "node1"), "toposnap-controller's to write"},
+		{"create a zone Lease with candidates", node1, createLeaseWith("toposnap-zone-policy", "node1", ptr.To("node1")), "toposnap-controller's to write"},
 		{"renew a zone Lease keeping its candidates", node1, updateLease(candidatesLease, "node1"), ""},
 		// toposnap-controller's Leases: its own, and zone Leases' candidates.
 		{"controller writes a zone Lease's candidates", controller, annotateLease(candidatesLease, "node2,node3"), ""},
-		{"controller creates a zone Lease held by nobody", controller, createLeaseWith("toposnap-zone-policy", "", "node1"), ""},
-		{"controller creates a zone Lease with a holder", controller, createLeaseWith("toposnap-zone-policy", "node1", "node1"), "never a zone Lease's holder"},
+		{"controller creates a zone Lease held by nobody", controller, createLeaseWith("toposnap-zone-policy", "", ptr.To("node1")), ""},
+		{"controller creates a zone Lease with a holder", controller, createLeaseWith("toposnap-zone-policy", "node1", ptr.To("node1")), "never a zone Lease's holder"},
 		{"controller changes a zone Lease's holder", controller, updateLease(heldLease, "node2"), "never a zone Lease's holder"},
 		{"controller takes the scheduler's Lease", controller, createLease("toposnap-scheduler", "x"), "only its own Lease"},
 
@@ -574,54 +574,48 @@ func updateClaim(name string, change func(*corev1.PersistentVolumeClaim)) func(c
 }
 
 func createLease(name, holder string) func(context.Context, clients) error {
+	return createLeaseWith(name, holder, nil)
+}
+
+// createLeaseWith is createLease with a candidates annotation, if any.
+func createLeaseWith(name, holder string, candidates *string) func(context.Context, clients) error {
 	return func(ctx context.Context, c clients) error {
 		lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: policyNamespace},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To[int32](15)}}
+		if candidates != nil {
+			lease.Annotations = map[string]string{kube.CandidatesAnnotation: *candidates}
+		}
 		_, err := c.kube.CoordinationV1().Leases(policyNamespace).Create(ctx, lease, metav1.CreateOptions{DryRun: dryRun})
 		return err
-	}
-}
-
-// createLeaseWith is createLease with a candidates annotation.
-func createLeaseWith(name, holder, candidates string) func(context.Context, clients) error {
-	return func(ctx context.Context, c clients) error {
-		lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: policyNamespace,
-			Annotations: map[string]string{kube.CandidatesAnnotation: candidates}},
-			Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To[int32](15)}}
-		_, err := c.kube.CoordinationV1().Leases(policyNamespace).Create(ctx, lease, metav1.CreateOptions{DryRun: dryRun})
-		return err
-	}
-}
-
-// annotateLease reads the Lease as admin, sets its candidates and sends
-// the update as c.
-func annotateLease(name, candidates string) func(context.Context, clients) error {
-	return func(ctx context.Context, c clients) error {
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			lease, err := testCluster.Client.CoordinationV1().Leases(policyNamespace).Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return fmt.Errorf("read Lease %s: %w", name, err)
-			}
-			if lease.Annotations == nil {
-				lease.Annotations = map[string]string{}
-			}
-			lease.Annotations[kube.CandidatesAnnotation] = candidates
-			_, err = c.kube.CoordinationV1().Leases(policyNamespace).Update(ctx, lease, metav1.UpdateOptions{DryRun: dryRun})
-			return err
-		})
 	}
 }
 
 // updateLease reads the Lease as admin, names holder as its holder and
 // sends the update as c.
 func updateLease(name, holder string) func(context.Context, clients) error {
+	return editLease(name, func(lease *coordinationv1.Lease) { lease.Spec.HolderIdentity = ptr.To(holder) })
+}
+
+// annotateLease reads the Lease as admin, sets its candidates and sends
+// the update as c.
+func annotateLease(name, candidates string) func(context.Context, clients) error {
+	return editLease(name, func(lease *coordinationv1.Lease) {
+		if lease.Annotations == nil {
+			lease.Annotations = map[string]string{}
+		}
+		lease.Annotations[kube.CandidatesAnnotation] = candidates
+	})
+}
+
+// editLease reads the Lease as admin, applies edit and sends the update as c.
+func editLease(name string, edit func(*coordinationv1.Lease)) func(context.Context, clients) error {
 	return func(ctx context.Context, c clients) error {
 		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 			lease, err := testCluster.Client.CoordinationV1().Leases(policyNamespace).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return fmt.Errorf("read Lease %s: %w", name, err)
 			}
-			lease.Spec.HolderIdentity = ptr.To(holder)
+			edit(lease)
 			_, err = c.kube.CoordinationV1().Leases(policyNamespace).Update(ctx, lease, metav1.UpdateOptions{DryRun: dryRun})
 			return err
 		})
