@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	opts := cluster.Options{Nodes: cluster.TwoZoneNodes(), SchedulerConfig: harness.SchedulerConfig(extenderPort)}
-	os.Exit(cluster.TestMainWithCluster(m, opts, func(c *cluster.Cluster) {
+	code := cluster.TestMainWithCluster(m, opts, func(c *cluster.Cluster) {
 		if c == nil {
 			return
 		}
@@ -47,7 +47,11 @@ func TestMain(m *testing.M) {
 			c.Stop()
 			os.Exit(1)
 		}
-	}))
+	})
+	if env != nil {
+		env.Stop() // its processes, and with -chaos.btrfs-pools the node pools' filesystems
+	}
+	os.Exit(code)
 }
 
 // TestCampaign plays the campaign of -chaos.seed with -chaos.profile and
