@@ -47,13 +47,6 @@ const (
 	SealedPodDir = "root"
 )
 
-// sealedDirs are made in this order, with these modes: the pod's directory
-// as a volume's root was, the rest the node's.
-var sealedDirs = []struct {
-	name string
-	mode uint32
-}{{SealedUpper, 0o755}, {SealedUpper + "/" + SealedPodDir, 0o777}, {SealedWork, 0o700}, {SealedLower, 0o555}}
-
 // seal gives the new, empty volume id the sealed layout. Its own directory
 // becomes root's (0755): nothing but the node enters it.
 func (p *Pool) seal(id string) error {
@@ -62,10 +55,18 @@ func (p *Pool) seal(id string) error {
 		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
 	defer dir.Close()
-	for _, d := range sealedDirs {
-		if err := mkdirMode(dir, d.name, d.mode); err != nil {
-			return fmt.Errorf("seal volume %s: %w", id, err)
-		}
+	upper, err := mkdirMode(dir, SealedUpper, 0o755)
+	if err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	defer upper.Close()
+	pod, err := mkdirMode(upper, SealedPodDir, 0o777)
+	if err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
+	}
+	pod.Close()
+	if err := makeNodeDirs(dir); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
 	if err := unix.Fchmod(int(dir.Fd()), 0o755); err != nil {
 		return fmt.Errorf("seal volume %s: %w", id, err)
@@ -74,14 +75,35 @@ func (p *Pool) seal(id string) error {
 }
 
 // mkdirMode makes name in dir with exactly mode (Mkdirat applies the
-// umask). The volume is new or not yet ready: no pod has it, so nothing
-// can be swapped in at name between the two calls.
-func mkdirMode(dir *os.File, name string, mode uint32) error {
+// umask) and returns it open. No pod has the volume yet, but a zone pool is
+// written by every node of the zone: the chmod goes through a descriptor of
+// what was made, opened without following a symlink, never by name.
+func mkdirMode(dir *os.File, name string, mode uint32) (*os.File, error) {
 	if err := unix.Mkdirat(int(dir.Fd()), name, mode); err != nil {
-		return fmt.Errorf("create %s: %w", name, err)
+		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	if err := unix.Fchmodat(int(dir.Fd()), name, mode, 0); err != nil {
-		return fmt.Errorf("chmod %s: %w", name, err)
+	made, err := openDirAt(dir, name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrForeign, err)
+	}
+	if err := unix.Fchmod(int(made.Fd()), mode); err != nil {
+		made.Close()
+		return nil, fmt.Errorf("chmod %s: %w", name, err)
+	}
+	return made, nil
+}
+
+// makeNodeDirs makes the overlay's work/ and empty lower/ in dir.
+func makeNodeDirs(dir *os.File) error {
+	for _, d := range []struct {
+		name string
+		mode uint32
+	}{{SealedWork, 0o700}, {SealedLower, 0o555}} {
+		made, err := mkdirMode(dir, d.name, d.mode)
+		if err != nil {
+			return err
+		}
+		made.Close()
 	}
 	return nil
 }
@@ -114,21 +136,21 @@ func (p *Pool) sealFilled(id string) error {
 	for taken[upper] {
 		upper = ".toposnap-upper-" + strconv.FormatUint(rand.Uint64(), 16)
 	}
-	if err := mkdirMode(dir, upper, 0o755); err != nil {
+	// work/ and lower/ are made once every entry the copy had is moved:
+	// they cannot collide with one.
+	upperDir, err := mkdirMode(dir, upper, 0o755)
+	if err != nil {
 		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
-	podDir := upper + "/" + SealedPodDir
-	if err := mkdirMode(dir, podDir, st.Mode&0o7777); err != nil {
-		return fmt.Errorf("seal volume %s: %w", id, err)
-	}
-	if err := unix.Fchownat(int(dir.Fd()), podDir, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("seal volume %s: chown: %w", id, err)
-	}
-	pod, err := openDirAt(dir, podDir)
+	defer upperDir.Close()
+	pod, err := mkdirMode(upperDir, SealedPodDir, st.Mode&0o7777)
 	if err != nil {
 		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
 	defer pod.Close()
+	if err := unix.Fchown(int(pod.Fd()), int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("seal volume %s: chown: %w", id, err)
+	}
 	for _, n := range names {
 		if err := unix.Renameat2(int(dir.Fd()), n, int(pod.Fd()), n, unix.RENAME_NOREPLACE); err != nil {
 			return fmt.Errorf("seal volume %s: move %q: %w", id, n, err)
@@ -137,10 +159,8 @@ func (p *Pool) sealFilled(id string) error {
 	if err := unix.Renameat2(int(dir.Fd()), upper, int(dir.Fd()), SealedUpper, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
-	for _, d := range sealedDirs[2:] {
-		if err := mkdirMode(dir, d.name, d.mode); err != nil {
-			return fmt.Errorf("seal volume %s: %w", id, err)
-		}
+	if err := makeNodeDirs(dir); err != nil {
+		return fmt.Errorf("seal volume %s: %w", id, err)
 	}
 	if err := unix.Fchownat(int(dir.Fd()), "", 0, 0, unix.AT_EMPTY_PATH); err != nil {
 		return fmt.Errorf("seal volume %s: chown: %w", id, err)
